@@ -11,6 +11,10 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("sgdetr_hf.demo", "predict windows and saliency for a seeded feature sequence"),
+    "extract-features": ("sgdetr_hf.extract_features", "InternVideo2 features of videos and queries"),
+    "convert-internvideo2": ("sgdetr_hf.convert_internvideo2", "official InternVideo2 checkpoint -> native"),
+    "evaluate": ("sgdetr_hf.metrics.cli", "score predictions against annotations (QVHighlights, ...)"),
 }
 
 

@@ -1,0 +1,195 @@
+"""Data pipeline throughput: building a dataset (rows/s) and loading + collating batches (batches/s).
+
+Random float16 features in the QVHighlights shape (L=75 clips, N=32 tokens, d=512) with toy annotations.
+
+    python scripts/benchmark_data.py                      # build rows/s + load/collate batches/s
+    python scripts/benchmark_data.py layout --videos 10000   # feature layout: query rows vs per-video config
+
+``layout`` runs each layout in a fresh subprocess (clean peak RSS, cold ``datasets`` cache) and prints
+disk size, write time, first ``load_dataset`` time and batches/s of random batches of 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from sgdetr_hf.data import MomentRetrievalCollator, ToyGroundingTask, ToyTaskConfig
+from sgdetr_hf.data.builder import ArrayFeatures, build_dataset, write_parquet_shard
+from sgdetr_hf.data.dataset import load_moment_retrieval, rows_from_arrow
+from sgdetr_hf.data.schema import ANNOTATION_COLUMNS, annotation_features
+
+
+class RandomFeatures(ArrayFeatures):
+    """Lazily generated random (L, d) / (N, d) float16 features, seeded by the id: no RAM for 10k videos."""
+
+    def __init__(self, num_clips: int, num_tokens: int, dim: int):
+        super().__init__({}, {})
+        self.num_clips, self.num_tokens, self.dim = num_clips, num_tokens, dim
+
+    @staticmethod
+    def _matrix(key: str, rows: int, dim: int) -> np.ndarray:
+        rng = np.random.default_rng(zlib.crc32(key.encode()))
+        return rng.standard_normal((rows, dim), dtype=np.float32).astype(np.float16)
+
+    def video_shape(self, vid):
+        return (self.num_clips, self.dim)
+
+    def text_shape(self, qid):
+        return (self.num_tokens, self.dim)
+
+    def video(self, vid):
+        return self._matrix(vid, self.num_clips, self.dim)
+
+    def text(self, qid):
+        return self._matrix("q" + qid, self.num_tokens, self.dim)
+
+
+def annotation_rows(num_videos: int, queries_per_video: float) -> list[dict]:
+    """Toy annotations (no features) for ``num_videos`` 150-s videos, ``queries_per_video`` on average."""
+    task = ToyGroundingTask(ToyTaskConfig(min_clips=75, max_clips=75, video_dim=8, text_dim=8))
+    num_queries = round(num_videos * queries_per_video)
+    rows = []
+    for index in range(num_queries):
+        row = {k: v for k, v in task.sample(index % 997).items() if k in ANNOTATION_COLUMNS}
+        row.update(qid=str(index), vid=f"video{index % num_videos:06d}_0.0_150.0")
+        rows.append(row)
+    return rows
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def directory_mib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def time_batches(dataset, num_batches: int, batch_size: int, max_clips: int | None = 75) -> float:
+    """Batches/s of random batches fetched with ``__getitems__`` and collated."""
+    collator = MomentRetrievalCollator(max_clips=max_clips)
+    rng = np.random.default_rng(0)
+    fetch = dataset.__getitems__ if hasattr(dataset, "__getitems__") else dataset.__getitem__
+    collator(fetch(rng.choice(len(dataset), batch_size, replace=False).tolist()))  # warm-up
+    start = time.perf_counter()
+    for _ in range(num_batches):
+        batch = collator(fetch(rng.choice(len(dataset), batch_size, replace=False).tolist()))
+    assert batch["video_features"].shape == (batch_size, 75, 512)
+    return num_batches / (time.perf_counter() - start)
+
+
+class _RowsLayout(torch.utils.data.Dataset):
+    """Layout A: every query row carries its video's features (duplicated per query)."""
+
+    def __init__(self, table: datasets.Dataset):
+        self.table = table.with_format("arrow")
+
+    def __len__(self):
+        return len(self.table)
+
+    def __getitems__(self, indices):
+        return rows_from_arrow(self.table[indices])
+
+
+def run_layout(layout: str, num_videos: int, queries_per_video: float, workdir: Path, num_batches: int) -> dict:
+    rows = annotation_rows(num_videos, queries_per_video)
+    source = RandomFeatures(75, 32, 512)
+    folder, cache = workdir / layout, workdir / f"{layout}-cache"
+    start = time.perf_counter()
+    if layout == "join":
+        build_dataset(folder, "bench", {"train": rows}, source, max_shard_bytes=256 * 2**20)
+    else:
+        features = annotation_features(512)
+        features["video_features"] = datasets.Array2D(shape=(None, 512), dtype="float16")
+        shards = np.array_split(np.arange(len(rows)), max(1, round(len(rows) * 75 * 512 * 2 / 2**28)))
+        for index, part in enumerate(shards):
+            columns = {c: [rows[i][c] for i in part] for c in ANNOTATION_COLUMNS}
+            columns["text_features"] = [source.text(rows[i]["qid"]) for i in part]
+            columns["video_features"] = [source.video(rows[i]["vid"]) for i in part]
+            write_parquet_shard(folder / f"train-{index:05d}-of-{len(shards):05d}.parquet", columns, features)
+    write_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    if layout == "join":
+        dataset = load_moment_retrieval(folder, "bench", "train", cache_dir=str(cache))
+    else:
+        dataset = _RowsLayout(
+            datasets.load_dataset("parquet", data_dir=str(folder), split="train", cache_dir=str(cache))
+        )
+    load_seconds = time.perf_counter() - start
+    return {
+        "layout": layout,
+        "queries": len(rows),
+        "videos": num_videos,
+        "parquet_mib": round(directory_mib(folder), 1),
+        "arrow_cache_mib": round(directory_mib(cache), 1),
+        "write_s": round(write_seconds, 1),
+        "first_load_s": round(load_seconds, 1),
+        "batches_per_s": round(time_batches(dataset, num_batches, 32), 1),
+        "peak_rss_mib": round(peak_rss_mib()),
+    }
+
+
+def benchmark_pipeline(num_videos: int, num_batches: int) -> None:
+    rows = annotation_rows(num_videos, 1.0)
+    with tempfile.TemporaryDirectory() as workdir:
+        start = time.perf_counter()
+        build_dataset(Path(workdir) / "ds", "bench", {"train": rows}, RandomFeatures(75, 32, 512))
+        build_rate = len(rows) / (time.perf_counter() - start)
+        dataset = load_moment_retrieval(Path(workdir) / "ds", "bench", "train", cache_dir=f"{workdir}/cache")
+        batch_rate = time_batches(dataset, num_batches, 32)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=32, shuffle=True, collate_fn=MomentRetrievalCollator(max_clips=75), drop_last=True
+        )
+        start = time.perf_counter()
+        count = sum(1 for _ in zip(range(num_batches), loader))
+        loader_rate = count / (time.perf_counter() - start)
+    print("| measure | value |\n| --- | --- |")
+    print(f"| build (annotations + features -> Parquet + card), rows/s | {build_rate:.0f} |")
+    print(f"| fetch + collate, batch 32, batches/s | {batch_rate:.1f} |")
+    print(f"| DataLoader (shuffle, 0 workers), batch 32, batches/s | {loader_rate:.1f} |")
+    print(f"| peak RSS, MiB | {peak_rss_mib():.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", default="pipeline", choices=["pipeline", "layout", "_one-layout"])
+    parser.add_argument("--videos", type=int, default=2000)
+    parser.add_argument("--queries-per-video", type=float, default=1.8)
+    parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--layout", default="join", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    datasets.disable_progress_bars()
+    if args.mode == "pipeline":
+        benchmark_pipeline(args.videos, args.batches)
+    elif args.mode == "_one-layout":
+        result = run_layout(args.layout, args.videos, args.queries_per_video, Path(args.workdir), args.batches)
+        print(json.dumps(result))
+    else:
+        results = []
+        with tempfile.TemporaryDirectory() as workdir:
+            for layout in ("rows", "join"):
+                command = [sys.executable, __file__, "_one-layout", "--layout", layout, "--workdir", workdir]
+                command += ["--videos", str(args.videos), "--queries-per-video", str(args.queries_per_video)]
+                command += ["--batches", str(args.batches)]
+                output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                results.append(json.loads(output.strip().splitlines()[-1]))
+        keys = list(results[0])
+        print("| " + " | ".join(keys) + " |\n|" + " --- |" * len(keys))
+        for result in results:
+            print("| " + " | ".join(str(result[k]) for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Speed and memory of SG-DETR (default config, InternVideo2-1B feature dims 512/512).
+
+Measures, for each shape (QVHighlights: L=75 clips, N=32 tokens; a one-hour video: L=1800):
+
+- inference queries/s at batch 1 and 32 (model forward, and forward + post-processing), peak memory;
+- training samples/s at batch 32 on the QVHighlights shape with every query group on (denoising,
+  ATSS-positive queries, negative pairs, moment encoder): forward + loss + backward + AdamW step.
+
+CPU in fp32 by default; on a GPU the model runs in bf16 (``--dtype bfloat16``) and peak memory is
+``torch.cuda.max_memory_allocated``. On CPU each measurement runs in its own process and reports that process's
+peak resident memory (model + activations + the Python runtime). Warm-up runs are excluded.
+
+    python scripts/benchmark_model.py                       # CPU, fp32, default table
+    python scripts/benchmark_model.py --device cuda         # GPU, bf16
+    python scripts/benchmark_model.py --quick               # fewer repeats (smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval, post_process_moment_retrieval
+
+
+def _inputs(batch: int, clips: int, tokens: int, config: SGDetrConfig, device: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(batch, clips, config.video_feature_dim, generator=g)
+    text = torch.randn(batch, tokens, config.text_feature_dim, generator=g)
+    # realistic padding: text lengths vary between 8 and N
+    text_len = torch.randint(8, tokens + 1, (batch,), generator=g) if tokens > 8 else torch.full((batch,), tokens)
+    text_mask = (torch.arange(tokens)[None] < text_len[:, None]).float()
+    video_mask = torch.ones(batch, clips)
+    return [x.to(device) for x in (video, video_mask, text, text_mask)]
+
+
+def _labels(batch: int, clips: int, device: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    labels = []
+    for _ in range(batch):  # benchmark input construction, not the model
+        k = int(torch.randint(1, 4, (1,), generator=g))
+        centers = torch.rand(k, generator=g) * 0.6 + 0.2
+        widths = torch.rand(k, generator=g) * 0.2 + 0.05
+        spans = torch.stack((centers, widths), 1)
+        clip_centers = (torch.arange(clips) + 0.5) / clips
+        inside = ((clip_centers[None] - centers[:, None]).abs() < widths[:, None] / 2).any(0)
+        saliency = inside.float() * torch.randint(1, 13, (clips,), generator=g).float()
+        labels.append({"spans": spans.to(device), "saliency_scores": saliency.to(device)})
+    return labels
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(mode: str, batch: int, clips: int, tokens: int, device: str, dtype: str, warmup: int, repeats: int):
+    torch.manual_seed(0)
+    config = SGDetrConfig()
+    model = SGDetrForMomentRetrieval(config).to(device=device, dtype=getattr(torch, dtype))
+    inputs = _inputs(batch, clips, tokens, config, device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    result = {"mode": mode, "batch": batch, "clips": clips, "tokens": tokens, "device": device, "dtype": dtype}
+    if mode == "inference":
+        model.eval()
+        durations = [clips * config.clip_length] * batch
+        forward_times, total_times = [], []
+        with torch.no_grad():
+            for i in range(warmup + repeats):
+                _sync(device)
+                t0 = time.perf_counter()
+                out = model(*inputs)
+                _sync(device)
+                t1 = time.perf_counter()
+                post_process_moment_retrieval(out, durations, config=config)
+                _sync(device)
+                t2 = time.perf_counter()
+                if i >= warmup:
+                    forward_times.append(t1 - t0)
+                    total_times.append(t2 - t0)
+        forward = sorted(forward_times)[len(forward_times) // 2]
+        total = sorted(total_times)[len(total_times) // 2]
+        result.update(
+            forward_ms=1000 * forward,
+            queries_per_s=batch / forward,
+            queries_per_s_with_postprocess=batch / total,
+        )
+    else:
+        model.train()
+        labels = _labels(batch, clips, device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+        times = []
+        for i in range(warmup + repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            out = model(*inputs, labels=labels)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        step = sorted(times)[len(times) // 2]
+        result.update(step_ms=1000 * step, samples_per_s=batch / step)
+    result["peak_memory_mb"] = _peak_memory_mb(device)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
+    parser.add_argument("--quick", action="store_true", help="1 warm-up and 2 timed runs per row")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one measurement as JSON
+    args = parser.parse_args()
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    warmup, repeats = (1, 2) if args.quick else (2, 5)
+
+    if args.one:
+        spec = json.loads(args.one)
+        print(json.dumps(measure(**spec, device=args.device, dtype=dtype)))
+        return 0
+
+    plan = [
+        ("inference", 1, 75, 32, warmup, repeats),
+        ("inference", 32, 75, 32, warmup, repeats),
+        ("inference", 1, 1800, 32, warmup, repeats),
+        ("inference", 32, 1800, 32, 1, max(1, repeats // 2)),
+        ("training", 32, 75, 32, 1, max(2, repeats // 2)),
+    ]
+    rows = []
+    for mode, batch, clips, tokens, w, r in plan:
+        spec = dict(mode=mode, batch=batch, clips=clips, tokens=tokens, warmup=w, repeats=r)
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            row = measure(**spec, device=args.device, dtype=dtype)
+        else:  # a fresh process per row so that the peak RSS belongs to that row
+            cmd = [sys.executable, __file__, "--device", args.device, "--dtype", dtype, "--one", json.dumps(spec)]
+            row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\nSG-DETR default config (11.7 M parameters), {name}, {dtype}, torch {torch.__version__}\n")
+    print("| mode | batch | clips L | tokens N | time per batch | throughput | peak memory |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        if row["mode"] == "inference":
+            speed = f"{row['queries_per_s']:.1f} queries/s ({row['queries_per_s_with_postprocess']:.1f} with post-processing)"
+            ms = row["forward_ms"]
+        else:
+            speed = f"{row['samples_per_s']:.1f} samples/s"
+            ms = row["step_ms"]
+        print(
+            f"| {row['mode']} | {row['batch']} | {row['clips']} | {row['tokens']} | {ms:.1f} ms | {speed} | "
+            f"{row['peak_memory_mb']:.0f} MiB |"
+        )
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Benchmark video decoding + preprocessing (x real-time) and the InternVideo2 encoder (clips/s).
+
+    python scripts/benchmark_processor.py [--video cached.mp4] [--duration 150]
+
+Generates a 720p H.264 video (25 fps, x264 defaults: B-frames, a keyframe every 250 frames) unless one is
+given, then runs each case in a fresh process so that its peak RSS is its own:
+
+* ``pyav-plain``: a plain sequential PyAV decode that converts exactly the frames the processor samples
+  to RGB (the floor for any decoder-based approach);
+* ``processor-pyav`` / ``processor-decord``: ``SGDetrVideoProcessor.iter_clips`` over the whole video
+  (decode, resize to 224 x 224, normalise), with decord in its crash-isolating child process;
+* ``decord-in-process``: the decord backend without isolation (what the isolation costs);
+* ``encoder-tiny``: the tiny InternVideo2 config on CPU (clips/s, batches of 32 clips);
+* ``encoder-1b``: the 1B config in bf16, only when a CUDA GPU is present.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def generate_video(path: Path, duration: float, fps: int = 25, size: tuple[int, int] = (1280, 720)) -> Path:
+    """Moving gradients and noise (so that the encoder has real work), x264 with default GOP and B-frames."""
+    import av
+
+    width, height = size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    base = (np.add.outer(np.arange(height), np.arange(width * 2)) % 256).astype(np.uint8)
+    noise = rng.integers(0, 32, (8, height, width), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(int(duration * fps)):
+            shift = (index * 4) % width
+            luma = base[:, shift : shift + width] + noise[index % 8]
+            image = np.stack([luma, np.roll(luma, index, axis=0), 255 - luma], axis=-1)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # decord's decoding process
+    return max(own, children) / 1024
+
+
+def plain_pyav(path: str) -> dict:
+    """Sequential decode; only the frames the processor samples are converted to RGB."""
+    import av
+
+    from sgdetr_hf import SGDetrVideoProcessor
+    from sgdetr_hf.video_io_sgdetr import PyAVDecoder
+
+    with PyAVDecoder(path) as decoder:
+        wanted = set(SGDetrVideoProcessor().plan_clips(decoder.metadata).frame_indices.ravel().tolist())
+    start = time.perf_counter()
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        converted = sum(
+            frame.to_ndarray(format="rgb24").size > 0
+            for index, frame in enumerate(container.decode(stream))
+            if index in wanted
+        )
+    return {"seconds": time.perf_counter() - start, "frames": converted}
+
+
+def processor_case(path: str, backend: str, isolate: bool | None = None) -> dict:
+    from sgdetr_hf import SGDetrVideoProcessor
+    from sgdetr_hf import video_processing_sgdetr as module
+
+    if isolate is not None:  # the decoder choice is internal: route open_video through the requested variant
+        original = module.open_video
+        module.open_video = lambda *args, **kwargs: original(*args, **{**kwargs, "isolate": isolate})
+    processor = SGDetrVideoProcessor(backend=backend)
+    start = time.perf_counter()
+    clips = sum(len(chunk["pixel_values"]) for chunk in processor.iter_clips(path))
+    return {"seconds": time.perf_counter() - start, "clips": clips}
+
+
+def encoder_case(config_name: str) -> dict:
+    import torch
+
+    from sgdetr_hf import InternVideo2Config, InternVideo2Model
+
+    if config_name == "tiny":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from internvideo2_testing import tiny_config
+
+        config, device, dtype, batch, repeats = tiny_config(), "cpu", torch.float32, 32, 20
+    else:
+        config, device, dtype, batch, repeats = InternVideo2Config(), "cuda", torch.bfloat16, 32, 5
+    with torch.device("meta"):
+        model = InternVideo2Model(config)
+    model = model.to_empty(device=device).to(dtype).eval()  # random weights: speed only
+    size = config.vision_config.image_size
+    pixel_values = torch.randn(batch, config.vision_config.num_frames, 3, size, size, device=device, dtype=dtype)
+    with torch.inference_mode():
+        model.get_video_features(pixel_values)  # warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model.get_video_features(pixel_values)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    result = {"seconds": seconds, "clips_per_second": batch * repeats / seconds, "batch": batch}
+    if device == "cuda":
+        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+CASES = {
+    "pyav-plain": lambda video: plain_pyav(video),
+    "processor-pyav": lambda video: processor_case(video, "pyav"),
+    "processor-decord": lambda video: processor_case(video, "decord"),
+    "decord-in-process": lambda video: processor_case(video, "decord", isolate=False),
+    "encoder-tiny": lambda video: encoder_case("tiny"),
+    "encoder-1b": lambda video: encoder_case("1b"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--video", help="use (or create, if missing) this video file")
+    parser.add_argument("--duration", type=float, default=150.0, help="seconds of generated video")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per decoding case (the best is kept)")
+    parser.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)  # internal: one case per process
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps({**CASES[args.case](args.video), "peak_rss_mb": peak_rss_mb()}))
+        return
+
+    import torch
+
+    video = Path(args.video) if args.video else Path(tempfile.mkdtemp()) / "benchmark_720p.mp4"
+    if not video.exists():
+        print(f"generating {args.duration:.0f} s of 720p H.264 in {video} ...", flush=True)
+        generate_video(video, args.duration)
+    from sgdetr_hf.video_io_sgdetr import PyAVDecoder
+
+    with PyAVDecoder(video) as decoder:
+        duration = decoder.metadata.duration
+    cases = [name for name in CASES if name != "encoder-1b" or torch.cuda.is_available()]
+    print(f"video: {video} ({duration:.1f} s); cores: {len(__import__('os').sched_getaffinity(0))}")
+    print(f"{'case':<20} {'seconds':>8} {'x real-time':>12} {'clips/s':>9} {'peak RSS MB':>12}")
+    for name in cases:
+        runs = [
+            json.loads(subprocess.run(
+                [sys.executable, __file__, "--case", name, "--video", str(video)], capture_output=True, text=True,
+                check=True,
+            ).stdout.splitlines()[-1])
+            for _ in range(1 if name.startswith("encoder") else args.repeats)
+        ]
+        best = min(runs, key=lambda run: run["seconds"])
+        realtime = "" if name.startswith("encoder") else f"{duration / best['seconds']:.1f}"
+        clips = f"{best['clips_per_second']:.0f}" if "clips_per_second" in best else ""
+        print(f"{name:<20} {best['seconds']:>8.2f} {realtime:>12} {clips:>9} {best['peak_rss_mb']:>12.0f}")
+    if not torch.cuda.is_available():
+        print("encoder-1b: no CUDA GPU here, not measured")
+
+
+if __name__ == "__main__":
+    main()

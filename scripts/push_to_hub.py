@@ -1,0 +1,103 @@
+"""Build a Hub repository of the SG-DETR release as a local folder, then upload it (or, with --dry-run,
+print every file and size that would go up).
+
+    python scripts/push_to_hub.py --what model   --repo-id ORG/sg-detr-qvhighlights --model runs/qvh/best
+    python scripts/push_to_hub.py --what space   --repo-id ORG/sg-detr-demo --model-repo-id ORG/sg-detr-qvhighlights
+    python scripts/push_to_hub.py --what dataset --repo-id ORG/qvhighlights-features --name qvhighlights-features
+    python scripts/push_to_hub.py --what metric  --repo-id ORG/sgdetr_eval --dry-run
+    python scripts/push_to_hub.py --write-card-template      # refresh hub/model/README.md from model_card.md
+
+Uploading needs a token (``hf auth login`` or ``HF_TOKEN``). The logic lives in
+:mod:`sgdetr_hf.publishing`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from sgdetr_hf import publishing
+from sgdetr_hf.training.files import atomic_write_text
+
+logger = logging.getLogger("push_to_hub")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--what", choices=publishing.REPO_KINDS, help="which repository to publish")
+    parser.add_argument("--repo-id", help="Hub repository id, ORG/NAME")
+    parser.add_argument("--dry-run", action="store_true", help="build, list the files and sizes, upload nothing")
+    parser.add_argument("--out", type=Path, help="build folder (default: build/hub/<what>)")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", type=Path, help="saved model + processor folder to publish")
+    model.add_argument("--space-id", default=publishing.DEFAULT_SPACE_REPO, help="the demo Space linked from the card")
+    model.add_argument(
+        "--paper-setting",
+        default="qvhighlights",
+        choices=sorted(publishing.PAPER_RESULTS),
+        help="the paper's training setting this checkpoint reproduces (its numbers go in the card)",
+    )
+    model.add_argument("--results", type=Path, help="JSON file of our evaluation of this checkpoint")
+    space = parser.add_argument_group("space")
+    space.add_argument("--model-repo-id", default=publishing.DEFAULT_MODEL_REPO, help="model the Space serves")
+    dataset = parser.add_argument_group("dataset")
+    dataset.add_argument("--name", help="dataset folder under hub/datasets/")
+    parser.add_argument(
+        "--write-card-template",
+        action="store_true",
+        help="render model_card.md with the defaults into hub/model/README.md and exit",
+    )
+    return parser
+
+
+def build_folder(args: argparse.Namespace) -> Path:
+    """The local folder that holds the complete repository for ``args.what``."""
+    out = args.out or publishing.SOURCE_ROOT / "build" / "hub" / args.what
+    if args.what == "model":
+        if args.model is None:
+            raise ValueError("--what model needs --model DIR (a saved model + processor folder)")
+        measured = publishing.load_measured_results(args.results) if args.results else None
+        return publishing.build_model_repo(
+            args.model, out, args.repo_id, args.space_id, args.paper_setting, measured
+        )
+    if args.what == "space":
+        return publishing.build_space_repo(out, args.model_repo_id)
+    return publishing.source_folder(args.what, args.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.write_card_template:
+        path = publishing.SOURCE_ROOT / "hub" / "model" / "README.md"
+        atomic_write_text(path, str(publishing.render_model_card()))
+        logger.info("wrote %s", path)
+        return 0
+    if not args.what or not args.repo_id:
+        parser.error("--what and --repo-id are required")
+    try:
+        folder = build_folder(args)
+        plan = publishing.upload_plan(folder)
+        print(publishing.format_plan(plan, args.repo_id, publishing.HUB_REPO_TYPES[args.what]))
+        if args.dry_run:
+            logger.info("dry run: nothing uploaded (folder: %s)", folder)
+            return 0
+        commit = publishing.upload_repo(
+            folder,
+            args.repo_id,
+            args.what,
+            private=args.private or None,
+            space_model_id=args.model_repo_id if args.what == "space" else None,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    logger.info("uploaded %s: %s", args.repo_id, getattr(commit, "commit_url", commit))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""Build a ``datasets`` repo folder (Parquet shards + README card) from annotations and features.
+
+Layout written for a dataset ``name`` (the ``push_to_hub`` naming, so the folder can be uploaded as is)::
+
+    <output_dir>/README.md                                   YAML configs + dataset_info, then the card
+    <output_dir>/<name>/<split>-00000-of-0000K.parquet       query rows: annotation columns + text_features
+    <output_dir>/<name>-features/<split>-00000-of-0000K.parquet   video rows: vid + video_features
+
+so that ``load_dataset(output_dir, name, split=...)`` gives the query rows and
+``load_dataset(output_dir, f"{name}-features", split=...)`` the videos of that split;
+:func:`sgdetr_hf.data.load_moment_retrieval` joins them by ``vid``. Several datasets can share one
+folder: each build rewrites only its own configs in the card.
+
+Why a per-video features config (measured with ``scripts/benchmark_data.py layout``, 10k synthetic videos,
+L=75, d=512, 1.8 queries per video, this 2-core machine): see the "Feature layout" section of the README.
+A video's features are stored once however many queries it has (TACoS has ~130 queries per video,
+Charades-STA 2.3, QVHighlights 1.02 per ``vid``).
+
+Features source: a :class:`FeatureFolder` written by the feature extraction, or :class:`ArrayFeatures`
+(in-memory arrays). Feature folder format::
+
+    <root>/videos/<vid>.safetensors     tensor "video_features": (L, d_v), any float dtype
+    <root>/queries/<qid>.safetensors    tensor "text_features":  (N, d_t), any float dtype
+
+Features are stored as float16. Every shard is written to a temporary file in its folder and moved into
+place with ``os.replace``, so a reader never sees half a shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets.info import DatasetInfosDict
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCard, DatasetCardData
+from safetensors import safe_open
+from safetensors.numpy import load_file
+
+from .schema import ANNOTATION_COLUMNS, annotation_features, video_features_features
+
+logger = logging.getLogger(__name__)
+
+VIDEO_KEY = "video_features"
+TEXT_KEY = "text_features"
+_CONFIG_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_SPLIT_NAME = re.compile(r"^\w+$")
+
+
+class FeatureSource(Protocol):
+    """Where the builder reads features: shapes first (cheap, for validation), then the arrays."""
+
+    def video_shape(self, vid: str) -> tuple[int, ...] | None: ...
+    def text_shape(self, qid: str) -> tuple[int, ...] | None: ...
+    def video(self, vid: str) -> np.ndarray: ...
+    def text(self, qid: str) -> np.ndarray: ...
+
+
+class FeatureFolder:
+    """Per-video and per-query safetensors files (format in the module docstring).
+
+    Shapes come from the safetensors header, so validating 10k videos reads no tensor data.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ValueError(f"feature folder {self.root} does not exist")
+
+    def video_path(self, vid: str) -> Path:
+        return self.root / "videos" / f"{vid}.safetensors"
+
+    def text_path(self, qid: str) -> Path:
+        return self.root / "queries" / f"{qid}.safetensors"
+
+    @staticmethod
+    def _shape(path: Path, key: str) -> tuple[int, ...] | None:
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(path, framework="np") as file:
+                keys = list(file.keys())
+                shape = tuple(file.get_slice(key).get_shape()) if key in keys else None
+        except Exception as error:  # safetensors raises its own error types for damaged headers
+            raise ValueError(f"{path} is not a readable safetensors file ({error}); re-extract it") from None
+        if shape is None:
+            raise ValueError(f"{path} has no tensor {key!r} (it holds {sorted(keys)})")
+        return shape
+
+    @staticmethod
+    def _load(path: Path, key: str) -> np.ndarray:
+        return load_file(path)[key]
+
+    def video_shape(self, vid: str) -> tuple[int, ...] | None:
+        return self._shape(self.video_path(vid), VIDEO_KEY)
+
+    def text_shape(self, qid: str) -> tuple[int, ...] | None:
+        return self._shape(self.text_path(qid), TEXT_KEY)
+
+    def video(self, vid: str) -> np.ndarray:
+        return self._load(self.video_path(vid), VIDEO_KEY)
+
+    def text(self, qid: str) -> np.ndarray:
+        return self._load(self.text_path(qid), TEXT_KEY)
+
+
+class ArrayFeatures:
+    """In-memory features: ``videos`` maps vid -> (L, d_v) array, ``texts`` maps qid -> (N, d_t) array.
+
+    Any mapping works (a dict, or a lazy mapping over another store); build one from an iterable of
+    ``(id, array)`` pairs with ``dict(pairs)``.
+    """
+
+    def __init__(self, videos: Mapping[str, Any], texts: Mapping[str, Any]):
+        self.videos = videos
+        self.texts = texts
+
+    def video_shape(self, vid: str) -> tuple[int, ...] | None:
+        return np.shape(self.videos[vid]) if vid in self.videos else None
+
+    def text_shape(self, qid: str) -> tuple[int, ...] | None:
+        return np.shape(self.texts[qid]) if qid in self.texts else None
+
+    def video(self, vid: str) -> np.ndarray:
+        return np.asarray(self.videos[vid])
+
+    def text(self, qid: str) -> np.ndarray:
+        return np.asarray(self.texts[qid])
+
+
+@dataclass
+class BuildReport:
+    """What a build wrote: per-split query and video counts, what was skipped, dims, files, time."""
+
+    name: str
+    queries: dict[str, int] = field(default_factory=dict)
+    videos: dict[str, int] = field(default_factory=dict)
+    missing_videos: list[str] = field(default_factory=list)
+    missing_queries: list[str] = field(default_factory=list)
+    video_dim: int = 0
+    text_dim: int = 0
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _feature_dim(shapes: Mapping[str, tuple[int, ...]], what: str) -> int:
+    """The common width d of (rows, d) feature shapes; ValueError naming the odd ones out."""
+    bad = [key for key, shape in shapes.items() if len(shape) != 2 or shape[0] < 1 or shape[1] < 1]
+    if bad:
+        raise ValueError(f"{what} must be non-empty (rows, d) matrices; wrong shape for {bad[:10]} ({len(bad)} in all)")
+    widths: dict[int, list[str]] = {}
+    for key, shape in shapes.items():
+        widths.setdefault(shape[1], []).append(key)
+    if len(widths) > 1:
+        detail = "; ".join(f"d={d}: {len(keys)} e.g. {keys[:3]}" for d, keys in sorted(widths.items()))
+        raise ValueError(f"inconsistent {what} dims ({detail}); all features of a dataset must share one d")
+    return next(iter(widths))
+
+
+def _matrix_column(matrices: Sequence[np.ndarray], width: int) -> pa.Array:
+    """A list<fixed_size_list<halffloat>[width]> Arrow array of ragged (rows, width) matrices, built in one go."""
+    flat = np.concatenate([np.asarray(m, dtype=np.float16) for m in matrices]) if matrices else np.zeros((0, width))
+    offsets = np.concatenate([[0], np.cumsum([len(m) for m in matrices])]).astype(np.int32)
+    rows = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=pa.float16()), width)
+    return pa.ListArray.from_arrays(pa.array(offsets), rows)
+
+
+def write_parquet_shard(path: Path, columns: Mapping[str, Any], features: datasets.Features) -> None:
+    """Write one Parquet shard atomically (temporary file in the same folder, then ``os.replace``).
+
+    ``columns`` holds lists of Python values, and lists of numpy matrices for ``Array2D`` columns. The
+    ``datasets`` features are embedded in the schema metadata, as ``Dataset.to_parquet`` does.
+    """
+    schema = features.arrow_schema
+    arrays = [
+        _matrix_column(columns[name], feature.shape[1])
+        if isinstance(feature, datasets.Array2D)
+        else pa.array(columns[name], type=schema.field(name).type)
+        for name, feature in features.items()
+    ]
+    table = pa.Table.from_arrays(arrays, names=list(features)).cast(schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        pq.write_table(table, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file in the same folder, then ``os.replace``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _shard_ranges(sizes: np.ndarray, max_shard_bytes: int) -> list[np.ndarray]:
+    """Split row indices into ceil(total / max_shard_bytes) contiguous shards of similar byte size."""
+    num_shards = max(1, math.ceil(int(sizes.sum()) / max_shard_bytes))
+    num_shards = min(num_shards, len(sizes))
+    boundaries = np.searchsorted(np.cumsum(sizes), np.arange(1, num_shards) * sizes.sum() / num_shards)
+    return [part for part in np.split(np.arange(len(sizes)), boundaries) if len(part)]
+
+
+def _write_config(
+    output_dir: Path, config: str, split: str, parts: list[np.ndarray], columns_for, features: datasets.Features
+) -> list[str]:
+    """Write the shards of one (config, split); returns their paths relative to ``output_dir``."""
+    written = []
+    for index, part in enumerate(parts):
+        relative = f"{config}/{split}-{index:05d}-of-{len(parts):05d}.parquet"
+        write_parquet_shard(output_dir / relative, columns_for(part), features)
+        written.append(relative)
+    return written
+
+
+def _update_card(
+    output_dir: Path,
+    name: str,
+    splits: Mapping[str, int],
+    video_splits: Mapping[str, int],
+    query_features: datasets.Features,
+    video_features: datasets.Features,
+    card_body: str | None,
+    card_metadata: Mapping[str, Any] | None,
+) -> None:
+    """Merge this dataset's two configs (files, features, split sizes) into ``output_dir/README.md``."""
+    readme = output_dir / "README.md"
+    card = DatasetCard(readme.read_text(encoding="utf-8")) if readme.is_file() else None
+    card_data = DatasetCardData(**{**(card.data.to_dict() if card else {}), **(card_metadata or {})})
+    configs, infos = MetadataConfigs(), DatasetInfosDict()
+    for config, features, counts in ((name, query_features, splits), (f"{name}-features", video_features, video_splits)):
+        configs[config] = {"data_files": [{"split": split, "path": f"{config}/{split}-*"} for split in counts]}
+        split_dict = datasets.SplitDict()
+        for split, count in counts.items():
+            split_dict.add(datasets.SplitInfo(name=split, num_examples=count))
+        infos[config] = datasets.DatasetInfo(features=features, splits=split_dict)
+    # Both merge into the card's existing entries, keeping the other datasets of the folder.
+    configs.to_dataset_card_data(card_data)
+    infos.to_dataset_card_data(card_data)
+    body = card_body if card_body is not None else (card.text if card else "")
+    if not body.strip():
+        body = f"\n# {name}\n\nBuilt with `sgdetr_hf.data.build_dataset`.\n"
+    write_text_atomic(readme, f"---\n{card_data.to_yaml()}\n---\n{body.lstrip(chr(10)).rstrip()}\n")
+
+
+def build_dataset(
+    output_dir: str | Path,
+    name: str,
+    splits: Mapping[str, Sequence[Mapping[str, Any]]],
+    features: FeatureSource,
+    *,
+    skip_missing: bool = False,
+    max_shard_bytes: int = 512 * 2**20,
+    card_body: str | None = None,
+    card_metadata: Mapping[str, Any] | None = None,
+) -> BuildReport:
+    """Join annotation rows with their features and write the dataset ``name`` into ``output_dir``.
+
+    Args:
+        output_dir: the dataset repo folder (created if needed; other datasets in it are kept).
+        name: config name, e.g. ``"qvhighlights"`` (lowercase letters, digits, ``-`` and ``_``).
+        splits: split name -> schema rows (:func:`sgdetr_hf.data.read_annotations` output).
+        features: where the (L, d_v) video and (N, d_t) text features come from.
+        skip_missing: drop (and report) the queries whose video or text features are missing, instead
+            of stopping with the list.
+        max_shard_bytes: target size of one Parquet shard (features dominate: L * d * 2 bytes a video).
+        card_body: the card's Markdown below the YAML; default: keep the existing card's body.
+        card_metadata: extra YAML keys (``license``, ``tags``, ``pretty_name``...).
+
+    Returns:
+        a :class:`BuildReport`.
+
+    Raises:
+        ValueError: bad arguments, missing features (unless ``skip_missing``), features that are not
+            (rows, d) matrices, or dims that differ between videos or between queries.
+    """
+    start = time.perf_counter()
+    output_dir = Path(output_dir)
+    if not _CONFIG_NAME.match(name) or name.endswith("-features"):
+        raise ValueError(f"dataset name {name!r} must match {_CONFIG_NAME.pattern} and not end with '-features'")
+    if not splits or any(not _SPLIT_NAME.match(split) for split in splits):
+        raise ValueError(f"splits must be a non-empty mapping of word-character names, got {list(splits)}")
+    report = BuildReport(name=name)
+
+    # 1. Inventory: every feature's shape, read without loading any tensor.
+    video_shapes: dict[str, tuple[int, ...]] = {}
+    text_shapes: dict[str, tuple[int, ...]] = {}
+    kept: dict[str, list[Mapping[str, Any]]] = {}
+    for split, rows in splits.items():
+        kept[split] = []
+        for index, row in enumerate(rows):
+            missing_columns = [c for c in ANNOTATION_COLUMNS if c not in row]
+            if missing_columns:
+                raise ValueError(f"split {split!r} row {index} lacks columns {missing_columns}")
+            vid, qid = str(row["vid"]), str(row["qid"])
+            if vid not in video_shapes:
+                shape = features.video_shape(vid)
+                if shape is None:
+                    report.missing_videos.append(vid)
+                video_shapes[vid] = shape
+            text_shapes[qid] = features.text_shape(qid)
+            if text_shapes[qid] is None:
+                report.missing_queries.append(qid)
+            if video_shapes[vid] is not None and text_shapes[qid] is not None:
+                kept[split].append(row)
+    if report.missing_videos or report.missing_queries:
+        summary = (
+            f"missing features for {len(report.missing_videos)} videos {report.missing_videos[:20]} and "
+            f"{len(report.missing_queries)} queries {report.missing_queries[:20]}"
+        )
+        if not skip_missing:
+            raise ValueError(f"{summary}; extract them, or pass skip_missing=True (--skip-missing) to leave them out")
+        logger.warning("%s: skipping the queries that need them", summary)
+    video_shapes = {k: v for k, v in video_shapes.items() if v is not None}
+    text_shapes = {k: v for k, v in text_shapes.items() if v is not None}
+    if not any(kept.values()):
+        raise ValueError("no query has both its video and its text features; nothing to build")
+    report.video_dim = _feature_dim(video_shapes, "video features")
+    report.text_dim = _feature_dim(text_shapes, "text features")
+
+    # 2. Shards, split by split.
+    query_features = annotation_features(report.text_dim)
+    video_features = video_features_features(report.video_dim)
+    for split, rows in kept.items():
+        vids = list(dict.fromkeys(str(row["vid"]) for row in rows))
+        report.queries[split], report.videos[split] = len(rows), len(vids)
+
+        def query_columns(part: np.ndarray, rows=rows) -> dict[str, list]:
+            columns = {c: [rows[i][c] for i in part] for c in ANNOTATION_COLUMNS}
+            columns["qid"] = [str(q) for q in columns["qid"]]
+            columns[TEXT_KEY] = [features.text(columns["qid"][j]) for j in range(len(part))]
+            return columns
+
+        def video_columns(part: np.ndarray, vids=vids) -> dict[str, list]:
+            return {"vid": [vids[i] for i in part], VIDEO_KEY: [features.video(vids[i]) for i in part]}
+
+        text_sizes = np.array([math.prod(text_shapes[str(row["qid"])]) * 2 + 512 for row in rows])
+        video_sizes = np.array([math.prod(video_shapes[vid]) * 2 for vid in vids])
+        report.files += _write_config(
+            output_dir, name, split, _shard_ranges(text_sizes, max_shard_bytes), query_columns, query_features
+        )
+        report.files += _write_config(
+            output_dir, f"{name}-features", split, _shard_ranges(video_sizes, max_shard_bytes), video_columns, video_features
+        )
+        logger.info("%s/%s: %d queries, %d videos", name, split, len(rows), len(vids))
+
+    # Shards of an older build of this dataset (other shard counts, dropped splits) would be loaded too.
+    for config in (name, f"{name}-features"):
+        for shard in (output_dir / config).glob("*.parquet"):
+            if f"{config}/{shard.name}" not in report.files:
+                shard.unlink()
+    _update_card(output_dir, name, report.queries, report.videos, query_features, video_features, card_body, card_metadata)
+    report.seconds = time.perf_counter() - start
+    return report

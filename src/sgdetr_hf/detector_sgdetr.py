@@ -1,0 +1,673 @@
+"""The SG-DETR hybrid detector (design ``shared/design/sg-detr.md`` §2.11-2.16).
+
+Input: the globally amplified video features ``F_g`` (B, L, d) with the video mask and the video positional
+encoding. Components, all vectorised over the batch (loops only over pyramid levels, decoder layers and
+query groups):
+
+- temporal pyramid neck (strides 1..16, stride-2 convs + padding-aware GroupNorm);
+- 1-D anchors (one per position, width ``anchor_scale * stride`` clips) and the ATSS head (classification,
+  delta-coded spans, centerness); :func:`assign_atss` is the 1-D ATSS assigner with the fallback of §2.12;
+- DINO-style query selection (top-``K`` pyramid positions, cycling when there are fewer candidates);
+- a DAB/conditional decoder with look-forward-twice refinement and shared class / span / IoU heads;
+- training-only query groups: DINO denoising groups and Co-DETR ATSS-positive queries, isolated from the
+  primary queries by the self-attention mask.
+
+Spans are normalised ``(center, width)`` relative to ``T_b = L_b * clip_length`` unless a name says ``se``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .layers_sgdetr import (
+    SGDetrFeedForward,
+    SGDetrMaskedGroupNorm,
+    SGDetrMLP,
+    attend,
+    merge_heads,
+    split_heads,
+)
+from .spans import (
+    clamp_spans_cw,
+    inverse_sigmoid,
+    pairwise_span_iou,
+    sine_embed_spans_cw,
+    span_cw_to_se,
+    span_se_to_cw,
+)
+
+_ATSS_MAX_LOG_RATIO = math.log(1000.0 / 16)
+# group ids used by the decoder self-attention mask: DN groups are 0..G-1
+_PRIMARY_GROUP = -1
+_ATSS_GROUP = -2
+
+
+# ----------------------------------------------------------------------------------------------- anchors
+def level_lengths(length: int, strides: list[int]) -> list[int]:
+    """Padded length of every pyramid level: ``ceil(L / stride)``."""
+    return [-(-length // s) for s in strides]
+
+
+def make_anchors(
+    video_lengths: Tensor, padded_length: int, strides: list[int], anchor_scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One anchor per pyramid position (§2.12).
+
+    At level stride ``s``, position ``j``: center ``(j + 0.5) * s / L_b``, width ``anchor_scale * s / L_b``.
+
+    Args:
+        video_lengths: ``(B,)`` valid clips ``L_b``. padded_length: ``L``.
+    Returns:
+        anchors ``(B, A, 2)`` (center, width), normalised and **not clipped** (clip with
+        :func:`clamp_spans_cw` for IoU), anchor_mask ``(B, A)`` bool (valid positions ``j < ceil(L_b/s)``),
+        anchor_levels ``(A,)`` long level index; ``A = sum_k ceil(L / s_k)``.
+    """
+    device = video_lengths.device
+    lengths = video_lengths.to(torch.float32)[:, None]
+    centers, widths, masks, levels = [], [], [], []
+    for level, (stride, size) in enumerate(zip(strides, level_lengths(padded_length, strides))):
+        pos = torch.arange(size, device=device, dtype=torch.float32)[None, :]
+        centers.append((pos + 0.5) * stride / lengths)
+        widths.append((anchor_scale * stride / lengths).expand(-1, size))
+        masks.append(pos < torch.div(video_lengths[:, None] + stride - 1, stride, rounding_mode="floor"))
+        levels.append(torch.full((size,), level, dtype=torch.long, device=device))
+    anchors = torch.stack((torch.cat(centers, 1), torch.cat(widths, 1)), dim=-1)
+    return anchors, torch.cat(masks, 1), torch.cat(levels)
+
+
+def decode_atss_deltas(anchors: Tensor, deltas: Tensor, stds: list[float]) -> Tensor:
+    """Delta decoding (§2.12): ``c = c_a + std_c * d_c * w_a``, ``w = w_a * exp(min(std_w * d_w, log(1000/16)))``,
+    then clipped to [0, 1]. ``(B, A, 2)`` anchors (center, width) and deltas -> ``(B, A, 2)`` (center, width)."""
+    anchors = anchors.float()
+    deltas = deltas.float()
+    center = anchors[..., 0] + stds[0] * deltas[..., 0] * anchors[..., 1]
+    width = anchors[..., 1] * torch.exp((stds[1] * deltas[..., 1]).clamp(max=_ATSS_MAX_LOG_RATIO))
+    return clamp_spans_cw(torch.stack((center, width), dim=-1))
+
+
+# ----------------------------------------------------------------------------------------------- assignment
+@torch.no_grad()
+def assign_atss(
+    anchors: Tensor,
+    anchor_mask: Tensor,
+    anchor_levels: Tensor,
+    gt_spans: Tensor,
+    gt_mask: Tensor,
+    topk: int = 9,
+) -> dict[str, Tensor]:
+    """1-D ATSS assignment (§2.12), vectorised over the batch and the ground truths.
+
+    For each GT: the ``min(topk, n_level)`` valid anchors of each level whose centers are closest to the GT
+    center form the candidates; threshold = mean + unbiased std of their IoUs (std 0 with one candidate);
+    a candidate is positive if ``IoU >= threshold`` and its center lies strictly inside the GT. An anchor
+    positive for several GTs keeps the one with the highest IoU. Fallback: a GT left without positives takes
+    its highest-IoU candidate, unless that anchor is already positive for another GT.
+
+    Args:
+        anchors: ``(B, A, 2)`` (center, width), unclipped (clipped here for IoU). anchor_mask: ``(B, A)`` bool.
+        anchor_levels: ``(A,)`` level of each anchor (levels are contiguous, in increasing order).
+        gt_spans: ``(B, M, 2)`` (center, width). gt_mask: ``(B, M)`` bool.
+    Returns:
+        ``assigned_gt`` ``(B, A)`` long (-1 = negative or padding), ``target_spans`` ``(B, A, 2)`` (zeros for
+        negatives), ``centerness_targets`` ``(B, A)`` (``sqrt(min(l, r) / max(l, r))``, 0 for negatives),
+        ``is_positive`` ``(B, A)`` bool. All fp32.
+    """
+    anchors = anchors.float()
+    gt_spans = gt_spans.float()
+    batch, num_anchors = anchor_mask.shape
+    num_gt = gt_spans.shape[1]
+    device = anchors.device
+    if num_gt == 0 or not bool(gt_mask.any()):
+        return {
+            "assigned_gt": torch.full((batch, num_anchors), -1, dtype=torch.long, device=device),
+            "target_spans": torch.zeros(batch, num_anchors, 2, device=device),
+            "centerness_targets": torch.zeros(batch, num_anchors, device=device),
+            "is_positive": torch.zeros(batch, num_anchors, dtype=torch.bool, device=device),
+        }
+    gt_se = span_cw_to_se(gt_spans)
+    iou = pairwise_span_iou(gt_se, span_cw_to_se(anchors).clamp(0.0, 1.0))[0]  # (B, M, A)
+    pair_valid = gt_mask[:, :, None] & anchor_mask[:, None, :]
+    dist = (anchors[:, None, :, 0] - gt_spans[:, :, None, 0]).abs().masked_fill(~pair_valid, math.inf)
+
+    candidates = torch.zeros(batch, num_gt, num_anchors, dtype=torch.bool, device=device)
+    counts = torch.bincount(anchor_levels, minlength=int(anchor_levels.max()) + 1).tolist()
+    start = 0
+    for count in counts:  # loop over pyramid levels only
+        level_dist = dist[..., start : start + count]
+        k = min(topk, count)
+        top_dist, top_idx = level_dist.topk(k, dim=-1, largest=False)
+        candidates[..., start : start + count].scatter_(-1, top_idx, torch.isfinite(top_dist))
+        start += count
+
+    n_cand = candidates.sum(-1)  # (B, M)
+    cand_f = candidates.float()
+    mean = (iou * cand_f).sum(-1) / n_cand.clamp_min(1)
+    var = (((iou - mean[..., None]) * cand_f) ** 2).sum(-1) / (n_cand - 1).clamp_min(1)
+    std = torch.where(n_cand > 1, var.sqrt(), torch.zeros_like(var))
+    threshold = mean + std
+    center = anchors[:, None, :, 0]
+    inside = (center > gt_se[:, :, None, 0]) & (center < gt_se[:, :, None, 1])
+    positive = candidates & (iou >= threshold[..., None]) & inside
+
+    # fallback: a GT without positives takes its best candidate if no other GT holds that anchor
+    best_anchor = iou.masked_fill(~candidates, -1.0).argmax(-1)  # (B, M)
+    needs = gt_mask & ~positive.any(-1) & (n_cand > 0)
+    taken = positive.any(1)  # (B, A)
+    free = ~taken.gather(1, best_anchor)
+    fallback = F.one_hot(best_anchor, num_anchors).bool() & (needs & free)[..., None]
+    positive = positive | fallback
+
+    is_positive = positive.any(1)
+    best_gt = iou.masked_fill(~positive, -1.0).argmax(1)  # (B, A)
+    assigned = torch.where(is_positive, best_gt, torch.full_like(best_gt, -1))
+    targets = gt_spans.gather(1, best_gt[..., None].expand(-1, -1, 2)) * is_positive[..., None]
+    target_se = span_cw_to_se(targets)
+    left = (anchors[..., 0] - target_se[..., 0]).clamp_min(0)
+    right = (target_se[..., 1] - anchors[..., 0]).clamp_min(0)
+    centerness = torch.sqrt(torch.minimum(left, right) / torch.maximum(left, right).clamp_min(1e-12))
+    return {
+        "assigned_gt": assigned,
+        "target_spans": targets,
+        "centerness_targets": centerness * is_positive,
+        "is_positive": is_positive,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- modules
+class SGDetrPyramidNeck(nn.Module):
+    """``P1 = F_g``; ``P_{k+1} = ReLU(GN(Conv1d_{k3,s2}(P_k * mask_k)))`` (§2.11). Works channel-first."""
+
+    def __init__(self, config):
+        super().__init__()
+        d = config.hidden_size
+        self.strides = list(config.pyramid_strides)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(d, d, kernel_size=3, stride=2, padding=1) for _ in self.strides[1:]
+        )
+        self.norms = nn.ModuleList(
+            SGDetrMaskedGroupNorm(config.group_norm_groups, d) for _ in self.strides[1:]
+        )
+
+    def forward(self, features: Tensor, video_lengths: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """``(B, L, d)`` -> per level ``(B, d, L_k)`` features (zero at padding) and ``(B, L_k)`` masks."""
+        length = features.shape[1]
+        mask = torch.arange(length, device=features.device)[None, :] < video_lengths[:, None]
+        x = features.transpose(1, 2) * mask[:, None, :].to(features.dtype)
+        feats, masks = [x], [mask]
+        for stride, conv, norm in zip(self.strides[1:], self.convs, self.norms):
+            x = conv(x)
+            valid = torch.div(video_lengths + stride - 1, stride, rounding_mode="floor")
+            mask = torch.arange(x.shape[-1], device=x.device)[None, :] < valid[:, None]
+            x = F.relu(norm(x, mask))
+            feats.append(x)
+            masks.append(mask)
+        return feats, masks
+
+
+class SGDetrATSSHead(nn.Module):
+    """Shared 1-D ATSS head: one conv per tower (Co-DETR ``stacked_convs=1``), per-level regression scales."""
+
+    def __init__(self, config):
+        super().__init__()
+        d = config.hidden_size
+        self.cls_conv = nn.Conv1d(d, d, 3, padding=1)
+        self.cls_norm = SGDetrMaskedGroupNorm(config.group_norm_groups, d)
+        self.reg_conv = nn.Conv1d(d, d, 3, padding=1)
+        self.reg_norm = SGDetrMaskedGroupNorm(config.group_norm_groups, d)
+        self.cls_out = nn.Conv1d(d, 1, 3, padding=1)
+        self.reg_out = nn.Conv1d(d, 2, 3, padding=1)
+        self.ctr_out = nn.Conv1d(d, 1, 3, padding=1)
+        for conv in (self.cls_conv, self.reg_conv, self.cls_out, self.reg_out, self.ctr_out):
+            conv._sgdetr_atss_conv = True
+        self.cls_out._sgdetr_bias_prior = 0.01
+        self.scales = nn.Parameter(torch.ones(config.num_pyramid_levels))
+
+    def forward(self, feats: list[Tensor], masks: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Per level ``(B, d, L_k)`` -> logits ``(B, A)``, deltas ``(B, A, 2)``, centerness logits ``(B, A)``."""
+        logits, deltas, centerness = [], [], []
+        for level, (x, mask) in enumerate(zip(feats, masks)):
+            m = mask[:, None, :].to(x.dtype)
+            cls_feat = F.relu(self.cls_norm(self.cls_conv(x), mask)) * m
+            reg_feat = F.relu(self.reg_norm(self.reg_conv(x), mask)) * m
+            logits.append(self.cls_out(cls_feat)[:, 0])
+            deltas.append((self.reg_out(reg_feat) * self.scales[level]).transpose(1, 2))
+            centerness.append(self.ctr_out(reg_feat)[:, 0])
+        return torch.cat(logits, 1).float(), torch.cat(deltas, 1).float(), torch.cat(centerness, 1).float()
+
+
+class SGDetrQuerySelector(nn.Module):
+    """DINO mixed query selection over all valid pyramid positions (§2.13)."""
+
+    def __init__(self, config):
+        super().__init__()
+        d = config.hidden_size
+        self.num_queries = config.num_queries
+        self.proj = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.class_head = nn.Linear(d, 2)
+        self.span_head = SGDetrMLP(d, d, 2, 3, zero_last=True)
+        self.content = nn.Embedding(config.num_queries, d)
+        self.content._sgdetr_init_std = 1.0
+
+    def forward(self, features: Tensor, anchors: Tensor, anchor_mask: Tensor) -> dict[str, Tensor]:
+        """features ``(B, A, d)``, anchors ``(B, A, 2)`` (center, width), anchor_mask ``(B, A)``.
+
+        Returns logits ``(B, K, 2)`` and spans ``(B, K, 2)`` of the selected proposals (for the selector
+        loss), their ``index`` ``(B, K)``, detached references ``(B, K, 2)`` and content ``(B, K, d)``.
+        """
+        z = self.norm(self.proj(features)) * anchor_mask[..., None].to(features.dtype)
+        logits = self.class_head(z).float()
+        proposals = torch.sigmoid(self.span_head(z).float() + inverse_sigmoid(clamp_spans_cw(anchors)))
+        score = torch.softmax(logits, -1)[..., 0].masked_fill(~anchor_mask, -1.0)
+        order = torch.sort(score, dim=1, descending=True, stable=True).indices
+        # fewer candidates than queries: cycle through the ranked candidates (duplicates become background)
+        num_valid = anchor_mask.sum(1, keepdim=True).clamp_min(1)
+        slot = torch.arange(self.num_queries, device=features.device)[None, :] % num_valid
+        index = order.gather(1, slot)
+        spans = proposals.gather(1, index[..., None].expand(-1, -1, 2))
+        batch = features.shape[0]
+        return {
+            "logits": logits.gather(1, index[..., None].expand(-1, -1, 2)),
+            "spans": spans,
+            "index": index,
+            "references": spans.detach(),
+            "content": self.content.weight[None].expand(batch, -1, -1),
+        }
+
+
+class SGDetrDecoderLayer(GradientCheckpointingLayer):
+    """Conditional / DAB-DETR decoder layer (CG-DETR / QD-DETR layer, §2.14 steps 4-6)."""
+
+    def __init__(self, config, is_first: bool):
+        super().__init__()
+        d = config.hidden_size
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.is_first = is_first
+        # self-attention
+        self.sa_q_content = nn.Linear(d, d)
+        self.sa_q_pos = nn.Linear(d, d)
+        self.sa_k_content = nn.Linear(d, d)
+        self.sa_k_pos = nn.Linear(d, d)
+        self.sa_v = nn.Linear(d, d)
+        self.sa_out = nn.Linear(d, d)
+        self.norm1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        # cross-attention (query/key positional parts concatenated per head)
+        self.ca_q_content = nn.Linear(d, d)
+        self.ca_q_pos = nn.Linear(d, d) if is_first else None  # used in the first layer only
+        self.ca_q_sine = nn.Linear(d, d)
+        self.ca_k_content = nn.Linear(d, d)
+        self.ca_k_pos = nn.Linear(d, d)
+        self.ca_v = nn.Linear(d, d)
+        self.ca_out = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.ffn = SGDetrFeedForward(config)
+        self.norm3 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        memory_pos: Tensor,
+        query_pos: Tensor,
+        query_sine: Tensor,
+        memory_blocked: Tensor,
+        self_blocked: Tensor | None,
+    ) -> Tensor:
+        impl = self.config._attn_implementation
+        p = self.config.dropout if self.training else 0.0
+        h = self.num_heads
+        # self-attention among queries (group mask)
+        q = self.sa_q_content(tgt) + self.sa_q_pos(query_pos)
+        k = self.sa_k_content(tgt) + self.sa_k_pos(query_pos)
+        v = self.sa_v(tgt)
+        out = attend(split_heads(q, h), split_heads(k, h), split_heads(v, h), self_blocked, p, impl)
+        tgt = self.norm1(tgt + self.dropout(self.sa_out(merge_heads(out))))
+        # cross-attention to the video memory
+        q = self.ca_q_content(tgt)
+        k = self.ca_k_content(memory)
+        k_pos = self.ca_k_pos(memory_pos)
+        if self.is_first:
+            q = q + self.ca_q_pos(query_pos)
+            k = k + k_pos
+        q = torch.cat((split_heads(q, h), split_heads(self.ca_q_sine(query_sine), h)), dim=-1)
+        k = torch.cat((split_heads(k, h), split_heads(k_pos, h)), dim=-1)
+        out = attend(q, k, split_heads(self.ca_v(memory), h), memory_blocked, p, impl)
+        tgt = self.norm2(tgt + self.dropout(self.ca_out(merge_heads(out))))
+        return self.norm3(tgt + self.dropout(self.ffn(tgt)))
+
+
+class SGDetrDecoder(nn.Module):
+    """Three DAB/conditional layers with iterative span refinement and DINO look-forward-twice; class, span
+    and IoU heads shared across layers (§2.14, §2.16)."""
+
+    def __init__(self, config):
+        super().__init__()
+        d = config.hidden_size
+        self.hidden_size = d
+        self.temperature = config.position_temperature
+        self.layers = nn.ModuleList(
+            SGDetrDecoderLayer(config, i == 0) for i in range(config.num_decoder_layers)
+        )
+        self.ref_point_head = SGDetrMLP(d, d, d, 2)
+        self.query_scale = SGDetrMLP(d, d, d, 2) if config.num_decoder_layers > 1 else None
+        self.ref_width_head = SGDetrMLP(d, d, 1, 2)
+        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.class_head = nn.Linear(d, 2)
+        self.span_head = SGDetrMLP(d, d, 2, 3, zero_last=True)
+        self.iou_head = SGDetrMLP(d, d, 1, 2) if config.use_iou_head else None
+
+    def forward(
+        self,
+        content: Tensor,
+        references: Tensor,
+        memory: Tensor,
+        memory_pos: Tensor,
+        memory_mask: Tensor,
+        self_blocked: Tensor | None = None,
+    ) -> list[dict[str, Tensor | None]]:
+        """content ``(B, Q, d)``, references ``(B, Q, 2)`` (detached), memory ``(B, L, d)`` with positions and
+        mask ``(B, L)``; ``self_blocked`` ``(B, Q, Q)`` bool (True = blocked) or None (all queries see all).
+
+        Returns one dict per layer: ``logits`` ``(B, Q, 2)``, ``spans`` ``(B, Q, 2)`` (fp32),
+        ``iou_logits`` ``(B, Q)`` or None.
+        """
+        memory_blocked = ~memory_mask[:, None, None, :]
+        self_blocked = None if self_blocked is None else self_blocked[:, None]
+        output = content
+        reference = references.float()
+        previous = None
+        results = []
+        for i, layer in enumerate(self.layers):
+            sine = sine_embed_spans_cw(reference, self.hidden_size, self.temperature).to(output.dtype)
+            query_pos = self.ref_point_head(sine)
+            if i > 0:
+                sine = sine * self.query_scale(output)
+            width_scale = torch.sigmoid(self.ref_width_head(output)) / reference[..., 1:2].clamp_min(1e-4)
+            sine = sine * width_scale.to(sine.dtype)
+            output = layer(output, memory, memory_pos, query_pos, sine, memory_blocked, self_blocked)
+            hidden = self.norm(output)
+            # look-forward-twice: predict from the previous layer's (undetached) prediction
+            base = reference if previous is None else previous
+            spans = torch.sigmoid(self.span_head(hidden).float() + inverse_sigmoid(base))
+            results.append(
+                {
+                    "logits": self.class_head(hidden).float(),
+                    "spans": spans,
+                    "iou_logits": None if self.iou_head is None else self.iou_head(hidden)[..., 0].float(),
+                }
+            )
+            previous = spans
+            reference = spans.detach()
+        return results
+
+
+# ----------------------------------------------------------------------------------------------- query groups
+@dataclass
+class QueryGroup:
+    """Queries of one training group: content ``(B, Q, d)``, references ``(B, Q, 2)``, targets ``(B, Q, 2)``,
+    ``is_positive`` / ``valid`` ``(B, Q)`` bool and the self-attention group id of every query ``(Q,)``."""
+
+    content: Tensor
+    references: Tensor
+    target_spans: Tensor
+    is_positive: Tensor
+    valid: Tensor
+    group_ids: Tensor
+
+
+def build_denoising_group(
+    gt_spans: Tensor,
+    gt_mask: Tensor,
+    label_embed: nn.Embedding,
+    num_groups: int,
+    box_noise_scale: float,
+    label_noise_ratio: float,
+) -> QueryGroup | None:
+    """DINO contrastive denoising queries (§2.15): ``G`` groups of one positive and one negative per GT.
+
+    Endpoint noise ``± u * scale * w / 2`` with ``u ~ U[0, 1)`` (positives) or ``U[1, 2)`` (negatives),
+    clamped to [0, 1], minimum width 1e-3. Content ``E_label[moment]``, swapped to ``E_label[unknown]`` with
+    probability ``0.5 * label_noise_ratio``. Slots of samples with fewer GTs are invalid.
+    """
+    batch, num_gt = gt_mask.shape
+    if num_gt == 0 or not bool(gt_mask.any()):
+        return None
+    device = gt_spans.device
+    gt = gt_spans.float()
+    gt_se = span_cw_to_se(gt)
+    width = gt[..., 1]
+    shape = (batch, num_groups, 2, num_gt)  # batch, group, (positive, negative), gt
+    magnitude = (
+        torch.rand(shape, device=device) + torch.tensor([0.0, 1.0], device=device)[None, None, :, None]
+    )
+    sign = torch.randint(0, 2, (*shape, 2), device=device).float() * 2 - 1
+    shift = sign * magnitude[..., None] * box_noise_scale * width[:, None, None, :, None] / 2
+    noised = (gt_se[:, None, None] + shift).clamp(0.0, 1.0)
+    mid = noised.mean(-1, keepdim=True)
+    too_small = (noised[..., 1] - noised[..., 0] < 1e-3)[..., None]
+    noised = torch.where(
+        too_small, (mid + torch.tensor([-5e-4, 5e-4], device=device)).clamp(0.0, 1.0), noised
+    )
+    references = span_se_to_cw(noised).reshape(batch, -1, 2)
+    valid = gt_mask[:, None, None, :].expand(shape).reshape(batch, -1)
+    # padded slots get a harmless reference
+    references = torch.where(valid[..., None], references, torch.full_like(references, 0.5))
+    is_positive = torch.zeros(shape, dtype=torch.bool, device=device)
+    is_positive[:, :, 0] = True
+    is_positive = is_positive.reshape(batch, -1) & valid
+    flip = torch.rand(shape, device=device) < label_noise_ratio * 0.5
+    content = label_embed(flip.long().reshape(batch, -1))
+    targets = gt[:, None, None].expand(batch, num_groups, 2, num_gt, 2).reshape(batch, -1, 2)
+    group_ids = torch.arange(num_groups, device=device).repeat_interleave(2 * num_gt)
+    return QueryGroup(content, references, targets * valid[..., None], is_positive, valid, group_ids)
+
+
+def build_atss_positive_group(
+    assignment: dict[str, Tensor],
+    anchors: Tensor,
+    anchor_mask: Tensor,
+    features: Tensor,
+    position_proj: nn.Module,
+    feature_proj: nn.Module,
+    hidden_size: int,
+    temperature: float,
+    max_queries: int,
+) -> QueryGroup | None:
+    """Co-DETR ATSS-positive queries (§2.15): all positive anchors of a video (a random subset when more than
+    ``max_queries``), padded to the batch maximum with random negative anchors of the same video (no-object
+    targets); slots beyond a video's anchors are invalid. Reference = the clipped anchor; content =
+    ``position_proj(sine(anchor)) + feature_proj(pyramid feature at the anchor)``."""
+    is_pos = assignment["is_positive"] & anchor_mask
+    num_pos = is_pos.sum(1)
+    size = min(int(num_pos.max()), max_queries)
+    if size == 0:
+        return None
+    # random priorities: positives first (random order), then valid negatives, then padding
+    priority = torch.rand(anchor_mask.shape, device=anchors.device) + is_pos.float() * 2.0
+    priority = priority.masked_fill(~anchor_mask, -1.0)
+    top_priority, index = priority.topk(size, dim=1)
+    valid = top_priority >= 0
+    positive = is_pos.gather(1, index) & valid
+    refs = clamp_spans_cw(anchors.gather(1, index[..., None].expand(-1, -1, 2)).float())
+    feats = features.gather(1, index[..., None].expand(-1, -1, features.shape[-1]))
+    sine = sine_embed_spans_cw(refs, hidden_size, temperature).to(features.dtype)
+    content = position_proj(sine) + feature_proj(feats)
+    targets = assignment["target_spans"].gather(1, index[..., None].expand(-1, -1, 2)) * positive[..., None]
+    group_ids = torch.full((size,), _ATSS_GROUP, dtype=torch.long, device=anchors.device)
+    return QueryGroup(content, refs, targets, positive, valid, group_ids)
+
+
+def build_self_attention_blocked(group_ids: Tensor, key_valid: Tensor) -> Tensor:
+    """Self-attention mask for ``[DN | primary | ATSS-positive]`` (§2.15), True = blocked.
+
+    Primary queries see only primary queries; DN group g sees itself and the primary queries; ATSS-positive
+    queries see only their own group; invalid (padded) slots are blocked as keys; every query sees itself.
+
+    Args: group_ids ``(Q,)`` (DN: 0..G-1, primary: -1, ATSS: -2); key_valid ``(B, Q)`` bool.
+    Returns: ``(B, Q, Q)`` bool.
+    """
+    same = group_ids[:, None] == group_ids[None, :]
+    dn_to_primary = (group_ids[:, None] >= 0) & (group_ids[None, :] == _PRIMARY_GROUP)
+    allowed = (same | dn_to_primary)[None] & key_valid[:, None, :]
+    eye = torch.eye(group_ids.shape[0], dtype=torch.bool, device=group_ids.device)
+    return ~(allowed | eye[None])
+
+
+def _group_output(layers: list[dict], group: QueryGroup, sl: slice) -> dict:
+    return {
+        "layers": [{k: (None if v is None else v[:, sl]) for k, v in layer.items()} for layer in layers],
+        "target_spans": group.target_spans,
+        "is_positive": group.is_positive,
+        "valid": group.valid,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- detector
+class SGDetrHybridDetector(nn.Module):
+    """Pyramid neck + ATSS head + query selector + decoder (+ training query groups)."""
+
+    def __init__(self, config):
+        super().__init__()
+        d = config.hidden_size
+        self.config = config
+        self.neck = SGDetrPyramidNeck(config)
+        self.atss_head = SGDetrATSSHead(config) if config.use_atss else None
+        self.selector = SGDetrQuerySelector(config)
+        self.decoder = SGDetrDecoder(config)
+        if config.use_dn:
+            self.dn_label_embed = nn.Embedding(2, d)  # rows: moment, unknown
+            self.dn_label_embed._sgdetr_init_std = 1.0
+        else:
+            self.dn_label_embed = None
+        if config.use_atss_positive_queries:
+            self.atss_query_position = nn.Sequential(
+                nn.Linear(d, d), nn.LayerNorm(d, eps=config.layer_norm_eps)
+            )
+            self.atss_query_feature = nn.Sequential(
+                nn.Linear(d, d), nn.LayerNorm(d, eps=config.layer_norm_eps)
+            )
+        else:
+            self.atss_query_position = self.atss_query_feature = None
+
+    def forward(
+        self,
+        features: Tensor,
+        video_mask: Tensor,
+        position_embeddings: Tensor,
+        gt_spans: Tensor | None = None,
+        gt_mask: Tensor | None = None,
+    ) -> dict:
+        """Run the detector.
+
+        Args:
+            features ``(B, L, d)`` (``F_g``), video_mask ``(B, L)`` bool (right-padded),
+            position_embeddings ``(B, L, d)``; ``gt_spans`` ``(B, M, 2)`` / ``gt_mask`` ``(B, M)`` only for
+            training (they switch on the query groups and the ATSS assignment).
+        Returns a dict: ``decoder`` (per layer, primary group), ``selector``, ``anchors`` / ``anchor_mask`` /
+        ``anchor_levels``, ``atss`` (None without the ATSS head), and when targets are given ``dn`` and
+        ``atss_queries`` (None when off or empty) and the assignment inside ``atss``.
+        """
+        cfg = self.config
+        lengths = video_mask.sum(1)
+        length = features.shape[1]
+        level_feats, level_masks = self.neck(features, lengths)
+        anchors, anchor_mask, anchor_levels = make_anchors(
+            lengths, length, cfg.pyramid_strides, cfg.anchor_scale
+        )
+        flat = torch.cat(level_feats, dim=2).transpose(1, 2)  # (B, A, d)
+
+        atss = None
+        if self.atss_head is not None:
+            logits, deltas, centerness = self.atss_head(level_feats, level_masks)
+            atss = {
+                "logits": logits,
+                "spans": decode_atss_deltas(anchors, deltas, cfg.atss_delta_stds),
+                "centerness": centerness,
+                "anchors": anchors,
+                "anchor_mask": anchor_mask,
+            }
+
+        selected = self.selector(flat, anchors, anchor_mask)
+        num_primary = selected["content"].shape[1]
+        training = gt_spans is not None
+        dn = atss_group = None
+        if training:
+            if cfg.use_dn:
+                dn = build_denoising_group(
+                    gt_spans, gt_mask, self.dn_label_embed, cfg.num_dn_groups, cfg.dn_box_noise_scale,
+                    cfg.dn_label_noise_ratio,
+                )  # fmt: skip
+            if atss is not None:
+                assignment = assign_atss(
+                    anchors, anchor_mask, anchor_levels, gt_spans, gt_mask, cfg.atss_topk
+                )
+                atss.update({k: assignment[k] for k in ("assigned_gt", "target_spans", "centerness_targets")})
+                if cfg.use_atss_positive_queries:
+                    atss_group = build_atss_positive_group(
+                        assignment, anchors, anchor_mask, flat, self.atss_query_position, self.atss_query_feature,
+                        cfg.hidden_size, cfg.position_temperature, cfg.max_atss_positive_queries,
+                    )  # fmt: skip
+
+        groups = [g for g in (dn, atss_group) if g is not None]
+        content, references, blocked = selected["content"], selected["references"], None
+        dn_size = 0 if dn is None else dn.content.shape[1]
+        if groups:
+            batch = features.shape[0]
+            primary_ids = torch.full((num_primary,), _PRIMARY_GROUP, dtype=torch.long, device=features.device)
+            primary_valid = torch.ones(batch, num_primary, dtype=torch.bool, device=features.device)
+            parts = (
+                ([dn] if dn is not None else []) + [None] + ([atss_group] if atss_group is not None else [])
+            )
+            content = torch.cat(
+                [selected["content"] if g is None else g.content.to(content.dtype) for g in parts], 1
+            )
+            references = torch.cat([selected["references"] if g is None else g.references for g in parts], 1)
+            group_ids = torch.cat([primary_ids if g is None else g.group_ids for g in parts])
+            key_valid = torch.cat([primary_valid if g is None else g.valid for g in parts], 1)
+            blocked = build_self_attention_blocked(group_ids, key_valid)
+
+        layers = self.decoder(content, references, features, position_embeddings, video_mask, blocked)
+        primary = slice(dn_size, dn_size + num_primary)
+        out = {
+            "decoder": [
+                {k: (None if v is None else v[:, primary]) for k, v in layer.items()} for layer in layers
+            ],
+            "selector": {"logits": selected["logits"], "spans": selected["spans"]},
+            "anchors": anchors,
+            "anchor_mask": anchor_mask,
+            "anchor_levels": anchor_levels,
+            "atss": atss,
+        }
+        if training:
+            out["dn"] = None if dn is None else _group_output(layers, dn, slice(0, dn_size))
+            start = dn_size + num_primary
+            out["atss_queries"] = (
+                None if atss_group is None else _group_output(layers, atss_group, slice(start, None))
+            )
+        return out
+
+
+__all__ = [
+    "QueryGroup",
+    "SGDetrATSSHead",
+    "SGDetrDecoder",
+    "SGDetrDecoderLayer",
+    "SGDetrHybridDetector",
+    "SGDetrPyramidNeck",
+    "SGDetrQuerySelector",
+    "assign_atss",
+    "build_atss_positive_group",
+    "build_denoising_group",
+    "build_self_attention_blocked",
+    "decode_atss_deltas",
+    "level_lengths",
+    "make_anchors",
+]

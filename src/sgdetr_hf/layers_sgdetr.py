@@ -1,0 +1,168 @@
+"""Building blocks shared by the SG-DETR encoder side (``modeling_sgdetr``) and the detector
+(``detector_sgdetr``): the attention kernel dispatch (SDPA / eager), multi-head attention, MLPs, the
+transformer feed-forward block and a padding-aware GroupNorm.
+
+Mask convention inside this module: ``*_mask`` tensors are bool with True = valid; ``blocked`` tensors are
+bool with True = the query must not attend that key. Shipped to the Hub as remote code (flat, relative
+imports only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def attend(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    blocked: Tensor | None,
+    dropout_p: float,
+    implementation: str,
+) -> Tensor:
+    """Scaled dot-product attention on split heads.
+
+    Args:
+        query ``(B, H, Lq, dk)``, key ``(B, H, Lk, dk)``, value ``(B, H, Lk, dv)``.
+        blocked: bool, broadcastable to ``(B, H, Lq, Lk)``, True = masked out. Every query row must keep at
+            least one key (callers guarantee it), so no row is all ``-inf``.
+        implementation: ``"eager"`` (matmul + softmax in fp32) or anything else (``torch`` SDPA).
+    Returns:
+        ``(B, H, Lq, dv)``.
+    """
+    if implementation == "eager":
+        scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(query.shape[-1])
+        if blocked is not None:
+            scores = scores.masked_fill(blocked, float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+        probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
+        return torch.matmul(probs, value)
+    attn_mask = None if blocked is None else ~blocked
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p)
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """``(B, L, H*d)`` -> ``(B, H, L, d)``."""
+    batch, length, dim = x.shape
+    return x.view(batch, length, num_heads, dim // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """``(B, H, L, d)`` -> ``(B, L, H*d)``."""
+    batch, heads, length, dim = x.shape
+    return x.transpose(1, 2).reshape(batch, length, heads * dim)
+
+
+class SGDetrAttention(nn.Module):
+    """Multi-head attention with separate q/k/v/out projections (256 -> 256, with bias).
+
+    ``gate`` (``(B, Lq)``), when given, scales each query's attended values before the output projection:
+    ``W_O concat_h(gate_i * sum_j A^h_ij V^h_j) + b_O``. This is the saliency-guided cross-attention of
+    eq. 3-4 (design §2.7); with ``gate=None`` it is standard attention.
+    """
+
+    def __init__(self, config, dim: int | None = None):
+        super().__init__()
+        dim = dim or config.hidden_size
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.dropout = config.dropout
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_mask: Tensor | None = None,
+        gate: Tensor | None = None,
+        blocked: Tensor | None = None,
+    ) -> Tensor:
+        q = split_heads(self.q_proj(query), self.num_heads)
+        k = split_heads(self.k_proj(key), self.num_heads)
+        v = split_heads(self.v_proj(value), self.num_heads)
+        if key_mask is not None:
+            key_blocked = ~key_mask[:, None, None, :]
+            blocked = key_blocked if blocked is None else (blocked | key_blocked)
+        out = attend(
+            q, k, v, blocked, self.dropout if self.training else 0.0, self.config._attn_implementation
+        )
+        out = merge_heads(out)
+        if gate is not None:
+            out = out * gate[..., None].to(out.dtype)
+        return self.out_proj(out)
+
+
+class SGDetrMLP(nn.Module):
+    """``num_layers`` linear layers with ReLU in between. ``zero_last=True`` marks the last layer for
+    zero initialisation (span heads start at their references, design §2.18)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, zero_last: bool = False):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        if zero_last:
+            self.layers[-1]._sgdetr_zero_init = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class SGDetrFeedForward(nn.Module):
+    """``Lin(d -> d_ff) -> PReLU -> Dropout -> Lin(d_ff -> d)`` (CG-DETR)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.ffn_dim)
+        self.activation = nn.PReLU()
+        self.dropout = nn.Dropout(config.dropout)
+        self.fc2 = nn.Linear(config.ffn_dim, config.hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.dropout(self.activation(self.fc1(x))))
+
+
+class SGDetrMaskedGroupNorm(nn.Module):
+    """GroupNorm over ``(B, C, L)`` whose statistics use only the valid positions, so a sample gives the same
+    result alone and padded inside a batch. Padded positions are returned as zeros."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_groups = num_groups
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        batch, channels, length = x.shape
+        groups = self.num_groups
+        xg = x.float().view(batch, groups, channels // groups, length)
+        m = mask[:, None, None, :].to(xg.dtype)
+        count = (m.sum(dim=(2, 3)) * (channels // groups)).clamp_min(1.0)[..., None, None]
+        mean = (xg * m).sum(dim=(2, 3), keepdim=True) / count
+        var = (((xg - mean) * m) ** 2).sum(dim=(2, 3), keepdim=True) / count
+        y = ((xg - mean) * torch.rsqrt(var + self.eps)).view(batch, channels, length).to(x.dtype)
+        y = y * self.weight[None, :, None] + self.bias[None, :, None]
+        return y * mask[:, None, :].to(y.dtype)
+
+
+__all__ = [
+    "SGDetrAttention",
+    "SGDetrFeedForward",
+    "SGDetrMLP",
+    "SGDetrMaskedGroupNorm",
+    "attend",
+    "merge_heads",
+    "split_heads",
+]

@@ -1,0 +1,631 @@
+"""SG-DETR training objective: the Hungarian matcher and every loss of paper §3.7 (eq. 11-15).
+
+The model hands the criterion one ``training_outputs`` dict (docs/model_loss_contract.md) and the user's
+``labels`` (a list of B dicts, transformers DETR-family style). The criterion returns the total loss of
+eq. 15 and a flat ``loss_dict`` of every active term, already multiplied by its weights, so that
+``loss == sum(loss_dict.values())``. Key names:
+
+- ``hl_{margin,rctl,bce_pos,bce_neg}_{local,global}``: highlight detection, eq. 11, on both saliencies;
+- ``detr_{l1,giou,ce,iou}_layer{l}``: Hungarian-matched primary queries of decoder layer ``l`` (eq. 12);
+- ``sel_{l1,giou,ce}``: the query selector's matched proposals (DINO two-stage loss, no IoU head);
+- ``dn_{...}_layer{l}``: DINO denoising groups; ``co_{...}_layer{l}``: Co-DETR ATSS-positive queries;
+- ``atss_{l1,giou,focal,centerness}``: the auxiliary ATSS head (eq. 13);
+- ``aux_{align,bce}``: moment-sentence alignment and moment-token / frame BCE (eq. 14).
+
+Terms of parts the model did not run (``None`` in ``training_outputs``) are absent. Spans are normalised
+``(center, width)``; decoder class 0 = moment, 1 = no-object. Everything is computed in fp32 whatever the
+autocast dtype of the model body, and vectorised over the batch: the per-sample Hungarian assignment is the
+only Python loop. Samples without ground-truth windows (highlight-only data) receive no moment-retrieval
+supervision; an empty set of positives, windows or negatives gives a zero that stays connected to the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from .spans import generalized_span_iou, pairwise_generalized_span_iou, span_cw_to_se, span_iou
+
+MOMENT_CLASS = 0
+NO_OBJECT_CLASS = 1
+
+# CG-DETR's factor 2 on the margin loss, kept so that the paper's loss weights keep their meaning.
+MARGIN_LOSS_SCALE = 2.0
+# Logit given to padded clips in the rank-contrastive softmax: exp() underflows to exactly 0.
+_PADDING_LOGIT = -1e4
+
+
+def _mean_or_zero(values: Tensor) -> Tensor:
+    """Mean of all elements; an empty tensor gives a zero that stays connected to the autograd graph."""
+    return values.sum() / max(values.numel(), 1)
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` where ``mask`` is True (0, still connected to the graph, when nothing is)."""
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp(min=1)
+
+
+def _iou_cw(spans_a: Tensor, spans_b: Tensor, generalized: bool) -> Tensor:
+    """(G)IoU of aligned pairs of normalised ``(center, width)`` spans: (..., 2) x (..., 2) -> (...)."""
+    iou_fn = generalized_span_iou if generalized else span_iou
+    return iou_fn(span_cw_to_se(spans_a), span_cw_to_se(spans_b))
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Element-wise sigmoid focal loss (RetinaNet / ATSS), no reduction.
+
+    Args:
+        logits: raw scores, any shape.
+        targets: same shape, in [0, 1].
+        alpha: weight of the positive class (0.25 in ATSS); negatives get ``1 - alpha``.
+        gamma: focusing exponent (2 in ATSS).
+    """
+    probs = logits.sigmoid()
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    prob_of_target = probs * targets + (1 - probs) * (1 - targets)
+    alpha_weight = alpha * targets + (1 - alpha) * (1 - targets)
+    return alpha_weight * cross_entropy * (1 - prob_of_target) ** gamma
+
+
+def margin_ranking_loss(
+    scores: Tensor, pos_idx: Tensor, neg_idx: Tensor, pair_valid: Tensor, margin: float
+) -> Tensor:
+    """CG-DETR margin ranking loss on clip pairs (eq. 11, first term).
+
+    Args:
+        scores: (B, L) raw saliency logits.
+        pos_idx, neg_idx: (B, P) long clip indices; the positive clip must outscore the negative by ``margin``.
+        pair_valid: (B, P) bool, False for pairs of samples without any relevant clip.
+        margin: δ (0.2).
+
+    Returns:
+        ``2 * mean over valid pairs of max(0, δ + S[neg] - S[pos])``.
+    """
+    hinge = (margin + scores.gather(1, neg_idx) - scores.gather(1, pos_idx)).clamp(min=0)
+    return MARGIN_LOSS_SCALE * _masked_mean(hinge, pair_valid)
+
+
+def rank_contrastive_loss(
+    scores: Tensor,
+    saliency: Tensor,
+    video_mask: Tensor,
+    temperature: float,
+    label_max: int,
+    neg_scores: Tensor | None = None,
+    neg_rows: Tensor | None = None,
+) -> Tensor:
+    """CG-DETR rank-contrastive loss (eq. 11, second term).
+
+    For every level r = 1 .. label_max - 1, the clips with saliency >= r are positives of an InfoNCE over all
+    candidate clips of the row; rows without positives at level r contribute 0 to that level's row mean, and
+    the level sum is divided by ``label_max`` (CG-DETR: levels 1..11 of the 0..12 scale, divided by 12). With
+    negative pairs, the candidates of a real-negative row also hold the clips of the video paired with
+    another sample's text (label 0), and real-negative rows and the other rows are averaged separately and
+    added (CG-DETR).
+
+    Args:
+        scores: (B, L) raw saliency logits of the matched text-video pairs.
+        saliency: (B, L) float labels on the 0..12 scale, 0 = not relevant.
+        video_mask: (B, L) bool, True = real clip.
+        temperature: τ (0.5).
+        label_max: top of the saliency scale (12).
+        neg_scores: (B, L) logits of video b with the text of another sample, or None.
+        neg_rows: (B,) bool, True where ``neg_scores`` of that row is a real negative pair.
+    """
+    batch_size, num_clips = scores.shape
+    candidate_mask = video_mask
+    if neg_scores is None:
+        row_weight = scores.new_full((batch_size,), 1.0 / batch_size)
+    else:
+        scores = torch.cat([scores, neg_scores], dim=1)
+        saliency = torch.cat([saliency, torch.zeros_like(saliency)], dim=1)
+        candidate_mask = torch.cat([video_mask, video_mask & neg_rows[:, None]], dim=1)
+        num_neg_rows = neg_rows.sum()
+        row_weight = torch.where(
+            neg_rows, 1.0 / num_neg_rows.clamp(min=1), 1.0 / (batch_size - num_neg_rows).clamp(min=1)
+        )
+    log_probs = torch.where(candidate_mask, scores / temperature, _PADDING_LOGIT).log_softmax(dim=1)
+    levels = torch.arange(1, label_max, device=scores.device, dtype=saliency.dtype)
+    positives = (saliency[:, None, :] >= levels[None, :, None]) & candidate_mask[:, None, :]  # (B, R, C)
+    num_positives = positives.sum(-1).clamp(min=1)
+    mean_log_prob = torch.where(positives, log_probs[:, None, :], 0.0).sum(-1) / num_positives  # (B, R)
+    return -(mean_log_prob * row_weight[:, None]).sum() / label_max
+
+
+def positive_pair_bce_loss(scores: Tensor, saliency: Tensor, video_mask: Tensor) -> Tensor:
+    """BCE of σ(S) against ``saliency > 0`` over every real clip of the matched pairs (eq. 11, third term)."""
+    bce = F.binary_cross_entropy_with_logits(scores, (saliency > 0).to(scores.dtype), reduction="none")
+    return _masked_mean(bce, video_mask)
+
+
+def negative_pair_bce_loss(neg_scores: Tensor, video_mask: Tensor, neg_rows: Tensor) -> Tensor:
+    """QD-DETR negative-pair loss (eq. 11, fourth term): ``-log(1 - σ(S_neg))`` summed over the real clips
+    of each real-negative pair, averaged over those pairs. (B, L), (B, L), (B,) -> scalar."""
+    per_row = torch.where(video_mask, F.softplus(neg_scores), 0.0).sum(dim=1)  # softplus(x) = -log(1 - σ(x))
+    return _masked_mean(per_row, neg_rows)
+
+
+class _Targets(NamedTuple):
+    """Labels as batch tensors, fp32, on the model's device."""
+
+    spans: list[Tensor]  # B x (K_b, 2) normalised (center, width)
+    saliency: Tensor  # (B, L) 0 = not relevant, 0 at padding
+    video_mask: Tensor  # (B, L) bool
+    has_windows: Tensor  # (B,) bool: the sample brings moment-retrieval supervision
+    margin_pos_idx: Tensor  # (B, P) long
+    margin_neg_idx: Tensor  # (B, P) long
+    margin_pair_valid: Tensor  # (B, P) bool
+
+
+class SGDetrHungarianMatcher(nn.Module):
+    """One-to-one assignment between predicted and ground-truth spans (paper §3.6, CG-DETR costs).
+
+    ``C = -w_class * q + w_l1 * |m̂ - m|_1 - w_giou * GIoU(m̂, m)`` with the quality ``q = p^0.5 * IoÛ^0.5``
+    when the IoU head's logits are given (the predicted IoU incorporated in matching), else ``q = p``;
+    ``p`` is the softmax probability of the moment class. Costs of the whole batch are one tensor
+    computation; ``scipy.optimize.linear_sum_assignment`` then runs once per sample.
+
+    Args:
+        class_cost: w_class (4).
+        l1_cost: w_l1 (10).
+        giou_cost: w_giou (1).
+    """
+
+    def __init__(self, class_cost: float = 4.0, l1_cost: float = 10.0, giou_cost: float = 1.0):
+        super().__init__()
+        costs = {"class_cost": class_cost, "l1_cost": l1_cost, "giou_cost": giou_cost}
+        if any(value < 0 for value in costs.values()) or not any(costs.values()):
+            raise ValueError(f"Matcher costs must be >= 0 and not all 0, got {costs}.")
+        self.class_cost = class_cost
+        self.l1_cost = l1_cost
+        self.giou_cost = giou_cost
+
+    @torch.no_grad()
+    def forward(
+        self, logits: Tensor, spans: Tensor, target_spans: Sequence[Tensor], iou_logits: Tensor | None = None
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Match predictions to targets.
+
+        Args:
+            logits: (B, K, 2) class logits (0 = moment, 1 = no-object).
+            spans: (B, K, 2) predicted normalised (center, width).
+            target_spans: B tensors (K_b, 2) of ground-truth normalised (center, width); K_b may be 0.
+            iou_logits: (B, K) IoU-head logits, or None (no IoU scoring).
+
+        Returns:
+            B pairs ``(query_idx, target_idx)`` of int64 CPU tensors of length ``min(K, K_b)``:
+            query ``query_idx[i]`` is assigned to ground truth ``target_idx[i]``.
+        """
+        batch_size, num_queries = logits.shape[:2]
+        sizes = [len(t) for t in target_spans]
+        if sum(sizes) == 0:
+            empty = torch.empty(0, dtype=torch.int64)
+            return [(empty, empty) for _ in range(batch_size)]
+        all_targets = torch.cat(list(target_spans)).to(device=spans.device, dtype=torch.float32)
+        flat_spans = spans.float().flatten(0, 1)  # (B*K, 2)
+
+        quality = logits.float().softmax(-1)[..., MOMENT_CLASS]
+        if iou_logits is not None:
+            quality = (quality * iou_logits.float().sigmoid()).sqrt()
+        cost = (
+            -self.class_cost * quality.reshape(-1, 1)
+            + self.l1_cost * torch.cdist(flat_spans, all_targets, p=1)
+            - self.giou_cost
+            * pairwise_generalized_span_iou(span_cw_to_se(flat_spans), span_cw_to_se(all_targets))
+        )
+        cost = cost.view(batch_size, num_queries, -1).cpu()
+        if not torch.isfinite(cost).all():
+            raise ValueError(
+                "Non-finite matching cost: the predicted spans or logits contain NaN/Inf (training diverged; "
+                "lower the learning rate or check the inputs)."
+            )
+        indices = [linear_sum_assignment(c[b].numpy()) for b, c in enumerate(cost.split(sizes, dim=-1))]
+        return [
+            (torch.as_tensor(q, dtype=torch.int64), torch.as_tensor(t, dtype=torch.int64)) for q, t in indices
+        ]
+
+
+class SGDetrLoss(nn.Module):
+    """The full SG-DETR objective (eq. 15): ``λ_atss L_atss + λ_detr L_detr + λ_hl L_hl + λ_aux L_aux``.
+
+    A module without parameters; the model builds it as ``self.criterion = SGDetrLoss(config)`` and calls
+    ``loss, loss_dict = self.criterion(training_outputs, labels)``. See the module docstring for the terms
+    and ``docs/model_loss_contract.md`` for ``training_outputs``.
+
+    Args:
+        config: an ``SGDetrConfig``; the loss reads its loss weights, matcher costs, margin, temperature,
+            no-object weight, focal parameters and the seed of the margin-pair sampler.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.matcher = SGDetrHungarianMatcher(
+            class_cost=config.matcher_cost_class,
+            l1_cost=config.matcher_cost_l1,
+            giou_cost=config.matcher_cost_giou,
+        )
+        # Weight of each per-query-set term; "focal" is the ATSS head's classification term.
+        self.term_weights = {
+            "l1": config.lambda_l1,
+            "giou": config.lambda_giou,
+            "ce": config.lambda_ce,
+            "iou": config.lambda_iou,
+            "focal": config.lambda_ce,
+            "centerness": config.lambda_centerness,
+        }
+        # Weight of each loss_dict prefix: λ of its eq.-15 group times, inside L_detr, the auxiliary set's λ.
+        self.prefix_weights = {
+            "hl": config.lambda_hl,
+            "detr": config.lambda_detr,
+            "sel": config.lambda_detr * config.lambda_selector,
+            "dn": config.lambda_detr * config.lambda_dn,
+            "co": config.lambda_detr * config.lambda_atss_queries,
+            "atss": config.lambda_atss,
+            "aux": config.lambda_aux,
+        }
+        self.saliency_margin = config.saliency_margin
+        self.rank_contrastive_temperature = config.rank_contrastive_tau
+        self.saliency_label_max = config.saliency_label_max
+        self.num_margin_pairs = config.num_saliency_pairs
+        self.focal_alpha = config.focal_alpha
+        self.focal_gamma = config.focal_gamma
+        # CE class weights (moment, no-object); a buffer so that it follows the module's device.
+        self.register_buffer("class_weights", torch.tensor([1.0, config.eos_coef]), persistent=False)
+        self.generator = torch.Generator().manual_seed(config.saliency_pair_seed)
+
+    # ------------------------------------------------------------------ targets
+
+    def _prepare_targets(self, labels: Sequence[Mapping], video_mask: Tensor) -> _Targets:
+        """Validate ``labels`` and turn them into batch tensors; margin pairs are sampled when absent."""
+        batch_size, num_clips = video_mask.shape
+        device = video_mask.device
+        if not isinstance(labels, Sequence) or len(labels) != batch_size:
+            raise ValueError(
+                f"labels must be a list of {batch_size} dicts (one per sample), got {type(labels).__name__}"
+                + (f" of length {len(labels)}" if isinstance(labels, Sequence) else "")
+                + "."
+            )
+        for key in ("spans", "saliency_scores"):
+            missing = [
+                i for i, label in enumerate(labels) if not isinstance(label, Mapping) or key not in label
+            ]
+            if missing:
+                raise ValueError(f"labels[{missing[0]}] has no '{key}' entry; every label dict needs one.")
+
+        spans = [torch.as_tensor(label["spans"], dtype=torch.float32, device=device) for label in labels]
+        for i, sample_spans in enumerate(spans):
+            if sample_spans.numel() == 0:
+                spans[i] = sample_spans.reshape(0, 2)
+            elif sample_spans.ndim != 2 or sample_spans.shape[1] != 2:
+                raise ValueError(
+                    f"labels[{i}]['spans'] must have shape (K, 2) of normalised (center, width), "
+                    f"got {tuple(sample_spans.shape)}."
+                )
+        all_spans = torch.cat(spans)
+        # NaN fails every comparison, so this also rejects non-finite values
+        bad = ~(((all_spans >= 0) & (all_spans <= 1)).all(-1) & (all_spans[:, 1] > 0))
+        if bad.any():
+            raise ValueError(
+                "labels spans must be normalised (center, width) in [0, 1] with width > 0, got "
+                f"{all_spans[bad][0].tolist()}; convert seconds by dividing by L_b * clip_length."
+            )
+
+        saliency_list = [torch.as_tensor(label["saliency_scores"], dtype=torch.float32) for label in labels]
+        valid_lengths = video_mask.sum(1).tolist()
+        for i, (scores, valid_length) in enumerate(zip(saliency_list, valid_lengths)):
+            if scores.ndim != 1 or not valid_length <= scores.numel() <= num_clips:
+                raise ValueError(
+                    f"labels[{i}]['saliency_scores'] must be 1-D with one score per clip (between the "
+                    f"{int(valid_length)} real clips and the padded length {num_clips}), got shape "
+                    f"{tuple(scores.shape)}."
+                )
+        saliency = torch.nn.utils.rnn.pad_sequence(saliency_list, batch_first=True)
+        saliency = F.pad(saliency, (0, num_clips - saliency.shape[1])).to(device)
+        if not torch.isfinite(saliency).all() or (saliency < 0).any():
+            raise ValueError("labels saliency_scores must be finite and >= 0 (0 = not relevant).")
+        saliency = torch.where(video_mask, saliency, 0.0)
+
+        pos_idx, neg_idx, pair_valid = self._margin_pairs(labels, saliency, video_mask)
+        has_windows = torch.tensor([len(s) > 0 for s in spans], device=device)
+        return _Targets(spans, saliency, video_mask, has_windows, pos_idx, neg_idx, pair_valid)
+
+    def _margin_pairs(
+        self, labels: Sequence[Mapping], saliency: Tensor, video_mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Margin-ranking clip pairs (B, P): the labels' ``saliency_pos_idx``/``saliency_neg_idx`` if given,
+        else sampled here with the criterion's seeded generator."""
+        has_pairs = ["saliency_pos_idx" in label and "saliency_neg_idx" in label for label in labels]
+        if any(has_pairs) and not all(has_pairs):
+            raise ValueError(
+                "Either every label dict has both 'saliency_pos_idx' and 'saliency_neg_idx', or none has; "
+                f"got them in samples {[i for i, has in enumerate(has_pairs) if has]} only."
+            )
+        if not any(has_pairs):
+            return self._sample_margin_pairs(saliency, video_mask)
+        try:
+            pos_idx = torch.stack([torch.as_tensor(label["saliency_pos_idx"]).long() for label in labels])
+            neg_idx = torch.stack([torch.as_tensor(label["saliency_neg_idx"]).long() for label in labels])
+        except RuntimeError as error:
+            raise ValueError(
+                "saliency_pos_idx / saliency_neg_idx must be 1-D with the same number of pairs in every sample."
+            ) from error
+        pos_idx, neg_idx = pos_idx.to(video_mask.device), neg_idx.to(video_mask.device)
+        valid_lengths = video_mask.sum(1, keepdim=True)
+        if pos_idx.shape != neg_idx.shape or pos_idx.ndim != 2:
+            raise ValueError(
+                "saliency_pos_idx and saliency_neg_idx must both have shape (P,) in every sample."
+            )
+        if ((pos_idx < 0) | (neg_idx < 0) | (pos_idx >= valid_lengths) | (neg_idx >= valid_lengths)).any():
+            raise ValueError("saliency_pos_idx / saliency_neg_idx must index real clips: 0 <= idx < L_b.")
+        return pos_idx, neg_idx, torch.ones_like(pos_idx, dtype=torch.bool)
+
+    def _sample_margin_pairs(self, saliency: Tensor, video_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample ``num_saliency_pairs`` margin pairs per sample (sg-detr.md §1.5), vectorised.
+
+        Pair 0 is "hard": a clip of the highest saliency against a relevant clip of the lowest saliency;
+        when all relevant clips share one score (binary labels) the negative is a random non-relevant clip
+        instead, and when there is none either, the positive itself (the loss is then the constant δ). The
+        other pairs are "easy": a random relevant clip against a random non-relevant clip (the hard pair
+        again if the sample has no non-relevant clip). Samples without a relevant clip get invalid pairs.
+        The draws depend only on the real clips, so padding does not change them.
+
+        Returns:
+            ``pos_idx``, ``neg_idx`` (B, P) long and ``pair_valid`` (B, P) bool.
+        """
+        relevant = (saliency > 0) & video_mask
+        irrelevant = (saliency <= 0) & video_mask
+        highest = torch.where(relevant, saliency, -torch.inf).amax(1, keepdim=True)
+        lowest = torch.where(relevant, saliency, torch.inf).amin(1, keepdim=True)
+        top = relevant & (saliency == highest)
+        bottom = relevant & (saliency == lowest) & (lowest < highest)
+        hard_negatives = torch.where(bottom.any(1, keepdim=True), bottom, irrelevant)
+
+        num_easy = self.num_margin_pairs - 1
+        uniforms = torch.rand(2, 1 + num_easy, saliency.shape[0], generator=self.generator).to(
+            saliency.device
+        )
+        hard_pos = _pick_random_member(top, uniforms[0, 0])
+        hard_neg = torch.where(
+            hard_negatives.any(1), _pick_random_member(hard_negatives, uniforms[1, 0]), hard_pos
+        )
+        has_irrelevant = irrelevant.any(1, keepdim=True)
+        easy_pos = torch.where(
+            has_irrelevant, _pick_random_member(relevant, uniforms[0, 1:]).T, hard_pos[:, None]
+        )
+        easy_neg = torch.where(
+            has_irrelevant, _pick_random_member(irrelevant, uniforms[1, 1:]).T, hard_neg[:, None]
+        )
+
+        pos_idx = torch.cat([hard_pos[:, None], easy_pos], dim=1)
+        neg_idx = torch.cat([hard_neg[:, None], easy_neg], dim=1)
+        pair_valid = relevant.any(1, keepdim=True).expand(-1, self.num_margin_pairs)
+        return pos_idx, neg_idx, pair_valid
+
+    # ------------------------------------------------------------------ losses
+
+    def _highlight_losses(
+        self, scores: Tensor, neg_scores: Tensor | None, neg_rows: Tensor | None, targets: _Targets
+    ) -> dict[str, Tensor]:
+        """The four terms of eq. 11 for one saliency (local or global), unweighted."""
+        losses = {
+            "margin": margin_ranking_loss(
+                scores,
+                targets.margin_pos_idx,
+                targets.margin_neg_idx,
+                targets.margin_pair_valid,
+                self.saliency_margin,
+            ),
+            "rctl": rank_contrastive_loss(
+                scores,
+                targets.saliency,
+                targets.video_mask,
+                self.rank_contrastive_temperature,
+                self.saliency_label_max,
+                neg_scores,
+                neg_rows,
+            ),
+            "bce_pos": positive_pair_bce_loss(scores, targets.saliency, targets.video_mask),
+        }
+        if neg_scores is not None:
+            losses["bce_neg"] = negative_pair_bce_loss(neg_scores, targets.video_mask, neg_rows)
+        return losses
+
+    def _query_set_losses(
+        self, prediction: Mapping[str, Tensor | None], target_spans: Tensor, positive: Tensor, valid: Tensor
+    ) -> dict[str, Tensor]:
+        """Eq. 12 terms of one set of decoder queries with fixed targets, unweighted.
+
+        Args:
+            prediction: ``logits`` (B, Q, 2), ``spans`` (B, Q, 2), optional ``iou_logits`` (B, Q) or None.
+            target_spans: (B, Q, 2) ground truth of each positive query (ignored elsewhere).
+            positive: (B, Q) bool, query must reconstruct ``target_spans`` and be classified as a moment.
+            valid: (B, Q) bool, query takes part in the classification loss (no-object unless positive).
+
+        Returns:
+            ``l1`` (mean over positives and coordinates), ``giou`` (mean ``1 - GIoU`` over positives), ``ce``
+            (2-way CE with no-object weight, plain mean over valid queries, CG-DETR) and ``iou`` (BCE of the
+            IoU logit against IoU(detached prediction, ground truth), mean over positives) when predicted.
+        """
+        logits = prediction["logits"].float()
+        spans = prediction["spans"].float()
+        positive = positive & valid
+        matched_spans, matched_targets = spans[positive], target_spans[positive]
+        classes = torch.where(positive, MOMENT_CLASS, NO_OBJECT_CLASS)
+        cross_entropy = F.cross_entropy(
+            logits[valid], classes[valid], weight=self.class_weights, reduction="none"
+        )
+        losses = {
+            "l1": _mean_or_zero((matched_spans - matched_targets).abs()),
+            "giou": _mean_or_zero(1 - _iou_cw(matched_spans, matched_targets, generalized=True)),
+            "ce": _mean_or_zero(cross_entropy),
+        }
+        if prediction.get("iou_logits") is not None:
+            iou_targets = _iou_cw(matched_spans.detach(), matched_targets, generalized=False)
+            iou_logits = prediction["iou_logits"].float()[positive]
+            losses["iou"] = _mean_or_zero(
+                F.binary_cross_entropy_with_logits(iou_logits, iou_targets, reduction="none")
+            )
+        return losses
+
+    def _matched_query_set_losses(self, prediction: Mapping[str, Tensor | None], targets: _Targets):
+        """Hungarian-match one prediction set to the windows, then :meth:`_query_set_losses`."""
+        logits, spans = prediction["logits"], prediction["spans"]
+        batch_size, num_queries = logits.shape[:2]
+        indices = self.matcher(logits, spans, targets.spans, prediction.get("iou_logits"))
+        sample_idx = torch.cat([torch.full_like(query, b) for b, (query, _) in enumerate(indices)])
+        query_idx = torch.cat([query for query, _ in indices])
+        offsets = torch.tensor([0] + [len(s) for s in targets.spans]).cumsum(0)
+        target_idx = torch.cat([target + offsets[b] for b, (_, target) in enumerate(indices)])
+
+        device = logits.device
+        sample_idx, query_idx = sample_idx.to(device), query_idx.to(device)
+        positive = torch.zeros(batch_size, num_queries, dtype=torch.bool, device=device)
+        positive[sample_idx, query_idx] = True
+        target_spans = torch.zeros(batch_size, num_queries, 2, device=device)
+        target_spans[sample_idx, query_idx] = torch.cat(targets.spans)[target_idx.to(device)]
+        valid = targets.has_windows[:, None].expand(batch_size, num_queries)
+        return self._query_set_losses(prediction, target_spans, positive, valid)
+
+    def _atss_losses(self, atss: Mapping[str, Tensor], targets: _Targets) -> dict[str, Tensor]:
+        """Eq. 13 on the ATSS head, unweighted: focal classification over valid anchors divided by the
+        number of positives, L1 and centerness-weighted GIoU on decoded spans, centerness BCE."""
+        valid = atss["anchor_mask"].bool() & targets.has_windows[:, None]
+        positive = (atss["assigned_gt"] >= 0) & valid
+        logits = atss["logits"].float()
+        focal = sigmoid_focal_loss(logits, positive.float(), self.focal_alpha, self.focal_gamma)
+        spans, target_spans = atss["spans"].float()[positive], atss["target_spans"].float()[positive]
+        centerness_targets = atss["centerness_targets"].float()[positive]
+        weighted_giou = centerness_targets * (1 - _iou_cw(spans, target_spans, generalized=True))
+        centerness_bce = F.binary_cross_entropy_with_logits(
+            atss["centerness"].float()[positive], centerness_targets, reduction="none"
+        )
+        return {
+            "focal": torch.where(valid, focal, 0.0).sum() / positive.sum().clamp(min=1),
+            "l1": _mean_or_zero((spans - target_spans).abs()),
+            "giou": weighted_giou.sum() / centerness_targets.sum().clamp(min=torch.finfo(torch.float32).eps),
+            "centerness": _mean_or_zero(centerness_bce),
+        }
+
+    def _alignment_losses(self, outputs: Mapping[str, Tensor], targets: _Targets) -> dict[str, Tensor]:
+        """Eq. 14 (CG-DETR), unweighted, on the samples that have relevant clips.
+
+        ``align``: cross-entropy over the raw cosines ``[cos(m_b, s_1..B); cos(n_b, s_1..B)]`` with target b
+        (moment token m_b, non-moment token n_b, sentence tokens s). ``bce``: BCE of ``m_b · z_{b,t}``
+        (unnormalised) against the moment mask, over real clips.
+        """
+        moment_mask = (targets.saliency > 0) & targets.video_mask
+        rows = moment_mask.any(1)
+        sentences = F.normalize(outputs["sentence_embeds"].float(), dim=-1)
+        moment_tokens = outputs["moment_tokens"].float()
+        similarity = torch.cat(
+            [
+                F.normalize(moment_tokens, dim=-1) @ sentences.T,
+                F.normalize(outputs["nonmoment_tokens"].float(), dim=-1) @ sentences.T,
+            ],
+            dim=1,
+        )  # (B, 2B)
+        own_sentence = torch.arange(similarity.shape[0], device=similarity.device)
+        align = F.cross_entropy(similarity, own_sentence, reduction="none")
+        frame_logits = torch.einsum("bd,bld->bl", moment_tokens, outputs["moment_frame_outputs"].float())
+        frame_bce = F.binary_cross_entropy_with_logits(frame_logits, moment_mask.float(), reduction="none")
+        return {
+            "align": _masked_mean(align, rows),
+            "bce": _masked_mean(frame_bce, targets.video_mask & rows[:, None]),
+        }
+
+    # ------------------------------------------------------------------ total
+
+    def _add_terms(
+        self,
+        loss_dict: dict[str, Tensor],
+        prefix: str,
+        suffix: str,
+        terms: Mapping[str, Tensor],
+        term_weighted: bool = True,
+    ) -> None:
+        """Weight ``terms`` by their λ (when ``term_weighted``) and their prefix's λ, store as flat keys."""
+        for name, value in terms.items():
+            weight = self.prefix_weights[prefix] * (self.term_weights[name] if term_weighted else 1.0)
+            loss_dict[f"{prefix}_{name}{suffix}"] = weight * value
+
+    def forward(
+        self, training_outputs: Mapping[str, object], labels: Sequence[Mapping]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Compute eq. 15.
+
+        Args:
+            training_outputs: the model's training-time tensors (docs/model_loss_contract.md).
+            labels: B dicts with ``spans`` (K_b, 2) normalised (center, width), K_b may be 0;
+                ``saliency_scores`` (L_b..L,) float, 0 = not relevant; optional ``saliency_pos_idx`` and
+                ``saliency_neg_idx`` (P,) long margin pairs.
+
+        Returns:
+            ``(loss, loss_dict)``: the scalar total and every weighted term (they sum to the total).
+        """
+        video_mask = training_outputs["video_mask"].bool()
+        targets = self._prepare_targets(labels, video_mask)
+        loss_dict: dict[str, Tensor] = {}
+
+        neg_rows = training_outputs.get("neg_pair_mask")
+        for suffix in ("local", "global"):
+            scores = training_outputs.get(f"{suffix}_saliency")
+            if scores is None:
+                continue
+            neg_scores = training_outputs.get(f"neg_{suffix}_saliency") if neg_rows is not None else None
+            terms = self._highlight_losses(
+                scores.float(),
+                None if neg_scores is None else neg_scores.float(),
+                None if neg_rows is None else neg_rows.bool(),
+                targets,
+            )
+            self._add_terms(loss_dict, "hl", f"_{suffix}", terms, term_weighted=False)
+
+        for layer, prediction in enumerate(training_outputs["decoder"]):
+            terms = self._matched_query_set_losses(prediction, targets)
+            self._add_terms(loss_dict, "detr", f"_layer{layer}", terms)
+        if training_outputs.get("selector") is not None:
+            terms = self._matched_query_set_losses(
+                {**training_outputs["selector"], "iou_logits": None}, targets
+            )
+            self._add_terms(loss_dict, "sel", "", terms)
+        for prefix, group_key in (("dn", "dn"), ("co", "atss_queries")):
+            group = training_outputs.get(group_key)
+            if group is None:
+                continue
+            valid = group["valid"].bool() & targets.has_windows[:, None]
+            for layer, prediction in enumerate(group["layers"]):
+                terms = self._query_set_losses(
+                    prediction, group["target_spans"].float(), group["is_positive"].bool(), valid
+                )
+                self._add_terms(loss_dict, prefix, f"_layer{layer}", terms)
+
+        if training_outputs.get("atss") is not None:
+            self._add_terms(loss_dict, "atss", "", self._atss_losses(training_outputs["atss"], targets))
+        if training_outputs.get("moment_tokens") is not None:
+            terms = self._alignment_losses(training_outputs, targets)
+            self._add_terms(loss_dict, "aux", "", terms, term_weighted=False)
+
+        loss = torch.stack(list(loss_dict.values())).sum()
+        return loss, loss_dict
+
+
+def _pick_random_member(members: Tensor, uniforms: Tensor) -> Tensor:
+    """Index of a uniformly random True entry per row, for one or several draws.
+
+    Args:
+        members: (B, L) bool.
+        uniforms: (..., B) in [0, 1), one per draw and row.
+
+    Returns:
+        (..., B) long. The ``floor(u * count)``-th member is found with a cumulative sum, so a draw costs one
+        uniform per row whatever L is. Rows without members return an arbitrary valid index (callers mask).
+    """
+    counts = members.sum(1)
+    rank = (uniforms * counts).floor().long().minimum((counts - 1).clamp(min=0))
+    index = (members.cumsum(1) <= rank[..., None]).sum(-1)
+    return index.clamp(max=members.shape[1] - 1)

@@ -1,0 +1,695 @@
+"""SG-DETR: Saliency-Guided DETR for moment retrieval and highlight detection (Gordeev et al.).
+
+``SGDetrModel`` is the encoder side (paper §3.2-3.4, design ``shared/design/sg-detr.md`` §2.2-2.10): input
+projections, PoolingEncoder -> sentence token, local saliency (eq. 2), saliency-guided cross-attention
+encoder (eq. 3-5), transformer encoder (eq. 6), saliency amplifier and global saliency (eq. 7-9), plus the
+training-only negative-pair pass and moment encoder. ``SGDetrForMomentRetrieval`` adds the hybrid detector
+(``detector_sgdetr``) and the training objective (``loss_sgdetr``).
+
+Inputs are raw per-clip / per-token features: the model L2-normalises them and appends the temporal
+endpoint feature itself. Masks: 1 = valid. Video padding must be on the right (valid clips first). Any
+number of clips works (positions are normalised by each video's valid length); a hard cap is only applied
+by the data pipeline (``config.max_num_clips``).
+
+Shipped to the Hub as remote code: flat module, sibling imports only as ``from .module import Name``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from .configuration_sgdetr import SGDetrConfig
+from .detector_sgdetr import SGDetrATSSHead, SGDetrHybridDetector
+from .layers_sgdetr import SGDetrAttention, SGDetrFeedForward, SGDetrMaskedGroupNorm
+from .loss_sgdetr import SGDetrLoss
+from .spans import sine_embedding
+
+# saliency logit given to padded clips: sigmoid() is exactly 0 there
+PADDING_SALIENCY = -1e4
+
+
+# ============================================================================================ outputs
+@dataclass
+class SGDetrModelOutput(ModelOutput):
+    """Encoder-side outputs of [`SGDetrModel`].
+
+    last_hidden_state ``(B, L, d)``: ``F_g``, the globally amplified features (eq. 9) the detector reads
+        (``F_hat`` when ``use_global_saliency`` is False). Zero at padded clips.
+    encoder_last_hidden_state ``(B, L, d)``: ``F_hat``, the transformer-encoder output (eq. 6).
+    local_saliency / global_saliency ``(B, L)``: raw logits, -1e4 at padding; global is None when
+        ``use_global_saliency`` is False.
+    sentence_embeds ``(B, d)``: ``F_sent``. video_embeds ``(B, L, d)``: ``V0``. text_embeds ``(B, N, d)``: ``T0``.
+    position_embeddings ``(B, L, d)``: the length-normalised sine encoding. video_mask ``(B, L)`` bool.
+    neg_local_saliency / neg_global_saliency ``(B, L)`` and neg_pair_mask ``(B,)``: negative-pair pass
+        (video b with the text of sample (b+1) % B), training only.
+    moment_tokens / nonmoment_tokens ``(B, d)``, moment_frame_outputs ``(B, L, d)``: moment encoder,
+        training only.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    local_saliency: torch.FloatTensor | None = None
+    global_saliency: torch.FloatTensor | None = None
+    sentence_embeds: torch.FloatTensor | None = None
+    video_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    position_embeddings: torch.FloatTensor | None = None
+    video_mask: torch.BoolTensor | None = None
+    neg_local_saliency: torch.FloatTensor | None = None
+    neg_global_saliency: torch.FloatTensor | None = None
+    neg_pair_mask: torch.BoolTensor | None = None
+    moment_tokens: torch.FloatTensor | None = None
+    nonmoment_tokens: torch.FloatTensor | None = None
+    moment_frame_outputs: torch.FloatTensor | None = None
+
+
+@dataclass
+class SGDetrOutput(ModelOutput):
+    """Outputs of [`SGDetrForMomentRetrieval`]. Spans are normalised ``(center, width)`` relative to
+    ``T_b = L_b * clip_length``; decoder class 0 = moment, 1 = no-object.
+
+    loss (scalar) and loss_dict (flat dict of weighted terms): only when ``labels`` are given.
+    pred_spans ``(B, K, 2)``, pred_logits ``(B, K, 2)``, pred_iou_logits ``(B, K)`` (None without the IoU
+        head), det_scores ``(B, K)``: ``S_det = p^alpha * IoU^(1-alpha)`` (eq. 10; ``p`` without the IoU head).
+    atss_logits / atss_centerness ``(B, A)``, atss_spans ``(B, A, 2)`` (decoded, clipped): None without the
+        ATSS head. anchors ``(B, A, 2)`` (unclipped), anchor_mask ``(B, A)``, anchor_levels ``(A,)``.
+    local_saliency / global_saliency ``(B, L)`` raw logits (global None when disabled), video_mask ``(B, L)``,
+    encoder_last_hidden_state ``(B, L, d)`` (``F_g``, the detector input), sentence_embeds ``(B, d)``.
+    training_outputs: the dict the criterion reads (docs/model_loss_contract.md); only with ``labels``.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict[str, torch.Tensor] | None = None
+    pred_spans: torch.FloatTensor | None = None
+    pred_logits: torch.FloatTensor | None = None
+    pred_iou_logits: torch.FloatTensor | None = None
+    det_scores: torch.FloatTensor | None = None
+    atss_logits: torch.FloatTensor | None = None
+    atss_spans: torch.FloatTensor | None = None
+    atss_centerness: torch.FloatTensor | None = None
+    anchors: torch.FloatTensor | None = None
+    anchor_mask: torch.BoolTensor | None = None
+    anchor_levels: torch.LongTensor | None = None
+    local_saliency: torch.FloatTensor | None = None
+    global_saliency: torch.FloatTensor | None = None
+    video_mask: torch.BoolTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    sentence_embeds: torch.FloatTensor | None = None
+    training_outputs: dict[str, Any] | None = None
+
+
+# ============================================================================================ input checks
+def _check_mask(name: str, mask: Tensor, shape: tuple[int, int], what: str) -> Tensor:
+    if mask.ndim != 2 or tuple(mask.shape) != shape:
+        raise ValueError(
+            f"{name} must have shape (batch, {what}) = {shape} to match the features, got {tuple(mask.shape)}; "
+            f"pass one 0/1 entry per {what[:-1] if what.endswith('s') else what}."
+        )
+    if mask.dtype != torch.bool:
+        if mask.is_floating_point() and not torch.isfinite(mask).all():
+            raise ValueError(f"{name} contains NaN or Inf; it must hold 0/1 values.")
+        if not ((mask == 0) | (mask == 1)).all():
+            raise ValueError(f"{name} must hold only 0 and 1 (1 = valid), got other values.")
+        mask = mask != 0
+    return mask
+
+
+def validate_inputs(
+    config: SGDetrConfig, video_features: Tensor, video_mask: Tensor, text_features: Tensor, text_mask: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Check shapes, dims, masks and finiteness; return the masks as bool. Raises ``ValueError``."""
+    for name, x, dim, cfg_name in (
+        ("video_features", video_features, config.video_feature_dim, "video_feature_dim"),
+        ("text_features", text_features, config.text_feature_dim, "text_feature_dim"),
+    ):
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+        if x.ndim != 3:
+            raise ValueError(
+                f"{name} must have rank 3 (batch, length, dim), got shape {tuple(x.shape)}; "
+                "add a batch dimension with x[None] for a single sample."
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}.")
+        if x.shape[-1] != dim:
+            raise ValueError(
+                f"{name} has feature dim {x.shape[-1]} but the model expects {dim} (config.{cfg_name}); "
+                f"extract features with the matching encoder or build the config with {cfg_name}={x.shape[-1]}."
+            )
+        if x.shape[1] == 0:
+            raise ValueError(f"{name} has length 0; every sample needs at least one clip/token.")
+    if video_features.shape[0] != text_features.shape[0]:
+        raise ValueError(
+            f"batch sizes differ: video_features has {video_features.shape[0]} samples, text_features "
+            f"{text_features.shape[0]}; pass one query per video (repeat the video for several queries)."
+        )
+    if not isinstance(video_mask, Tensor) or not isinstance(text_mask, Tensor):
+        raise ValueError("video_mask and text_mask must be torch.Tensors (1 = valid, 0 = padding).")
+    batch, length = video_features.shape[:2]
+    vmask = _check_mask("video_mask", video_mask, (batch, length), "clips")
+    tmask = _check_mask("text_mask", text_mask, (batch, text_features.shape[1]), "tokens")
+    for name, mask in (("video_mask", vmask), ("text_mask", tmask)):
+        empty = (~mask.any(1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"{name} is all zero for sample(s) {empty}: every sample needs at least one valid "
+                f"{'clip' if name == 'video_mask' else 'token'}; drop those samples from the batch."
+            )
+    lengths = vmask.sum(1, keepdim=True)
+    if not torch.equal(vmask, torch.arange(length, device=vmask.device)[None, :] < lengths):
+        raise ValueError(
+            "video_mask must mark the valid clips first and padding at the end (right padding), e.g. "
+            "[1, 1, 1, 0, 0]; holes or left padding are not supported."
+        )
+    for name, x, mask in (("video_features", video_features, vmask), ("text_features", text_features, tmask)):
+        bad = ~torch.isfinite(x).all(-1) & mask
+        if bad.any():
+            where = bad.nonzero()[0].tolist()
+            raise ValueError(
+                f"{name} contains NaN or Inf (first at sample {where[0]}, position {where[1]}); "
+                "check the feature extraction or replace them before calling the model."
+            )
+    return vmask, tmask
+
+
+# ============================================================================================ blocks
+class SGDetrProjection(nn.Module):
+    """Two CG-DETR LinearLayer blocks: ``Lin2(Drop(LN2(ReLU(Lin1(Drop(LN1(x)))))))`` (§2.2)."""
+
+    def __init__(self, in_dim: int, config: SGDetrConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.norm1 = nn.LayerNorm(in_dim, eps=config.layer_norm_eps)
+        self.linear1 = nn.Linear(in_dim, d)
+        self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.linear2 = nn.Linear(d, d)
+        self.dropout = nn.Dropout(config.input_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.linear1(self.dropout(self.norm1(x))))
+        return self.linear2(self.dropout(self.norm2(x)))
+
+
+class SGDetrAttentionPooling(nn.Module):
+    """One AttentionPooling layer (§2.4): ``s <- s + Drop(MHA(LN_q(s), LN_k(T), LN_v(T)))``."""
+
+    def __init__(self, config: SGDetrConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.norm_q = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.norm_k = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.norm_v = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.attention = SGDetrAttention(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, sentence: Tensor, tokens: Tensor, token_mask: Tensor) -> Tensor:
+        pooled = self.attention(
+            self.norm_q(sentence)[:, None], self.norm_k(tokens), self.norm_v(tokens), key_mask=token_mask
+        )
+        return sentence + self.dropout(pooled[:, 0])
+
+
+class SGDetrPoolingEncoder(nn.Module):
+    """PoolingEncoder (eq. 1): masked mean of the tokens refined by ``num_pooling_layers`` attention poolings."""
+
+    def __init__(self, config: SGDetrConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(SGDetrAttentionPooling(config) for _ in range(config.num_pooling_layers))
+
+    def forward(self, tokens: Tensor, token_mask: Tensor) -> Tensor:
+        m = token_mask[..., None].to(tokens.dtype)
+        sentence = (tokens * m).sum(1) / m.sum(1)
+        for layer in self.layers:
+            sentence = layer(sentence, tokens, token_mask)
+        return sentence
+
+
+class SGDetrLocalSaliency(nn.Module):
+    """Eq. 2: ``S_local = alpha * cos(F_sent, V0_t) + beta`` (learnable scalars), -1e4 at padding. fp32."""
+
+    def __init__(self, config: SGDetrConfig):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((1,), float(config.saliency_alpha_init)))
+        self.beta = nn.Parameter(torch.full((1,), float(config.saliency_beta_init)))
+
+    def forward(self, sentence: Tensor, video: Tensor, video_mask: Tensor) -> Tensor:
+        cosine = torch.einsum(
+            "bld,bd->bl", F.normalize(video.float(), dim=-1), F.normalize(sentence.float(), dim=-1)
+        )
+        scores = self.alpha.float() * cosine + self.beta.float()
+        return scores.masked_fill(~video_mask, PADDING_SALIENCY)
+
+
+class SGDetrSGCALayer(GradientCheckpointingLayer):
+    """Saliency-guided cross-attention layer (eq. 3-5, §2.7), post-norm. ``gate=None`` gives plain
+    cross-attention (ablation row (a))."""
+
+    def __init__(self, config: SGDetrConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.cross_attention = SGDetrAttention(config)
+        self.norm1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.ffn = SGDetrFeedForward(config)
+        self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, pos: Tensor, text: Tensor, text_mask: Tensor, gate: Tensor | None) -> Tensor:
+        attended = self.cross_attention(x + pos, text, text, key_mask=text_mask, gate=gate)
+        x = self.norm1(x + self.dropout(attended))
+        return self.norm2(x + self.dropout(self.ffn(x)))
+
+
+class SGDetrEncoderLayer(GradientCheckpointingLayer):
+    """Post-norm self-attention layer with ``q = k = x + pos`` (eq. 6 encoder and the moment encoder)."""
+
+    def __init__(self, config: SGDetrConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.self_attention = SGDetrAttention(config)
+        self.norm1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.ffn = SGDetrFeedForward(config)
+        self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, pos: Tensor, key_mask: Tensor) -> Tensor:
+        qk = x + pos
+        x = self.norm1(x + self.dropout(self.self_attention(qk, qk, x, key_mask=key_mask)))
+        return self.norm2(x + self.dropout(self.ffn(x)))
+
+
+class SGDetrMomentEncoder(nn.Module):
+    """CG-DETR moment encoder (§2.6, training only): a learnable token attends the moment clips (first pass)
+    or the non-moment clips (second pass); both passes run as one batch of 2B."""
+
+    def __init__(self, config: SGDetrConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.layers = nn.ModuleList(
+            SGDetrEncoderLayer(config) for _ in range(config.num_moment_encoder_layers)
+        )
+        self.moment_token = nn.Parameter(torch.zeros(d))
+        self.moment_position = nn.Parameter(torch.zeros(d))
+
+    def forward(
+        self, video: Tensor, pos: Tensor, video_mask: Tensor, moment_mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        batch = video.shape[0]
+        token = self.moment_token.to(video.dtype)[None, None].expand(batch, 1, -1)
+        token_pos = self.moment_position.to(video.dtype)[None, None].expand(batch, 1, -1)
+        x = torch.cat((token, video), 1).repeat(2, 1, 1)
+        p = torch.cat((token_pos, pos), 1).repeat(2, 1, 1)
+        keep_token = torch.ones(2 * batch, 1, dtype=torch.bool, device=video.device)
+        clip_keys = torch.cat((video_mask & moment_mask, video_mask & ~moment_mask), 0)
+        key_mask = torch.cat((keep_token, clip_keys), 1)
+        for layer in self.layers:
+            x = layer(x, p, key_mask)
+        moment, nonmoment = x[:batch], x[batch:]
+        frames = torch.where(moment_mask[..., None], moment[:, 1:], nonmoment[:, 1:])
+        return moment[:, 0], nonmoment[:, 0], frames
+
+
+# ============================================================================================ models
+class SGDetrPreTrainedModel(PreTrainedModel):
+    config_class = SGDetrConfig
+    base_model_prefix = "sg_detr"
+    main_input_name = "video_features"
+    input_modalities = ["video", "text"]
+    _no_split_modules = ["SGDetrSGCALayer", "SGDetrEncoderLayer", "SGDetrDecoderLayer"]
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialisation of design §2.18 (``transformers.initialization`` helpers, so loaded weights stay)."""
+        if isinstance(module, nn.Linear):
+            if getattr(module, "_sgdetr_zero_init", False):
+                init.zeros_(module.weight)
+            else:
+                init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv1d):
+            if getattr(module, "_sgdetr_atss_conv", False):
+                init.normal_(module.weight, mean=0.0, std=0.01)
+            else:
+                init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                prior = getattr(module, "_sgdetr_bias_prior", None)
+                if prior is None:
+                    init.zeros_(module.bias)
+                else:
+                    init.constant_(module.bias, -float(torch.log(torch.tensor((1 - prior) / prior))))
+        elif isinstance(module, nn.Embedding):
+            std = getattr(module, "_sgdetr_init_std", self.config.initializer_range)
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (nn.LayerNorm, SGDetrMaskedGroupNorm)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.PReLU):
+            init.constant_(module.weight, 0.25)
+        elif isinstance(module, SGDetrLocalSaliency):
+            init.constant_(module.alpha, self.config.saliency_alpha_init)
+            init.constant_(module.beta, self.config.saliency_beta_init)
+        elif isinstance(module, SGDetrMomentEncoder):
+            init.normal_(module.moment_token, mean=0.0, std=1.0)
+            init.normal_(module.moment_position, mean=0.0, std=1.0)
+        elif isinstance(module, SGDetrATSSHead):
+            init.ones_(module.scales)
+
+
+class SGDetrModel(SGDetrPreTrainedModel):
+    """SG-DETR encoder side: from raw clip / token features to the amplified video features and the local
+    and global saliency scores (§2.2-2.10). No feature backbone: inputs are InternVideo2 features."""
+
+    def __init__(self, config: SGDetrConfig):
+        super().__init__(config)
+        d = config.hidden_size
+        self.video_projection = SGDetrProjection(config.video_input_dim, config)
+        self.text_projection = SGDetrProjection(config.text_feature_dim, config)
+        self.token_type_embeddings = nn.Embedding(2, d)  # 0 = text, 1 = video
+        self.pooling_encoder = SGDetrPoolingEncoder(config)
+        self.local_saliency = SGDetrLocalSaliency(config)
+        self.sgca_layers = nn.ModuleList(SGDetrSGCALayer(config) for _ in range(config.num_sgca_layers))
+        self.encoder_layers = nn.ModuleList(
+            SGDetrEncoderLayer(config) for _ in range(config.num_encoder_layers)
+        )
+        if config.use_global_saliency:
+            self.global_saliency = nn.Linear(d, 1)
+            self.global_saliency._sgdetr_zero_init = True
+        else:
+            self.global_saliency = None
+        self.moment_encoder = SGDetrMomentEncoder(config) if config.use_alignment else None
+        self.post_init()
+
+    # ---------------------------------------------------------------- pieces
+    def prepare_video(self, video_features: Tensor, video_mask: Tensor) -> Tensor:
+        """L2-normalise clips (optional), append TEF ``[i/L_b, (i+1)/L_b]`` (optional), zero the padding."""
+        x = video_features.float()
+        if self.config.normalize_features:
+            x = F.normalize(x, dim=-1)
+        if self.config.use_tef:
+            lengths = video_mask.sum(1, keepdim=True).float()
+            index = torch.arange(x.shape[1], device=x.device, dtype=torch.float32)[None, :]
+            x = torch.cat((x, torch.stack((index / lengths, (index + 1) / lengths), dim=-1)), dim=-1)
+        return x * video_mask[..., None]
+
+    def prepare_text(self, text_features: Tensor, text_mask: Tensor) -> Tensor:
+        x = text_features.float()
+        if self.config.normalize_features:
+            x = F.normalize(x, dim=-1)
+        return x * text_mask[..., None]
+
+    def video_position_embeddings(self, video_mask: Tensor) -> Tensor:
+        """Sine encoding of ``(t + 1) / L_b`` (scaled by 2*pi): ``(B, L)`` -> ``(B, L, d)``, any length."""
+        lengths = video_mask.sum(1, keepdim=True).float()
+        positions = torch.arange(1, video_mask.shape[1] + 1, device=video_mask.device, dtype=torch.float32)
+        return sine_embedding(
+            positions[None, :] / lengths, self.config.hidden_size, self.config.position_temperature
+        )
+
+    def _encode(
+        self, video: Tensor, pos: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor, local: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """SGCA -> encoder -> saliency amplifier. Returns ``F_hat``, ``S_global`` (or None) and ``F_g``."""
+        gate = torch.sigmoid(local) if self.config.use_sgca else None
+        x = video
+        for layer in self.sgca_layers:
+            x = layer(x, pos, text, text_mask, gate)
+        for layer in self.encoder_layers:
+            x = layer(x, pos, video_mask)
+        encoded = x
+        if self.global_saliency is None:
+            return encoded, None, encoded * video_mask[..., None].to(encoded.dtype)
+        amplified_local = encoded * (1 + torch.sigmoid(local)[..., None].to(encoded.dtype))  # eq. 7
+        global_scores = local + self.global_saliency(amplified_local)[..., 0].float()  # eq. 8
+        global_scores = global_scores.masked_fill(~video_mask, PADDING_SALIENCY)
+        amplified = encoded * (1 + torch.sigmoid(global_scores)[..., None].to(encoded.dtype))  # eq. 9
+        return encoded, global_scores, amplified * video_mask[..., None].to(encoded.dtype)
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        video_features: Tensor,
+        video_mask: Tensor,
+        text_features: Tensor,
+        text_mask: Tensor,
+        moment_mask: Tensor | None = None,
+        neg_pair_mask: Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SGDetrModelOutput | tuple:
+        r"""
+        Args:
+            video_features ``(B, L, d_v)``: raw clip features. video_mask ``(B, L)``: 1 = real clip (right-padded).
+            text_features ``(B, N, d_t)``: raw token features. text_mask ``(B, N)``: 1 = real token.
+            moment_mask ``(B, L)`` bool, optional (training): clips inside the GT moments; runs the moment
+                encoder when ``config.use_alignment``.
+            neg_pair_mask ``(B,)`` bool, optional (training): which rolled pairs are real negatives; runs the
+                negative-pair pass when ``config.use_negative_pairs``.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        vmask, tmask = validate_inputs(self.config, video_features, video_mask, text_features, text_mask)
+        dtype = self.dtype
+        type_embeddings = self.token_type_embeddings.weight
+        video = (
+            self.video_projection(self.prepare_video(video_features, vmask).to(dtype)) + type_embeddings[1]
+        )
+        text = self.text_projection(self.prepare_text(text_features, tmask).to(dtype)) + type_embeddings[0]
+        pos = self.video_position_embeddings(vmask).to(dtype)
+
+        sentence = self.pooling_encoder(text, tmask)
+        local = self.local_saliency(sentence, video, vmask)
+
+        run_negatives = neg_pair_mask is not None and self.config.use_negative_pairs
+        batch = video.shape[0]
+        if run_negatives:
+            # one pass over [positive pairs ; video b with the text of sample (b+1) % B]
+            neg_local = self.local_saliency(sentence.roll(-1, 0), video, vmask)
+            encoded, global_scores, amplified = self._encode(
+                video.repeat(2, 1, 1),
+                pos.repeat(2, 1, 1),
+                vmask.repeat(2, 1),
+                torch.cat((text, text.roll(-1, 0)), 0),
+                torch.cat((tmask, tmask.roll(-1, 0)), 0),
+                torch.cat((local, neg_local), 0),
+            )
+            encoded, amplified = encoded[:batch], amplified[:batch]
+            neg_global = None if global_scores is None else global_scores[batch:]
+            global_scores = None if global_scores is None else global_scores[:batch]
+        else:
+            encoded, global_scores, amplified = self._encode(video, pos, vmask, text, tmask, local)
+            neg_local = neg_global = None
+
+        moment_tokens = nonmoment_tokens = frames = None
+        if moment_mask is not None and self.moment_encoder is not None:
+            moment_tokens, nonmoment_tokens, frames = self.moment_encoder(
+                video, pos, vmask, moment_mask.bool() & vmask
+            )
+
+        output = SGDetrModelOutput(
+            last_hidden_state=amplified,
+            encoder_last_hidden_state=encoded,
+            local_saliency=local,
+            global_saliency=global_scores,
+            sentence_embeds=sentence,
+            video_embeds=video,
+            text_embeds=text,
+            position_embeddings=pos,
+            video_mask=vmask,
+            neg_local_saliency=neg_local,
+            neg_global_saliency=neg_global,
+            neg_pair_mask=neg_pair_mask.bool() if run_negatives else None,
+            moment_tokens=moment_tokens,
+            nonmoment_tokens=nonmoment_tokens,
+            moment_frame_outputs=frames,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class SGDetrForMomentRetrieval(SGDetrPreTrainedModel):
+    r"""SG-DETR with the hybrid detector: moment retrieval (spans + scores) and highlight detection (saliency).
+
+    ``model(video_features, video_mask, text_features, text_mask, labels=None)``
+
+    - video_features ``(B, L, d_v)`` raw clip features (the model L2-normalises and appends TEF itself),
+      video_mask ``(B, L)`` 1 = real clip (right padding); any ``L`` works.
+    - text_features ``(B, N, d_t)`` raw token features, text_mask ``(B, N)`` 1 = real token.
+    - labels (training): a list of B dicts, as in transformers' DETR family:
+        - ``spans``: ``(K_b, 2)`` float, normalised ``(center, width)`` relative to ``L_b * clip_length``
+          (``K_b`` may be 0 for highlight-only data);
+        - ``saliency_scores``: ``(L_b,)`` or ``(L,)`` float per clip, 0 = not relevant (QVHighlights: the sum of
+          the three annotators, 0..12);
+        - optional ``video_id`` (str): source video; a rolled in-batch pair from the same source is not used as
+          a negative. Without it a rolled pair is a negative unless both samples have identical video features;
+        - optional ``saliency_pos_idx`` / ``saliency_neg_idx`` ``(P,)`` long: margin-loss clip pairs (sampled
+          from ``saliency_scores`` with a seeded generator when absent).
+
+    With ``labels`` the forward also builds the training query groups (denoising, ATSS positives), runs the
+    negative-pair pass and the moment encoder, and returns ``loss`` and ``loss_dict`` (eq. 15).
+    Use [`post_process_moment_retrieval`] to turn the outputs into windows in seconds.
+    """
+
+    def __init__(self, config: SGDetrConfig):
+        super().__init__(config)
+        self.sg_detr = SGDetrModel(config)
+        self.detector = SGDetrHybridDetector(config)
+        self.criterion = SGDetrLoss(config)
+        self.post_init()
+
+    def _prepare_targets(
+        self, labels: list[dict], video_features: Tensor, video_mask: Tensor
+    ) -> dict[str, Tensor]:
+        """Pad the label list into ``spans`` (B, M, 2), ``span_mask`` (B, M), ``moment_mask`` (B, L) and the
+        in-batch ``neg_pair_mask`` (B,). Value checks are the criterion's job."""
+        batch, length = video_mask.shape
+        device = video_features.device
+        if not isinstance(labels, (list, tuple)) or len(labels) != batch:
+            raise ValueError(
+                f"labels must be a list of {batch} dicts (one per sample), got {type(labels).__name__}."
+            )
+        spans = []
+        for i, label in enumerate(labels):
+            if not isinstance(label, dict) or "spans" not in label or "saliency_scores" not in label:
+                raise ValueError(f"labels[{i}] must be a dict with 'spans' and 'saliency_scores'.")
+            s = torch.as_tensor(label["spans"], dtype=torch.float32, device=device)
+            if s.numel() == 0:
+                s = s.reshape(0, 2)
+            if s.ndim != 2 or s.shape[1] != 2:
+                raise ValueError(
+                    f"labels[{i}]['spans'] must have shape (K, 2) (center, width), got {tuple(s.shape)}."
+                )
+            spans.append(s)
+        num = torch.tensor([len(s) for s in spans], device=device)
+        max_num = int(num.max()) if batch else 0
+        padded = torch.zeros(batch, max_num, 2, device=device)
+        if max_num:
+            padded = torch.nn.utils.rnn.pad_sequence(spans, batch_first=True)
+        span_mask = torch.arange(max_num, device=device)[None, :] < num[:, None]
+        saliency = torch.nn.utils.rnn.pad_sequence(
+            [
+                torch.as_tensor(label["saliency_scores"], dtype=torch.float32).flatten()[:length]
+                for label in labels
+            ],
+            batch_first=True,
+        ).to(device)
+        saliency = F.pad(saliency, (0, length - saliency.shape[1]))
+        moment_mask = (saliency > 0) & video_mask
+
+        ids = [label.get("video_id") for label in labels]
+        if all(i is not None for i in ids):
+            rolled = ids[1:] + ids[:1]
+            neg_pair_mask = torch.tensor([a != b for a, b in zip(ids, rolled)], device=device)
+        else:  # same features (and length) as the rolled partner -> not a negative
+            rolled_feats, rolled_mask = video_features.roll(-1, 0), video_mask.roll(-1, 0)
+            same = ((video_features == rolled_feats) | ~video_mask[..., None]).flatten(1).all(1)
+            neg_pair_mask = ~(same & (video_mask == rolled_mask).all(1))
+        if batch < 2:
+            neg_pair_mask = torch.zeros(batch, dtype=torch.bool, device=device)
+        return {
+            "spans": padded,
+            "span_mask": span_mask,
+            "moment_mask": moment_mask,
+            "neg_pair_mask": neg_pair_mask,
+        }
+
+    def forward(
+        self,
+        video_features: Tensor,
+        video_mask: Tensor,
+        text_features: Tensor,
+        text_mask: Tensor,
+        labels: list[dict] | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SGDetrOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        cfg = self.config
+        targets = None
+        if labels is not None:
+            vmask, _ = validate_inputs(cfg, video_features, video_mask, text_features, text_mask)
+            targets = self._prepare_targets(labels, video_features, vmask)
+        enc = self.sg_detr(
+            video_features,
+            video_mask,
+            text_features,
+            text_mask,
+            moment_mask=None if targets is None else targets["moment_mask"],
+            neg_pair_mask=None if targets is None else targets["neg_pair_mask"],
+            return_dict=True,
+        )
+        det = self.detector(
+            enc.last_hidden_state,
+            enc.video_mask,
+            enc.position_embeddings,
+            None if targets is None else targets["spans"],
+            None if targets is None else targets["span_mask"],
+        )
+        last = det["decoder"][-1]
+        probs = torch.softmax(last["logits"], -1)[..., 0]
+        if last["iou_logits"] is None:
+            det_scores = probs
+        else:
+            alpha = cfg.det_score_alpha
+            det_scores = probs.pow(alpha) * torch.sigmoid(last["iou_logits"]).pow(1 - alpha)
+        atss = det["atss"]
+
+        loss = loss_dict = training_outputs = None
+        if labels is not None:
+            training_outputs = {
+                "video_mask": enc.video_mask,
+                "local_saliency": enc.local_saliency,
+                "global_saliency": enc.global_saliency,
+                "neg_local_saliency": enc.neg_local_saliency,
+                "neg_global_saliency": enc.neg_global_saliency,
+                "neg_pair_mask": enc.neg_pair_mask,
+                "sentence_embeds": enc.sentence_embeds,
+                "moment_tokens": enc.moment_tokens,
+                "nonmoment_tokens": enc.nonmoment_tokens,
+                "moment_frame_outputs": enc.moment_frame_outputs,
+                "decoder": det["decoder"],
+                "selector": det["selector"],
+                "dn": det["dn"],
+                "atss_queries": det["atss_queries"],
+                "atss": atss,
+            }
+            loss, loss_dict = self.criterion(training_outputs, labels)
+
+        output = SGDetrOutput(
+            loss=loss,
+            loss_dict=loss_dict,
+            pred_spans=last["spans"],
+            pred_logits=last["logits"],
+            pred_iou_logits=last["iou_logits"],
+            det_scores=det_scores,
+            atss_logits=None if atss is None else atss["logits"],
+            atss_spans=None if atss is None else atss["spans"],
+            atss_centerness=None if atss is None else atss["centerness"],
+            anchors=det["anchors"],
+            anchor_mask=det["anchor_mask"],
+            anchor_levels=det["anchor_levels"],
+            local_saliency=enc.local_saliency,
+            global_saliency=enc.global_saliency,
+            video_mask=enc.video_mask,
+            encoder_last_hidden_state=enc.last_hidden_state,
+            sentence_embeds=enc.sentence_embeds,
+            training_outputs=training_outputs,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "SGDetrForMomentRetrieval",
+    "SGDetrModel",
+    "SGDetrModelOutput",
+    "SGDetrOutput",
+    "SGDetrPreTrainedModel",
+    "validate_inputs",
+]

@@ -1,0 +1,224 @@
+"""From SG-DETR outputs to QVHighlights-style predictions (design §4).
+
+``post_process_moment_retrieval`` turns a batch of [`SGDetrOutput`] into one dict per query:
+
+- ``pred_relevant_windows``: ``[[start_sec, end_sec, score], ...]``, best first, at most ``top_k``, clipped to
+  ``[0, duration]`` with ``start < end``. Candidates: the DETR queries scored by ``S_det`` and the ATSS anchors
+  scored by ``sqrt(sigmoid(cls) * sigmoid(ctr))`` (top-100 -> 1-D NMS at 0.6 -> top-25), merged by 1-D
+  weighted span fusion (``fusion_mode="wbf"``, the default with the ATSS head), or one head alone
+  (``"detr"`` / ``"atss"``).
+- ``pred_saliency_scores``: one raw score per real clip (``S_global``, or ``S_local`` without the global
+  saliency module), in clip order.
+
+Spans are converted with ``T_b = L_b * clip_length`` (the frame used in training, §1.4). The batch work is
+vectorised; the only loops are the greedy NMS / fusion over ranked candidates and the final conversion of
+each sample to Python lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .configuration_sgdetr import SGDetrConfig
+from .spans import nms_1d, span_cw_to_se, weighted_span_fusion
+
+_DEFAULTS = SGDetrConfig()
+
+
+def _get(outputs: Any, name: str) -> Any:
+    if isinstance(outputs, Mapping):
+        return outputs.get(name)
+    return getattr(outputs, name, None)
+
+
+def _as_batch_vector(values: Any, batch: int, name: str, device: torch.device) -> Tensor:
+    t = torch.as_tensor(values, dtype=torch.float32, device=device).flatten()
+    if t.numel() == 1 and batch > 1:
+        t = t.expand(batch)
+    if t.numel() != batch:
+        raise ValueError(f"{name} must have one value per sample ({batch}), got {t.numel()}.")
+    if not torch.isfinite(t).all() or (t <= 0).any():
+        raise ValueError(f"{name} must be finite and > 0 (seconds), got {t.tolist()}.")
+    return t
+
+
+def _atss_candidates(outputs: Any, cfg: SGDetrConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """ATSS top-``pre`` anchors by ``sqrt(sigmoid(z) * sigmoid(u))`` -> NMS -> top-``post``: spans (start, end),
+    scores and validity, each ``(B, post)``."""
+    logits, centerness, spans = (
+        _get(outputs, "atss_logits"),
+        _get(outputs, "atss_centerness"),
+        _get(outputs, "atss_spans"),
+    )
+    mask = _get(outputs, "anchor_mask")
+    scores = torch.sqrt(torch.sigmoid(logits.float()) * torch.sigmoid(centerness.float()))
+    scores = scores.masked_fill(~mask.bool(), -1.0)
+    pre = min(cfg.atss_pre_nms_topk, scores.shape[1])
+    top_scores, index = scores.topk(pre, dim=1)
+    top_spans = span_cw_to_se(spans.float().gather(1, index[..., None].expand(-1, -1, 2))).clamp(0.0, 1.0)
+    valid = top_scores >= 0
+    keep = nms_1d(top_spans, top_scores, valid, cfg.atss_nms_iou)
+    post = min(cfg.atss_post_nms_topk, pre)
+    kept_scores, order = top_scores.masked_fill(~keep, -1.0).topk(post, dim=1)
+    return top_spans.gather(1, order[..., None].expand(-1, -1, 2)), kept_scores.clamp_min(0), kept_scores >= 0
+
+
+def _fix_degenerate(start: Tensor, end: Tensor, duration: Tensor, width: Tensor) -> tuple[Tensor, Tensor]:
+    """Windows with ``end - start`` below 1e-6 s get ``width`` seconds: the end moves forward, or the start
+    moves back when the window sits at the end of the video."""
+    width = torch.minimum(width, duration)
+    collapsed = end - start < 1e-6
+    at_end = start + width > duration
+    new_start = torch.where(at_end, (duration - width).clamp_min(0), start)
+    new_end = torch.where(at_end, duration, start + width)
+    return torch.where(collapsed, new_start, start), torch.where(collapsed, new_end, end)
+
+
+@torch.no_grad()
+def post_process_moment_retrieval(
+    outputs: Any,
+    durations: Sequence[float] | Tensor | None,
+    video_mask: Tensor | None = None,
+    top_k: int = 10,
+    *,
+    config: SGDetrConfig | None = None,
+    fusion_mode: str | None = None,
+    clip_length: float | None = None,
+    round_to: float | None = None,
+) -> list[dict[str, list]]:
+    """Windows in seconds and per-clip saliency for every query of the batch.
+
+    Args:
+        outputs: an [`SGDetrOutput`] (or a dict with the same keys) of a batch of B queries.
+        durations: ``(B,)`` video durations in seconds (windows are clipped to them); None: ``L_b * clip_length``.
+        video_mask: ``(B, L)`` 1 = real clip; defaults to ``outputs.video_mask``.
+        top_k: windows per query (the QVHighlights evaluator reads 10).
+        config: the model's config (``model.config``): clip length, NMS / fusion settings, rounding. Without it
+            the defaults of ``SGDetrConfig()`` are used (2-second clips).
+        fusion_mode: ``"wbf"``, ``"detr"`` or ``"atss"``; default ``config.fusion_mode``.
+        clip_length: seconds per clip; default ``config.clip_length``.
+        round_to: round window endpoints to multiples of this many seconds (QVHighlights: 2.0; §4.4); a window
+            that collapses is widened by one step. Default ``config.window_round_seconds`` (None = no rounding).
+    Returns:
+        B dicts ``{"pred_relevant_windows": [[start, end, score], ...], "pred_saliency_scores": [...]}``; windows
+        are best first, inside ``[0, duration]`` with ``start < end``; scores rounded to 4 decimals.
+    """
+    cfg = config or _DEFAULTS
+    mode = fusion_mode or cfg.fusion_mode
+    clip_length = float(clip_length if clip_length is not None else cfg.clip_length)
+    round_to = round_to if round_to is not None else cfg.window_round_seconds
+    if mode not in ("wbf", "detr", "atss"):
+        raise ValueError(f"fusion_mode must be 'wbf', 'detr' or 'atss', got {mode!r}.")
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive int, got {top_k!r}.")
+    has_atss = _get(outputs, "atss_logits") is not None
+    if mode != "detr" and not has_atss:
+        raise ValueError(f"fusion_mode={mode!r} needs ATSS outputs; this model has no ATSS head, use 'detr'.")
+
+    spans = _get(outputs, "pred_spans").float()
+    scores = _get(outputs, "det_scores").float()
+    batch, device = spans.shape[0], spans.device
+    mask = video_mask if video_mask is not None else _get(outputs, "video_mask")
+    if mask is None or tuple(mask.shape[:1]) != (batch,):
+        raise ValueError("video_mask (B, L) is required (pass it or use outputs that carry video_mask).")
+    mask = mask.to(device).bool()
+    lengths = mask.sum(1)
+    extent = lengths.float() * clip_length  # T_b
+    duration = extent if durations is None else _as_batch_vector(durations, batch, "durations", device)
+
+    detr_spans = span_cw_to_se(spans).clamp(0.0, 1.0)
+    detr_valid = torch.ones_like(scores, dtype=torch.bool)
+    if mode == "detr":
+        order = scores.argsort(dim=1, descending=True, stable=True)
+        windows = detr_spans.gather(1, order[..., None].expand(-1, -1, 2))
+        conf, valid = scores.gather(1, order), detr_valid
+    else:
+        atss_spans, atss_scores, atss_valid = _atss_candidates(outputs, cfg)
+        if mode == "atss":
+            windows, conf, valid = atss_spans, atss_scores, atss_valid
+        else:
+            model_index = torch.cat(
+                (torch.zeros_like(scores, dtype=torch.long), torch.ones_like(atss_scores, dtype=torch.long)),
+                1,
+            )
+            windows, conf, valid = weighted_span_fusion(
+                torch.cat((detr_spans, atss_spans), 1),
+                torch.cat((scores, atss_scores), 1),
+                model_index,
+                torch.cat((detr_valid, atss_valid), 1),
+                cfg.wbf_weights,
+                cfg.wbf_iou_thr,
+                cfg.wbf_skip_thr,
+            )
+    k = min(top_k, windows.shape[1])
+    windows, conf, valid = windows[:, :k], conf[:, :k], valid[:, :k]
+
+    seconds = windows * extent[:, None, None]
+    start = torch.minimum(seconds[..., 0].clamp_min(0), duration[:, None])
+    end = torch.minimum(seconds[..., 1].clamp_min(0), duration[:, None])
+    step = torch.full_like(start, float(round_to) if round_to else clip_length)
+    if round_to:
+        start = torch.minimum(torch.round(start / round_to) * round_to, duration[:, None])
+        end = torch.minimum(torch.round(end / round_to) * round_to, duration[:, None])
+    start, end = _fix_degenerate(start, end, duration[:, None].expand_as(start), step)
+
+    saliency = _get(outputs, "global_saliency")
+    if saliency is None:
+        saliency = _get(outputs, "local_saliency")
+
+    rows_start, rows_end = start.tolist(), end.tolist()
+    rows_conf, rows_valid = torch.round(conf.clamp_min(0) * 1e4).div(1e4).tolist(), valid.tolist()
+    rows_saliency, rows_len = saliency.float().tolist(), lengths.tolist()
+    results = []
+    for b in range(batch):  # conversion to Python lists only
+        windows_b = [
+            [s, e, c] for s, e, c, v in zip(rows_start[b], rows_end[b], rows_conf[b], rows_valid[b]) if v
+        ]
+        results.append(
+            {"pred_relevant_windows": windows_b, "pred_saliency_scores": rows_saliency[b][: rows_len[b]]}
+        )
+    return results
+
+
+def write_qvhighlights_predictions(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
+    """Write predictions as QVHighlights JSON Lines (one object per query), atomically.
+
+    Each record needs ``qid`` and ``pred_relevant_windows``; ``query``, ``vid`` and ``pred_saliency_scores`` are
+    written when present (Charades / TACoS files have no saliency). The file is written to a temporary file in
+    the same folder and renamed, so a reader never sees a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, record in enumerate(records):
+        if "qid" not in record or "pred_relevant_windows" not in record:
+            raise ValueError(
+                f"record {i} needs 'qid' and 'pred_relevant_windows', got keys {sorted(record)}."
+            )
+        ordered = {key: record[key] for key in ("qid", "query", "vid") if key in record}
+        ordered["pred_relevant_windows"] = [[float(x) for x in w] for w in record["pred_relevant_windows"]]
+        if "pred_saliency_scores" in record:
+            ordered["pred_saliency_scores"] = [float(x) for x in record["pred_saliency_scores"]]
+        ordered.update({k: v for k, v in record.items() if k not in ordered})
+        lines.append(json.dumps(ordered))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + ("\n" if lines else ""))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+__all__ = ["post_process_moment_retrieval", "write_qvhighlights_predictions"]

@@ -1,0 +1,125 @@
+"""SGDetrProcessor: the InternVideo2 BERT-uncased tokenizer for queries + SGDetrVideoProcessor for videos."""
+
+import logging
+import os
+
+import numpy as np
+from transformers import ProcessorMixin
+from transformers.image_processing_utils import BatchFeature
+from transformers.video_processing_utils import VideoProcessorMixin
+
+from .video_processing_sgdetr import SGDetrVideoProcessor
+
+logger = logging.getLogger(__name__)
+
+
+class SGDetrProcessor(ProcessorMixin):
+    r"""
+    Prepares raw inputs for feature extraction with InternVideo2: a video becomes clips of normalised frames
+    ([`SGDetrVideoProcessor`]), queries become `[CLS] wordpieces [SEP]` ids (bert-uncased WordPiece).
+
+    Args:
+        video_processor ([`SGDetrVideoProcessor`]): the video side.
+        tokenizer ([`BertTokenizer`]): WordPiece tokenizer over the bert-large-uncased vocabulary. Build one
+            offline with `BertTokenizer(vocab="vocab.txt", model_max_length=40)` (transformers 5 ignores
+            `vocab_file=`).
+        max_query_length (`int`, defaults to 40): queries are truncated to this many tokens (with [CLS] and
+            [SEP]), with a warning; 40 is the InternVideo2 release's evaluation setting.
+    """
+
+    def __init__(self, video_processor=None, tokenizer=None, max_query_length: int = 40, **kwargs):
+        if max_query_length < 3:
+            raise ValueError(f"max_query_length must leave room for [CLS] word [SEP] (>= 3), got {max_query_length}")
+        self.max_query_length = max_query_length
+        super().__init__(video_processor, tokenizer, **kwargs)
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        # transformers resolves the expected video processor class by name, which needs torchvision.
+        if argument_name == "video_processor":
+            if not isinstance(argument, VideoProcessorMixin):
+                raise TypeError(f"video_processor must be a VideoProcessorMixin, got {type(argument).__name__}")
+            return VideoProcessorMixin
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # Build the video processor from its nested config instead of going through AutoVideoProcessor,
+        # which refuses to work without torchvision.
+        from transformers import AutoTokenizer
+
+        video_kwargs = dict((processor_dict or {}).get("video_processor", {}))
+        video_kwargs.pop("video_processor_type", None)
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return [SGDetrVideoProcessor(**video_kwargs), tokenizer]
+
+    def tokenize_queries(self, text: str | list[str]) -> BatchFeature:
+        """Tokenise one or more queries, padded to the longest.
+
+        Returns:
+            `BatchFeature` with `input_ids` and `attention_mask`, int64 tensors of shape (num_queries, N).
+
+        Raises:
+            ValueError: a query that is not a string or is empty (only whitespace).
+        """
+        queries = [text] if isinstance(text, str) else list(text)
+        if not queries:
+            raise ValueError("no query given: pass a non-empty string or list of strings")
+        for number, query in enumerate(queries):
+            if not isinstance(query, str):
+                raise ValueError(f"query {number} is a {type(query).__name__}, expected a string")
+            if not query.strip():
+                raise ValueError(f"query {number} is empty; every query needs at least one word")
+        lengths = np.array([len(ids) for ids in self.tokenizer(queries)["input_ids"]])
+        if (too_long := np.flatnonzero(lengths > self.max_query_length)).size:
+            logger.warning(
+                "%d query(ies) longer than max_query_length=%d tokens were truncated (e.g. query %d: %d tokens)",
+                too_long.size,
+                self.max_query_length,
+                too_long[0],
+                lengths[too_long[0]],
+            )
+        encoding = self.tokenizer(
+            queries,
+            padding="longest",
+            truncation=True,
+            max_length=self.max_query_length,
+            return_token_type_ids=False,
+            return_tensors="pt",
+        )
+        return BatchFeature(dict(encoding))
+
+    def __call__(
+        self,
+        videos: str | os.PathLike | np.ndarray | None = None,
+        text: str | list[str] | None = None,
+        fps: float | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Process one video and/or queries.
+
+        Args:
+            videos: a video file or (F, H, W, 3) uint8 frames at `fps` (see [`SGDetrVideoProcessor`]).
+            text: one query or a list of queries.
+            start, end: optional trim of the video in seconds.
+
+        Returns:
+            `BatchFeature` with `pixel_values` (L, T, 3, H, W) and `clip_timestamps` (L, 2) for the video,
+            `input_ids` and `attention_mask` (num_queries, N) for the text.
+        """
+        if videos is None and text is None:
+            raise ValueError("give a video (videos=...), queries (text=...), or both")
+        data = {}
+        if videos is not None:
+            data.update(self.video_processor(videos, fps=fps, start=start, end=end, **kwargs))
+        if text is not None:
+            data.update(self.tokenize_queries(text))
+        return BatchFeature(data)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["pixel_values", "input_ids", "attention_mask"]
+
+
+__all__ = ["SGDetrProcessor"]

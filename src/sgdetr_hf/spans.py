@@ -1,0 +1,220 @@
+"""Pure 1-D span maths (torch): conversions, IoU/GIoU, sine embeddings, NMS and weighted span fusion.
+
+Conventions (``shared/design/sg-detr.md`` §1.3):
+
+- ``cw``: normalised ``(center, width)``, the format used everywhere inside the model and the loss.
+- ``se``: ``(start, end)`` in the same unit (normalised, clips or seconds: these functions do not care).
+- IoU / GIoU are computed on ``se``; functions taking ``cw`` say so in their name.
+
+Everything is batched over leading dimensions and has no Python loop over spans, except the two greedy
+algorithms (NMS, WBF), which loop over the ranked candidates (at most a few hundred) and are vectorised
+over the batch. This module is shipped to the Hub as remote code: it imports only torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+_EPS = 1e-6
+
+
+def span_cw_to_se(spans: Tensor) -> Tensor:
+    """``(..., 2)`` (center, width) -> ``(..., 2)`` (start, end)."""
+    center, width = spans.unbind(-1)
+    return torch.stack((center - 0.5 * width, center + 0.5 * width), dim=-1)
+
+
+def span_se_to_cw(spans: Tensor) -> Tensor:
+    """``(..., 2)`` (start, end) -> ``(..., 2)`` (center, width)."""
+    start, end = spans.unbind(-1)
+    return torch.stack((0.5 * (start + end), end - start), dim=-1)
+
+
+def clamp_spans_se(spans: Tensor, low: float | Tensor = 0.0, high: float | Tensor = 1.0) -> Tensor:
+    """Clip ``(start, end)`` spans to ``[low, high]``; ``high`` may be a tensor broadcastable to ``(...,)``."""
+    high_t = torch.as_tensor(high, dtype=spans.dtype, device=spans.device)
+    low_t = torch.as_tensor(low, dtype=spans.dtype, device=spans.device)
+    return torch.minimum(torch.maximum(spans, low_t[..., None]), high_t[..., None])
+
+
+def clamp_spans_cw(spans: Tensor) -> Tensor:
+    """Clip (center, width) spans so that their (start, end) lies in [0, 1]; returns (center, width)."""
+    return span_se_to_cw(span_cw_to_se(spans).clamp(0.0, 1.0))
+
+
+def pairwise_span_iou(spans1: Tensor, spans2: Tensor) -> tuple[Tensor, Tensor]:
+    """IoU and union of every pair: ``(..., N, 2)`` x ``(..., M, 2)`` (start, end) -> two ``(..., N, M)``."""
+    s1, e1 = spans1[..., :, None, 0], spans1[..., :, None, 1]
+    s2, e2 = spans2[..., None, :, 0], spans2[..., None, :, 1]
+    inter = (torch.minimum(e1, e2) - torch.maximum(s1, s2)).clamp_min(0)
+    union = (e1 - s1) + (e2 - s2) - inter
+    return inter / union.clamp_min(_EPS), union
+
+
+def pairwise_generalized_span_iou(spans1: Tensor, spans2: Tensor) -> Tensor:
+    """GIoU of every pair (start, end): ``(..., N, 2)`` x ``(..., M, 2)`` -> ``(..., N, M)`` in [-1, 1]."""
+    iou, union = pairwise_span_iou(spans1, spans2)
+    hull = torch.maximum(spans1[..., :, None, 1], spans2[..., None, :, 1]) - torch.minimum(
+        spans1[..., :, None, 0], spans2[..., None, :, 0]
+    )
+    return iou - (hull - union) / hull.clamp_min(_EPS)
+
+
+def span_iou(spans1: Tensor, spans2: Tensor) -> Tensor:
+    """Element-wise IoU of matching rows: ``(..., 2)`` x ``(..., 2)`` (start, end) -> ``(...,)``."""
+    inter = (
+        torch.minimum(spans1[..., 1], spans2[..., 1]) - torch.maximum(spans1[..., 0], spans2[..., 0])
+    ).clamp_min(0)
+    union = (spans1[..., 1] - spans1[..., 0]) + (spans2[..., 1] - spans2[..., 0]) - inter
+    return inter / union.clamp_min(_EPS)
+
+
+def generalized_span_iou(spans1: Tensor, spans2: Tensor) -> Tensor:
+    """Element-wise GIoU of matching rows: ``(..., 2)`` x ``(..., 2)`` (start, end) -> ``(...,)``."""
+    inter = (
+        torch.minimum(spans1[..., 1], spans2[..., 1]) - torch.maximum(spans1[..., 0], spans2[..., 0])
+    ).clamp_min(0)
+    union = (spans1[..., 1] - spans1[..., 0]) + (spans2[..., 1] - spans2[..., 0]) - inter
+    hull = torch.maximum(spans1[..., 1], spans2[..., 1]) - torch.minimum(spans1[..., 0], spans2[..., 0])
+    return inter / union.clamp_min(_EPS) - (hull - union) / hull.clamp_min(_EPS)
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-3) -> Tensor:
+    """``log(x / (1 - x))`` with ``x`` clamped to ``[eps, 1 - eps]`` (§0)."""
+    x = x.clamp(eps, 1.0 - eps)
+    return torch.log(x / (1.0 - x))
+
+
+def sine_embedding(
+    values: Tensor, dim: int, temperature: float = 10000.0, scale: float = 2 * math.pi
+) -> Tensor:
+    """Interleaved sine/cosine embedding of scalars: ``(...)`` -> ``(..., dim)``.
+
+    ``out[2i] = sin(scale * v / T^(2i/dim))``, ``out[2i+1] = cos(scale * v / T^(2i/dim))`` (DETR convention).
+    """
+    idx = torch.arange(dim, dtype=torch.float32, device=values.device)
+    dim_t = temperature ** (2 * torch.div(idx, 2, rounding_mode="floor") / dim)
+    pos = values.float()[..., None] * scale / dim_t
+    return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+def sine_embed_spans_cw(spans: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """``[PE_{dim/2}(2*pi*center) ; PE_{dim/2}(2*pi*width)]``: ``(..., 2)`` -> ``(..., dim)`` (§2.14)."""
+    half = dim // 2
+    return torch.cat(
+        (sine_embedding(spans[..., 0], half, temperature), sine_embedding(spans[..., 1], half, temperature)),
+        dim=-1,
+    )
+
+
+def nms_1d(spans: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy 1-D non-maximum suppression, batched.
+
+    Args:
+        spans: ``(B, N, 2)`` (start, end). scores: ``(B, N)``. valid: ``(B, N)`` bool (False = ignored).
+        iou_threshold: a candidate is suppressed when its IoU with a kept, higher-scored one is ``> thr``.
+    Returns:
+        ``(B, N)`` bool keep mask in the input order.
+    """
+    batch, n = scores.shape
+    if n == 0:
+        return valid.clone()
+    order = torch.sort(scores.masked_fill(~valid, -math.inf), dim=1, descending=True, stable=True).indices
+    spans_sorted = spans.gather(1, order[..., None].expand(-1, -1, 2))
+    valid_sorted = valid.gather(1, order)
+    iou = pairwise_span_iou(spans_sorted, spans_sorted)[0] > iou_threshold  # (B, N, N)
+    keep_sorted = torch.zeros_like(valid_sorted)
+    suppressed = torch.zeros_like(valid_sorted)
+    for i in range(n):  # greedy: loop over ranked candidates, vectorised over the batch
+        keep_i = valid_sorted[:, i] & ~suppressed[:, i]
+        keep_sorted[:, i] = keep_i
+        suppressed |= keep_i[:, None] & iou[:, i, :]
+    keep = torch.zeros_like(valid)
+    keep.scatter_(1, order, keep_sorted)
+    return keep
+
+
+def weighted_span_fusion(
+    spans: Tensor,
+    scores: Tensor,
+    model_index: Tensor,
+    valid: Tensor,
+    weights: list[float] | tuple[float, ...],
+    iou_threshold: float = 0.55,
+    skip_threshold: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """1-D Weighted Boxes Fusion ("avg" confidence), batched over the first dimension (§4.3).
+
+    1. Scores are multiplied by their model's weight; candidates with raw score ``< skip_threshold`` are
+       dropped; the rest are visited by weighted score, best first.
+    2. Each candidate joins the cluster whose current fused span has the highest IoU with it if that IoU is
+       strictly greater than ``iou_threshold``; otherwise it starts a new cluster.
+    3. A cluster's span is the score-weighted mean of its members' endpoints; its confidence is the mean
+       member score times ``min(n_models, cluster_size) / sum(weights)``.
+
+    Args:
+        spans: ``(B, N, 2)`` (start, end). scores: ``(B, N)`` raw scores. model_index: ``(B, N)`` long index
+        into ``weights``. valid: ``(B, N)`` bool. weights: one weight per model.
+    Returns:
+        fused spans ``(B, N, 2)``, confidences ``(B, N)``, validity ``(B, N)`` bool; sorted by confidence
+        (best first), clusters beyond the count of each row are invalid (confidence -inf).
+    """
+    batch, n = scores.shape
+    device = scores.device
+    spans = spans.float()
+    w = torch.as_tensor(list(weights), dtype=torch.float32, device=device)
+    weighted = scores.float() * w[model_index]
+    valid = valid & (scores >= skip_threshold)
+    order = torch.sort(weighted.masked_fill(~valid, -math.inf), dim=1, descending=True, stable=True).indices
+    cand_spans = spans.gather(1, order[..., None].expand(-1, -1, 2))
+    cand_scores = weighted.gather(1, order)
+    cand_valid = valid.gather(1, order)
+
+    sum_score = torch.zeros(batch, n, device=device)
+    sum_endpoints = torch.zeros(batch, n, 2, device=device)  # sum of score * (start, end)
+    count = torch.zeros(batch, n, device=device)
+    num_clusters = torch.zeros(batch, dtype=torch.long, device=device)
+    slots = torch.arange(n, device=device)
+    fused = torch.zeros(batch, n, 2, device=device)
+    for i in range(n):  # greedy over ranked candidates, vectorised over the batch
+        span_i, score_i, valid_i = cand_spans[:, i], cand_scores[:, i], cand_valid[:, i]
+        exists = slots[None, :] < num_clusters[:, None]
+        iou = span_iou(span_i[:, None, :], fused).masked_fill(~exists, -1.0)
+        best_iou, best = iou.max(dim=1)
+        match = valid_i & (best_iou > iou_threshold)
+        target = torch.where(match, best, num_clusters)
+        onehot = ((slots[None, :] == target[:, None]) & valid_i[:, None]).float()
+        sum_score += onehot * score_i[:, None]
+        # endpoints weighted by score; a tiny floor keeps all-zero-score clusters finite
+        sum_endpoints += onehot[..., None] * score_i.clamp_min(1e-12)[:, None, None] * span_i[:, None, :]
+        count += onehot
+        num_clusters += (valid_i & ~match).long()
+        denom = (sum_score.clamp_min(0) + count * 1e-12).clamp_min(1e-30)
+        fused = torch.where(count[..., None] > 0, sum_endpoints / denom[..., None], fused)
+
+    exists = slots[None, :] < num_clusters[:, None]
+    conf = sum_score / count.clamp_min(1) * torch.minimum(count, torch.tensor(float(len(w)), device=device))
+    conf = (conf / w.sum()).masked_fill(~exists, -math.inf)
+    conf, rank = torch.sort(conf, dim=1, descending=True, stable=True)
+    fused = fused.gather(1, rank[..., None].expand(-1, -1, 2))
+    return fused, conf, exists.gather(1, rank)
+
+
+__all__ = [
+    "clamp_spans_cw",
+    "clamp_spans_se",
+    "generalized_span_iou",
+    "inverse_sigmoid",
+    "nms_1d",
+    "pairwise_generalized_span_iou",
+    "pairwise_span_iou",
+    "sine_embed_spans_cw",
+    "sine_embedding",
+    "span_cw_to_se",
+    "span_iou",
+    "span_se_to_cw",
+    "weighted_span_fusion",
+]

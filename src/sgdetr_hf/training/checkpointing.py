@@ -1,0 +1,214 @@
+"""Crash-safe checkpoints: resumable training states and the selected model folder.
+
+A resumable state is ``<output_dir>/checkpoints/step_<global step>/``: accelerate's ``save_state``
+files (model safetensors, optimizer, scheduler, sampler, one RNG file per process), the states of
+extra ``torch.Generator`` objects (one safetensors file per process), plus our
+``trainer_state.json`` (epoch, batches consumed in that epoch, global step, history). It is written
+into a ``.partial-*`` folder and renamed into place only when complete, and ``trainer_state.json``
+is written last, so a crash at any moment leaves either a complete checkpoint or none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .files import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE_NAME = "trainer_state.json"
+STEP_DIR_PATTERN = re.compile(r"^step_(\d+)$")
+
+
+def replace_dir(staged: Path, destination: Path) -> None:
+    """Move the complete folder ``staged`` to ``destination``, replacing an existing one.
+
+    A folder cannot be swapped in one ``rename``: the old one is first parked as ``.<name>.old``;
+    :func:`recover_dir` puts it back if a crash happened between the two renames.
+    """
+    parked = destination.with_name(f".{destination.name}.old")
+    if parked.exists():
+        shutil.rmtree(parked)
+    if destination.exists():
+        os.replace(destination, parked)
+    os.replace(staged, destination)
+    if parked.exists():
+        shutil.rmtree(parked)
+
+
+def recover_dir(destination: Path) -> None:
+    """Finish a :func:`replace_dir` that a crash interrupted: put the parked folder back, or drop it."""
+    parked = destination.with_name(f".{destination.name}.old")
+    if parked.exists():
+        if destination.exists():
+            shutil.rmtree(parked)
+        else:
+            os.replace(parked, destination)
+
+
+@dataclasses.dataclass
+class TrainerState:
+    """Loop position and history, saved next to accelerate's state.
+
+    ``epoch`` is the epoch in progress (0-based) and ``batches_done`` the training DataLoader
+    batches of it already consumed, so resuming skips exactly those. ``history`` holds one record
+    per log step (``{"step", "epoch", "lr", "loss", ...}``) and per evaluation (``{"step", "epoch",
+    "eval": {brief metrics}}``).
+    """
+
+    epoch: int = 0
+    batches_done: int = 0
+    global_step: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainerState:
+        try:
+            values = json.loads(Path(path).read_text())
+            return cls(**values)
+        except (OSError, json.JSONDecodeError, TypeError) as error:
+            raise ValueError(f"{path} is not a valid {TRAINER_STATE_NAME}: {error}") from error
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, dataclasses.asdict(self))
+
+
+class CheckpointManager:
+    """Save, list, rotate and restore resumable states under ``<output_dir>/checkpoints``.
+
+    Every method is collective: all processes call it (accelerate writes one RNG file per rank).
+
+    Args:
+        accelerator: the run's Accelerator.
+        output_dir: the run folder.
+        total_limit: complete checkpoints kept; older ones are deleted after each save.
+        generators: ``torch.Generator`` objects outside accelerate's view (e.g. a loss's pair sampler)
+            whose states are saved per process as safetensors and restored on load.
+    """
+
+    def __init__(
+        self,
+        accelerator,
+        output_dir: str | Path,
+        total_limit: int = 2,
+        generators: dict[str, torch.Generator] | None = None,
+    ):
+        self.accelerator = accelerator
+        self.root = Path(output_dir) / "checkpoints"
+        self.total_limit = total_limit
+        self.generators = generators or {}
+
+    def _generator_file(self, folder: Path) -> Path:
+        return folder / f"generator_states_{self.accelerator.process_index}.safetensors"
+
+    def step_dirs(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a folder without trainer_state.json is not one)."""
+        if not self.root.is_dir():
+            return []
+        found = [
+            (int(match.group(1)), path)
+            for path in self.root.iterdir()
+            if (match := STEP_DIR_PATTERN.match(path.name)) and (path / TRAINER_STATE_NAME).is_file()
+        ]
+        return [path for _, path in sorted(found)]
+
+    def recover(self) -> None:
+        """Finish what a crash interrupted: restore parked step folders, drop partial ones. Collective."""
+        if self.accelerator.is_main_process and self.root.is_dir():
+            for path in self.root.iterdir():
+                if path.name.startswith(".partial-"):
+                    shutil.rmtree(path)
+                elif path.name.startswith(".step_") and path.name.endswith(".old"):
+                    recover_dir(self.root / path.name[1 : -len(".old")])
+        self.accelerator.wait_for_everyone()
+
+    def latest(self) -> Path | None:
+        dirs = self.step_dirs()
+        return dirs[-1] if dirs else None
+
+    def save(self, state: TrainerState) -> Path:
+        """Write the accelerator state and ``state`` as ``checkpoints/step_<global_step>``; return that path."""
+        accelerator = self.accelerator
+        # A step checkpoint may coincide with the end of an epoch: the newer one (after the evaluation,
+        # whose data loader also draws from the RNG) replaces it.
+        final = self.root / f"step_{state.global_step:08d}"
+        staged = self.root / f".partial-{final.name}"
+        if accelerator.is_main_process:
+            if staged.exists():  # left over by a crash
+                shutil.rmtree(staged)
+            staged.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(output_dir=str(staged), safe_serialization=True)
+        if self.generators:
+            save_file({name: g.get_state() for name, g in self.generators.items()}, self._generator_file(staged))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            state.save(staged / TRAINER_STATE_NAME)
+            replace_dir(staged, final)
+            for old in self.step_dirs()[: -self.total_limit]:
+                shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+        logger.info("saved training state to %s", final)
+        return final
+
+    def load(self, path: str | Path) -> TrainerState:
+        """Restore model, optimizer, scheduler, sampler and RNG states from ``path``; return its position."""
+        path = Path(path)
+        if not (path / TRAINER_STATE_NAME).is_file():
+            raise ValueError(
+                f"{path} is not a complete training checkpoint (no {TRAINER_STATE_NAME}); "
+                f"complete ones are the step_* folders under {self.root}"
+            )
+        self.accelerator.load_state(str(path))
+        if self.generators:
+            states = load_file(self._generator_file(path))
+            missing = sorted(self.generators.keys() - states.keys())
+            if missing:
+                raise ValueError(f"{path} lacks the states of generators {missing}; was it saved by another model?")
+            for name, generator in self.generators.items():
+                generator.set_state(states[name])
+        return TrainerState.load(path / TRAINER_STATE_NAME)
+
+
+def save_model_dir(
+    accelerator,
+    model,
+    destination: Path,
+    metrics: dict[str, Any] | None = None,
+    processor=None,
+    extra_files: dict[str, str] | None = None,
+) -> None:
+    """Save the unwrapped model with ``save_pretrained`` (safetensors + config) as ``destination``.
+
+    Also the processor (when one is configured), ``eval_results.json`` (``metrics``) and
+    ``extra_files`` (``{name: text}``). The folder is staged and swapped in whole by the main
+    process, so readers never see a half-written model. Collective (all processes call it).
+    """
+    destination = Path(destination)
+    state_dict = accelerator.get_state_dict(model)  # collective under FSDP / DeepSpeed
+    if accelerator.is_main_process:
+        staged = destination.with_name(f".{destination.name}.partial")
+        if staged.exists():
+            shutil.rmtree(staged)
+        accelerator.unwrap_model(model).save_pretrained(staged, state_dict=state_dict)
+        if processor is not None:
+            processor.save_pretrained(staged)
+        if metrics is not None:
+            atomic_write_json(staged / "eval_results.json", metrics)
+        for name, text in (extra_files or {}).items():
+            atomic_write_text(staged / name, text)
+        replace_dir(staged, destination)
+        logger.info("saved model to %s", destination)
+    accelerator.wait_for_everyone()

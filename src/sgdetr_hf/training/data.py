@@ -1,0 +1,98 @@
+"""Loading a split of a built dataset for training or evaluation, and its collator."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ..data import MomentRetrievalCollator
+from ..data.dataset import MomentRetrievalDataset, load_moment_retrieval
+from .recipe import TrainingRecipe
+
+# Columns every split needs: the collator's inputs and the metrics' references.
+REQUIRED_QUERY_COLUMNS = (
+    "qid",
+    "vid",
+    "query",
+    "duration",
+    "clip_length",
+    "relevant_windows",
+    "relevant_clip_ids",
+    "saliency_scores",
+    "text_features",
+)
+HIGHLIGHT_ONLY_COLUMNS = ("label", "domain")  # read by the YouTube Highlights and TVSum metrics
+REQUIRED_VIDEO_COLUMNS = ("vid", "video_features")
+
+
+def _check_columns(dataset: MomentRetrievalDataset, recipe: TrainingRecipe, split: str) -> None:
+    needed = REQUIRED_QUERY_COLUMNS
+    if recipe.dataset_name in ("youtube_highlights", "tvsum"):
+        needed += HIGHLIGHT_ONLY_COLUMNS
+    for table, columns, config in (
+        (dataset.queries, needed, recipe.dataset_config),
+        (dataset.videos, REQUIRED_VIDEO_COLUMNS, f"{recipe.dataset_config}-features"),
+    ):
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise ValueError(
+                f"dataset {recipe.dataset_path!r} config {config!r} split {split!r} lacks the column(s) "
+                f"{missing} (it has {table.column_names}); build it with scripts/build_benchmark_dataset.py"
+            )
+
+
+def load_split(recipe: TrainingRecipe, split: str, max_samples: int | None = None) -> MomentRetrievalDataset:
+    """One split of the recipe's dataset (a folder or a Hub id), restricted to ``recipe.domain`` when set.
+
+    Raises:
+        ValueError: no ``dataset_path``, a missing column (named), or no rows left.
+    """
+    if recipe.dataset_path is None:
+        raise ValueError(
+            f"recipe {recipe.name!r} has no dataset_path: pass --dataset_path with a folder built by "
+            "scripts/build_benchmark_dataset.py or a Hub dataset id"
+        )
+    dataset = load_moment_retrieval(recipe.dataset_path, recipe.dataset_config, split, revision=recipe.dataset_revision)
+    _check_columns(dataset, recipe, split)
+    queries = dataset.queries
+    if recipe.domain is not None:
+        queries = queries.filter(lambda domain: domain == recipe.domain, input_columns="domain")
+    if max_samples is not None:
+        queries = queries.select(range(min(max_samples, len(queries))))
+    if len(queries) == 0:
+        raise ValueError(f"split {split!r} of {recipe.dataset_path!r} has no rows (domain={recipe.domain!r})")
+    return dataset if queries is dataset.queries else MomentRetrievalDataset(queries, dataset.videos)
+
+
+def dataset_properties(dataset: MomentRetrievalDataset) -> dict[str, Any]:
+    """The model-config values a dataset fixes: feature widths and the clip length (seconds)."""
+    clip_lengths = dataset.queries.with_format(None).unique("clip_length")
+    if len(clip_lengths) != 1:
+        raise ValueError(f"the dataset mixes clip lengths {sorted(clip_lengths)}; one model needs one clip length")
+    return {
+        "video_feature_dim": dataset.videos.features["video_features"].shape[1],
+        "text_feature_dim": dataset.queries.features["text_features"].shape[1],
+        "clip_length": float(clip_lengths[0]),
+    }
+
+
+def check_matches_data(values: Mapping[str, Any], properties: Mapping[str, Any], what: str) -> None:
+    """Raise ``ValueError`` when ``values`` (config keys) contradict the dataset's ``properties``."""
+    conflicts = [
+        f"{key}={values[key]} (dataset: {value})"
+        for key, value in properties.items()
+        if key in values and not math.isclose(float(values[key]), float(value))
+    ]
+    if conflicts:
+        raise ValueError(f"{what} does not fit the dataset: {', '.join(conflicts)}")
+
+
+def build_collator(config, seed: int) -> MomentRetrievalCollator:
+    """The collator for a model config: its clip, token and ground-truth-window caps."""
+    return MomentRetrievalCollator(
+        max_clips=config.max_num_clips,
+        max_text_tokens=config.max_text_tokens,
+        max_windows=config.max_gt_windows,
+        seed=seed,
+    )

@@ -1,0 +1,274 @@
+"""Training recipes: the paper's hyper-parameters per dataset, as YAML files inside the package.
+
+A recipe is a flat set of keys (:class:`TrainingRecipe`) plus a ``model`` mapping of
+:class:`~sgdetr_hf.SGDetrConfig` overrides. Every key can be overridden from the command line,
+either as ``--set key=value`` or as ``--key value``; values are parsed as YAML scalars/lists
+(``--milestones "[2, 3]"``, ``--model.hidden_size 64``). A key that the recipe does not have is
+an error listing the valid keys, so a typo never silently trains with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .files import atomic_write_text
+
+RECIPE_PACKAGE = "sgdetr_hf.training.recipes"
+
+# The evaluation protocols of sgdetr_hf.metrics and the "brief" key each one selects checkpoints by.
+DATASET_MAIN_METRICS: dict[str, str] = {
+    "qvhighlights": "MR-full-mAP",
+    "charades_sta": "MR-full-R1@0.7",
+    "tacos": "MR-full-R1@0.7",
+    "youtube_highlights": "YT-mAP",
+    "tvsum": "TVSum-top5-mAP",
+}
+
+
+@dataclasses.dataclass
+class TrainingRecipe:
+    """Everything a training run needs besides the code. Units are given per field."""
+
+    name: str = "custom"
+    # -- data
+    dataset_name: str = "qvhighlights"  # evaluation protocol of sgdetr_hf.metrics (one of DATASET_MAIN_METRICS)
+    dataset_path: str | None = None  # local dataset folder or Hub dataset id, read with datasets.load_dataset
+    dataset_config: str | None = None  # configuration name inside that dataset repo
+    dataset_revision: str | None = None  # Hub revision (branch, tag or commit) for reproducible runs
+    train_split: str = "train"
+    eval_split: str | None = "validation"  # None: no evaluation (e.g. pre-training)
+    domain: str | None = None  # YouTube Highlights / TVSum: train one model per domain
+    max_train_samples: int | None = None  # debugging: keep the first N training rows
+    max_eval_samples: int | None = None
+    num_workers: int = 0  # DataLoader worker processes per training process
+    # -- optimisation (paper §4.4, sg-detr.md §5.1)
+    epochs: int = 150
+    batch_size: int = 128  # global batch per optimizer step, summed over processes and accumulation steps
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.1  # AdamW, applied to every parameter
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    warmup_iters: int = 45  # optimizer steps of linear warm-up
+    warmup_factor: float = 0.001  # lr factor at step 0 of the warm-up
+    milestones: list[int] = dataclasses.field(default_factory=lambda: [100, 125])  # epochs
+    gamma: float = 0.5  # lr factor applied at each milestone
+    max_grad_norm: float = 0.1  # global L2 norm; <= 0 disables clipping
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16 (auto: the launcher's, else bf16 on a bf16 GPU)
+    seed: int = 42
+    # -- evaluation and checkpoints
+    eval_every_epochs: int = 1
+    main_metric: str = "MR-full-mAP"  # key of the metrics' "brief" section; higher is better
+    select_best: bool = True  # False: keep the last evaluated model (pre-training, Charades-STA)
+    eval_top_k: int = 10  # predicted windows kept per query
+    output_dir: str = "outputs/run"
+    save_every_steps: int = 0  # 0: resumable state only at each epoch end
+    checkpoints_total_limit: int = 2  # resumable states kept on disk
+    logging_steps: int = 10  # optimizer steps between tracker logs
+    init_from: str | None = None  # fine-tune: model folder or Hub id whose weights initialise the model
+    processor_path: str | None = None  # processor folder or Hub id saved next to the best model
+    # -- model: SGDetrConfig overrides (keys of SGDetrConfig)
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check values that YAML types alone cannot; raise ``ValueError`` naming the key."""
+        if self.dataset_name not in DATASET_MAIN_METRICS:
+            raise ValueError(
+                f"dataset_name={self.dataset_name!r} is not an evaluation protocol; "
+                f"use one of {sorted(DATASET_MAIN_METRICS)}"
+            )
+        positive = ("epochs", "batch_size", "gradient_accumulation_steps", "eval_every_epochs", "logging_steps")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("learning_rate", "warmup_factor", "gamma"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("warmup_iters", "weight_decay", "save_every_steps", "num_workers", "checkpoints_total_limit"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.checkpoints_total_limit < 1:
+            raise ValueError("checkpoints_total_limit must be >= 1 (the latest state is needed to resume)")
+        if list(self.milestones) != sorted(self.milestones) or any(m < 1 for m in self.milestones):
+            raise ValueError(f"milestones must be increasing epoch numbers >= 1, got {self.milestones}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"batch_size={self.batch_size} is the global batch per optimizer step and must be divisible "
+                f"by gradient_accumulation_steps={self.gradient_accumulation_steps}"
+            )
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Samples per forward pass summed over processes (the training DataLoader's batch size)."""
+        return self.batch_size // self.gradient_accumulation_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def available_recipes() -> list[str]:
+    """Names of the recipes shipped in the package (``--recipe NAME``)."""
+    return sorted(p.name[: -len(".yaml")] for p in resources.files(RECIPE_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_recipe_file(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ValueError(f"recipe file {path} does not exist")
+        text, name = path.read_text(), path.stem
+    else:
+        if name_or_path not in available_recipes():
+            raise ValueError(
+                f"unknown recipe {name_or_path!r}: use one of {available_recipes()} or a path to a .yaml file"
+            )
+        text, name = resources.files(RECIPE_PACKAGE).joinpath(f"{name_or_path}.yaml").read_text(), name_or_path
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"recipe {name_or_path} is not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"recipe {name_or_path} must be a YAML mapping of keys to values")
+    return name, values
+
+
+def _unknown_key_error(key: str, valid: list[str], where: str) -> ValueError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ValueError(f"unknown {where} key {key!r}.{hint} Valid keys: {', '.join(sorted(valid))}")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field annotation; ints are accepted for floats. Raise ValueError otherwise."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(annotation):
+            return None
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _coerce(key, value, options[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{key} must be a list such as [1, 2], got {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if annotation is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # e.g. --dataset_revision 1234
+    if annotation is Any or (isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))):
+        return value
+    raise ValueError(f"{key} must be of type {annotation.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def parse_override_value(text: str) -> Any:
+    """Parse a command-line value as a YAML scalar or flow list (``3`` -> 3, ``[1, 2]`` -> [1, 2])."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_override_tokens(tokens: list[str]) -> dict[str, Any]:
+    """Turn ``["--epochs", "3", "--set", "a=1", "b=2", "--lr=0.1", "--flag"]`` into a key -> value dict.
+
+    ``--key value`` and ``--key=value`` set one key (dashes in the key become underscores);
+    ``--set k=v [k=v ...]`` sets several; a ``--key`` followed by another option is ``True``.
+    """
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise ValueError(f"unexpected argument {token!r}: options are --key value or --set key=value")
+        if token == "--set":
+            i += 1
+            if i >= len(tokens) or "=" not in tokens[i]:
+                raise ValueError("--set needs at least one key=value")
+            while i < len(tokens) and not tokens[i].startswith("--"):
+                if "=" not in tokens[i]:
+                    raise ValueError(f"--set expects key=value, got {tokens[i]!r}")
+                key, value = tokens[i].split("=", 1)
+                overrides[key.strip().replace("-", "_")] = parse_override_value(value)
+                i += 1
+            continue
+        key, has_value, value = token[2:].partition("=")
+        if not has_value:
+            if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+                value = tokens[i + 1]
+                i += 1
+            else:
+                value = "true"
+        overrides[key.replace("-", "_")] = parse_override_value(value)
+        i += 1
+    return overrides
+
+
+def load_recipe(
+    name_or_path: str,
+    overrides: dict[str, Any] | None = None,
+    valid_model_keys: typing.Iterable[str] | None = None,
+) -> TrainingRecipe:
+    """Load a packaged recipe (``"qvhighlights"``) or a YAML file, then apply ``overrides``.
+
+    Args:
+        name_or_path: a name from :func:`available_recipes` or a path ending in ``.yaml``.
+        overrides: ``{key: value}``; ``model.<key>`` sets a model-config key. Values already parsed
+            (see :func:`parse_override_tokens`).
+        valid_model_keys: the keys of the model config; when given, unknown ``model`` keys are errors.
+
+    Raises:
+        ValueError: unknown recipe or key, a value of the wrong type, or an invalid value.
+    """
+    name, values = _read_recipe_file(name_or_path)
+    fields = {f.name: f for f in dataclasses.fields(TrainingRecipe)}
+    hints = typing.get_type_hints(TrainingRecipe)
+    values.setdefault("name", name)
+    values["model"] = dict(values.get("model") or {})
+    for key, value in (overrides or {}).items():
+        if key.startswith("model."):
+            values["model"][key[len("model.") :]] = value
+        elif key == "model":
+            values["model"].update(_coerce("model", value, dict[str, Any]))
+        else:
+            values[key] = value
+    checked = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise _unknown_key_error(key, list(fields), "recipe")
+        checked[key] = _coerce(key, value, hints[key])
+    if valid_model_keys is not None:
+        valid = list(valid_model_keys)
+        for key in checked["model"]:
+            if key not in valid:
+                raise _unknown_key_error(key, valid, "model config (model.<key>)")
+    if "main_metric" not in checked:
+        checked["main_metric"] = DATASET_MAIN_METRICS.get(checked.get("dataset_name", "qvhighlights"), "")
+    return TrainingRecipe(**checked)
+
+
+def save_recipe(recipe: TrainingRecipe, path: str | Path) -> None:
+    """Write the resolved recipe as YAML (atomically), so a run records exactly what it trained with."""
+    atomic_write_text(Path(path), yaml.safe_dump(recipe.to_dict(), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Training recipes (YAML), one per dataset; see ``sgdetr_hf.training.recipe``."""

@@ -1,0 +1,447 @@
+"""Video decoding for the SG-DETR processor: one small interface, three decoders.
+
+* [`PyAVDecoder`] (default): sequential decoding with frame threading, frames matched to the
+  requested indices by their presentation timestamps; seeks only to skip a trimmed-off start.
+* [`DecordDecoder`]: ``VideoReader.get_batch`` (exact frames; ``seek``/``next`` are never used).
+  decord is known to segfault on some corrupt files, so the ``"decord"`` backend runs it in a child
+  process ([`IsolatedDecoder`]) by default: a crash then becomes a ``VideoDecodingError`` naming the file.
+* [`FrameArrayDecoder`]: frames already in memory (a (F, H, W, 3) uint8 array and an fps).
+
+Every decoder exposes ``metadata`` ([`VideoMetadata`]: presentation time of every frame, duration,
+size) and ``iter_frames(indices, batch_size)``, which yields the requested frames as uint8 RGB
+(n, H, W, 3) arrays of at most ``batch_size`` frames, so the memory use does not grow with the video.
+This module imports neither torch nor decord at load time (decord only inside ``try``), so it stays
+cheap to import in the decoding child process and optional as Hub remote code.
+"""
+
+import itertools
+import logging
+import os
+import subprocess
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, Pipe
+
+import numpy as np
+
+try:
+    import av
+except ImportError:  # reported when a PyAV decoder is requested
+    av = None
+
+logger = logging.getLogger(__name__)
+
+
+class VideoDecodingError(ValueError):
+    """A video file that cannot be read (missing, not a video, no frames, corrupt or truncated)."""
+
+
+@dataclass(frozen=True)
+class VideoMetadata:
+    """What the clip sampler needs to know about a video.
+
+    Attributes:
+        path: the file (or ``"<array>"`` for in-memory frames).
+        frame_times: (F,) presentation time of every frame in seconds, from the first frame, non-decreasing.
+        duration: seconds from the first frame's start to the last frame's end.
+        width, height: frame size in pixels.
+    """
+
+    path: str
+    frame_times: np.ndarray
+    duration: float
+    width: int
+    height: int
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frame_times)
+
+    @property
+    def fps(self) -> float:
+        """Average frame rate (frames per second)."""
+        return self.num_frames / self.duration
+
+
+def _frame_period(frame_times: np.ndarray, nominal_fps: float | None) -> float:
+    """Display duration of the last frame: the median inter-frame gap, else 1 / nominal fps, else 1 s."""
+    gaps = np.diff(frame_times)
+    gaps = gaps[gaps > 0]
+    if len(gaps):
+        return float(np.median(gaps))
+    return 1.0 / nominal_fps if nominal_fps else 1.0
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise VideoDecodingError(f"video file not found: {path}")
+    if not os.path.isfile(path):
+        raise VideoDecodingError(f"not a file: {path}")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodingError(f"{path} is empty (0 bytes)")
+
+
+class VideoDecoder(ABC):
+    """One open video. Subclasses set ``self.metadata`` in ``__init__``; use as a context manager."""
+
+    metadata: VideoMetadata
+
+    @abstractmethod
+    def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+        """Yield the frames at ``indices`` (non-decreasing; repeats allowed) in order, as uint8 RGB arrays
+        of shape (n, H, W, 3) with n <= ``batch_size``."""
+
+    def close(self) -> None:
+        """Release the file and any decoder resources."""
+
+    def __enter__(self) -> "VideoDecoder":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _batched(frames: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """Group single (H, W, 3) frames into (n, H, W, 3) batches of at most ``batch_size``."""
+    batch = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == batch_size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+class FrameArrayDecoder(VideoDecoder):
+    """Frames already in memory: (F, H, W, 3) uint8 RGB at a constant ``fps``."""
+
+    def __init__(self, frames: np.ndarray, fps: float):
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise VideoDecodingError(
+                f"in-memory video must be a (frames, height, width, 3) uint8 RGB array, got {frames.dtype} "
+                f"{frames.shape}"
+            )
+        if len(frames) == 0:
+            raise VideoDecodingError("in-memory video has no frames")
+        if fps is None or not fps > 0:
+            raise VideoDecodingError(f"an in-memory video needs its frame rate: pass fps > 0 (got {fps})")
+        self._frames = frames
+        times = np.arange(len(frames)) / float(fps)
+        self.metadata = VideoMetadata("<array>", times, len(frames) / float(fps), frames.shape[2], frames.shape[1])
+
+    def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+        for start in range(0, len(indices), batch_size):
+            yield self._frames[indices[start : start + batch_size]]
+
+
+class PyAVDecoder(VideoDecoder):
+    """Sequential decoding with PyAV (FFmpeg), exact frames, memory bounded by ``batch_size``.
+
+    The probe reads packet timestamps only (no decoding). Reading decodes forward from the keyframe before
+    the first requested frame and converts only the requested frames to RGB. Frames are identified by
+    their timestamps, so a seek that lands early is harmless; one that lands late is retried from the start.
+
+    Args:
+        path: video file.
+        num_threads: decoder threads, 0 = FFmpeg's choice (one per core).
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int = 0):
+        if av is None:
+            raise ImportError("the PyAV backend needs the `av` package: pip install av")
+        self.path = os.fspath(path)
+        _check_file(self.path)
+        try:
+            self._container = av.open(self.path)
+        except av.FFmpegError as error:
+            raise VideoDecodingError(f"cannot open {self.path} as a video: {error}") from error
+        try:
+            if not self._container.streams.video:
+                raise VideoDecodingError(f"{self.path} has no video stream")
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_type = "AUTO"
+            self._stream.codec_context.thread_count = num_threads
+            self.metadata = self._probe()
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _probe(self) -> VideoMetadata:
+        stream = self._stream
+        try:
+            packets = [(packet.pts, packet.duration) for packet in self._container.demux(stream) if packet.size]
+        except av.FFmpegError as error:
+            raise VideoDecodingError(f"{self.path} is corrupt or truncated: {error}") from error
+        if not packets:
+            raise VideoDecodingError(f"{self.path} has no video frames")
+        if stream.frames > len(packets):  # the container's index (MP4, AVI) lists frames the file lacks
+            raise VideoDecodingError(
+                f"{self.path} is truncated: its index lists {stream.frames} frames, only {len(packets)} are present"
+            )
+        nominal_fps = float(stream.average_rate or stream.guessed_rate or 0) or None
+        if any(pts is None for pts, _ in packets):
+            # No timestamps (some raw streams): frames are counted and assumed evenly spaced.
+            self._pts = None
+            times = np.arange(len(packets)) / (nominal_fps or 1.0)
+            last_period = _frame_period(times, nominal_fps)
+        else:
+            pts, durations = np.asarray(packets, dtype=np.float64).T
+            order = np.argsort(pts, kind="stable")
+            self._pts = pts[order].astype(np.int64)
+            times = (self._pts - self._pts[0]) * float(stream.time_base)
+            last_duration = durations[order[-1]] * float(stream.time_base)
+            last_period = last_duration if last_duration > 0 else _frame_period(times, nominal_fps)
+        duration = float(times[-1]) + last_period
+        context = stream.codec_context
+        return VideoMetadata(self.path, times, duration, context.width, context.height)
+
+    def _decode_from(self, first_index: int) -> Iterator[tuple[int, "av.VideoFrame"]]:
+        """(index, frame) pairs in presentation order, from the keyframe at or before ``first_index``."""
+        target = int(self._pts[first_index]) if self._pts is not None else 0
+        self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+        for count, frame in enumerate(self._container.decode(self._stream)):
+            index = count if self._pts is None or frame.pts is None else int(np.searchsorted(self._pts, frame.pts))
+            yield index, frame
+
+    def _iter_single_frames(self, indices: np.ndarray) -> Iterator[np.ndarray]:
+        first = int(indices[0]) if self._pts is not None else 0
+        frames = self._decode_from(first)
+        if first > 0:
+            head = next(frames, None)
+            if head is None or head[0] > first:  # the seek landed after the first wanted frame: start over
+                frames = self._decode_from(0)
+            else:
+                frames = itertools.chain([head], frames)
+        position, last_index = 0, -1  # position: next entry of `indices` to serve
+        for index, frame in frames:
+            last_index = index
+            if index < indices[position]:
+                continue
+            # Serve every request up to this frame. A request below `index` means the decoder dropped that
+            # frame (damaged stream): the next decoded frame is the nearest one there is.
+            rgb = frame.to_ndarray(format="rgb24")
+            while position < len(indices) and indices[position] <= index:
+                yield rgb
+                position += 1
+            if position == len(indices):
+                return
+        if last_index < 0:
+            raise VideoDecodingError(f"{self.path}: no frame could be decoded; the file is corrupt")
+        raise VideoDecodingError(
+            f"{self.path}: decoding stopped after frame {last_index} of {self.metadata.num_frames}; "
+            "the file is truncated or corrupt"
+        )
+
+    def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) == 0:
+            return
+        try:
+            yield from _batched(self._iter_single_frames(indices), batch_size)
+        except av.FFmpegError as error:
+            raise VideoDecodingError(f"{self.path} is corrupt or truncated: {error}") from error
+
+    def close(self) -> None:
+        self._container.close()
+
+
+class DecordDecoder(VideoDecoder):
+    """decord ``VideoReader`` in this process; ``get_batch`` per batch of frames (never ``seek``/``next``,
+    which return wrong frames). Prefer the isolated form ([`IsolatedDecoder`]) for untrusted files."""
+
+    def __init__(self, path: str | os.PathLike, num_threads: int = 0):
+        try:
+            import decord
+        except ImportError as error:
+            raise ImportError("the decord backend needs `decord` (pip install decord), or use backend='pyav'") from error
+        self.path = os.fspath(path)
+        _check_file(self.path)
+        try:
+            self._reader = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=num_threads)
+            num_frames = len(self._reader)
+            stamps = self._reader.get_frame_timestamp(np.arange(num_frames)) if num_frames else None
+            height, width = self._reader[0].shape[:2] if num_frames else (0, 0)
+        except Exception as error:  # decord raises RuntimeError or its own DECORDError(Exception)
+            raise VideoDecodingError(f"cannot read {self.path} as a video (decord): {error}") from error
+        if not num_frames:
+            raise VideoDecodingError(f"{self.path} has no video frames")
+        times = stamps[:, 0] - stamps[0, 0]
+        self.metadata = VideoMetadata(self.path, times, float(stamps[-1, 1] - stamps[0, 0]), width, height)
+
+    def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+        indices = np.asarray(indices, dtype=np.int64)
+        for start in range(0, len(indices), batch_size):
+            unique, inverse = np.unique(indices[start : start + batch_size], return_inverse=True)
+            try:
+                frames = self._reader.get_batch(unique.tolist()).asnumpy()
+            except Exception as error:
+                raise VideoDecodingError(f"{self.path} is corrupt or truncated (decord): {error}") from error
+            yield frames[inverse]
+
+    def close(self) -> None:
+        self._reader = None
+
+
+def _serve(fd: int, backend: str, num_threads: int) -> None:
+    """Decoding child's loop, speaking plain Python/numpy objects only (the child loads this file under
+    another module name). Requests: ("open", path) -> metadata fields; ("read", indices, batch_size) -> the
+    first batch; ("next",) -> the next batch (None when done); ("stop",). Batches are pulled one at a time,
+    so a reader that stops early leaves nothing queued in the pipe."""
+    connection = Connection(fd)
+    decoder_class = {"pyav": PyAVDecoder, "decord": DecordDecoder}[backend]
+    decoder, batches = None, iter(())
+    while True:
+        try:
+            request = connection.recv()
+        except EOFError:  # the parent exited
+            return
+        if request[0] == "stop":
+            return
+        try:
+            if request[0] == "open":
+                if decoder is not None:
+                    decoder.close()
+                decoder = None
+                decoder = decoder_class(request[1], num_threads)
+                reply = vars(decoder.metadata)
+            else:
+                if request[0] == "read":
+                    batches = decoder.iter_frames(request[1], request[2])
+                reply = next(batches, None)
+            connection.send(("ok", reply))
+        except (ValueError, ImportError) as error:
+            connection.send(("error", f"{type(error).__name__}: {error}" if isinstance(error, ImportError) else str(error)))
+
+
+# Loads this very file in a fresh interpreter: no import of the package (or of the user's __main__, which
+# multiprocessing's spawn would re-run), so the child starts in a fraction of a second.
+_BOOTSTRAP = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.spec_from_file_location('_sgdetr_video_worker', sys.argv[1])\n"
+    "module = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(module)\n"
+    "module._serve(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))\n"
+)
+
+
+class _DecoderWorker:
+    """A long-lived child interpreter serving one backend (its start-up cost is paid once, not per file)."""
+
+    def __init__(self, backend: str, num_threads: int):
+        self.connection, child_connection = Pipe()
+        fd = child_connection.fileno()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _BOOTSTRAP, os.path.abspath(__file__), str(fd), backend, str(num_threads)],
+            pass_fds=(fd,),
+        )
+        child_connection.close()
+        self.in_use = False
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def call(self, request: tuple, path: str):
+        """Send one request and return the child's reply; a crash of the child becomes a VideoDecodingError."""
+        try:
+            self.connection.send(request)
+            while not self.connection.poll(0.2):
+                if not self.alive():
+                    raise EOFError
+            status, reply = self.connection.recv()
+        except (EOFError, OSError):
+            self.stop()
+            raise VideoDecodingError(
+                f"the video decoder crashed while reading {path} (child exit code {self.process.returncode}); "
+                "the file is probably corrupt: re-encode it or use backend='pyav'"
+            ) from None
+        if status == "error":
+            raise (ImportError if reply.startswith("ImportError: ") else VideoDecodingError)(reply)
+        return reply
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.kill()
+        self.process.wait()
+        self.connection.close()
+
+
+_shared_workers: dict[tuple[str, int], _DecoderWorker] = {}
+
+
+class IsolatedDecoder(VideoDecoder):
+    """Decodes in a child interpreter, so that a crash in native code (decord segfaults on some corrupt
+    files) raises ``VideoDecodingError`` here instead of killing this process. One child is shared by the
+    files opened one after another (and replaced after a crash); frames travel through a pipe."""
+
+    def __init__(self, path: str | os.PathLike, num_threads: int = 0, backend: str = "decord"):
+        self.path = os.fspath(path)
+        _check_file(self.path)
+        key = (backend, num_threads)
+        worker = _shared_workers.get(key)
+        if worker is None or not worker.alive():
+            worker = _shared_workers[key] = _DecoderWorker(backend, num_threads)
+        elif worker.in_use:  # another file is open: this one gets a private child
+            worker = _DecoderWorker(backend, num_threads)
+        self._worker, self._private = worker, worker is not _shared_workers[key]
+        worker.in_use = True
+        try:
+            self.metadata = VideoMetadata(**worker.call(("open", self.path), self.path))
+        except BaseException:
+            self.close()
+            raise
+
+    def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+        request = ("read", np.asarray(indices, dtype=np.int64), batch_size)
+        while (frames := self._worker.call(request, self.path)) is not None:
+            yield frames
+            request = ("next",)
+
+    def close(self) -> None:
+        self._worker.in_use = False
+        if self._private:
+            self._worker.stop()
+
+
+BACKENDS = ("pyav", "decord")
+
+
+def open_video(
+    video: "str | os.PathLike | np.ndarray",
+    backend: str = "pyav",
+    fps: float | None = None,
+    num_threads: int = 0,
+    isolate: bool | None = None,
+) -> VideoDecoder:
+    """Open a video file (or wrap in-memory frames) with the chosen decoding backend.
+
+    Args:
+        video: a path, or a (F, H, W, 3) uint8 RGB array (then ``fps`` is required).
+        backend: ``"pyav"`` or ``"decord"``.
+        num_threads: decoder threads (0 = the library's choice).
+        isolate: decode in a child process so that a native crash cannot take this process down.
+            Default: ``True`` for decord (known to segfault on some corrupt files), ``False`` for PyAV.
+    """
+    if not isinstance(video, (str, os.PathLike)):
+        return FrameArrayDecoder(video, fps)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
+    if isolate if isolate is not None else backend == "decord":
+        return IsolatedDecoder(video, num_threads, backend)
+    return (PyAVDecoder if backend == "pyav" else DecordDecoder)(video, num_threads)
+
+
+__all__ = [
+    "BACKENDS",
+    "DecordDecoder",
+    "FrameArrayDecoder",
+    "IsolatedDecoder",
+    "PyAVDecoder",
+    "VideoDecoder",
+    "VideoDecodingError",
+    "VideoMetadata",
+    "open_video",
+]

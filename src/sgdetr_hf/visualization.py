@@ -1,0 +1,156 @@
+"""Plots: the timeline of one or more queries (saliency, predicted and true moments) and learning curves.
+
+Both functions take plain data (the prediction JSON Lines format of sg-detr.md §4.5 and the
+training history of :class:`~sgdetr_hf.training.checkpointing.TrainerState`), draw with
+matplotlib's object API (no pyplot global state, no display needed) and write PNGs atomically.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from .training.files import atomic_write_bytes
+
+PREDICTION_COLOR = "tab:orange"
+TRUTH_COLOR = "tab:green"
+SALIENCY_COLOR = "tab:blue"
+
+
+def _save_png(figure: Figure, path: str | Path, dpi: int) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _as_windows(value: Any, width: int, what: str) -> np.ndarray:
+    windows = np.asarray(value if value is not None else [], dtype=np.float64).reshape(-1, width)
+    if (windows[:, 1] < windows[:, 0]).any():
+        raise ValueError(f"{what}: every window must be [start, end, ...] with end >= start, got {windows.tolist()}")
+    return windows
+
+
+def _draw_timeline(axes, item: Mapping[str, Any], clip_length: float, top_k: int) -> None:
+    """Draw one query on ``axes``: x in seconds, saliency on the left y axis, windows as shaded spans."""
+    windows = _as_windows(item.get("pred_relevant_windows"), 3, "pred_relevant_windows")[:top_k]
+    truth = _as_windows(item.get("relevant_windows"), 2, "relevant_windows")
+    saliency = np.asarray(item.get("pred_saliency_scores") or [], dtype=np.float64)
+    ends = [len(saliency) * clip_length, windows[:, 1].max(initial=0.0), truth[:, 1].max(initial=0.0)]
+    duration = float(item.get("duration") or max(ends) or clip_length)
+
+    if len(saliency):
+        # One step per clip: clip i covers [i c, (i + 1) c).
+        edges = np.arange(len(saliency) + 1) * clip_length
+        axes.stairs(saliency, edges, color=SALIENCY_COLOR, linewidth=1.5, label="saliency")
+    axes.set_ylabel("saliency")
+    for rank, (start, end, score) in enumerate(windows):
+        # Better-ranked windows are drawn more opaque.
+        axes.axvspan(start, end, color=PREDICTION_COLOR, alpha=0.45 * (1 - rank / (len(windows) + 1)), lw=0)
+        axes.annotate(
+            f"#{rank + 1} {score:.2f}",
+            xy=((start + end) / 2, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, -12 * (rank + 1)),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+        )
+    # Ground truth as a bar just below the plotting area.
+    for start, end in truth:
+        axes.axvspan(start, end, ymin=0.0, ymax=0.05, color=TRUTH_COLOR, lw=0)
+    axes.set_xlim(0.0, duration)
+    query = item.get("query")
+    axes.set_title(f"{query!s}" if query else str(item.get("qid", "")), fontsize=10, loc="left")
+    legend = [Patch(color=PREDICTION_COLOR, alpha=0.45, label=f"top-{len(windows)} predicted")]
+    if len(truth):
+        legend.append(Patch(color=TRUTH_COLOR, label="ground truth"))
+    handles, _ = axes.get_legend_handles_labels()
+    axes.legend(handles=handles + legend, loc="upper right", fontsize=8)
+
+
+def timeline_figure(
+    predictions: Mapping[str, Any] | Sequence[Mapping[str, Any]], clip_length: float = 2.0, top_k: int = 3
+) -> Figure:
+    """The figure of :func:`plot_timeline`: one row of axes per query, x in seconds."""
+    items = [predictions] if isinstance(predictions, Mapping) else list(predictions)
+    if not items:
+        raise ValueError("plot_timeline needs at least one prediction")
+    if clip_length <= 0 or top_k < 1:
+        raise ValueError(f"clip_length must be > 0 and top_k >= 1, got {clip_length} and {top_k}")
+    figure = Figure(figsize=(10, 2.6 * len(items)))
+    axes_list = figure.subplots(len(items), 1, squeeze=False)[:, 0]
+    for axes, item in zip(axes_list, items):
+        _draw_timeline(axes, item, clip_length, top_k)
+    axes_list[-1].set_xlabel("time (s)")
+    return figure
+
+
+def plot_timeline(
+    predictions: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    path: str | Path,
+    clip_length: float = 2.0,
+    top_k: int = 3,
+    dpi: int = 120,
+) -> Path:
+    """Timeline PNG: per query, the saliency curve, the ``top_k`` predicted windows and the ground truth.
+
+    Args:
+        predictions: one mapping or a list (one row each), with the keys of a prediction line:
+            ``pred_relevant_windows`` ([[start_s, end_s, score], ...], best first),
+            optional ``pred_saliency_scores`` (one per clip), ``query``/``qid`` (the title),
+            ``relevant_windows`` ([[start_s, end_s], ...] ground truth), ``duration`` (seconds).
+        path: where to write the PNG (atomically).
+        clip_length: seconds per saliency value.
+        top_k: predicted windows shaded, labelled ``#rank score``.
+
+    Returns:
+        ``path``.
+    """
+    return _save_png(timeline_figure(predictions, clip_length, top_k), path, dpi)
+
+
+def learning_curves_figure(history: Sequence[Mapping[str, Any]], metric: str) -> Figure:
+    """The figure of :func:`plot_learning_curves`: loss and lr (left), ``metric`` (right) per optimizer step."""
+    train = [r for r in history if "loss" in r]
+    evals = [r for r in history if metric in r.get("eval", {})]
+    if not train and not evals:
+        raise ValueError("the history holds no training loss and no evaluation to plot")
+    figure = Figure(figsize=(10, 3.5))
+    loss_axes, metric_axes = figure.subplots(1, 2)
+    if train:
+        steps = [r["step"] for r in train]
+        loss_axes.plot(steps, [r["loss"] for r in train], color="tab:red", label="training loss")
+        loss_axes.set_yscale("log")
+        lr_axes = loss_axes.twinx()
+        lr_axes.plot(steps, [r["lr"] for r in train], color="tab:gray", linestyle="--", label="learning rate")
+        lr_axes.set_ylabel("learning rate")
+        loss_axes.legend(
+            handles=loss_axes.get_lines() + lr_axes.get_lines(), loc="upper right", fontsize=8
+        )
+    loss_axes.set_xlabel("optimizer step")
+    loss_axes.set_ylabel("loss")
+    if evals:
+        metric_axes.plot([r["step"] for r in evals], [r["eval"][metric] for r in evals], marker="o")
+    metric_axes.set_xlabel("optimizer step")
+    metric_axes.set_ylabel(metric)
+    metric_axes.set_title(f"evaluation: {metric}", fontsize=10)
+    metric_axes.grid(alpha=0.3)
+    return figure
+
+
+def plot_learning_curves(history: Sequence[Mapping[str, Any]], path: str | Path, metric: str, dpi: int = 120) -> Path:
+    """Learning-curve PNG: training loss and learning rate against the optimizer step, and ``metric`` per evaluation.
+
+    Args:
+        history: records as kept in ``TrainerState.history``: training records carry ``step``,
+            ``loss`` and ``lr``; evaluation records carry ``step`` and ``eval`` (the metrics' brief).
+        path: where to write the PNG (atomically).
+        metric: the key of ``eval`` to plot (the recipe's main metric).
+    """
+    return _save_png(learning_curves_figure(history, metric), path, dpi)

@@ -1,0 +1,95 @@
+"""SGDetrConfig: defaults of the design document, validation, switches, save / load."""
+
+import pytest
+from transformers import AutoConfig
+
+import sgdetr_hf  # noqa: F401  (registers the Auto classes)
+from sgdetr_hf import SGDetrConfig
+
+
+def test_defaults_follow_the_design():
+    c = SGDetrConfig()
+    assert c.model_type == "sg-detr"
+    assert (c.video_feature_dim, c.text_feature_dim, c.hidden_size, c.num_attention_heads, c.ffn_dim) == (
+        512, 512, 256, 8, 1024,
+    )  # fmt: skip
+    assert (c.num_pooling_layers, c.num_sgca_layers, c.num_encoder_layers, c.num_decoder_layers) == (
+        2,
+        2,
+        3,
+        3,
+    )
+    assert (c.num_queries, c.dropout, c.input_dropout, c.clip_length) == (25, 0.1, 0.5, 2.0)
+    assert c.pyramid_strides == [1, 2, 4, 8, 16] and c.anchor_scale == 4 and c.atss_topk == 9
+    assert (c.num_dn_groups, c.dn_box_noise_scale, c.max_atss_positive_queries, c.det_score_alpha) == (
+        5,
+        0.4,
+        100,
+        0.5,
+    )
+    assert (c.lambda_l1, c.lambda_giou, c.lambda_ce, c.lambda_centerness, c.lambda_iou) == (10, 1, 5, 1, 1)
+    assert (c.saliency_margin, c.rank_contrastive_tau, c.eos_coef) == (0.2, 0.5, 0.1)
+    assert (c.matcher_cost_class, c.matcher_cost_l1, c.matcher_cost_giou) == (4, 10, 1)
+    assert (c.atss_pre_nms_topk, c.atss_nms_iou, c.atss_post_nms_topk) == (100, 0.6, 25)
+    assert (c.wbf_iou_thr, c.wbf_weights, c.num_output_windows, c.fusion_mode) == (
+        0.55,
+        [1.0, 1.0],
+        10,
+        "wbf",
+    )
+    assert (
+        c.use_sgca and c.use_iou_head and c.use_global_saliency and c.use_atss and c.use_atss_positive_queries
+    )
+    assert c.video_input_dim == 514 and c.num_pyramid_levels == 5
+
+
+def test_grouped_switches_set_the_finer_ones():
+    c = SGDetrConfig(use_hybrid_detector=False, use_iou_scoring=False)
+    assert not c.use_atss and not c.use_atss_positive_queries and c.fusion_mode == "detr"
+    assert not c.use_iou_head
+    c = SGDetrConfig(use_atss_positive_queries=False)
+    assert c.use_atss and not c.use_atss_positive_queries and c.fusion_mode == "wbf"
+    with pytest.raises(ValueError, match="use_atss_positive_queries"):
+        SGDetrConfig(use_atss=False, use_atss_positive_queries=True)
+    with pytest.raises(ValueError, match="fusion_mode"):
+        SGDetrConfig(use_hybrid_detector=False, fusion_mode="wbf")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"hidden_size": 250}, "hidden_size"),
+        ({"num_attention_heads": 0}, "num_attention_heads"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"input_dropout": -0.1}, "input_dropout"),
+        ({"num_queries": 0}, "num_queries"),
+        ({"clip_length": 0}, "clip_length"),
+        ({"video_feature_dim": 2.5}, "video_feature_dim"),
+        ({"pyramid_strides": [1, 3, 9]}, "pyramid_strides"),
+        ({"group_norm_groups": 7}, "group_norm_groups"),
+        ({"det_score_alpha": 1.5}, "det_score_alpha"),
+        ({"wbf_iou_thr": 2.0}, "wbf_iou_thr"),
+        ({"wbf_weights": [1.0]}, "wbf_weights"),
+        ({"lambda_l1": -1.0}, "lambda_l1"),
+        ({"fusion_mode": "max"}, "fusion_mode"),
+        ({"use_sgca": "yes"}, "use_sgca"),
+        ({"local_saliency_space": "input"}, "local_saliency_space"),
+        ({"eos_coef": float("nan")}, "eos_coef"),
+    ],
+)
+def test_invalid_values_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SGDetrConfig(**kwargs)
+
+
+def test_save_load_and_auto_config(tmp_path):
+    c = SGDetrConfig(hidden_size=64, num_attention_heads=4, use_hybrid_detector=False, clip_length=1.0)
+    c.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, SGDetrConfig)
+    drop = {"_name_or_path"}
+    assert {k: v for k, v in loaded.to_dict().items() if k not in drop} == {
+        k: v for k, v in c.to_dict().items() if k not in drop
+    }
+    assert loaded.use_atss is False and loaded.fusion_mode == "detr" and loaded.clip_length == 1.0
+    assert isinstance(AutoConfig.for_model("sg-detr"), SGDetrConfig)

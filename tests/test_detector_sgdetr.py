@@ -1,0 +1,306 @@
+"""Hybrid detector: anchors, 1-D ATSS assignment, query groups, attention mask, selector, decoder."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from sgdetr_hf import SGDetrConfig
+from sgdetr_hf.detector_sgdetr import (
+    SGDetrDecoder,
+    SGDetrHybridDetector,
+    assign_atss,
+    build_atss_positive_group,
+    build_denoising_group,
+    build_self_attention_blocked,
+    decode_atss_deltas,
+    make_anchors,
+)
+from sgdetr_hf.spans import span_cw_to_se
+
+TINY = dict(
+    hidden_size=32, num_attention_heads=4, ffn_dim=64, group_norm_groups=8, video_feature_dim=16,
+    text_feature_dim=16, dropout=0.0, input_dropout=0.0,
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- anchors
+def test_anchor_layout_values():
+    anchors, mask, levels = make_anchors(torch.tensor([75, 6]), 75, [1, 2, 4, 8, 16], 4.0)
+    assert anchors.shape == (2, 147, 2) and levels.tolist().count(0) == 75
+    assert mask[0].sum() == 147  # 75 + 38 + 19 + 10 + 5
+    assert mask[1].sum() == 6 + 3 + 2 + 1 + 1
+    # level 2 (stride 4), position 3 of the 75-clip video: center (3.5 * 4) / 75, width 16 / 75
+    j = 75 + 38 + 3
+    assert torch.allclose(anchors[0, j], torch.tensor([14 / 75, 16 / 75]))
+    assert torch.allclose(anchors[1, 0], torch.tensor([0.5 / 6, 4 / 6]))
+    # zero deltas decode to the clipped anchor
+    decoded = decode_atss_deltas(anchors, torch.zeros_like(anchors), [0.1, 0.2])
+    expected = span_cw_to_se(anchors).clamp(0, 1)
+    assert torch.allclose(span_cw_to_se(decoded), expected, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- ATSS assignment
+def _single_level(num_clips=10):
+    """One level of one-clip anchors (stride 1, scale 1): anchor j covers clip j exactly."""
+    anchors, mask, levels = make_anchors(torch.tensor([num_clips]), num_clips, [1], 1.0)
+    return anchors, mask, levels
+
+
+def _se_to_cw(pairs):
+    return torch.tensor([[[(s + e) / 2, e - s] for s, e in pairs]])
+
+
+def _assign(pairs, topk=9):
+    anchors, mask, levels = _single_level()
+    gts = _se_to_cw(pairs)
+    return assign_atss(anchors, mask, levels, gts, torch.ones(1, len(pairs), dtype=torch.bool), topk)
+
+
+def test_atss_gts_at_both_borders():
+    # GT A = clips 0-2 (video start), GT B = clip 9 (video end). By hand: A's 9 candidates have IoUs
+    # 3 x 1/3 and 6 x 0 -> threshold 1/9 + 1/6; B's: 1 and 8 x 0 -> 1/9 + 1/3.
+    out = _assign([(0.0, 0.3), (0.9, 1.0)])
+    assert out["assigned_gt"][0].tolist() == [0, 0, 0, -1, -1, -1, -1, -1, -1, 1]
+    assert torch.allclose(out["target_spans"][0, 1], torch.tensor([0.15, 0.3]))
+    # centerness sqrt(min(l, r) / max(l, r)): anchor 0 (center 0.05) in [0, 0.3] -> sqrt(0.05 / 0.25)
+    assert torch.allclose(
+        out["centerness_targets"][0, :3], torch.tensor([math.sqrt(0.2), 1.0, math.sqrt(0.2)])
+    )
+    assert out["centerness_targets"][0, 3:9].abs().sum() == 0
+
+
+def test_atss_two_overlapping_gts_keep_highest_iou():
+    # C = [0.2, 0.6] takes anchors 2..5 (IoU 0.25 each); D = [0.4, 0.5] takes anchor 4 (IoU 1), which both
+    # claim: it goes to D.
+    out = _assign([(0.2, 0.6), (0.4, 0.5)])
+    assert out["assigned_gt"][0].tolist() == [-1, -1, 0, 0, 1, 0, -1, -1, -1, -1]
+
+
+def test_atss_gt_shorter_than_a_clip_uses_the_fallback():
+    # E = [0.51, 0.53]: no anchor center lies inside it -> its best candidate (anchor 5, IoU 0.2) is taken
+    out = _assign([(0.51, 0.53)])
+    assert out["assigned_gt"][0].tolist() == [-1] * 5 + [0] + [-1] * 4
+    assert out["centerness_targets"][0, 5] == 0  # the anchor center is outside the GT
+    # ... unless that anchor is already positive for another GT
+    out = _assign([(0.51, 0.53), (0.5, 0.6)])
+    assert out["assigned_gt"][0].tolist() == [-1] * 5 + [1] + [-1] * 4
+
+
+def _atss_reference(anchors, mask, levels, gts, gt_mask, topk):
+    """Plain-Python 1-D ATSS (design §2.12), one sample, one GT at a time."""
+    anchors, mask, levels = anchors.tolist(), mask.tolist(), levels.tolist()
+    n = len(anchors)
+    clipped = [(max(0.0, c - w / 2), min(1.0, c + w / 2)) for c, w in anchors]
+
+    def iou(a, g):
+        inter = max(0.0, min(a[1], g[1]) - max(a[0], g[0]))
+        return inter / max((a[1] - a[0]) + (g[1] - g[0]) - inter, 1e-6)
+
+    positives, best_candidate = {}, {}
+    for g, ((gc, gw), valid) in enumerate(zip(gts.tolist(), gt_mask.tolist())):
+        if not valid:
+            continue
+        gs, ge = gc - gw / 2, gc + gw / 2
+        cands = []
+        for level in sorted(set(levels)):
+            idx = [a for a in range(n) if levels[a] == level and mask[a]]
+            idx.sort(key=lambda a: abs(anchors[a][0] - gc))
+            cands += idx[:topk]
+        ious = [iou(clipped[a], (gs, ge)) for a in cands]
+        mean = sum(ious) / len(ious)
+        std = math.sqrt(sum((x - mean) ** 2 for x in ious) / (len(ious) - 1)) if len(ious) > 1 else 0.0
+        positives[g] = {a for a, x in zip(cands, ious) if x >= mean + std and gs < anchors[a][0] < ge}
+        best_candidate[g] = cands[max(range(len(cands)), key=lambda i: (ious[i], -i))]
+    taken = set().union(*positives.values()) if positives else set()
+    for g, pos in positives.items():
+        if not pos and best_candidate[g] not in taken:
+            pos.add(best_candidate[g])
+    assigned = [-1] * n
+    for a in range(n):
+        owners = [g for g, pos in positives.items() if a in pos]
+        if owners:
+            gc, gw = gts[owners[0]].tolist()
+            assigned[a] = max(owners, key=lambda g: (iou(clipped[a], span_cw_to_se(gts[g]).tolist()), -g))
+    return assigned
+
+
+def test_atss_matches_reference_on_random_cases():
+    rng = random.Random(0)
+    lengths = torch.tensor([75, 23, 6, 140])
+    anchors, mask, levels = make_anchors(lengths, 140, [1, 2, 4, 8, 16], 4.0)
+    gts = torch.zeros(4, 5, 2)
+    gt_mask = torch.zeros(4, 5, dtype=torch.bool)
+    for b in range(4):
+        for g in range(rng.randint(1, 5)):
+            w = rng.uniform(0.005, 0.6)
+            c = rng.uniform(w / 2, 1 - w / 2)
+            gts[b, g] = torch.tensor([c, w])
+            gt_mask[b, g] = True
+    out = assign_atss(anchors, mask, levels, gts, gt_mask, 9)
+    for b in range(4):
+        assert out["assigned_gt"][b].tolist() == _atss_reference(
+            anchors[b], mask[b], levels, gts[b], gt_mask[b], 9
+        )
+    # every GT gets at least one positive anchor
+    for b in range(4):
+        got = set(out["assigned_gt"][b].tolist()) - {-1}
+        assert got == set(range(int(gt_mask[b].sum())))
+
+
+def test_atss_without_gt_is_all_negative():
+    anchors, mask, levels = make_anchors(torch.tensor([8]), 8, [1, 2], 4.0)
+    out = assign_atss(anchors, mask, levels, torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.bool))
+    assert (out["assigned_gt"] == -1).all() and out["target_spans"].abs().sum() == 0
+
+
+# ------------------------------------------------------------------------------------------- query groups
+def test_denoising_group_noise_ranges_and_layout():
+    torch.manual_seed(0)
+    gts = torch.tensor([[[0.5, 0.4], [0.2, 0.1]], [[0.7, 0.2], [0.0, 0.0]]])
+    gt_mask = torch.tensor([[True, True], [True, False]])
+    embed = torch.nn.Embedding(2, 8)
+    group = build_denoising_group(
+        gts, gt_mask, embed, num_groups=3, box_noise_scale=0.4, label_noise_ratio=0.5
+    )
+    assert group.content.shape == (2, 12, 8) and group.references.shape == (2, 12, 2)
+    assert group.group_ids.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert group.valid[1].tolist() == [True, False] * 6
+    assert group.is_positive[0].tolist() == [True, True, False, False] * 3
+    shift = (span_cw_to_se(group.references) - span_cw_to_se(group.target_spans)).abs()  # (B, Q, 2)
+    bound = 0.4 * group.target_spans[..., 1:] / 2
+    pos = group.is_positive & group.valid
+    neg = ~group.is_positive & group.valid
+    assert (shift[pos] < bound.expand_as(shift)[pos] + 1e-6).all()
+    # negatives: |noise| in [1, 2) * 0.4 * w / 2 unless clamped at the video border
+    border = (span_cw_to_se(group.references) <= 1e-6) | (span_cw_to_se(group.references) >= 1 - 1e-6)
+    inner = neg[..., None] & ~border
+    assert (shift[inner] >= bound.expand_as(shift)[inner] - 1e-6).all()
+    assert (shift[inner] < 2 * bound.expand_as(shift)[inner] + 1e-6).all()
+
+
+def test_self_attention_mask_isolates_groups():
+    # two DN groups of 2, 2 primary, 2 ATSS-positive (the last one padding)
+    ids = torch.tensor([0, 0, 1, 1, -1, -1, -2, -2])
+    valid = torch.tensor([[True, True, True, False, True, True, True, False]])
+    blocked = build_self_attention_blocked(ids, valid)[0]
+    allowed = (~blocked).int().tolist()
+    assert allowed == [
+        [1, 1, 0, 0, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 1, 0, 0],
+        [0, 0, 1, 0, 1, 1, 0, 0],
+        [0, 0, 1, 1, 1, 1, 0, 0],  # a padded slot is never a key for others (its own row is ignored)
+        [0, 0, 0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 0, 0, 1, 0],
+        [0, 0, 0, 0, 0, 0, 1, 1],
+    ]
+
+
+def test_atss_positive_group_takes_every_positive_and_pads_with_negatives():
+    torch.manual_seed(0)
+    anchors, mask, _ = make_anchors(torch.tensor([10, 10]), 10, [1], 1.0)
+    assigned = torch.full((2, 10), -1)
+    assigned[0, [2, 3, 4]] = 0
+    assigned[1, 7] = 0
+    assignment = {
+        "is_positive": assigned >= 0,
+        "target_spans": torch.where((assigned >= 0)[..., None], torch.tensor([0.35, 0.3]), torch.zeros(2)),
+    }
+    feats = torch.randn(2, 10, 8)
+    proj = torch.nn.Linear(8, 8)
+    group = build_atss_positive_group(assignment, anchors, mask, feats, proj, proj, 8, 10000.0, 100)
+    assert group.content.shape == (2, 3, 8) and group.valid.all()
+    assert group.is_positive.sum(1).tolist() == [3, 1]
+    # references are the anchors themselves (clipped), positives target their GT, negatives are no-object
+    assert torch.allclose(
+        group.references[0][group.is_positive[0]].sort(0).values[:, 0], torch.tensor([0.25, 0.35, 0.45])
+    )
+    assert torch.allclose(group.target_spans[1][~group.is_positive[1]], torch.zeros(2, 2))
+    limited = build_atss_positive_group(assignment, anchors, mask, feats, proj, proj, 8, 10000.0, 2)
+    assert limited.is_positive.sum(1).tolist() == [2, 1]
+
+
+# ------------------------------------------------------------------------------------------- selector / decoder
+def test_selector_cycles_when_fewer_candidates_than_queries():
+    cfg = SGDetrConfig(**TINY)
+    det = SGDetrHybridDetector(cfg).eval()
+    anchors, mask, _ = make_anchors(torch.tensor([1]), 1, cfg.pyramid_strides, cfg.anchor_scale)
+    out = det.selector(torch.randn(1, anchors.shape[1], 32), anchors, mask)
+    index = out["index"][0].tolist()
+    assert len(index) == 25 and len(set(index[:5])) == 5
+    assert index == [index[i % 5] for i in range(25)]
+
+
+def _decoder_inputs(num_primary=4, num_dn=6, length=9, d=32):
+    g = torch.Generator().manual_seed(0)
+    memory = torch.randn(2, length, d, generator=g)
+    pos = torch.randn(2, length, d, generator=g)
+    mask = torch.ones(2, length, dtype=torch.bool)
+    mask[1, 6:] = False
+    content = torch.randn(2, num_dn + num_primary, d, generator=g)
+    refs = torch.rand(2, num_dn + num_primary, 2, generator=g) * 0.8 + 0.1
+    ids = torch.tensor([0, 0, 0, 1, 1, 1] + [-1] * num_primary)
+    valid = torch.ones(2, num_dn + num_primary, dtype=torch.bool)
+    valid[1, 2] = False
+    return memory, pos, mask, content, refs, ids, valid
+
+
+def test_decoder_dn_queries_do_not_leak_into_primary_outputs():
+    torch.manual_seed(0)
+    dec = SGDetrDecoder(SGDetrConfig(**TINY)).eval()
+    for head in (dec.span_head.layers[-1],):  # non-zero span head so that refinement is exercised
+        torch.nn.init.normal_(head.weight, std=0.1)
+    memory, pos, mask, content, refs, ids, valid = _decoder_inputs()
+    blocked = build_self_attention_blocked(ids, valid)
+    with torch.no_grad():
+        full = dec(content, refs, memory, pos, mask, blocked)
+        perturbed_content = content.clone()
+        perturbed_content[:, :6] += 5 * torch.randn(2, 6, 32)
+        perturbed_refs = refs.clone()
+        perturbed_refs[:, :6] = torch.rand(2, 6, 2) * 0.5 + 0.2
+        perturbed = dec(perturbed_content, perturbed_refs, memory, pos, mask, blocked)
+        alone = dec(content[:, 6:], refs[:, 6:], memory, pos, mask, None)
+    for a, b, c in zip(full, perturbed, alone):
+        for key in ("logits", "spans", "iou_logits"):
+            torch.testing.assert_close(a[key][:, 6:], b[key][:, 6:], atol=1e-5, rtol=0)
+            torch.testing.assert_close(a[key][:, 6:], c[key], atol=1e-5, rtol=0)
+        assert not torch.allclose(a["logits"][:, :6], b["logits"][:, :6])  # the DN outputs did change
+
+
+def test_decoder_first_prediction_is_the_reference_at_init():
+    dec = SGDetrDecoder(SGDetrConfig(**TINY))
+    torch.nn.init.zeros_(dec.span_head.layers[-1].weight)
+    torch.nn.init.zeros_(dec.span_head.layers[-1].bias)
+    memory, pos, mask, content, refs, _, _ = _decoder_inputs()
+    out = dec.eval()(content, refs, memory, pos, mask)
+    for layer in out:  # zero span head: every layer reproduces the initial reference
+        torch.testing.assert_close(layer["spans"], refs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("num_clips", [1, 6, 75])
+def test_detector_training_outputs_shapes(num_clips):
+    torch.manual_seed(0)
+    cfg = SGDetrConfig(**TINY)
+    det = SGDetrHybridDetector(cfg).train()
+    lengths = torch.tensor([num_clips, max(1, num_clips // 2)])
+    mask = torch.arange(num_clips)[None] < lengths[:, None]
+    feats = torch.randn(2, num_clips, 32) * mask[..., None]
+    pos = torch.randn(2, num_clips, 32)
+    gts = torch.tensor([[[0.5, 0.3], [0.2, 0.1]], [[0.6, 0.5], [0.0, 0.0]]])
+    gt_mask = torch.tensor([[True, True], [True, False]])
+    out = det(feats, mask, pos, gts, gt_mask)
+    num_anchors = sum(-(-num_clips // s) for s in cfg.pyramid_strides)
+    assert out["anchors"].shape == (2, num_anchors, 2)
+    assert out["atss"]["logits"].shape == (2, num_anchors) and out["atss"]["assigned_gt"].shape == (
+        2,
+        num_anchors,
+    )
+    assert len(out["decoder"]) == 3 and out["decoder"][0]["spans"].shape == (2, 25, 2)
+    assert out["selector"]["logits"].shape == (2, 25, 2)
+    dn = out["dn"]
+    assert dn["target_spans"].shape == (2, 5 * 2 * 2, 2) and dn["layers"][2]["iou_logits"].shape == (2, 20)
+    co = out["atss_queries"]
+    assert co["is_positive"].any(1).all()  # every video with a GT has ATSS-positive queries
+    assert co["layers"][0]["spans"].shape[:2] == co["valid"].shape

@@ -1,0 +1,165 @@
+"""Raw video + queries -> features for SG-DETR, and the resumable, sharded feature-folder extraction."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from internvideo2_testing import save_tiny_checkpoint, write_video
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from sgdetr_hf import SGDetrFeatureExtractor
+from sgdetr_hf.data.builder import FeatureFolder
+from sgdetr_hf.extract_features import extract_features, list_videos, read_queries
+from sgdetr_hf.feature_extraction_sgdetr import prefetch
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("internvideo2"))
+
+
+@pytest.fixture(scope="module")
+def extractor(checkpoint) -> SGDetrFeatureExtractor:
+    return SGDetrFeatureExtractor.from_pretrained(checkpoint, clips_per_batch=3)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("videos") / "clip.mp4", num_frames=250)  # 10 s: 5 clips
+
+
+@torch.no_grad()
+def test_inputs_for_sgdetr_encode_the_video_once_for_all_queries(extractor, video):
+    queries = ["a man rides a bike", "the dog runs in the park with a red ball"]
+    inputs = extractor(video, queries)
+    assert inputs["video_features"].shape == (2, 5, 16) and inputs["video_mask"].tolist() == [[1] * 5] * 2
+    assert inputs["video_features"].stride(0) == 0  # one encoding, expanded without a copy
+    assert inputs["text_features"].shape == (2, 12, 16)
+    assert inputs["text_mask"].sum(1).tolist() == [7, 12]
+    assert (inputs["text_features"][0, 7:] == 0).all()
+    # the same numbers as running the processor and the model by hand, in one batch
+    by_hand = extractor.processor(videos=video, text=queries)
+    model = extractor.model
+    expected_video = model.get_video_features(by_hand["pixel_values"]).pooler_output
+    torch.testing.assert_close(inputs["video_features"][1], expected_video)
+    expected_text = model.get_text_features(by_hand["input_ids"], by_hand["attention_mask"]).token_embeds
+    torch.testing.assert_close(inputs["text_features"][0, :7], expected_text[0, :7])
+    torch.testing.assert_close(inputs["clip_timestamps"][-1], torch.tensor([8.0, 10.0], dtype=torch.float64))
+
+
+@torch.no_grad()
+def test_other_feature_variants(checkpoint, video):
+    extractor = SGDetrFeatureExtractor.from_pretrained(checkpoint, video_feature="pooled", text_feature="hidden")
+    assert (extractor.video_dim, extractor.text_dim) == (32, 32)
+    assert extractor.encode_video(video, start=2.0, end=5.0).features.shape == (2, 32)
+    queries = extractor.encode_queries(["a dog", "a man rides a bike"])
+    assert [rows.shape for rows in queries.unpadded()] == [(4, 32), (7, 32)]
+    with pytest.raises(ValueError, match="video_feature"):
+        SGDetrFeatureExtractor(extractor.model, extractor.processor, video_feature="cls")
+
+
+def test_charades_clip_length_and_query_length_overrides(checkpoint, video):
+    extractor = SGDetrFeatureExtractor.from_pretrained(
+        checkpoint, max_query_length=5, video_processor_kwargs={"clip_length": 1.0}
+    )
+    assert extractor.encode_video(video).features.shape == (10, 16)
+    assert extractor.encode_queries("a man rides a big red bike").mask.sum().item() == 5
+    with pytest.raises(ValueError, match="exceeds the text encoder"):
+        SGDetrFeatureExtractor.from_pretrained(checkpoint, max_query_length=65)
+
+
+def test_prefetch_keeps_order_and_reraises():
+    assert list(prefetch(iter(range(10)))) == list(range(10))
+
+    def failing():
+        yield 1
+        raise ValueError("bad video")
+
+    with pytest.raises(ValueError, match="bad video"):
+        list(prefetch(failing()))
+    consumer = prefetch(iter(range(100)), depth=1)
+    assert next(consumer) == 0
+    consumer.close()  # an abandoned consumer does not leave the producer blocked
+    assert threading.active_count() < 5
+
+
+@pytest.fixture
+def corpus(tmp_path, video):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    os.link(video, folder / "vid_a.mp4")
+    write_video(folder / "vid_b.webm", num_frames=30, codec="libvpx-vp9")
+    (folder / "broken.mp4").write_text("not a video")
+    (folder / "notes.txt").write_text("ignored")
+    annotations = tmp_path / "val.jsonl"
+    rows = [{"qid": 1, "query": "a man rides a bike", "vid": "vid_a"}, {"qid": 7, "query": "a dog", "vid": "vid_b"}]
+    annotations.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return folder, annotations
+
+
+def test_feature_folder_is_complete_resumable_and_readable_by_the_builder(extractor, corpus, tmp_path):
+    folder, annotations = corpus
+    videos, queries = list_videos([str(folder)]), read_queries([str(annotations)])
+    assert sorted(videos) == ["broken", "vid_a", "vid_b"] and queries == {"1": "a man rides a bike", "7": "a dog"}
+    output = tmp_path / "features"
+    failed = extract_features(extractor, videos, queries, output, model_name="tiny")
+    assert failed == ["broken"]
+    features = load_file(output / "videos" / "vid_a.safetensors")
+    assert features["video_features"].dtype == torch.float16 and features["video_features"].shape == (5, 16)
+    torch.testing.assert_close(
+        features["video_features"].float(), extractor.encode_video(videos["vid_a"]).features, atol=2e-3, rtol=2e-3
+    )
+    with safe_open(output / "videos" / "vid_b.safetensors", framework="pt") as file:
+        metadata = file.metadata()
+    assert metadata["clip_length"] == "2.0" and metadata["duration"] == "1.2" and metadata["model"] == "tiny"
+    builder_view = FeatureFolder(output)
+    assert builder_view.video_shape("vid_b") == (1, 16) and builder_view.text_shape("7") == (4, 16)
+
+    written = {path: path.stat().st_mtime_ns for path in output.glob("*/*.safetensors")}
+    (output / "videos" / ".vid_a.safetensors.x1.tmp").write_bytes(b"left by a killed run")
+    assert extract_features(extractor, videos, queries, output, model_name="tiny") == ["broken"]
+    assert {path: path.stat().st_mtime_ns for path in output.glob("*/*.safetensors")} == written
+    assert not list(output.glob("*/.*.tmp"))
+    with pytest.raises(ValueError, match="other settings"):
+        extract_features(extractor, videos, queries, output, model_name="another-model")
+
+
+def test_bad_sources(tmp_path, video):
+    with pytest.raises(ValueError, match="video source not found"):
+        list_videos([str(tmp_path / "nowhere")])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    os.link(video, tmp_path / "a" / "x.mp4")
+    os.link(video, tmp_path / "b" / "x.mp4")
+    with pytest.raises(ValueError, match="two videos share the id 'x'"):
+        list_videos([str(tmp_path / "a"), str(tmp_path / "b")])
+    (tmp_path / "bad.jsonl").write_text('{"vid": "x"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1 has no 'qid'"):
+        read_queries([str(tmp_path / "bad.jsonl")])
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_work(checkpoint, corpus, tmp_path):
+    """ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 scripts/extract_features.py (the CPU form of a multi-GPU run)."""
+    folder, annotations = corpus
+    output = tmp_path / "features"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    script = ["scripts/extract_features.py", "--model", str(checkpoint), "--videos", str(folder)]
+    script += ["--annotations", str(annotations), "--output", str(output)]
+    result = subprocess.run(command + script, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1, result.stderr[-3000:]  # 1: one video could not be decoded
+    assert "2/3 videos and 2 queries" in result.stdout
+    assert (output / "failed_videos.txt").read_text() == "broken\n"
+    assert sorted(path.name for path in output.glob("*/*.safetensors")) == [
+        "1.safetensors",
+        "7.safetensors",
+        "vid_a.safetensors",
+        "vid_b.safetensors",
+    ]
+    assert result.stderr.count("skipping broken") == 1  # each video went to exactly one process

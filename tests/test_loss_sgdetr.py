@@ -1,0 +1,467 @@
+"""Tests of the SG-DETR objective: every term against numbers computed by hand with plain ``math``.
+
+The hand computations below use Python floats and loops only; they share nothing with the vectorised
+implementation except the definitions of paper eq. 11-15 and shared/design/sg-detr.md §3.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sgdetr_hf.configuration_sgdetr import SGDetrConfig
+from sgdetr_hf.loss_sgdetr import SGDetrHungarianMatcher, SGDetrLoss
+
+# ----------------------------------------------------------------------------- hand-computation helpers
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def bce(logit: float, target: float) -> float:
+    p = sigmoid(logit)
+    return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+
+def giou(a: list[float], b: list[float]) -> tuple[float, float]:
+    """(IoU, GIoU) of two (center, width) spans."""
+    (sa, ea), (sb, eb) = (a[0] - a[1] / 2, a[0] + a[1] / 2), (b[0] - b[1] / 2, b[0] + b[1] / 2)
+    inter = max(0.0, min(ea, eb) - max(sa, sb))
+    union = (ea - sa) + (eb - sb) - inter
+    hull = max(ea, eb) - min(sa, sb)
+    return inter / union, inter / union - (hull - union) / hull
+
+
+def query_terms(preds, targets, iou_logits=None, eos=0.1):
+    """Eq. 12 terms of a query set. preds: list of (logits[2], span[2]); targets: per query a GT span, the
+    string "bg" (no-object) or None (ignored padding)."""
+    l1, gious, ces, ious = [], [], [], []
+    for q, ((logits, span), target) in enumerate(zip(preds, targets)):
+        if target is None:
+            continue
+        log_z = math.log(math.exp(logits[0]) + math.exp(logits[1]))
+        if target == "bg":
+            ces.append(eos * -(logits[1] - log_z))
+            continue
+        ces.append(-(logits[0] - log_z))
+        l1 += [abs(span[0] - target[0]), abs(span[1] - target[1])]
+        iou, g = giou(span, target)
+        gious.append(1 - g)
+        if iou_logits is not None:
+            ious.append(bce(iou_logits[q], iou))
+    terms = {"l1": sum(l1) / len(l1), "giou": sum(gious) / len(gious), "ce": sum(ces) / len(ces)}
+    if iou_logits is not None:
+        terms["iou"] = sum(ious) / len(ious)
+    return terms
+
+
+def rank_contrastive(rows, tau=0.5):
+    """rows: list of (scores, labels, subset) over candidate clips; each subset averaged separately."""
+    subsets = {subset for _, _, subset in rows}
+    total = 0.0
+    for r in range(1, 12):
+        for subset in subsets:
+            members = [(s, y) for s, y, sub in rows if sub == subset]
+            row_losses = []
+            for scores, labels in members:
+                positives = [i for i, y in enumerate(labels) if y >= r]
+                if not positives:
+                    row_losses.append(0.0)
+                    continue
+                log_z = math.log(sum(math.exp(s / tau) for s in scores))
+                row_losses.append(-sum(scores[i] / tau - log_z for i in positives) / len(positives))
+            total += sum(row_losses) / len(row_losses)
+    return total / 12
+
+
+# ----------------------------------------------------------------------------- the 2-sample example
+
+VALID_LENGTHS = (4, 3)
+SALIENCY = ([0.0, 4.0, 8.0, 0.0], [12.0, 0.0, 0.0])
+WINDOWS = ([[0.5, 0.5]], [[0.25, 0.5], [0.8, 0.2]])
+MARGIN_POS, MARGIN_NEG = ([2, 1], [0, 0]), ([1, 3], [1, 2])
+LOCAL = ([0.5, 1.0, 1.1, 0.9], [1.5, 0.2, -0.5])
+GLOBAL = ([0.2, 1.4, 0.7, -0.3], [0.4, 0.9, -1.0])
+NEG_LOCAL = ([0.1, -0.2, 0.3, 0.0], [2.0, 2.0, 2.0])
+NEG_GLOBAL = ([-0.5, 0.6, 0.2, 1.0], [0.0, 0.0, 0.0])
+NEG_PAIR = (True, False)  # sample 1's rolled partner shares its source video
+# decoder layer: per sample 3 queries (logits, span) and IoU logits; matching q0-g0 | q0-g1, q2-g0
+DECODER = (
+    [([2.0, 0.0], [0.5, 0.4]), ([0.0, 1.0], [0.2, 0.1]), ([0.5, 0.5], [0.9, 0.1])],
+    [([1.0, 0.0], [0.75, 0.3]), ([0.0, 2.0], [0.5, 0.2]), ([1.5, 0.5], [0.3, 0.4])],
+)
+DECODER_IOU = ([1.0, -1.0, 0.0], [0.5, 0.0, 2.0])
+DECODER_TARGETS = ([WINDOWS[0][0], "bg", "bg"], [WINDOWS[1][1], "bg", WINDOWS[1][0]])
+# denoising group: 2 queries per sample, fixed targets; sample 1's second slot is padding; the first
+# query misses its target (IoU 0, GIoU < 0)
+DN = (
+    [([0.3, -0.3], [0.1, 0.1]), ([-1.0, 1.0], [0.7, 0.3])],
+    [([0.2, 0.1], [0.3, 0.45]), ([4.0, 4.0], [0.5, 0.5])],
+)
+DN_IOU = ([0.2, -0.4], [1.5, 9.0])
+DN_TARGETS = ([WINDOWS[0][0], "bg"], [WINDOWS[1][0], None])
+# ATSS head: 3 anchors per sample, sample 1's last anchor is padding
+ATSS_LOGITS = ([1.0, -1.0, 0.5], [-2.0, 0.3, 5.0])
+ATSS_SPANS = ([[0.45, 0.4], [0.1, 0.1], [0.9, 0.2]], [[0.2, 0.3], [0.75, 0.25], [0.5, 0.5]])
+ATSS_ASSIGNED = ([0, -1, -1], [-1, 1, -1])
+ATSS_CENTERNESS = ([0.4, 0.0, -0.3], [0.1, -0.6, 0.0])
+ATSS_CENTERNESS_TARGETS = ([0.8, 0.0, 0.0], [0.0, 0.6, 0.0])
+# alignment branch, d = 2
+SENTENCES = [[1.0, 0.0], [0.0, 1.0]]
+MOMENT_TOKENS = [[1.0, 1.0], [0.0, 2.0]]
+NONMOMENT_TOKENS = [[-1.0, 0.0], [1.0, 1.0]]
+FRAMES = ([[0.5, 0.0], [1.0, 1.0], [0.0, 2.0], [-1.0, 0.0]], [[0.3, 0.3], [0.0, -1.0], [2.0, 0.0]])
+
+WEIGHTS = dict(lambda_hl=2.0, lambda_dn=0.5, lambda_selector=0.7, lambda_atss=1.5, lambda_aux=3.0)
+
+
+def _padded(rows, length=4, fill=-1e4):
+    return torch.tensor([list(r) + [fill] * (length - len(r)) for r in rows], requires_grad=True)
+
+
+def _query_set(preds, iou_logits):
+    return {
+        "logits": torch.tensor([[q[0] for q in sample] for sample in preds], requires_grad=True),
+        "spans": torch.tensor([[q[1] for q in sample] for sample in preds], requires_grad=True),
+        "iou_logits": None if iou_logits is None else torch.tensor(iou_logits, requires_grad=True),
+    }
+
+
+def example_outputs() -> dict:
+    """training_outputs of the contract for the 2-sample example (padded length L = 4)."""
+    dn_targets = [[t if isinstance(t, list) else [0.0, 0.0] for t in sample] for sample in DN_TARGETS]
+    atss_targets = [[WINDOWS[0][0], [0, 0], [0, 0]], [[0, 0], WINDOWS[1][1], [0, 0]]]
+    return {
+        "video_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+        "local_saliency": _padded(LOCAL),
+        "global_saliency": _padded(GLOBAL),
+        "neg_local_saliency": _padded(NEG_LOCAL),
+        "neg_global_saliency": _padded(NEG_GLOBAL),
+        "neg_pair_mask": torch.tensor(NEG_PAIR),
+        "sentence_embeds": torch.tensor(SENTENCES, requires_grad=True),
+        "moment_tokens": torch.tensor(MOMENT_TOKENS, requires_grad=True),
+        "nonmoment_tokens": torch.tensor(NONMOMENT_TOKENS, requires_grad=True),
+        "moment_frame_outputs": torch.tensor([FRAMES[0], FRAMES[1] + [[9.0, 9.0]]], requires_grad=True),
+        "decoder": [_query_set(DECODER, DECODER_IOU)],
+        "selector": {k: v for k, v in _query_set(DECODER, None).items() if k != "iou_logits"},
+        "dn": {
+            "layers": [_query_set(DN, DN_IOU)],
+            "target_spans": torch.tensor(dn_targets),
+            "is_positive": torch.tensor([[True, False], [True, False]]),
+            "valid": torch.tensor([[True, True], [True, False]]),
+        },
+        "atss_queries": None,
+        "atss": {
+            "logits": torch.tensor(ATSS_LOGITS, requires_grad=True),
+            "spans": torch.tensor(ATSS_SPANS, requires_grad=True),
+            "centerness": torch.tensor(ATSS_CENTERNESS, requires_grad=True),
+            "anchors": torch.tensor(ATSS_SPANS),
+            "anchor_mask": torch.tensor([[True, True, True], [True, True, False]]),
+            "assigned_gt": torch.tensor(ATSS_ASSIGNED),
+            "target_spans": torch.tensor(atss_targets, dtype=torch.float32),
+            "centerness_targets": torch.tensor(ATSS_CENTERNESS_TARGETS),
+        },
+    }
+
+
+def example_labels(with_pairs: bool = True) -> list[dict]:
+    labels = []
+    for b in range(2):
+        label = {"spans": torch.tensor(WINDOWS[b]), "saliency_scores": torch.tensor(SALIENCY[b])}
+        if with_pairs:
+            label["saliency_pos_idx"] = torch.tensor(MARGIN_POS[b])
+            label["saliency_neg_idx"] = torch.tensor(MARGIN_NEG[b])
+        labels.append(label)
+    return labels
+
+
+@pytest.fixture(scope="module")
+def example_losses():
+    criterion = SGDetrLoss(SGDetrConfig(**WEIGHTS))
+    return criterion(example_outputs(), example_labels())
+
+
+def _highlight_terms(scores, neg_scores):
+    margin = sum(
+        max(0.0, 0.2 + scores[b][n] - scores[b][p])
+        for b in range(2)
+        for p, n in zip(MARGIN_POS[b], MARGIN_NEG[b])
+    )
+    rows = [  # sample 0 is a real negative pair: its candidates include the negative-text clips (label 0)
+        (scores[0] + neg_scores[0], SALIENCY[0] + [0.0] * 4, "real_negative"),
+        (scores[1], SALIENCY[1], "same_source"),
+    ]
+    clips = [(s, y) for b in range(2) for s, y in zip(scores[b], SALIENCY[b])]
+    return {
+        "margin": 2 * margin / 4,
+        "rctl": rank_contrastive(rows),
+        "bce_pos": sum(bce(s, float(y > 0)) for s, y in clips) / len(clips),
+        "bce_neg": sum(-math.log(1 - sigmoid(s)) for s in neg_scores[0]) / 1,
+    }
+
+
+@pytest.mark.parametrize("which", ["local", "global"])
+def test_highlight_terms_equal_hand_computation(example_losses, which):
+    _, loss_dict = example_losses
+    scores, neg_scores = (LOCAL, NEG_LOCAL) if which == "local" else (GLOBAL, NEG_GLOBAL)
+    expected = _highlight_terms(scores, neg_scores)
+    for term, value in expected.items():
+        assert loss_dict[f"hl_{term}_{which}"].item() == pytest.approx(WEIGHTS["lambda_hl"] * value, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "suffix", "preds", "targets", "iou_logits", "set_weight"),
+    [
+        ("detr", "_layer0", DECODER, DECODER_TARGETS, DECODER_IOU, 1.0),
+        ("sel", "", DECODER, DECODER_TARGETS, None, WEIGHTS["lambda_selector"]),  # no IoU head
+        ("dn", "_layer0", DN, DN_TARGETS, DN_IOU, WEIGHTS["lambda_dn"]),
+    ],
+)
+def test_query_set_terms_equal_hand_computation(
+    example_losses, prefix, suffix, preds, targets, iou_logits, set_weight
+):
+    _, loss_dict = example_losses
+    expected = query_terms(
+        [q for sample in preds for q in sample],
+        [t for sample in targets for t in sample],
+        None if iou_logits is None else [v for sample in iou_logits for v in sample],
+    )
+    lambdas = {"l1": 10.0, "giou": 1.0, "ce": 5.0, "iou": 1.0}
+    assert {key for key in loss_dict if key.startswith(prefix + "_") and key.endswith(suffix)} == {
+        f"{prefix}_{term}{suffix}" for term in expected
+    }
+    for term, value in expected.items():
+        got = loss_dict[f"{prefix}_{term}{suffix}"].item()
+        assert got == pytest.approx(set_weight * lambdas[term] * value, rel=1e-5)
+
+
+def test_atss_terms_equal_hand_computation(example_losses):
+    _, loss_dict = example_losses
+    valid = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    positives = {(0, 0): WINDOWS[0][0], (1, 1): WINDOWS[1][1]}
+    focal = 0.0
+    for b, a in valid:
+        p = sigmoid(ATSS_LOGITS[b][a])
+        if (b, a) in positives:
+            focal += 0.25 * (1 - p) ** 2 * -math.log(p)
+        else:
+            focal += 0.75 * p**2 * -math.log(1 - p)
+    l1, weighted_giou, ctr_sum, ctr_bce = 0.0, 0.0, 0.0, 0.0
+    for (b, a), target in positives.items():
+        span, ctr = ATSS_SPANS[b][a], ATSS_CENTERNESS_TARGETS[b][a]
+        l1 += abs(span[0] - target[0]) + abs(span[1] - target[1])
+        weighted_giou += ctr * (1 - giou(span, target)[1])
+        ctr_sum += ctr
+        ctr_bce += bce(ATSS_CENTERNESS[b][a], ctr)
+    expected = {
+        "focal": 5.0 * focal / 2,
+        "l1": 10.0 * l1 / 4,
+        "giou": weighted_giou / ctr_sum,
+        "centerness": ctr_bce / 2,
+    }
+    for term, value in expected.items():
+        assert loss_dict[f"atss_{term}"].item() == pytest.approx(WEIGHTS["lambda_atss"] * value, rel=1e-5)
+
+
+def test_alignment_terms_equal_hand_computation(example_losses):
+    _, loss_dict = example_losses
+
+    def cos(u, v):
+        return (u[0] * v[0] + u[1] * v[1]) / math.hypot(*u) / math.hypot(*v)
+
+    align = 0.0
+    for b in range(2):
+        logits = [cos(MOMENT_TOKENS[b], s) for s in SENTENCES] + [
+            cos(NONMOMENT_TOKENS[b], s) for s in SENTENCES
+        ]
+        align += -(logits[b] - math.log(sum(math.exp(x) for x in logits)))
+    frame_bce = [
+        bce(MOMENT_TOKENS[b][0] * z[0] + MOMENT_TOKENS[b][1] * z[1], float(y > 0))
+        for b in range(2)
+        for z, y in zip(FRAMES[b], SALIENCY[b])
+    ]
+    assert loss_dict["aux_align"].item() == pytest.approx(WEIGHTS["lambda_aux"] * align / 2, rel=1e-5)
+    assert loss_dict["aux_bce"].item() == pytest.approx(WEIGHTS["lambda_aux"] * sum(frame_bce) / 7, rel=1e-5)
+
+
+def test_total_is_sum_of_terms_and_every_input_gets_a_gradient():
+    outputs = example_outputs()
+    loss, loss_dict = SGDetrLoss(SGDetrConfig(**WEIGHTS))(outputs, example_labels())
+    assert loss.item() == pytest.approx(sum(v.item() for v in loss_dict.values()), rel=1e-6)
+    expected_groups = {"hl", "detr", "sel", "dn", "atss", "aux"}
+    assert {key.split("_")[0] for key in loss_dict} == expected_groups
+    loss.backward()
+    leaves = [outputs["local_saliency"], outputs["neg_global_saliency"], outputs["moment_frame_outputs"]]
+    leaves += [outputs["atss"]["centerness"], outputs["dn"]["layers"][0]["iou_logits"]]
+    for leaf in leaves:
+        assert leaf.grad is not None and torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0
+
+
+def test_disabled_parts_have_no_terms():
+    outputs = example_outputs()
+    for key in ("global_saliency", "neg_local_saliency", "neg_global_saliency", "neg_pair_mask", "selector"):
+        outputs[key] = None
+    outputs.update(dn=None, atss=None, moment_tokens=None)
+    outputs["decoder"][0]["iou_logits"] = None
+    _, loss_dict = SGDetrLoss(SGDetrConfig())(outputs, example_labels())
+    assert set(loss_dict) == {
+        "hl_margin_local", "hl_rctl_local", "hl_bce_pos_local",
+        "detr_l1_layer0", "detr_giou_layer0", "detr_ce_layer0",
+    }  # fmt: skip
+    # without negative pairs the rank-contrastive rows hold only the matched pair's clips
+    rows = [(LOCAL[0], SALIENCY[0], "all"), (LOCAL[1], SALIENCY[1], "all")]
+    assert loss_dict["hl_rctl_local"].item() == pytest.approx(rank_contrastive(rows), rel=1e-5)
+
+
+def test_empty_sets_give_connected_zeros():
+    """No windows anywhere (highlight-only batch), no real negatives, no ATSS positives."""
+    outputs = example_outputs()
+    outputs["neg_pair_mask"] = torch.tensor([False, False])
+    outputs["atss"]["assigned_gt"] = torch.full((2, 3), -1)
+    labels = example_labels()
+    for label in labels:
+        label["spans"] = torch.zeros(0, 2)
+    loss, loss_dict = SGDetrLoss(SGDetrConfig())(outputs, labels)
+    zero_terms = [k for k in loss_dict if k.startswith(("detr", "sel", "dn", "atss", "hl_bce_neg"))]
+    assert len(zero_terms) == 4 + 3 + 4 + 4 + 2
+    for key in zero_terms:
+        assert loss_dict[key].item() == 0.0 and loss_dict[key].requires_grad, key
+    loss.backward()
+    assert torch.isfinite(outputs["decoder"][0]["spans"].grad).all()
+    assert outputs["decoder"][0]["spans"].grad.abs().sum() == 0
+
+
+def test_loss_is_invariant_to_padding():
+    """The same two samples padded to L = 4 and to L = 9 give the same loss, with sampled margin pairs."""
+    short = example_outputs()
+    long = example_outputs()
+    for key in ("local_saliency", "global_saliency", "neg_local_saliency", "neg_global_saliency"):
+        long[key] = torch.cat([short[key].detach(), torch.full((2, 5), 7.0)], dim=1)
+    long["video_mask"] = torch.cat([short["video_mask"], torch.zeros(2, 5, dtype=torch.long)], dim=1)
+    long["moment_frame_outputs"] = torch.cat([short["moment_frame_outputs"].detach(), torch.ones(2, 5, 2)], 1)
+    loss_short, dict_short = SGDetrLoss(SGDetrConfig())(short, example_labels(with_pairs=False))
+    labels_long = example_labels(with_pairs=False)
+    labels_long[0]["saliency_scores"] = torch.cat([labels_long[0]["saliency_scores"], torch.zeros(5)])
+    loss_long, dict_long = SGDetrLoss(SGDetrConfig())(long, labels_long)
+    for key in dict_short:
+        assert dict_long[key].item() == pytest.approx(dict_short[key].item(), rel=1e-6, abs=1e-7), key
+    assert loss_long.item() == pytest.approx(loss_short.item(), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- margin pairs
+
+
+def test_sampled_margin_pairs_follow_the_hard_and_easy_rules():
+    criterion = SGDetrLoss(SGDetrConfig(num_saliency_pairs=3))
+    saliency = torch.tensor(
+        [
+            [0.0, 4.0, 12.0, 8.0, 4.0, 0.0],  # graded: hard = 12 vs a 4
+            [1.0, 0.0, 1.0, 0.0, 0.0, 0.0],  # binary: hard negative falls back to a non-relevant clip
+            [3.0, 3.0, 3.0, 0.0, 0.0, 0.0],  # all relevant, one score, no non-relevant real clip
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # nothing relevant: invalid pairs
+        ]
+    )
+    video_mask = torch.tensor([[1] * 6, [1] * 6, [1, 1, 1, 0, 0, 0], [1] * 6]).bool()
+    for _ in range(20):
+        pos, neg, valid = criterion._sample_margin_pairs(saliency, video_mask)
+        assert pos.shape == neg.shape == valid.shape == (4, 3)
+        assert valid.tolist() == [[True] * 3] * 3 + [[False] * 3]
+        assert pos[0, 0] == 2 and neg[0, 0] in (1, 4)
+        assert set(pos[0, 1:].tolist()) <= {1, 2, 3, 4} and set(neg[0, 1:].tolist()) <= {0, 5}
+        assert pos[1, 0] in (0, 2) and neg[1, 0] in (1, 3, 4, 5)
+        assert set(pos[1].tolist()) <= {0, 2} and set(neg[1].tolist()) <= {1, 3, 4, 5}
+        assert (pos[2] == neg[2]).all() and set(pos[2].tolist()) <= {0, 1, 2}  # margin loss = constant δ
+
+
+def test_sampled_margin_pairs_are_seeded_and_cover_the_candidates():
+    saliency = torch.tensor([[0.0, 2.0, 2.0, 2.0, 0.0, 0.0, 0.0]])
+    video_mask = torch.ones(1, 7, dtype=torch.bool)
+    draws = [
+        SGDetrLoss(SGDetrConfig(saliency_pair_seed=3))._sample_margin_pairs(saliency, video_mask)
+        for _ in "ab"
+    ]
+    assert all(torch.equal(x, y) for x, y in zip(*draws))
+    criterion = SGDetrLoss(SGDetrConfig())
+    seen_pos, seen_neg = set(), set()
+    for _ in range(200):
+        pos, neg, _ = criterion._sample_margin_pairs(saliency, video_mask)
+        seen_pos |= set(pos[0].tolist())
+        seen_neg |= set(neg[0].tolist())
+    assert seen_pos == {1, 2, 3} and seen_neg == {0, 4, 5, 6}
+
+
+# ----------------------------------------------------------------------------- matcher
+
+
+def _cw(start, end):
+    return [(start + end) / 2, end - start]
+
+
+def test_matcher_finds_the_known_assignment_and_follows_permutations():
+    targets = [torch.tensor([_cw(0.1, 0.3), _cw(0.6, 0.9)]), torch.tensor([_cw(0.4, 0.5)]), torch.zeros(0, 2)]
+    spans = torch.tensor(
+        [
+            [_cw(0.0, 0.2), _cw(0.62, 0.88), _cw(0.12, 0.31), _cw(0.4, 0.6)],
+            [_cw(0.0, 1.0), _cw(0.41, 0.52), _cw(0.3, 0.5), _cw(0.7, 0.8)],
+            [_cw(0.1, 0.2), _cw(0.3, 0.4), _cw(0.5, 0.6), _cw(0.7, 0.8)],
+        ]
+    )
+    matcher = SGDetrHungarianMatcher()
+    result = matcher(torch.zeros(3, 4, 2), spans, targets, torch.zeros(3, 4))
+    assert [dict(zip(q.tolist(), t.tolist())) for q, t in result] == [{1: 1, 2: 0}, {1: 0}, {}]
+
+    # with random scores and spans: permuting the queries permutes the assignment, nothing else
+    logits, iou_logits, spans = torch.randn(3, 4, 2), torch.randn(3, 4), torch.rand(3, 4, 2) * 0.5 + 0.1
+    result = matcher(logits, spans, targets, iou_logits)
+    permutation = torch.tensor([3, 0, 2, 1])
+    permuted = matcher(logits[:, permutation], spans[:, permutation], targets, iou_logits[:, permutation])
+    for (q, t), (q_perm, t_perm) in zip(result, permuted):
+        assert dict(zip(permutation[q_perm].tolist(), t_perm.tolist())) == dict(zip(q.tolist(), t.tolist()))
+
+
+def test_matcher_uses_the_predicted_iou_in_the_class_cost():
+    """Two identical spans: with IoU scoring the confident-but-badly-localised query loses."""
+    spans = torch.tensor([[_cw(0.2, 0.6), _cw(0.2, 0.6)]])
+    logits = torch.tensor([[[3.0, 0.0], [1.0, 0.0]]])  # p = 0.953, 0.731
+    iou_logits = torch.tensor([[-4.0, 3.0]])  # IoU^ = 0.018, 0.953
+    target = [torch.tensor([_cw(0.25, 0.6)])]
+    matcher = SGDetrHungarianMatcher(class_cost=4.0, l1_cost=10.0, giou_cost=1.0)
+    assert matcher(logits, spans, target)[0][0].tolist() == [0]
+    assert matcher(logits, spans, target, iou_logits)[0][0].tolist() == [1]
+
+
+def test_matcher_rejects_bad_costs_and_non_finite_predictions():
+    with pytest.raises(ValueError, match="costs"):
+        SGDetrHungarianMatcher(class_cost=-1.0)
+    spans = torch.tensor([[[float("nan"), 0.1]]])
+    with pytest.raises(ValueError, match="Non-finite"):
+        SGDetrHungarianMatcher()(torch.zeros(1, 1, 2), spans, [torch.tensor([[0.5, 0.2]])])
+
+
+# ----------------------------------------------------------------------------- bad labels
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda labels: labels.pop(), "list of 2 dicts"),
+        (lambda labels: labels[0].pop("saliency_scores"), "no 'saliency_scores'"),
+        (lambda labels: labels[1].update(spans=torch.tensor([0.5, 0.2, 0.1])), r"shape \(K, 2\)"),
+        (lambda labels: labels[0].update(spans=torch.tensor([[0.5, 0.0]])), "width > 0"),
+        (lambda labels: labels[0].update(spans=torch.tensor([[float("nan"), 0.2]])), "normalised"),
+        (lambda labels: labels[0].update(spans=torch.tensor([[12.0, 4.0]])), "L_b \\* clip_length"),
+        (lambda labels: labels[1].update(saliency_scores=torch.ones(2)), "one score per clip"),
+        (lambda labels: labels[0].update(saliency_scores=torch.tensor([0.0, -1.0, 0.0, 0.0])), ">= 0"),
+        (lambda labels: labels[0].pop("saliency_neg_idx"), "Either every label"),
+        (lambda labels: labels[1].update(saliency_pos_idx=torch.tensor([0, 3])), "index real clips"),
+        (lambda labels: labels[1].update(saliency_pos_idx=torch.tensor([0])), "same number of pairs"),
+    ],
+)
+def test_bad_labels_raise_clear_errors(mutate, message):
+    labels = example_labels()
+    mutate(labels)
+    with pytest.raises(ValueError, match=message):
+        SGDetrLoss(SGDetrConfig())(example_outputs(), labels)

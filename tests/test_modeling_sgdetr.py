@@ -1,0 +1,437 @@
+"""SGDetrModel / SGDetrForMomentRetrieval: shapes, values, padding invariance, attention backends, groups,
+bad input, gradients, dtypes and Hugging Face saving / loading (local and remote code)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel
+
+import sgdetr_hf
+from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval, SGDetrModel
+from sgdetr_hf.spans import sine_embedding
+
+TINY = dict(
+    hidden_size=32, num_attention_heads=4, ffn_dim=64, group_norm_groups=8, video_feature_dim=16,
+    text_feature_dim=16,
+)  # fmt: skip
+
+
+def _batch(lengths, num_clips, text_lengths, num_tokens, dv=512, dt=512, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    batch = len(lengths)
+    video_mask = (torch.arange(num_clips)[None] < torch.tensor(lengths)[:, None]).float()
+    text_mask = (torch.arange(num_tokens)[None] < torch.tensor(text_lengths)[:, None]).float()
+    video = torch.randn(batch, num_clips, dv, generator=g) * video_mask[..., None]
+    text = torch.randn(batch, num_tokens, dt, generator=g) * text_mask[..., None]
+    return video, video_mask, text, text_mask
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    torch.manual_seed(0)
+    return SGDetrForMomentRetrieval(SGDetrConfig()).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return SGDetrForMomentRetrieval(SGDetrConfig(**TINY)).eval()
+
+
+# ------------------------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("num_clips", [1, 6, 75, 702])
+def test_shapes_of_every_intermediate(tiny_model, num_clips):
+    _check_shapes(tiny_model, num_clips, dim=32)
+
+
+def test_shapes_with_the_default_config(default_model):
+    _check_shapes(default_model, 75, dim=256)
+
+
+def _check_shapes(model, num_clips, dim):
+    lengths = [num_clips, max(1, num_clips // 2), max(1, num_clips // 3)]
+    feature_dim = model.config.video_feature_dim
+    inputs = _batch(lengths, num_clips, [1, 3, 32], 32, dv=feature_dim, dt=feature_dim)
+    with torch.no_grad():
+        enc = model.sg_detr(*inputs)
+        out = model(*inputs)
+    b, length, d = 3, num_clips, dim
+    assert enc.video_embeds.shape == (b, length, d) and enc.text_embeds.shape == (b, 32, d)
+    assert enc.position_embeddings.shape == (b, length, d) and enc.sentence_embeds.shape == (b, d)
+    assert enc.local_saliency.shape == enc.global_saliency.shape == (b, length)
+    assert enc.encoder_last_hidden_state.shape == enc.last_hidden_state.shape == (b, length, d)
+    anchors = sum(-(-length // s) for s in (1, 2, 4, 8, 16))
+    assert out.pred_spans.shape == (b, 25, 2) and out.pred_logits.shape == (b, 25, 2)
+    assert out.pred_iou_logits.shape == out.det_scores.shape == (b, 25)
+    assert out.atss_logits.shape == out.atss_centerness.shape == out.anchor_mask.shape == (b, anchors)
+    assert out.atss_spans.shape == out.anchors.shape == (b, anchors, 2) and out.anchor_levels.shape == (
+        anchors,
+    )
+    assert out.anchor_mask.sum(1).tolist() == [sum(-(-n // s) for s in (1, 2, 4, 8, 16)) for n in lengths]
+    for value in (out.pred_spans, out.det_scores, out.atss_spans, out.global_saliency):
+        assert torch.isfinite(value).all()
+    assert ((out.pred_spans >= 0) & (out.pred_spans <= 1)).all()
+    assert (out.local_saliency[~out.video_mask] == -1e4).all()
+
+
+def test_longest_inputs(tiny_model):
+    inputs = _batch([1024, 300], 1024, [64, 2], 64, dv=16, dt=16)
+    with torch.no_grad():
+        out = tiny_model(*inputs)
+    assert out.pred_spans.shape == (2, 25, 2) and torch.isfinite(out.det_scores).all()
+
+
+def test_any_length_works(tiny_model):
+    # the sine encoding is normalised by the valid length: there is no maximum number of clips
+    inputs = _batch([5000], 5000, [4], 4, dv=16, dt=16)
+    with torch.no_grad():
+        out = tiny_model(*inputs)
+    assert (
+        torch.isfinite(out.global_saliency).all() and out.anchor_mask.sum() == 5000 + 2500 + 1250 + 625 + 313
+    )
+
+
+# ------------------------------------------------------------------------------------------- values
+def test_input_preprocessing_values(tiny_model):
+    video, video_mask, _, _ = _batch([3, 2], 3, [1, 1], 1, dv=16, dt=16)
+    prepared = tiny_model.sg_detr.prepare_video(video, video_mask.bool())
+    assert torch.allclose(prepared[0, :, :16], F.normalize(video[0], dim=-1))
+    assert torch.allclose(prepared[0, :, 16:], torch.tensor([[0, 1 / 3], [1 / 3, 2 / 3], [2 / 3, 1.0]]))
+    assert (
+        torch.allclose(prepared[1, :2, 16:], torch.tensor([[0, 0.5], [0.5, 1.0]]))
+        and prepared[1, 2].abs().sum() == 0
+    )
+    pos = tiny_model.sg_detr.video_position_embeddings(video_mask.bool())
+    x = 2 * math.pi  # second clip of the 2-clip video: (t + 1) / L_b = 1
+    assert torch.allclose(pos[1, 1, :2], torch.tensor([math.sin(x), math.cos(x)]), atol=1e-6)
+    assert torch.allclose(pos[0], sine_embedding(torch.tensor([1 / 3, 2 / 3, 1.0]), 32))
+
+
+def test_saliency_and_scores_follow_the_equations(tiny_model):
+    inputs = _batch([7, 4], 7, [3, 5], 5, dv=16, dt=16)
+    with torch.no_grad():
+        enc = tiny_model.sg_detr(*inputs)
+        out = tiny_model(*inputs)
+    # eq. 2 with alpha = 10, beta = 0 at initialisation
+    cosine = torch.einsum(
+        "bld,bd->bl", F.normalize(enc.video_embeds, dim=-1), F.normalize(enc.sentence_embeds, dim=-1)
+    )
+    assert torch.allclose(enc.local_saliency[0], 10 * cosine[0], atol=1e-5)
+    assert torch.allclose(enc.local_saliency[1, :4], 10 * cosine[1, :4], atol=1e-5)
+    # eq. 8 with the zero-initialised Linear: S_global == S_local exactly at initialisation
+    assert torch.equal(enc.global_saliency, enc.local_saliency)
+    # eq. 9: F_g = F_hat * (1 + sigmoid(S_global)) on real clips
+    gate = 1 + torch.sigmoid(enc.global_saliency)[..., None]
+    assert torch.allclose(enc.last_hidden_state[0], enc.encoder_last_hidden_state[0] * gate[0], atol=1e-6)
+    # eq. 10 with alpha = 0.5
+    p = torch.softmax(out.pred_logits, -1)[..., 0]
+    assert torch.allclose(out.det_scores, (p * torch.sigmoid(out.pred_iou_logits)).sqrt(), atol=1e-6)
+    # the model L2-normalises its inputs: scaling the features changes nothing
+    video, vmask, text, tmask = inputs
+    with torch.no_grad():
+        scaled = tiny_model(video * 3.0, vmask, text * 0.5, tmask)
+    torch.testing.assert_close(scaled.pred_spans, out.pred_spans, atol=1e-5, rtol=0)
+    torch.testing.assert_close(scaled.global_saliency, out.global_saliency, atol=1e-4, rtol=0)
+
+
+def _compare_alone_and_padded(model, alone, batch, b, num_valid):
+    for key in ("pred_spans", "pred_logits", "pred_iou_logits", "det_scores", "sentence_embeds"):
+        torch.testing.assert_close(alone[key][0], batch[key][b], atol=1e-5, rtol=0, msg=key)
+    for key in ("local_saliency", "global_saliency"):
+        torch.testing.assert_close(alone[key][0], batch[key][b, :num_valid], atol=1e-5, rtol=0, msg=key)
+    torch.testing.assert_close(
+        alone.encoder_last_hidden_state[0], batch.encoder_last_hidden_state[b, :num_valid], atol=1e-5, rtol=0
+    )
+    for key in ("atss_logits", "atss_centerness", "atss_spans", "anchors"):
+        torch.testing.assert_close(
+            alone[key][0][alone.anchor_mask[0]],
+            batch[key][b][batch.anchor_mask[b]],
+            atol=1e-5,
+            rtol=0,
+            msg=key,
+        )
+
+
+@pytest.mark.parametrize(("model_name", "implementation"), [("default", "sdpa"), ("tiny", "eager")])
+def test_sample_alone_equals_sample_padded_in_a_batch(default_model, tiny_model, model_name, implementation):
+    model = default_model if model_name == "default" else tiny_model
+    dim = model.config.video_feature_dim
+    model.set_attn_implementation(implementation)
+    try:
+        video, vmask, text, tmask = _batch([75, 40, 9], 75, [32, 7, 3], 32, dv=dim, dt=dim, seed=1)
+        with torch.no_grad():
+            batch = model(video, vmask, text, tmask)
+            for b, (num_valid, num_tokens) in enumerate([(75, 32), (40, 7), (9, 3)]):
+                alone = model(
+                    video[b : b + 1, :num_valid],
+                    vmask[b : b + 1, :num_valid],
+                    text[b : b + 1, :num_tokens],
+                    tmask[b : b + 1, :num_tokens],
+                )
+                _compare_alone_and_padded(model, alone, batch, b, num_valid)
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
+def test_sdpa_and_eager_agree(tiny_model):
+    inputs = _batch([20, 13], 20, [6, 2], 6, dv=16, dt=16)
+    with torch.no_grad():
+        sdpa = tiny_model(*inputs)
+        tiny_model.set_attn_implementation("eager")
+        eager = tiny_model(*inputs)
+    tiny_model.set_attn_implementation("sdpa")
+    for key in ("pred_spans", "pred_logits", "det_scores", "atss_logits", "global_saliency"):
+        torch.testing.assert_close(sdpa[key], eager[key], atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------- training path
+def _labels(lengths, num_clips):
+    return [
+        {
+            "spans": torch.tensor([[0.3, 0.2], [0.7, 0.1]]),
+            "saliency_scores": (torch.arange(lengths[0]) % 4).float(),
+        },
+        {"spans": torch.tensor([[0.5, 0.5]]), "saliency_scores": torch.ones(lengths[1]) * 2},
+        {"spans": torch.zeros(0, 2), "saliency_scores": torch.zeros(num_clips)},
+    ]
+
+
+def test_training_groups_do_not_change_primary_outputs(tiny_model):
+    video, vmask, text, tmask = _batch([75, 30, 12], 75, [12, 5, 3], 12, dv=16, dt=16, seed=2)
+    labels = _labels([75, 30], 75)
+    with torch.no_grad():
+        plain = tiny_model(video, vmask, text, tmask)
+        trained = tiny_model(video, vmask, text, tmask, labels=labels)
+    outputs = trained.training_outputs
+    assert outputs["dn"] is not None and outputs["atss_queries"] is not None
+    assert outputs["neg_pair_mask"].tolist() == [True, True, True]
+    for key in ("pred_spans", "pred_logits", "pred_iou_logits", "global_saliency", "atss_logits"):
+        torch.testing.assert_close(plain[key], trained[key], atol=1e-5, rtol=0, msg=key)
+    assert torch.isfinite(trained.loss) and set(trained.loss_dict) >= {
+        "hl_margin_local",
+        "atss_focal",
+        "aux_align",
+    }
+
+
+def test_training_outputs_follow_the_contract(tiny_model):
+    video, vmask, text, tmask = _batch([9, 6, 3], 9, [4, 2, 1], 4, dv=16, dt=16)
+    labels = _labels([9, 6], 9)
+    for label, vid in zip(labels, ["a", "a", "b"]):
+        label["video_id"] = vid
+    out = tiny_model(video, vmask, text, tmask, labels=labels)
+    t = out.training_outputs
+    assert t["neg_pair_mask"].tolist() == [False, True, True]  # sample 0 rolls onto sample 1, same source
+    assert t["neg_local_saliency"].shape == t["neg_global_saliency"].shape == (3, 9)
+    assert t["moment_tokens"].shape == t["nonmoment_tokens"].shape == (3, 32)
+    assert t["moment_frame_outputs"].shape == (3, 9, 32)
+    assert len(t["decoder"]) == 3 and set(t["decoder"][0]) == {"logits", "spans", "iou_logits"}
+    dn = t["dn"]
+    assert (
+        dn["target_spans"].shape == (3, 5 * 2 * 2, 2)
+        and dn["valid"][2].sum() == 0
+        and dn["valid"][1].sum() == 10
+    )
+    atss = t["atss"]
+    assert set(atss) >= {"logits", "spans", "centerness", "anchors", "anchor_mask", "assigned_gt", "target_spans",
+                         "centerness_targets"}  # fmt: skip
+    assert (atss["assigned_gt"][2] == -1).all() and (atss["assigned_gt"][0] >= 0).any()
+    assert math.isclose(float(out.loss), float(sum(out.loss_dict.values())), rel_tol=1e-5)
+
+
+ABLATIONS = {
+    "a": dict(use_sgca=False, use_iou_scoring=False, use_global_saliency=False, use_hybrid_detector=False),
+    "b": dict(use_iou_scoring=False, use_global_saliency=False, use_hybrid_detector=False),
+    "c": dict(use_global_saliency=False, use_hybrid_detector=False),
+    "d": dict(use_hybrid_detector=False),
+    "e": dict(),
+    "minimal": dict(use_dn=False, use_alignment=False, use_negative_pairs=False, use_hybrid_detector=False),
+}
+
+
+@pytest.mark.parametrize("row", sorted(ABLATIONS))
+def test_every_parameter_gets_a_gradient(row):
+    torch.manual_seed(0)
+    model = SGDetrForMomentRetrieval(SGDetrConfig(**TINY, **ABLATIONS[row])).train()
+    video, vmask, text, tmask = _batch([9, 6, 4], 9, [4, 2, 3], 4, dv=16, dt=16)
+    labels = _labels([9, 6], 9)[:2] + [
+        {"spans": torch.tensor([[0.5, 0.2]]), "saliency_scores": torch.tensor([0, 1, 1, 0.0])}
+    ]
+    out = model(video, vmask, text, tmask, labels=labels)
+    out.loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"row {row}: no gradient for {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    if not ABLATIONS[row].get("use_hybrid_detector", True):
+        assert out.atss_logits is None and not any(k.startswith(("atss_", "co_")) for k in out.loss_dict)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = SGDetrForMomentRetrieval(SGDetrConfig(**TINY, dropout=0.0, input_dropout=0.0)).train()
+    inputs = _batch([8, 5], 8, [3, 2], 3, dv=16, dt=16)
+
+    def grads():
+        model.zero_grad()
+        out = model(*inputs)
+        (out.pred_spans.sum() + out.global_saliency[out.video_mask].sum() + out.atss_logits.sum()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    reference = grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.sg_detr.sgca_layers[0].gradient_checkpointing
+    checkpointed = grads()
+    assert reference.keys() == checkpointed.keys()
+    for name in reference:
+        torch.testing.assert_close(reference[name], checkpointed[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_bfloat16_model_runs_and_returns_fp32_scores():
+    torch.manual_seed(0)
+    model = SGDetrForMomentRetrieval(SGDetrConfig(**TINY)).to(torch.bfloat16).eval()
+    video, vmask, text, tmask = _batch([10, 4], 10, [3, 2], 3, dv=16, dt=16)
+    with torch.no_grad():
+        out = model(video, vmask, text, tmask)
+    assert out.pred_spans.dtype == out.det_scores.dtype == out.global_saliency.dtype == torch.float32
+    assert torch.isfinite(out.det_scores).all() and torch.isfinite(out.atss_spans).all()
+    out = model.train()(video, vmask, text, tmask, labels=_labels([10, 4], 10)[:2])
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def _bad_cases():
+    video, vmask, text, tmask = _batch([5, 3], 5, [2, 2], 2, dv=16, dt=16)
+    nan_video = video.clone()
+    nan_video[1, 1, 3] = float("nan")
+    inf_text = text.clone()
+    inf_text[0, 0, 0] = float("inf")
+    zero_video_mask = vmask.clone()
+    zero_video_mask[1] = 0
+    zero_text_mask = tmask.clone()
+    zero_text_mask[0] = 0
+    left_padded = vmask.flip(1)
+    return {
+        "video dim": ((torch.randn(2, 5, 8), vmask, text, tmask), "feature dim 8 but the model expects 16"),
+        "text dim": ((video, vmask, torch.randn(2, 2, 17), tmask), "text_feature_dim"),
+        "empty video mask": (
+            (video, zero_video_mask, text, tmask),
+            r"video_mask is all zero for sample\(s\) \[1\]",
+        ),
+        "empty text mask": (
+            (video, vmask, text, zero_text_mask),
+            r"text_mask is all zero for sample\(s\) \[0\]",
+        ),
+        "batch mismatch": ((video, vmask, text[:1], tmask[:1]), "batch sizes differ"),
+        "nan": ((nan_video, vmask, text, tmask), "video_features contains NaN or Inf"),
+        "inf": ((video, vmask, inf_text, tmask), "text_features contains NaN or Inf"),
+        "rank": ((video[0], vmask, text, tmask), r"rank 3 .* x\[None\]"),
+        "mask shape": ((video, vmask[:, :4], text, tmask), "video_mask must have shape"),
+        "mask values": ((video, vmask * 2, text, tmask), "only 0 and 1"),
+        "left padding": ((video, left_padded, text, tmask), "right padding"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_cases()))
+def test_bad_input_raises_a_clear_error(tiny_model, case):
+    inputs, message = _bad_cases()[case]
+    with pytest.raises(ValueError, match=message):
+        tiny_model(*inputs)
+
+
+def test_bad_labels_raise(tiny_model):
+    inputs = _batch([5, 3], 5, [2, 2], 2, dv=16, dt=16)
+    with pytest.raises(ValueError, match="list of 2"):
+        tiny_model(*inputs, labels=[{"spans": torch.zeros(0, 2), "saliency_scores": torch.zeros(5)}])
+    with pytest.raises(ValueError, match=r"shape \(K, 2\)"):
+        tiny_model(*inputs, labels=[{"spans": torch.zeros(3), "saliency_scores": torch.zeros(5)}] * 2)
+
+
+# ------------------------------------------------------------------------------------------- Hugging Face
+def test_save_and_load_round_trip(tiny_model, tmp_path):
+    inputs = _batch([12, 7], 12, [4, 3], 4, dv=16, dt=16)
+    tiny_model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "sg-detr"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_sgdetr.SGDetrConfig",
+        "AutoModel": "modeling_sgdetr.SGDetrForMomentRetrieval",
+    }
+    assert {"modeling_sgdetr.py", "detector_sgdetr.py", "layers_sgdetr.py", "spans.py", "loss_sgdetr.py"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(loaded) is SGDetrForMomentRetrieval
+    base = SGDetrModel.from_pretrained(tmp_path)  # the encoder side alone loads from the same folder
+    with torch.no_grad():
+        expected, got = tiny_model(*inputs), loaded(*inputs)
+        enc = base.eval()(*inputs)
+    for key in ("pred_spans", "pred_logits", "det_scores", "atss_logits", "global_saliency"):
+        assert torch.equal(expected[key], got[key]), key
+    assert torch.equal(enc.global_saliency, expected.global_saliency)
+
+
+def test_remote_code_loading_without_the_package(tiny_model, tmp_path):
+    folder = tmp_path / "sg-detr"
+    tiny_model.save_pretrained(folder)
+    inputs = _batch([12, 7], 12, [4, 3], 4, dv=16, dt=16)
+    torch.save(inputs, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        expected = tiny_model(*inputs)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["sgdetr_hf"] = None  # the package is not importable in this process
+        try:
+            import sgdetr_hf  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("sgdetr_hf should not be importable here")
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        assert type(model).__name__ == "SGDetrForMomentRetrieval", type(model)
+        assert not type(model).__module__.startswith("sgdetr_hf"), type(model).__module__
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        with torch.no_grad():
+            out = model(*inputs)
+        torch.save({{k: out[k] for k in ("pred_spans", "det_scores", "global_saliency")}}, {str(tmp_path / "out.pt")!r})
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)} | {
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = torch.load(tmp_path / "out.pt")
+    for key, value in got.items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_package_exports():
+    for name in ("SGDetrConfig", "SGDetrModel", "SGDetrForMomentRetrieval", "SGDetrOutput",
+                 "post_process_moment_retrieval", "write_qvhighlights_predictions"):  # fmt: skip
+        assert hasattr(sgdetr_hf, name)
+
+
+def test_return_dict_false_gives_a_tuple(tiny_model):
+    inputs = _batch([4], 4, [2], 2, dv=16, dt=16)
+    with torch.no_grad():
+        out = tiny_model(*inputs, return_dict=False)
+    assert isinstance(out, tuple) and out[0].shape == (1, 25, 2)

@@ -1,0 +1,158 @@
+"""Post-processing: ATSS NMS, DETR/ATSS fusion, seconds, clipping, rounding, saliency, jsonl writer."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from sgdetr_hf import (
+    SGDetrConfig,
+    SGDetrForMomentRetrieval,
+    post_process_moment_retrieval,
+    write_qvhighlights_predictions,
+)
+
+
+def _close(got, want, abs=1e-5):
+    assert torch.allclose(
+        torch.tensor(got, dtype=torch.float64), torch.tensor(want, dtype=torch.float64), atol=abs
+    ), got
+
+
+def _logit(p):
+    return math.log(p / (1 - p))
+
+
+def _hand_outputs():
+    """One query, 10 clips of 2 s (T_b = 20 s), a 19-s video. DETR: two queries; ATSS: three anchors."""
+    return {
+        "pred_spans": torch.tensor([[[0.5, 0.2], [0.1, 0.05]]]),
+        "det_scores": torch.tensor([[0.8, 0.1]]),
+        "atss_spans": torch.tensor([[[0.5, 0.2], [0.52, 0.2], [0.9, 0.1]]]),
+        "atss_logits": torch.tensor([[_logit(0.6), _logit(0.5), _logit(0.3)]]),
+        "atss_centerness": torch.tensor([[_logit(0.6), _logit(0.5), _logit(0.3)]]),
+        "anchor_mask": torch.ones(1, 3, dtype=torch.bool),
+        "video_mask": torch.ones(1, 10, dtype=torch.bool),
+        "global_saliency": torch.arange(10.0)[None],
+    }
+
+
+def test_hand_computed_fusion():
+    # ATSS scores sqrt(p * p) = 0.6, 0.5, 0.3; anchor 1 overlaps anchor 0 with IoU 0.82 > 0.6 -> removed by NMS.
+    # WBF: {DETR 0.8, ATSS 0.6} on [0.4, 0.6] -> mean 0.7 x 2/2; ATSS 0.3 alone -> 0.15; DETR 0.1 alone -> 0.05
+    out = post_process_moment_retrieval(_hand_outputs(), [19.0])
+    _close(out[0]["pred_relevant_windows"], [[8.0, 12.0, 0.7], [17.0, 19.0, 0.15], [1.5, 2.5, 0.05]])
+    assert out[0]["pred_saliency_scores"] == [float(i) for i in range(10)]
+
+
+def test_single_head_modes():
+    detr = post_process_moment_retrieval(_hand_outputs(), [19.0], fusion_mode="detr")[0][
+        "pred_relevant_windows"
+    ]
+    _close(detr, [[8.0, 12.0, 0.8], [1.5, 2.5, 0.1]])
+    atss = post_process_moment_retrieval(_hand_outputs(), [19.0], fusion_mode="atss")[0][
+        "pred_relevant_windows"
+    ]
+    _close(atss, [[8.0, 12.0, 0.6], [17.0, 19.0, 0.3]])
+    top1 = post_process_moment_retrieval(_hand_outputs(), [19.0], top_k=1)[0]["pred_relevant_windows"]
+    _close(top1, [[8.0, 12.0, 0.7]])
+
+
+def test_rounding_and_collapsed_windows():
+    outputs = {
+        # [3.2, 3.6] s, [19.2, 19.9] s and [0.9, 5.1] s on a 20-s video of 10 clips
+        "pred_spans": torch.tensor([[[0.17, 0.02], [0.9775, 0.035], [0.15, 0.21]]]),
+        "det_scores": torch.tensor([[0.9, 0.8, 0.7]]),
+        "video_mask": torch.ones(1, 10, dtype=torch.bool),
+        "local_saliency": torch.zeros(1, 10),
+    }
+    raw = post_process_moment_retrieval(outputs, [20.0], fusion_mode="detr")[0]["pred_relevant_windows"]
+    _close(raw, [[3.2, 3.6, 0.9], [19.2, 19.9, 0.8], [0.9, 5.1, 0.7]], abs=1e-4)
+    rounded = post_process_moment_retrieval(outputs, [20.0], fusion_mode="detr", round_to=2.0)[0]
+    # [4, 4] collapses -> end + 2 s; [20, 20] at the video end -> start - 2 s
+    _close(rounded["pred_relevant_windows"], [[4.0, 6.0, 0.9], [18.0, 20.0, 0.8], [0.0, 6.0, 0.7]])
+    # a window entirely past the duration collapses onto it and is widened backwards by one clip
+    beyond = dict(outputs, pred_spans=torch.tensor([[[0.99, 0.01], [0.5, 0.2], [0.1, 0.1]]]))
+    windows = post_process_moment_retrieval(beyond, [18.0], fusion_mode="detr")[0]["pred_relevant_windows"]
+    _close(windows[0], [16.0, 18.0, 0.9])
+
+
+@pytest.fixture(scope="module")
+def tiny_outputs():
+    torch.manual_seed(0)
+    config = SGDetrConfig(
+        hidden_size=32, num_attention_heads=4, ffn_dim=64, group_norm_groups=8, video_feature_dim=16,
+        text_feature_dim=16,
+    )  # fmt: skip
+    model = SGDetrForMomentRetrieval(config).eval()
+    lengths = torch.tensor([75, 31, 1, 8])
+    video_mask = torch.arange(75)[None] < lengths[:, None]
+    with torch.no_grad():
+        out = model(torch.randn(4, 75, 16), video_mask, torch.randn(4, 5, 16), torch.ones(4, 5))
+    return config, out, lengths
+
+
+@pytest.mark.parametrize("mode", ["wbf", "detr", "atss"])
+def test_model_predictions_are_valid_windows(tiny_outputs, mode):
+    config, out, lengths = tiny_outputs
+    durations = [149.0, 61.3, 1.5, 16.0]
+    results = post_process_moment_retrieval(
+        out, durations, out.video_mask, top_k=10, config=config, fusion_mode=mode
+    )
+    assert len(results) == 4
+    for result, duration, length in zip(results, durations, lengths.tolist()):
+        windows = result["pred_relevant_windows"]
+        assert 1 <= len(windows) <= 10
+        for start, end, score in windows:
+            assert 0 <= start < end <= duration and 0 <= score <= 1
+        scores = [w[2] for w in windows]
+        assert scores == sorted(scores, reverse=True)
+        assert len(result["pred_saliency_scores"]) == length
+    assert results[0]["pred_saliency_scores"] == pytest.approx(out.global_saliency[0].tolist())
+
+
+def test_detr_only_model_and_bad_arguments(tiny_outputs):
+    config, out, _ = tiny_outputs
+    no_atss = dict(out)
+    for key in ("atss_logits", "atss_spans", "atss_centerness"):
+        no_atss[key] = None
+    with pytest.raises(ValueError, match="no ATSS head"):
+        post_process_moment_retrieval(no_atss, [10.0] * 4, fusion_mode="wbf")
+    assert post_process_moment_retrieval(no_atss, None, fusion_mode="detr")[2]["pred_relevant_windows"]
+    with pytest.raises(ValueError, match="durations"):
+        post_process_moment_retrieval(out, [10.0, -1.0, 3.0, 4.0], config=config)
+    with pytest.raises(ValueError, match="one value per sample"):
+        post_process_moment_retrieval(out, [10.0, 3.0], config=config)
+
+
+def test_write_predictions_jsonl(tmp_path, tiny_outputs):
+    config, out, _ = tiny_outputs
+    results = post_process_moment_retrieval(out, [149.0, 61.3, 1.5, 16.0], config=config)
+    records = [{"qid": i, "query": f"q{i}", "vid": f"v{i}", **r} for i, r in enumerate(results)]
+    path = tmp_path / "sub" / "preds.jsonl"
+    path.parent.mkdir()
+    path.write_text("old content\n")
+    write_qvhighlights_predictions(path, records)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4 and [p.name for p in path.parent.iterdir()] == ["preds.jsonl"]
+    first = json.loads(lines[0])
+    assert list(first) == ["qid", "query", "vid", "pred_relevant_windows", "pred_saliency_scores"]
+    assert first == json.loads(json.dumps(records[0]))
+    with pytest.raises(ValueError, match="qid"):
+        write_qvhighlights_predictions(path, [{"pred_relevant_windows": []}])
+    assert path.read_text().splitlines() == lines  # a failed write leaves the old file
+
+
+def test_format_matches_the_official_sample(shared_data, tmp_path, tiny_outputs):
+    sample = json.loads(
+        (shared_data / "qvhighlights_eval_conformance" / "sample_val_preds.jsonl").open().readline()
+    )
+    config, out, _ = tiny_outputs
+    result = post_process_moment_retrieval(out, [150.0] * 4, config=config, round_to=2.0)[0]
+    record = {"qid": sample["qid"], "query": sample["query"], "vid": sample["vid"], **result}
+    path = write_qvhighlights_predictions(tmp_path / "p.jsonl", [record])
+    written = json.loads(path.read_text())
+    assert list(written) == list(sample)
+    assert len(written["pred_saliency_scores"]) == len(sample["pred_saliency_scores"]) == 75
+    assert all(len(w) == 3 and w[0] % 2 == 0 and w[1] % 2 == 0 for w in written["pred_relevant_windows"])

@@ -1,0 +1,148 @@
+"""End to end on the demo data: a run, a SIGKILL + resume, 2 processes, and scripts/evaluate.py.
+
+All runs are subprocesses (as users launch them) of one tiny configuration: 24 training and 9
+validation queries, batch 4 (6 optimizer steps per epoch), 2 epochs, a 32-wide SG-DETR.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sgdetr_hf.data.demo import build_demo_dataset
+from sgdetr_hf.modeling_sgdetr import SGDetrForMomentRetrieval
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+NUM_VAL = 9  # odd: the 2-process evaluation pads its last batch, gather_for_metrics must drop the duplicate
+TIMEOUT = 300
+
+
+def _args(data: Path, output_dir: Path) -> list[str]:
+    return [
+        "--recipe", "demo", "--dataset_path", str(data), "--output_dir", str(output_dir),
+        "--epochs", "2", "--batch_size", "4", "--milestones", "[1]", "--eval_every_epochs", "1",
+        "--logging_steps", "1", "--save_every_steps", "2", "--checkpoints_total_limit", "20",
+        "--model.hidden_size", "32", "--model.num_attention_heads", "4", "--model.ffn_dim", "64",
+        "--model.num_dn_groups", "1",
+    ]  # fmt: skip
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def _run(command: list[str], **env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=REPO, env=_env(**env), capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-6000:]}"
+    return result
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "final_model" / "model.safetensors")
+
+
+def _losses(run_dir: Path) -> list[float]:
+    state = json.loads(sorted((run_dir / "checkpoints").glob("step_*/trainer_state.json"))[-1].read_text())
+    return [record["loss"] for record in state["history"] if "loss" in record]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("demo-data")
+    build_demo_dataset(folder, num_train=24, num_validation=NUM_VAL)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def single_run(data, tmp_path_factory) -> Path:
+    """The uninterrupted single-process reference run."""
+    output_dir = tmp_path_factory.mktemp("single")
+    _run([sys.executable, "scripts/train.py", *_args(data, output_dir)])
+    return output_dir
+
+
+def test_single_process_run_outputs(single_run):
+    best = single_run / "best_model"
+    metrics = json.loads((best / "eval_results.json").read_text())
+    assert metrics["num_predictions"] == NUM_VAL
+    assert set(metrics["brief"]) >= {"MR-full-mAP", "MR-full-R1@0.5", "HL-min-VeryGood-mAP"}
+    model = SGDetrForMomentRetrieval.from_pretrained(best)  # safetensors + config
+    assert (best / "model.safetensors").is_file() and model.config.hidden_size == 32
+    assert (single_run / "learning_curves.png").is_file()
+    state = json.loads((single_run / "checkpoints" / "step_00000012" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["batches_done"], state["global_step"]) == (2, 0, 12)
+    # The best model is the evaluation with the highest main metric.
+    evaluations = [r["eval"]["MR-full-mAP"] for r in state["history"] if "eval" in r]
+    assert len(evaluations) == 2 and state["best_metric"] == max(evaluations) == metrics["brief"]["MR-full-mAP"]
+    # tensorboard: every loss term and the learning rate, once per optimizer step
+    (log_dir,) = (single_run / "logs").iterdir()
+    events = EventAccumulator(str(log_dir)).Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "eval/MR-full-mAP"} <= set(tags)
+    assert any(t.startswith("train/hl_") for t in tags) and any(t.startswith("train/detr_") for t in tags)
+    lrs = [e.value for e in events.Scalars("train/lr")]
+    # 45 warm-up steps from 0.001 x 5e-4, halved at the milestone (epoch 1 = step 6); lr logged after step s
+    assert lrs[0] == pytest.approx(5e-4 * (0.001 + 0.999 / 45))
+    assert lrs[6] == pytest.approx(5e-4 * (0.001 + 0.999 * 7 / 45) * 0.5)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(data, single_run, tmp_path):
+    command = [sys.executable, "scripts/train.py", *_args(data, tmp_path)]
+    checkpoint = tmp_path / "checkpoints" / "step_00000002"
+    process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + TIMEOUT
+    while not (checkpoint / "trainer_state.json").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "final_model").exists()
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert (state["epoch"], state["batches_done"]) == (0, 2)  # mid-epoch: 2 of 6 batches
+
+    _run([*command, "--resume", str(checkpoint)])
+    resumed, uninterrupted = _weights(tmp_path), _weights(single_run)
+    assert resumed.keys() == uninterrupted.keys()
+    for name in uninterrupted:
+        assert torch.equal(resumed[name], uninterrupted[name]), name
+    assert _losses(tmp_path) == _losses(single_run)
+
+
+def test_two_processes_match_one(data, single_run, tmp_path):
+    result = _run(
+        ["torchrun", "--standalone", "--nproc_per_node", "2", "scripts/train.py", *_args(data, tmp_path)],
+        ACCELERATE_USE_CPU="1",
+    )
+    assert "terminate called" not in result.stderr
+    # Two ranks: accelerate wrote one RNG state per process.
+    last = tmp_path / "checkpoints" / "step_00000012"
+    assert sorted(p.name for p in last.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    # Every validation query evaluated exactly once (evaluation also raises on a duplicate or a gap).
+    assert json.loads((tmp_path / "final_model" / "eval_results.json").read_text())["num_predictions"] == NUM_VAL
+    # Same global batch, same samples per step. Not bit-identical: each process pads, normalises its loss
+    # terms and samples in-batch negatives / dropout over its own half batch.
+    two, one = _losses(tmp_path), _losses(single_run)
+    assert len(two) == len(one) == 12
+    assert two[0] == pytest.approx(one[0], rel=0.15)  # same weights at step 1: only the per-half statistics differ
+    assert sum(two) / 12 == pytest.approx(sum(one) / 12, rel=0.15)
+
+
+def test_evaluate_script_round_trip(data, single_run, tmp_path):
+    _run([sys.executable, "scripts/evaluate.py", "--model", str(single_run / "best_model"), "--dataset", str(data),
+          "--split", "validation", "--output-dir", str(tmp_path), "--batch-size", "4", "--plot", "1"])  # fmt: skip
+    metrics = json.loads((tmp_path / "metrics_validation.json").read_text())
+    assert metrics == json.loads((single_run / "best_model" / "eval_results.json").read_text())
+    lines = (tmp_path / "predictions_validation.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert len({row["qid"] for row in rows}) == len(rows) == NUM_VAL
+    assert all(len(row["pred_relevant_windows"]) <= 10 and row["pred_saliency_scores"] for row in rows)
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 1
