@@ -7,9 +7,8 @@ import os
 import subprocess
 import sys
 
-import evaluate
 import pytest
-from evaluate.loading import get_imports
+from evaluate.loading import get_imports, load
 from huggingface_hub import metadata_load
 from metrics_testing import (
     ASCENDING,
@@ -83,7 +82,7 @@ def test_evaluate_module_reproduces_the_official_sample(shared_data, tmp_path):
     conformance = shared_data / "qvhighlights_eval_conformance"
     predictions = read_jsonl(conformance / "sample_val_preds.jsonl")
     references = read_jsonl(shared_data / "qvhighlights" / "highlight_val_release.jsonl")
-    metric = evaluate.load(str(EVALUATE_MODULE_PATH), cache_dir=str(tmp_path))
+    metric = load(str(EVALUATE_MODULE_PATH), cache_dir=str(tmp_path))
     expected = json.loads((conformance / "sample_val_preds_metrics_raw.json").read_text())
     assert metric.compute(predictions=predictions, references=references) == expected
     # add() row by row gives the numbers of the function API
@@ -96,11 +95,12 @@ def test_evaluate_module_reproduces_the_official_sample(shared_data, tmp_path):
 
 def test_evaluate_module_imports_one_module_per_line():
     # evaluate finds dependencies by scanning import lines and copies relative imports beside the module.
+    # A comment after an import would be read as the package's install path: the third field.
     imports = get_imports(str(EVALUATE_MODULE_PATH / "sgdetr_eval.py"))
-    assert {(kind, name) for kind, name, _, _ in imports} == {
-        ("library", "datasets"),
-        ("library", "evaluate"),
-        ("internal", "mr_hd_metrics"),
+    assert {(kind, name, path) for kind, name, path, _ in imports} == {
+        ("library", "datasets", "datasets"),
+        ("library", "evaluate", "evaluate"),
+        ("internal", "mr_hd_metrics", "mr_hd_metrics"),
     }
 
 
@@ -120,11 +120,14 @@ def test_card_metadata_and_sections():
 def space_app(monkeypatch):
     """app.py imported as the Space runs it: from its own folder, with absolute imports."""
     monkeypatch.syspath_prepend(str(EVALUATE_MODULE_PATH))
-    monkeypatch.delitem(sys.modules, "mr_hd_metrics", raising=False)
+    flat_modules = ("app", "mr_hd_metrics")
+    for name in flat_modules:
+        monkeypatch.delitem(sys.modules, name, raising=False)
     import app
 
     yield app
-    sys.modules.pop("app", None)
+    for name in flat_modules:
+        sys.modules.pop(name, None)
 
 
 def test_space_app_function(space_app):

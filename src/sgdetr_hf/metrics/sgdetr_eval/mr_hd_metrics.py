@@ -232,7 +232,9 @@ class _Rows:
         if wrong.size:
             index, position = _owner(wrong[0], counts)
             self.fail(
-                rows[index], field, f"entry {position} is {inner[wrong[0]]!r}, with {sizes[wrong[0]]} number(s)"
+                rows[index],
+                field,
+                f"entry {position} is {inner[wrong[0]]!r}, with {sizes[wrong[0]]} number(s)",
             )
         starts = np.cumsum(sizes) - sizes
         return values[starts[:, None] + np.arange(width)], counts

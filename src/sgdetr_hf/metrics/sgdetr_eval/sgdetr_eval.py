@@ -6,6 +6,8 @@ A thin wrapper: the metrics live in ``mr_hd_metrics.py`` beside this file (numpy
 module's dependencies by scanning its import lines.
 """
 
+# ruff: noqa: I001 (a scripts/evaluate.py in the checkout makes ruff take `evaluate` for first-party;
+# no comment may follow an import line: evaluate's dependency scan would read it as an install hint)
 import datasets
 import evaluate
 
@@ -77,20 +79,23 @@ _REFERENCE_FEATURES = {
 }
 
 
+def _feature_value(row, name, feature):
+    """The value of field ``name`` of a row as ``evaluate`` accepts it: qids as strings, and an empty
+    string for a missing string field (``evaluate`` refuses None there; a missing qid stays None and is
+    rejected)."""
+    value = row.get(name)
+    if name == "qid":
+        return None if value is None else str(value)
+    if value is None and feature == datasets.Value("string"):
+        return ""
+    return value
+
+
 def _as_features(rows, features):
-    """Rows restricted to the declared fields, as ``evaluate`` accepts them: a missing field becomes None
-    (an empty string for string fields, since ``evaluate`` refuses None there) and qids become strings."""
+    """Rows restricted to the declared fields (JSON Lines objects may carry others, e.g. "query")."""
     if rows is None:
         return None
-    return [
-        {
-            name: str(row["qid"])
-            if name == "qid" and row.get("qid") is not None
-            else ("" if row.get(name) is None and feature == datasets.Value("string") else row.get(name))
-            for name, feature in features.items()
-        }
-        for row in rows
-    ]
+    return [{name: _feature_value(row, name, feature) for name, feature in features.items()} for row in rows]
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)

@@ -1,0 +1,70 @@
+"""``sgdetr evaluate``: table on stdout, metrics JSON written atomically, clear errors."""
+
+import argparse
+import json
+import logging
+
+import pytest
+from metrics_testing import CHARADES_PREDICTIONS, CHARADES_REFERENCES, QVH_REFERENCE, qvh_prediction
+
+from sgdetr_hf.cli import COMMANDS
+from sgdetr_hf.metrics import cli, compute_metrics
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def run_evaluate(*argv):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(argv))
+
+
+def test_evaluate_prints_table_and_writes_json(tmp_path, capsys):
+    predictions = write_jsonl(tmp_path / "preds.jsonl", CHARADES_PREDICTIONS)
+    annotations = write_jsonl(tmp_path / "gt.jsonl", CHARADES_REFERENCES)
+    output = tmp_path / "results" / "metrics.json"
+    code = run_evaluate(
+        "--predictions",
+        predictions,
+        "--annotations",
+        annotations,
+        "--dataset",
+        "charades_sta",
+        "--output",
+        str(output),
+    )
+    assert code == 0
+    metrics = compute_metrics("charades_sta", CHARADES_PREDICTIONS, CHARADES_REFERENCES)
+    assert json.loads(output.read_text()) == metrics
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["metric", "value"]
+    assert table[2].split() == ["MR-full-R1@0.3", "75.00"] and table[-1].split() == ["MR-full-mIoU", "44.52"]
+    assert len(table) == 2 + len(metrics["brief"])
+
+
+def test_evaluate_errors_name_the_file_and_line(tmp_path, caplog, capsys):
+    predictions = tmp_path / "preds.jsonl"
+    predictions.write_text(json.dumps(qvh_prediction([[0, 10, 1.0]])) + "\n{not json}\n")
+    annotations = write_jsonl(tmp_path / "gt.jsonl", [QVH_REFERENCE])
+    output = tmp_path / "metrics.json"
+    args = ("--predictions", str(predictions), "--annotations", annotations, "--dataset", "qvhighlights")
+    with caplog.at_level(logging.ERROR):
+        assert run_evaluate(*args, "--output", str(output)) == 1
+    assert f"{predictions}:2: not valid JSON" in caplog.text
+    assert not output.exists() and capsys.readouterr().out == ""
+
+    write_jsonl(predictions, [qvh_prediction([[0, 10]])])
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert run_evaluate(*args) == 1
+    assert "prediction row 1 (qid 1): 'pred_relevant_windows' entry 0 is [0, 10]" in caplog.text
+    with pytest.raises(SystemExit):  # argparse refuses an unknown dataset name
+        run_evaluate("--predictions", "p", "--annotations", "g", "--dataset", "activitynet")
+
+
+def test_evaluate_is_a_sgdetr_command():
+    module, help_text = COMMANDS["evaluate"]
+    assert module == "sgdetr_hf.metrics.cli" and help_text
