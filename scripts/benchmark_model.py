@@ -34,7 +34,9 @@ def _inputs(batch: int, clips: int, tokens: int, config: SGDetrConfig, device: s
     video = torch.randn(batch, clips, config.video_feature_dim, generator=g)
     text = torch.randn(batch, tokens, config.text_feature_dim, generator=g)
     # realistic padding: text lengths vary between 8 and N
-    text_len = torch.randint(8, tokens + 1, (batch,), generator=g) if tokens > 8 else torch.full((batch,), tokens)
+    text_len = (
+        torch.randint(8, tokens + 1, (batch,), generator=g) if tokens > 8 else torch.full((batch,), tokens)
+    )
     text_mask = (torch.arange(tokens)[None] < text_len[:, None]).float()
     video_mask = torch.ones(batch, clips)
     return [x.to(device) for x in (video, video_mask, text, text_mask)]
@@ -66,14 +68,23 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(mode: str, batch: int, clips: int, tokens: int, device: str, dtype: str, warmup: int, repeats: int):
+def measure(
+    mode: str, batch: int, clips: int, tokens: int, device: str, dtype: str, warmup: int, repeats: int
+):
     torch.manual_seed(0)
     config = SGDetrConfig()
     model = SGDetrForMomentRetrieval(config).to(device=device, dtype=getattr(torch, dtype))
     inputs = _inputs(batch, clips, tokens, config, device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    result = {"mode": mode, "batch": batch, "clips": clips, "tokens": tokens, "device": device, "dtype": dtype}
+    result = {
+        "mode": mode,
+        "batch": batch,
+        "clips": clips,
+        "tokens": tokens,
+        "device": device,
+        "dtype": dtype,
+    }
     if mode == "inference":
         model.eval()
         durations = [clips * config.clip_length] * batch
@@ -125,10 +136,13 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     parser.add_argument("--quick", action="store_true", help="1 warm-up and 2 timed runs per row")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one measurement as JSON
     args = parser.parse_args()
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warmup, repeats = (1, 2) if args.quick else (2, 5)
 
     if args.one:
@@ -150,12 +164,28 @@ def main() -> int:
             torch.cuda.empty_cache()
             row = measure(**spec, device=args.device, dtype=dtype)
         else:  # a fresh process per row so that the peak RSS belongs to that row
-            cmd = [sys.executable, __file__, "--device", args.device, "--dtype", dtype, "--one", json.dumps(spec)]
-            row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            cmd = [
+                sys.executable,
+                __file__,
+                "--device",
+                args.device,
+                "--dtype",
+                dtype,
+                "--one",
+                json.dumps(spec),
+            ]
+            cmd += ["--threads", str(args.threads)] if args.threads else []
+            row = json.loads(
+                subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+            )
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
 
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    name = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
     print(f"\nSG-DETR default config (11.7 M parameters), {name}, {dtype}, torch {torch.__version__}\n")
     print("| mode | batch | clips L | tokens N | time per batch | throughput | peak memory |")
     print("|---|---|---|---|---|---|---|")

@@ -200,7 +200,7 @@ def test_self_attention_mask_isolates_groups():
 
 def test_atss_positive_group_takes_every_positive_and_pads_with_negatives():
     torch.manual_seed(0)
-    anchors, mask, _ = make_anchors(torch.tensor([10, 10]), 10, [1], 1.0)
+    anchors, mask, levels = make_anchors(torch.tensor([10, 10]), 10, [1], 1.0)
     assigned = torch.full((2, 10), -1)
     assigned[0, [2, 3, 4]] = 0
     assigned[1, 7] = 0
@@ -210,7 +210,7 @@ def test_atss_positive_group_takes_every_positive_and_pads_with_negatives():
     }
     feats = torch.randn(2, 10, 8)
     proj = torch.nn.Linear(8, 8)
-    group = build_atss_positive_group(assignment, anchors, mask, feats, proj, proj, 8, 10000.0, 100)
+    group = build_atss_positive_group(assignment, anchors, mask, levels, feats, proj, proj, 8, 10000.0, 100)
     assert group.content.shape == (2, 3, 8) and group.valid.all()
     assert group.is_positive.sum(1).tolist() == [3, 1]
     # references are the anchors themselves (clipped), positives target their GT, negatives are no-object
@@ -218,7 +218,7 @@ def test_atss_positive_group_takes_every_positive_and_pads_with_negatives():
         group.references[0][group.is_positive[0]].sort(0).values[:, 0], torch.tensor([0.25, 0.35, 0.45])
     )
     assert torch.allclose(group.target_spans[1][~group.is_positive[1]], torch.zeros(2, 2))
-    limited = build_atss_positive_group(assignment, anchors, mask, feats, proj, proj, 8, 10000.0, 2)
+    limited = build_atss_positive_group(assignment, anchors, mask, levels, feats, proj, proj, 8, 10000.0, 2)
     assert limited.is_positive.sum(1).tolist() == [2, 1]
 
 

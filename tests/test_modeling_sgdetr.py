@@ -141,6 +141,20 @@ def test_saliency_and_scores_follow_the_equations(tiny_model):
     torch.testing.assert_close(scaled.global_saliency, out.global_saliency, atol=1e-4, rtol=0)
 
 
+def test_padding_content_is_ignored(tiny_model):
+    video, vmask, text, tmask = _batch([6, 3], 6, [4, 2], 4, dv=16, dt=16)
+    noisy_video, noisy_text = video.clone(), text.clone()
+    noisy_video[1, 3:] = float("nan")
+    noisy_text[1, 2:] = 1e6
+    with torch.no_grad():
+        clean, noisy = (
+            tiny_model(video, vmask, text, tmask),
+            tiny_model(noisy_video, vmask, noisy_text, tmask),
+        )
+    for key in ("pred_spans", "det_scores", "global_saliency", "atss_logits"):
+        torch.testing.assert_close(clean[key], noisy[key], atol=1e-6, rtol=0)
+
+
 def _compare_alone_and_padded(model, alone, batch, b, num_valid):
     for key in ("pred_spans", "pred_logits", "pred_iou_logits", "det_scores", "sentence_embeds"):
         torch.testing.assert_close(alone[key][0], batch[key][b], atol=1e-5, rtol=0, msg=key)
@@ -243,7 +257,7 @@ def test_training_outputs_follow_the_contract(tiny_model):
     assert set(atss) >= {"logits", "spans", "centerness", "anchors", "anchor_mask", "assigned_gt", "target_spans",
                          "centerness_targets"}  # fmt: skip
     assert (atss["assigned_gt"][2] == -1).all() and (atss["assigned_gt"][0] >= 0).any()
-    assert math.isclose(float(out.loss), float(sum(out.loss_dict.values())), rel_tol=1e-5)
+    assert math.isclose(out.loss.item(), sum(v.item() for v in out.loss_dict.values()), rel_tol=1e-5)
 
 
 ABLATIONS = {
@@ -285,7 +299,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     reference = grads()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable({"use_reentrant": False})
     assert model.sg_detr.sgca_layers[0].gradient_checkpointing
     checkpointed = grads()
     assert reference.keys() == checkpointed.keys()

@@ -470,10 +470,26 @@ def build_denoising_group(
     return QueryGroup(content, references, targets * valid[..., None], is_positive, valid, group_ids)
 
 
+def _anchor_uniforms(anchor_levels: Tensor, batch: int) -> Tensor:
+    """``(B, A)`` pseudo-random numbers in [0, 1) keyed by (sample, level, position within the level).
+
+    One global-RNG draw per sample seeds a hash of the anchor's level and position, so a video gets the same
+    numbers whatever the padded length of its batch (the random choices then keep the loss padding-invariant).
+    """
+    device = anchor_levels.device
+    counts = torch.bincount(anchor_levels)
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.arange(anchor_levels.shape[0], device=device) - starts[anchor_levels]
+    key = anchor_levels.double() * 1_000_003 + position.double()
+    seed = torch.rand(batch, device=device).double() * 1000
+    return torch.remainder(torch.sin(key[None] * 12.9898 + seed[:, None] * 78.233) * 43758.5453, 1.0).float()
+
+
 def build_atss_positive_group(
     assignment: dict[str, Tensor],
     anchors: Tensor,
     anchor_mask: Tensor,
+    anchor_levels: Tensor,
     features: Tensor,
     position_proj: nn.Module,
     feature_proj: nn.Module,
@@ -484,14 +500,15 @@ def build_atss_positive_group(
     """Co-DETR ATSS-positive queries (§2.15): all positive anchors of a video (a random subset when more than
     ``max_queries``), padded to the batch maximum with random negative anchors of the same video (no-object
     targets); slots beyond a video's anchors are invalid. Reference = the clipped anchor; content =
-    ``position_proj(sine(anchor)) + feature_proj(pyramid feature at the anchor)``."""
+    ``position_proj(sine(anchor)) + feature_proj(pyramid feature at the anchor)``. The random choices do not
+    depend on the padded length (see :func:`_anchor_uniforms`)."""
     is_pos = assignment["is_positive"] & anchor_mask
     num_pos = is_pos.sum(1)
     size = min(int(num_pos.max()), max_queries)
     if size == 0:
         return None
     # random priorities: positives first (random order), then valid negatives, then padding
-    priority = torch.rand(anchor_mask.shape, device=anchors.device) + is_pos.float() * 2.0
+    priority = _anchor_uniforms(anchor_levels, anchor_mask.shape[0]) + is_pos.float() * 2.0
     priority = priority.masked_fill(~anchor_mask, -1.0)
     top_priority, index = priority.topk(size, dim=1)
     valid = top_priority >= 0
@@ -612,7 +629,8 @@ class SGDetrHybridDetector(nn.Module):
                 atss.update({k: assignment[k] for k in ("assigned_gt", "target_spans", "centerness_targets")})
                 if cfg.use_atss_positive_queries:
                     atss_group = build_atss_positive_group(
-                        assignment, anchors, anchor_mask, flat, self.atss_query_position, self.atss_query_feature,
+                        assignment, anchors, anchor_mask, anchor_levels, flat, self.atss_query_position,
+                        self.atss_query_feature,
                         cfg.hidden_size, cfg.position_temperature, cfg.max_atss_positive_queries,
                     )  # fmt: skip
 

@@ -16,6 +16,7 @@ Shipped to the Hub as remote code: flat module, sibling imports only as ``from .
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -346,7 +347,7 @@ class SGDetrPreTrainedModel(PreTrainedModel):
                 if prior is None:
                     init.zeros_(module.bias)
                 else:
-                    init.constant_(module.bias, -float(torch.log(torch.tensor((1 - prior) / prior))))
+                    init.constant_(module.bias, -math.log((1 - prior) / prior))
         elif isinstance(module, nn.Embedding):
             std = getattr(module, "_sgdetr_init_std", self.config.initializer_range)
             init.normal_(module.weight, mean=0.0, std=std)
@@ -391,21 +392,23 @@ class SGDetrModel(SGDetrPreTrainedModel):
 
     # ---------------------------------------------------------------- pieces
     def prepare_video(self, video_features: Tensor, video_mask: Tensor) -> Tensor:
-        """L2-normalise clips (optional), append TEF ``[i/L_b, (i+1)/L_b]`` (optional), zero the padding."""
-        x = video_features.float()
-        if self.config.normalize_features:
-            x = F.normalize(x, dim=-1)
+        """Zero the padding (whatever it holds), L2-normalise clips and append TEF ``[i/L_b, (i+1)/L_b]``
+        (both optional). ``(B, L, d_v)`` -> ``(B, L, d_v + 2)``."""
+        x = self._normalize_rows(video_features, video_mask)
         if self.config.use_tef:
             lengths = video_mask.sum(1, keepdim=True).float()
             index = torch.arange(x.shape[1], device=x.device, dtype=torch.float32)[None, :]
-            x = torch.cat((x, torch.stack((index / lengths, (index + 1) / lengths), dim=-1)), dim=-1)
-        return x * video_mask[..., None]
+            tef = torch.stack((index / lengths, (index + 1) / lengths), dim=-1) * video_mask[..., None]
+            x = torch.cat((x, tef), dim=-1)
+        return x
 
     def prepare_text(self, text_features: Tensor, text_mask: Tensor) -> Tensor:
-        x = text_features.float()
-        if self.config.normalize_features:
-            x = F.normalize(x, dim=-1)
-        return x * text_mask[..., None]
+        """Zero the padding and L2-normalise tokens (optional): ``(B, N, d_t)`` -> ``(B, N, d_t)``."""
+        return self._normalize_rows(text_features, text_mask)
+
+    def _normalize_rows(self, features: Tensor, mask: Tensor) -> Tensor:
+        x = torch.where(mask[..., None], features.float(), 0.0)  # padding may hold anything, even NaN
+        return F.normalize(x, dim=-1) if self.config.normalize_features else x
 
     def video_position_embeddings(self, video_mask: Tensor) -> Tensor:
         """Sine encoding of ``(t + 1) / L_b`` (scaled by 2*pi): ``(B, L)`` -> ``(B, L, d)``, any length."""
@@ -568,10 +571,8 @@ class SGDetrForMomentRetrieval(SGDetrPreTrainedModel):
                 )
             spans.append(s)
         num = torch.tensor([len(s) for s in spans], device=device)
-        max_num = int(num.max()) if batch else 0
-        padded = torch.zeros(batch, max_num, 2, device=device)
-        if max_num:
-            padded = torch.nn.utils.rnn.pad_sequence(spans, batch_first=True)
+        max_num = int(num.max())
+        padded = torch.nn.utils.rnn.pad_sequence(spans, batch_first=True)  # (B, M, 2), M may be 0
         span_mask = torch.arange(max_num, device=device)[None, :] < num[:, None]
         saliency = torch.nn.utils.rnn.pad_sequence(
             [
