@@ -102,7 +102,9 @@ class _RowsLayout(torch.utils.data.Dataset):
         return rows_from_arrow(self.table[indices])
 
 
-def run_layout(layout: str, num_videos: int, queries_per_video: float, workdir: Path, num_batches: int) -> dict:
+def run_layout(
+    layout: str, num_videos: int, queries_per_video: float, workdir: Path, num_batches: int
+) -> dict:
     rows = annotation_rows(num_videos, queries_per_video)
     source = RandomFeatures(75, 32, 512)
     folder, cache = workdir / layout, workdir / f"{layout}-cache"
@@ -149,7 +151,11 @@ def benchmark_pipeline(num_videos: int, num_batches: int) -> None:
         dataset = load_moment_retrieval(Path(workdir) / "ds", "bench", "train", cache_dir=f"{workdir}/cache")
         batch_rate = time_batches(dataset, num_batches, 32)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=32, shuffle=True, collate_fn=MomentRetrievalCollator(max_clips=75), drop_last=True
+            dataset,
+            batch_size=32,
+            shuffle=True,
+            collate_fn=MomentRetrievalCollator(max_clips=75),
+            drop_last=True,
         )
         start = time.perf_counter()
         count = sum(1 for _ in zip(range(num_batches), loader))
@@ -174,7 +180,9 @@ def main() -> None:
     if args.mode == "pipeline":
         benchmark_pipeline(args.videos, args.batches)
     elif args.mode == "_one-layout":
-        result = run_layout(args.layout, args.videos, args.queries_per_video, Path(args.workdir), args.batches)
+        result = run_layout(
+            args.layout, args.videos, args.queries_per_video, Path(args.workdir), args.batches
+        )
         print(json.dumps(result))
     else:
         results = []

@@ -31,13 +31,25 @@ HUB_CARDS = Path(__file__).resolve().parents[1] / "hub" / "datasets"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, choices=sorted(CLIP_LENGTHS), help="annotation format and config name")
-    parser.add_argument("--split", action="append", required=True, metavar="NAME=FILE", help="a split and its .jsonl")
+    parser.add_argument(
+        "--dataset", required=True, choices=sorted(CLIP_LENGTHS), help="annotation format and config name"
+    )
+    parser.add_argument(
+        "--split", action="append", required=True, metavar="NAME=FILE", help="a split and its .jsonl"
+    )
     parser.add_argument("--features", required=True, help="feature folder (videos/ and queries/ inside)")
-    parser.add_argument("--output", required=True, help="dataset folder to write (other datasets in it are kept)")
-    parser.add_argument("--skip-missing", action="store_true", help="leave out queries without features, and list them")
-    parser.add_argument("--clip-length", type=float, default=None, help="seconds per feature row (default: the dataset's)")
-    parser.add_argument("--card", default=None, help="card to take prose and metadata from (default: hub/datasets/<dataset>)")
+    parser.add_argument(
+        "--output", required=True, help="dataset folder to write (other datasets in it are kept)"
+    )
+    parser.add_argument(
+        "--skip-missing", action="store_true", help="leave out queries without features, and list them"
+    )
+    parser.add_argument(
+        "--clip-length", type=float, default=None, help="seconds per feature row (default: the dataset's)"
+    )
+    parser.add_argument(
+        "--card", default=None, help="card to take prose and metadata from (default: hub/datasets/<dataset>)"
+    )
     parser.add_argument("--max-shard-mib", type=int, default=512)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

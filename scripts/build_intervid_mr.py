@@ -55,9 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     generating.add_argument("--durations", type=Path, help="JSON {ytid: seconds}; default: clips x 2 s")
     generating.add_argument("--shard-size", type=int, default=1000)
     generating.add_argument("--dataset-dir", type=Path, help="also build the Parquet dataset here")
-    generating.add_argument("--skip-missing", action="store_true", help="dataset build: leave out missing features")
+    generating.add_argument(
+        "--skip-missing", action="store_true", help="dataset build: leave out missing features"
+    )
     for option in fields(InterVidMRConfig):
-        generating.add_argument(f"--{option.name.replace('_', '-')}", type=type(option.default), default=option.default)
+        generating.add_argument(
+            f"--{option.name.replace('_', '-')}", type=type(option.default), default=option.default
+        )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -68,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"kept": len(captions), "dropped": dict(reasons)}, indent=2))
         return 0
 
-    config = InterVidMRConfig(**{option.name: getattr(args, option.name) for option in fields(InterVidMRConfig)})
+    config = InterVidMRConfig(
+        **{option.name: getattr(args, option.name) for option in fields(InterVidMRConfig)}
+    )
     features = FeatureFolder(args.features)
     summary = generate_intervid_mr(
         read_jsonl(args.output / "captions.jsonl"),
@@ -87,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             if summary["splits"][split]
         }
         card = DatasetCard.load(CARD) if CARD.is_file() else None
-        metadata = {k: v for k, v in card.data.to_dict().items() if k not in ("configs", "dataset_info")} if card else {}
+        metadata = (
+            {k: v for k, v in card.data.to_dict().items() if k not in ("configs", "dataset_info")}
+            if card
+            else {}
+        )
         report = build_dataset(
             args.dataset_dir,
             "intervid-mr",

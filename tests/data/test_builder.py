@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import datasets
 import numpy as np
 import pytest
@@ -8,10 +10,12 @@ from safetensors.numpy import save_file
 from sgdetr_hf.data import MomentRetrievalCollator, ToyGroundingTask, ToyTaskConfig
 from sgdetr_hf.data import builder as builder_module
 from sgdetr_hf.data.builder import ArrayFeatures, FeatureFolder, build_dataset, write_parquet_shard
-from sgdetr_hf.data.dataset import load_moment_retrieval
+from sgdetr_hf.data.dataset import MomentRetrievalDataset, load_moment_retrieval
 from sgdetr_hf.data.schema import ANNOTATION_COLUMNS, video_features_features
 
-TASK = ToyGroundingTask(ToyTaskConfig(video_dim=24, text_dim=16, min_clips=12, max_clips=30, max_window_clips=6), seed=5)
+TASK = ToyGroundingTask(
+    ToyTaskConfig(video_dim=24, text_dim=16, min_clips=12, max_clips=30, max_window_clips=6), seed=5
+)
 
 
 def _annotations(rows):
@@ -20,7 +24,10 @@ def _annotations(rows):
 
 def _feature_folder(root, rows):
     for row in rows:
-        save_file({"video_features": row["video_features"].astype(np.float32)}, root / "videos" / f"{row['vid']}.safetensors")
+        save_file(
+            {"video_features": row["video_features"].astype(np.float32)},
+            root / "videos" / f"{row['vid']}.safetensors",
+        )
         save_file({"text_features": row["text_features"]}, root / "queries" / f"{row['qid']}.safetensors")
     return FeatureFolder(root)
 
@@ -36,8 +43,13 @@ def test_round_trip_through_load_dataset(tmp_path, toy_rows):
     source = _feature_folder(tmp_path / "feats", toy_rows["train"] + toy_rows["validation"])
     out = tmp_path / "repo"
     splits = {split: _annotations(rows) for split, rows in toy_rows.items()}
-    report = build_dataset(out, "toy", splits, source, max_shard_bytes=4000, card_body="# Toy\n\nSYNTHETIC.\n")
-    assert report.queries == {"train": 12, "validation": 4} and (report.video_dim, report.text_dim) == (24, 16)
+    report = build_dataset(
+        out, "toy", splits, source, max_shard_bytes=4000, card_body="# Toy\n\nSYNTHETIC.\n"
+    )
+    assert report.queries == {"train": 12, "validation": 4} and (report.video_dim, report.text_dim) == (
+        24,
+        16,
+    )
     assert len([f for f in report.files if f.startswith("toy-features/train-")]) > 1  # several shards
     assert sorted(datasets.get_dataset_config_names(str(out))) == ["toy", "toy-features"]
     card = DatasetCard.load(out / "README.md")
@@ -48,7 +60,9 @@ def test_round_trip_through_load_dataset(tmp_path, toy_rows):
         assert len(loaded) == len(rows)
         for original, back in zip(rows, loaded.__getitems__(list(range(len(rows))))):
             assert back["qid"] == original["qid"] and back["vid"] == original["vid"]
-            np.testing.assert_array_equal(back["video_features"], original["video_features"].astype(np.float32))
+            np.testing.assert_array_equal(
+                back["video_features"], original["video_features"].astype(np.float32)
+            )
             np.testing.assert_array_equal(back["text_features"], original["text_features"].astype(np.float32))
             np.testing.assert_allclose(back["relevant_windows"], original["relevant_windows"])
             np.testing.assert_array_equal(back["saliency_scores"], original["saliency_scores"])
@@ -62,28 +76,47 @@ def test_round_trip_through_load_dataset(tmp_path, toy_rows):
 
 def test_second_dataset_and_rebuild_keep_the_folder_consistent(tmp_path, toy_rows):
     rows = toy_rows["train"]
-    source = ArrayFeatures({r["vid"]: r["video_features"] for r in rows}, {r["qid"]: r["text_features"] for r in rows})
+    source = ArrayFeatures(
+        {r["vid"]: r["video_features"] for r in rows}, {r["qid"]: r["text_features"] for r in rows}
+    )
     build_dataset(tmp_path, "first", {"train": _annotations(rows)}, source, max_shard_bytes=2000)
-    build_dataset(tmp_path, "second", {"train": _annotations(rows[:3])}, source, card_metadata={"license": "mit"})
+    build_dataset(
+        tmp_path, "second", {"train": _annotations(rows[:3])}, source, card_metadata={"license": "mit"}
+    )
     # Rebuilding "first" with one shard deletes its older shards and keeps "second".
     report = build_dataset(tmp_path, "first", {"train": _annotations(rows[:5])}, source)
     assert sorted(p.name for p in (tmp_path / "first-features").iterdir()) == ["train-00000-of-00001.parquet"]
-    assert report.files == ["first/train-00000-of-00001.parquet", "first-features/train-00000-of-00001.parquet"]
-    assert sorted(datasets.get_dataset_config_names(str(tmp_path))) == ["first", "first-features", "second", "second-features"]
-    assert len(datasets.load_dataset(str(tmp_path), "first", split="train", cache_dir=str(tmp_path / "c"))) == 5
+    assert report.files == [
+        "first/train-00000-of-00001.parquet",
+        "first-features/train-00000-of-00001.parquet",
+    ]
+    assert sorted(datasets.get_dataset_config_names(str(tmp_path))) == [
+        "first",
+        "first-features",
+        "second",
+        "second-features",
+    ]
+    assert (
+        len(datasets.load_dataset(str(tmp_path), "first", split="train", cache_dir=str(tmp_path / "c"))) == 5
+    )
     assert DatasetCard.load(tmp_path / "README.md").data.license == "mit"
 
 
 def test_missing_features_stop_with_the_list_or_are_skipped(tmp_path, toy_rows):
     rows = toy_rows["train"]
     source = ArrayFeatures(
-        {r["vid"]: r["video_features"] for r in rows[2:]}, {r["qid"]: r["text_features"] for r in rows if r["qid"] != rows[5]["qid"]}
+        {r["vid"]: r["video_features"] for r in rows[2:]},
+        {r["qid"]: r["text_features"] for r in rows if r["qid"] != rows[5]["qid"]},
     )
-    with pytest.raises(ValueError, match=r"missing features for 2 videos \['toy-train-0', 'toy-train-1'\] and 1 queries"):
+    with pytest.raises(
+        ValueError, match=r"missing features for 2 videos \['toy-train-0', 'toy-train-1'\] and 1 queries"
+    ):
         build_dataset(tmp_path, "toy", {"train": _annotations(rows)}, source)
     assert not (tmp_path / "toy").exists()  # nothing written
     report = build_dataset(tmp_path, "toy", {"train": _annotations(rows)}, source, skip_missing=True)
-    assert report.missing_videos == ["toy-train-0", "toy-train-1"] and report.missing_queries == ["toy-train-5"]
+    assert report.missing_videos == ["toy-train-0", "toy-train-1"] and report.missing_queries == [
+        "toy-train-5"
+    ]
     assert report.queries == {"train": 9}
 
 
@@ -92,7 +125,9 @@ def test_inconsistent_dims_raise(tmp_path, toy_rows):
     videos = {r["vid"]: r["video_features"] for r in rows}
     videos[rows[1]["vid"]] = np.zeros((5, 7), np.float16)
     source = ArrayFeatures(videos, {r["qid"]: r["text_features"] for r in rows})
-    with pytest.raises(ValueError, match=r"inconsistent video features dims \(d=7: 1 e.g. \['toy-train-1'\]; d=24"):
+    with pytest.raises(
+        ValueError, match=r"inconsistent video features dims \(d=7: 1 e.g. \['toy-train-1'\]; d=24"
+    ):
         build_dataset(tmp_path, "toy", {"train": _annotations(rows)}, source)
     videos[rows[1]["vid"]] = np.zeros(24, np.float16)
     with pytest.raises(ValueError, match="non-empty \\(rows, d\\) matrices"):
@@ -106,13 +141,15 @@ def test_shard_write_is_atomic(tmp_path, monkeypatch):
     write_parquet_shard(target, columns, features)
     before = target.read_bytes()
 
-    def killed(table, path):  # dies half-way through writing the temporary file
-        open(path, "wb").write(b"PAR1 half")
+    def killed(table, path, **options):  # dies half-way through writing the temporary file
+        Path(path).write_bytes(b"PAR1 half")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(builder_module.pq, "write_table", killed)
     with pytest.raises(KeyboardInterrupt):
-        write_parquet_shard(target, {"vid": ["b"], "video_features": [np.zeros((3, 4), np.float16)]}, features)
+        write_parquet_shard(
+            target, {"vid": ["b"], "video_features": [np.zeros((3, 4), np.float16)]}, features
+        )
     assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
 
 
@@ -124,3 +161,17 @@ def test_bad_names_raise(tmp_path, toy_rows):
         build_dataset(tmp_path, "toy", {"train": [{"qid": "1"}]}, source)
     with pytest.raises(ValueError, match="does not exist"):
         FeatureFolder(tmp_path / "nowhere")
+
+
+def test_dataset_join_respects_selections_and_checks_videos(tmp_path, toy_rows):
+    rows = toy_rows["train"][:4]
+    source = ArrayFeatures(
+        {r["vid"]: r["video_features"] for r in rows}, {r["qid"]: r["text_features"] for r in rows}
+    )
+    build_dataset(tmp_path, "toy", {"train": _annotations(rows)}, source)
+    loaded = load_moment_retrieval(tmp_path, "toy", "train", cache_dir=str(tmp_path / "c"))
+    picked = MomentRetrievalDataset(loaded.queries.select([3, 1]), loaded.videos)
+    assert [r["qid"] for r in picked.__getitems__([0, 1])] == ["toy-train-3", "toy-train-1"]
+    np.testing.assert_array_equal(picked[0]["video_features"], rows[3]["video_features"])
+    with pytest.raises(ValueError, match=r"3 queries' videos have no features"):
+        MomentRetrievalDataset(loaded.queries, loaded.videos.select([0]))

@@ -5,7 +5,12 @@ from huggingface_hub import DatasetCard
 
 from sgdetr_hf.data import MomentRetrievalCollator
 from sgdetr_hf.data.dataset import load_moment_retrieval
-from sgdetr_hf.data.demo import DEMO_ANNOTATIONS, build_demo_dataset, demo_annotations, select_demo_annotations
+from sgdetr_hf.data.demo import (
+    DEMO_ANNOTATIONS,
+    build_demo_dataset,
+    demo_annotations,
+    select_demo_annotations,
+)
 
 
 def test_build_and_load_the_demo_dataset(tmp_path):

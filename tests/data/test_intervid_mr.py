@@ -102,8 +102,18 @@ def test_caption_filter_rules():
     assert caption_rejection("a black screen with white letters", CONFIG) == "blacklist"
     assert caption_rejection("please subscribe to my cooking channel today", CONFIG) == "blacklist"
     rows = [
-        {"YoutubeID": "v1", "Start_timestamp": "00:00:01.500", "End_timestamp": "00:00:09.000", "Caption": "a man rides a horse"},
-        {"YoutubeID": "v1", "Start_timestamp": "00:00:20.000", "End_timestamp": "00:00:29.000", "Caption": "A man rides a horse"},
+        {
+            "YoutubeID": "v1",
+            "Start_timestamp": "00:00:01.500",
+            "End_timestamp": "00:00:09.000",
+            "Caption": "a man rides a horse",
+        },
+        {
+            "YoutubeID": "v1",
+            "Start_timestamp": "00:00:20.000",
+            "End_timestamp": "00:00:29.000",
+            "Caption": "A man rides a horse",
+        },
         {"YoutubeID": "v2", "Start_timestamp": 3, "End_timestamp": 9, "Caption": "dog"},
         *[{"ytid": "v3", "start": i, "end": i + 2, "query": "a chef cooks pasta"} for i in range(4)],
     ]
@@ -127,7 +137,9 @@ def _toy_inputs(num_videos=6, captions_per_video=5):
         for k in range(captions_per_video):
             qid = str(len(captions))
             texts[qid] = np.eye(8, dtype=np.float16)[[0, 1 + k % 7]]
-            captions.append({"qid": qid, "ytid": f"yt{v}", "start": 20.0, "end": 26.0, "query": f"caption {qid}"})
+            captions.append(
+                {"qid": qid, "ytid": f"yt{v}", "start": 20.0, "end": 26.0, "query": f"caption {qid}"}
+            )
     return captions, ArrayFeatures(videos, texts)
 
 
@@ -143,7 +155,15 @@ def test_resumable_after_a_kill_between_and_within_shards(tmp_path, monkeypatch)
     assert (tmp_path / "clean" / "window_lengths.png").read_bytes()[:4] == b"\x89PNG"
     clean = _outputs(tmp_path / "clean")
     first = json.loads(clean["train.jsonl"].splitlines()[0])
-    assert set(first) == {"qid", "query", "vid", "duration", "relevant_windows", "relevant_clip_ids", "saliency_scores"}
+    assert set(first) == {
+        "qid",
+        "query",
+        "vid",
+        "duration",
+        "relevant_windows",
+        "relevant_clip_ids",
+        "saliency_scores",
+    }
 
     calls = {"count": 0}
     original = intervid_mr.generate_sample
@@ -158,7 +178,10 @@ def test_resumable_after_a_kill_between_and_within_shards(tmp_path, monkeypatch)
     run = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         generate_intervid_mr(captions, features, run, config=config, shard_size=8)
-    assert sorted(p.name for p in (run / "shards").iterdir()) == ["shard-00000-of-00004.jsonl", "shard-00001-of-00004.jsonl"]
+    assert sorted(p.name for p in (run / "shards").iterdir()) == [
+        "shard-00000-of-00004.jsonl",
+        "shard-00001-of-00004.jsonl",
+    ]
     # A kill during a shard's write leaves only a temporary file, which the next run removes.
     (run / "shards" / ".shard-00002-of-00004.jsonl.abc.tmp").write_text('{"qid": "half')
     finished = {p: p.stat().st_mtime_ns for p in (run / "shards").glob("shard-*")}
@@ -174,7 +197,9 @@ def test_resumable_after_a_kill_between_and_within_shards(tmp_path, monkeypatch)
 def test_missing_features_are_counted(tmp_path):
     captions, features = _toy_inputs(num_videos=2)
     del features.videos["yt1"]
-    summary = generate_intervid_mr(captions, features, tmp_path, shard_size=100, caption_reasons={"word_count": 3})
+    summary = generate_intervid_mr(
+        captions, features, tmp_path, shard_size=100, caption_reasons={"word_count": 3}
+    )
     assert summary["sample_filter_reasons"] == {"missing_features": 5}
     assert summary["input_rows"] == 13 and summary["captions_after_filter"] == 10 and summary["samples"] == 5
 

@@ -29,7 +29,9 @@ def test_shared_data_all_formats(shared_data):
     qvh = read_annotations(shared_data / "qvhighlights/highlight_train_release.jsonl", "qvhighlights")
     assert len(qvh) == 7218
     first = qvh[0]
-    assert first["qid"] == "9769" and first["vid"] == "j7rJstUseKg_360.0_510.0" and first["clip_length"] == 2.0
+    assert (
+        first["qid"] == "9769" and first["vid"] == "j7rJstUseKg_360.0_510.0" and first["clip_length"] == 2.0
+    )
     assert first["relevant_clip_ids"][:3] == [36, 37, 38] and first["saliency_scores"][0] == [4, 3, 2]
     assert first["relevant_windows"][0] == [72, 82]
     test = read_annotations(shared_data / "qvhighlights/highlight_test_release.jsonl", "qvhighlights")
@@ -38,7 +40,9 @@ def test_shared_data_all_formats(shared_data):
     charades = read_annotations(shared_data / "charades_sta/charades_train_release.jsonl", "charades-sta")
     assert len(charades) == 12404 and charades[0]["clip_length"] == 1.0
     # "AO8RW" [0, 6.9] s with 1-s clips: clip 6 = [6, 7] holds 0.9 s, so clips 0..6.
-    assert charades[0]["relevant_clip_ids"] == list(range(7)) and charades[0]["saliency_scores"] == [[1.0]] * 7
+    assert (
+        charades[0]["relevant_clip_ids"] == list(range(7)) and charades[0]["saliency_scores"] == [[1.0]] * 7
+    )
 
     tacos = read_annotations(shared_data / "tacos/tacos_test_release.jsonl", "tacos")
     assert len(tacos) == 4001 and isinstance(tacos[0]["qid"], str)
@@ -54,8 +58,17 @@ def test_shared_data_all_formats(shared_data):
     np.testing.assert_allclose(np.array(tvsum[0]["saliency_scores"])[:, 0], expected[ids])
     assert (expected[np.setdiff1d(np.arange(len(label)), ids)] == 0).all()
 
-    youtube = read_annotations(shared_data / "youtube_highlights/youtube_highlight_val_release.jsonl", "youtube-highlights")
-    assert len(youtube) == 152 and youtube[0]["domain"] in {"dog", "gymnastics", "parkour", "skating", "skiing", "surfing"}
+    youtube = read_annotations(
+        shared_data / "youtube_highlights/youtube_highlight_val_release.jsonl", "youtube-highlights"
+    )
+    assert len(youtube) == 152 and youtube[0]["domain"] in {
+        "dog",
+        "gymnastics",
+        "parkour",
+        "skating",
+        "skiing",
+        "surfing",
+    }
     assert youtube[0]["relevant_clip_ids"] == np.flatnonzero(np.array(youtube[0]["label"])[:, 0]).tolist()
 
 
@@ -66,7 +79,15 @@ def test_tvsum_rescaling_hand_checked(tmp_path):
     assert row["relevant_clip_ids"] == [1] and row["saliency_scores"] == [[9.0]]
 
 
-GOOD = {"qid": 1, "query": "q", "vid": "v_0.0_150.0", "duration": 150, "relevant_windows": [[0, 4]], "domain": "dog", "label": [[1]]}
+GOOD = {
+    "qid": 1,
+    "query": "q",
+    "vid": "v_0.0_150.0",
+    "duration": 150,
+    "relevant_windows": [[0, 4]],
+    "domain": "dog",
+    "label": [[1]],
+}
 
 
 @pytest.mark.parametrize(
@@ -77,7 +98,11 @@ GOOD = {"qid": 1, "query": "q", "vid": "v_0.0_150.0", "duration": 150, "relevant
         ({**GOOD, "duration": "150"}, "charades-sta", "field 'duration' has type str"),
         ({**GOOD, "relevant_windows": [[5, 2]]}, "tacos", "0 <= start < end"),
         ({**GOOD, "relevant_windows": []}, "tacos", "relevant_windows is empty"),
-        ({**GOOD, "relevant_clip_ids": [0, 1], "saliency_scores": [[1, 2, 3]]}, "qvhighlights", "one score row per"),
+        (
+            {**GOOD, "relevant_clip_ids": [0, 1], "saliency_scores": [[1, 2, 3]]},
+            "qvhighlights",
+            "one score row per",
+        ),
         ({**GOOD, "qid": 0}, "charades-sta", "duplicate qid '0'"),
         ({**GOOD, "label": [[0], [2]]}, "youtube-highlights", "one 0/1 column"),
         ("[1, 2]", "qvhighlights", "expected a JSON object"),

@@ -11,10 +11,21 @@ so that ``load_dataset(output_dir, name, split=...)`` gives the query rows and
 :func:`sgdetr_hf.data.load_moment_retrieval` joins them by ``vid``. Several datasets can share one
 folder: each build rewrites only its own configs in the card.
 
-Why a per-video features config (measured with ``scripts/benchmark_data.py layout``, 10k synthetic videos,
-L=75, d=512, 1.8 queries per video, this 2-core machine): see the "Feature layout" section of the README.
-A video's features are stored once however many queries it has (TACoS has ~130 queries per video,
-Charades-STA 2.3, QVHighlights 1.02 per ``vid``).
+Why a per-video features config: measured with ``scripts/benchmark_data.py layout`` on 10k synthetic
+videos (L=75, d=512, 1.8 queries per video, 18k queries, random float16 features), each layout in a fresh
+process, on a shared 2-core CPU under heavy load from other jobs:
+
+==========================  =============  ===========  =======  ==========  =============  ========
+layout                      Parquet (MiB)  cache (MiB)  write s  first load  batches/s, 32  peak RSS
+==========================  =============  ===========  =======  ==========  =============  ========
+video features in each row  1883           1895         125      33 s        20.4           4161 MiB
+per-video config, joined    1297           1307         68       16 s        30.2           3361 MiB
+==========================  =============  ===========  =======  ==========  =============  ========
+
+The join stores each video once (-31 % disk and cache, -19 % RSS, faster writes); fetch speed was equal
+within the load noise (two earlier runs: 80 vs 37 and 32 vs 15 batches/s in favour of rows, this one 20
+vs 30 for the join). The real ratios decide it: TACoS has ~130 queries per video of up to 702 clips (rows
+would store its features ~130 times), Charades-STA 2.3; only QVHighlights is ~1 (1.02 per ``vid``).
 
 Features source: a :class:`FeatureFolder` written by the feature extraction, or :class:`ArrayFeatures`
 (in-memory arrays). Feature folder format::
@@ -159,7 +170,9 @@ def _feature_dim(shapes: Mapping[str, tuple[int, ...]], what: str) -> int:
     """The common width d of (rows, d) feature shapes; ValueError naming the odd ones out."""
     bad = [key for key, shape in shapes.items() if len(shape) != 2 or shape[0] < 1 or shape[1] < 1]
     if bad:
-        raise ValueError(f"{what} must be non-empty (rows, d) matrices; wrong shape for {bad[:10]} ({len(bad)} in all)")
+        raise ValueError(
+            f"{what} must be non-empty (rows, d) matrices; wrong shape for {bad[:10]} ({len(bad)} in all)"
+        )
     widths: dict[int, list[str]] = {}
     for key, shape in shapes.items():
         widths.setdefault(shape[1], []).append(key)
@@ -171,7 +184,11 @@ def _feature_dim(shapes: Mapping[str, tuple[int, ...]], what: str) -> int:
 
 def _matrix_column(matrices: Sequence[np.ndarray], width: int) -> pa.Array:
     """A list<fixed_size_list<halffloat>[width]> Arrow array of ragged (rows, width) matrices, built in one go."""
-    flat = np.concatenate([np.asarray(m, dtype=np.float16) for m in matrices]) if matrices else np.zeros((0, width))
+    flat = (
+        np.concatenate([np.asarray(m, dtype=np.float16) for m in matrices])
+        if matrices
+        else np.zeros((0, width))
+    )
     offsets = np.concatenate([[0], np.cumsum([len(m) for m in matrices])]).astype(np.int32)
     rows = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=pa.float16()), width)
     return pa.ListArray.from_arrays(pa.array(offsets), rows)
@@ -195,7 +212,12 @@ def write_parquet_shard(path: Path, columns: Mapping[str, Any], features: datase
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        pq.write_table(table, temporary)
+        # Dictionary encoding and min/max statistics of float16 feature columns cost ~8x the CPU of the
+        # whole write and save nothing (measured); the small annotation columns keep both.
+        small_columns = [
+            name for name, feature in features.items() if not isinstance(feature, datasets.Array2D)
+        ]
+        pq.write_table(table, temporary, use_dictionary=small_columns, write_statistics=small_columns)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -224,7 +246,12 @@ def _shard_ranges(sizes: np.ndarray, max_shard_bytes: int) -> list[np.ndarray]:
 
 
 def _write_config(
-    output_dir: Path, config: str, split: str, parts: list[np.ndarray], columns_for, features: datasets.Features
+    output_dir: Path,
+    config: str,
+    split: str,
+    parts: list[np.ndarray],
+    columns_for,
+    features: datasets.Features,
 ) -> list[str]:
     """Write the shards of one (config, split); returns their paths relative to ``output_dir``."""
     written = []
@@ -250,8 +277,13 @@ def _update_card(
     card = DatasetCard(readme.read_text(encoding="utf-8")) if readme.is_file() else None
     card_data = DatasetCardData(**{**(card.data.to_dict() if card else {}), **(card_metadata or {})})
     configs, infos = MetadataConfigs(), DatasetInfosDict()
-    for config, features, counts in ((name, query_features, splits), (f"{name}-features", video_features, video_splits)):
-        configs[config] = {"data_files": [{"split": split, "path": f"{config}/{split}-*"} for split in counts]}
+    for config, features, counts in (
+        (name, query_features, splits),
+        (f"{name}-features", video_features, video_splits),
+    ):
+        configs[config] = {
+            "data_files": [{"split": split, "path": f"{config}/{split}-*"} for split in counts]
+        }
         split_dict = datasets.SplitDict()
         for split, count in counts.items():
             split_dict.add(datasets.SplitInfo(name=split, num_examples=count))
@@ -299,7 +331,9 @@ def build_dataset(
     start = time.perf_counter()
     output_dir = Path(output_dir)
     if not _CONFIG_NAME.match(name) or name.endswith("-features"):
-        raise ValueError(f"dataset name {name!r} must match {_CONFIG_NAME.pattern} and not end with '-features'")
+        raise ValueError(
+            f"dataset name {name!r} must match {_CONFIG_NAME.pattern} and not end with '-features'"
+        )
     if not splits or any(not _SPLIT_NAME.match(split) for split in splits):
         raise ValueError(f"splits must be a non-empty mapping of word-character names, got {list(splits)}")
     report = BuildReport(name=name)
@@ -331,7 +365,9 @@ def build_dataset(
             f"{len(report.missing_queries)} queries {report.missing_queries[:20]}"
         )
         if not skip_missing:
-            raise ValueError(f"{summary}; extract them, or pass skip_missing=True (--skip-missing) to leave them out")
+            raise ValueError(
+                f"{summary}; extract them, or pass skip_missing=True (--skip-missing) to leave them out"
+            )
         logger.warning("%s: skipping the queries that need them", summary)
     video_shapes = {k: v for k, v in video_shapes.items() if v is not None}
     text_shapes = {k: v for k, v in text_shapes.items() if v is not None}
@@ -362,7 +398,12 @@ def build_dataset(
             output_dir, name, split, _shard_ranges(text_sizes, max_shard_bytes), query_columns, query_features
         )
         report.files += _write_config(
-            output_dir, f"{name}-features", split, _shard_ranges(video_sizes, max_shard_bytes), video_columns, video_features
+            output_dir,
+            f"{name}-features",
+            split,
+            _shard_ranges(video_sizes, max_shard_bytes),
+            video_columns,
+            video_features,
         )
         logger.info("%s/%s: %d queries, %d videos", name, split, len(rows), len(vids))
 
@@ -371,6 +412,15 @@ def build_dataset(
         for shard in (output_dir / config).glob("*.parquet"):
             if f"{config}/{shard.name}" not in report.files:
                 shard.unlink()
-    _update_card(output_dir, name, report.queries, report.videos, query_features, video_features, card_body, card_metadata)
+    _update_card(
+        output_dir,
+        name,
+        report.queries,
+        report.videos,
+        query_features,
+        video_features,
+        card_body,
+        card_metadata,
+    )
     report.seconds = time.perf_counter() - start
     return report

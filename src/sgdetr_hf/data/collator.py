@@ -168,14 +168,15 @@ class MomentRetrievalCollator:
             for row in rows
         ]
         scores = [_annotator_sums(row["saliency_scores"]) for row in rows]
-        for ids, row_scores, qid in zip(clip_ids, scores, qids):
-            if ids.shape[0] != row_scores.shape[0]:
-                raise ValueError(
-                    f"sample {qid!r}: {ids.shape[0]} relevant_clip_ids but {row_scores.shape[0]} saliency_scores rows"
-                )
-        batch_index = torch.repeat_interleave(
-            torch.arange(len(rows)), torch.tensor([len(i) for i in clip_ids])
-        )
+        num_ids = torch.tensor([len(ids) for ids in clip_ids])
+        num_scores = torch.tensor([len(row_scores) for row_scores in scores])
+        mismatched = torch.nonzero(num_ids != num_scores).flatten().tolist()
+        if mismatched:
+            b = mismatched[0]
+            raise ValueError(
+                f"sample {qids[b]!r}: {num_ids[b]} relevant_clip_ids but {num_scores[b]} saliency_scores rows"
+            )
+        batch_index = torch.repeat_interleave(torch.arange(len(rows)), num_ids)
         all_ids = torch.cat(clip_ids)
         all_scores = torch.cat(scores)
         if bool((all_ids < 0).any()):

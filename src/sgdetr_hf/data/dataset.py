@@ -27,15 +27,20 @@ class MomentRetrievalDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, queries: datasets.Dataset, videos: datasets.Dataset):
-        self.queries = queries.with_format("arrow")
-        self.videos = videos.with_format("arrow")
+        self.queries = queries
+        self.videos = videos
+        # Arrow-formatted views for __getitems__; the public tables keep the caller's format.
+        self._query_rows = queries.with_format("arrow")
+        self._video_rows = videos.with_format("arrow")
         video_ids = videos.with_format(None)["vid"]
         self.video_row = {vid: row for row, vid in enumerate(video_ids)}
         if len(self.video_row) != len(video_ids):
             raise ValueError("the features config lists some vid more than once; rebuild the dataset")
         missing = sorted(set(queries.with_format(None)["vid"]) - self.video_row.keys())
         if missing:
-            raise ValueError(f"{len(missing)} queries' videos have no features, e.g. {missing[:10]}; rebuild the dataset")
+            raise ValueError(
+                f"{len(missing)} queries' videos have no features, e.g. {missing[:10]}; rebuild the dataset"
+            )
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -44,8 +49,8 @@ class MomentRetrievalDataset(torch.utils.data.Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        rows = rows_from_arrow(self.queries[indices])
-        videos = _matrices(self.videos[[self.video_row[row["vid"]] for row in rows]][VIDEO_KEY])
+        rows = rows_from_arrow(self._query_rows[indices])
+        videos = _matrices(self._video_rows[[self.video_row[row["vid"]] for row in rows]][VIDEO_KEY])
         for row, video in zip(rows, videos):
             row[VIDEO_KEY] = video
         return rows
@@ -69,7 +74,9 @@ def rows_from_arrow(table: pa.Table) -> list[dict[str, Any]]:
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
 
-def load_moment_retrieval(path: str | Path, name: str, split: str, **load_kwargs: Any) -> MomentRetrievalDataset:
+def load_moment_retrieval(
+    path: str | Path, name: str, split: str, **load_kwargs: Any
+) -> MomentRetrievalDataset:
     """``load_dataset`` both configs of ``name`` from a built folder (or Hub repo) and join them.
 
     Args:

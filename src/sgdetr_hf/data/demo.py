@@ -70,7 +70,9 @@ Configs: `demo` (query rows: schema columns + `text_features` (N, {text_dim}) fl
 """
 
 
-def select_demo_annotations(qvhighlights_dir: str | Path, num_train: int = 600, num_validation: int = 150) -> str:
+def select_demo_annotations(
+    qvhighlights_dir: str | Path, num_train: int = 600, num_validation: int = 150
+) -> str:
     """The JSON Lines text of the shipped subset: the queries with the smallest CRC32 of their qid.
 
     Regenerate ``demo_qvhighlights.jsonl`` with
@@ -89,7 +91,11 @@ def select_demo_annotations(qvhighlights_dir: str | Path, num_train: int = 600, 
 def demo_annotations(path: str | Path = DEMO_ANNOTATIONS) -> dict[str, list[dict[str, Any]]]:
     """The shipped demo annotations as schema rows, by split."""
     rows = read_annotations(path, "qvhighlights")
-    splits = [json.loads(line)["split"] for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    splits = [
+        json.loads(line)["split"]
+        for line in Path(path).read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     by_split: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row, split in zip(rows, splits, strict=True):
         by_split[split].append(row)
@@ -118,8 +124,12 @@ def demo_features(
             sums = np.asarray(row["saliency_scores"], dtype=np.float64).reshape(len(clip_ids), -1).sum(axis=1)
             strength = task.strength_from_saliency(length, clip_ids[inside], sums[inside], 12.0)
             planted.append(PlantedQuery(words, strength))
-            texts[row["qid"]] = task.text_features(words, np.random.default_rng([seed, 1, zlib.crc32(row["qid"].encode())]))
-        videos[vid] = task.video_features(length, planted, np.random.default_rng([seed, 0, zlib.crc32(vid.encode())]))
+            texts[row["qid"]] = task.text_features(
+                words, np.random.default_rng([seed, 1, zlib.crc32(row["qid"].encode())])
+            )
+        videos[vid] = task.video_features(
+            length, planted, np.random.default_rng([seed, 0, zlib.crc32(vid.encode())])
+        )
     return videos, texts
 
 
@@ -164,7 +174,18 @@ def build_demo_dataset(
         "pretty_name": "SG-DETR demo data (synthetic features, QVHighlights annotations)",
         "tags": ["synthetic", "video-moment-retrieval", "highlight-detection"],
     }
-    rows_by_split = {split: [{k: row[k] for k in ANNOTATION_COLUMNS} for row in rows] for split, rows in splits.items()}
-    report = build_dataset(output_dir, DEMO_NAME, rows_by_split, ArrayFeatures(videos, texts), card_body=card, card_metadata=metadata)
-    write_text_atomic(Path(output_dir) / "LICENSE.md", "Annotations: QVHighlights, CC BY-NC-SA 4.0. Features: synthetic.\n")
+    rows_by_split = {
+        split: [{k: row[k] for k in ANNOTATION_COLUMNS} for row in rows] for split, rows in splits.items()
+    }
+    report = build_dataset(
+        output_dir,
+        DEMO_NAME,
+        rows_by_split,
+        ArrayFeatures(videos, texts),
+        card_body=card,
+        card_metadata=metadata,
+    )
+    write_text_atomic(
+        Path(output_dir) / "LICENSE.md", "Annotations: QVHighlights, CC BY-NC-SA 4.0. Features: synthetic.\n"
+    )
     return report

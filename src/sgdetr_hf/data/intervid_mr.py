@@ -55,10 +55,12 @@ logger = logging.getLogger(__name__)
 _CONTENT_CHARACTERS = re.compile(r"[A-Za-z .,'!?;:()\-\"]")
 _LINK = re.compile(r"https?://|www\.|\.com\b|[@#]")
 _WORD = re.compile(r"[A-Za-z']+")
-_FUNCTION_WORDS = frozenset(
-    "a an the and or but of to in on at by for with from into onto over under up down out off is are was were "
-    "be been being it its this that these those there here his her their our your my some any".split()  # noqa: SIM905
-)
+# Function words do not count towards the two content words a caption needs.
+_FUNCTION_WORDS_TEXT = """
+a an the and or but of to in on at by for with from into onto over under up down out off is are was were
+be been being it its this that these those there here his her their our your my some any
+"""
+_FUNCTION_WORDS = frozenset(_FUNCTION_WORDS_TEXT.split())
 _BLACKLIST = re.compile(
     r"\b(black|blank|white|dark|blurry|blurred)\s+(screen|frame|background|image)s?\b"
     r"|^\W*(a |the )?(text|words|logo|title|watermark|subtitles?)\b"
@@ -109,7 +111,12 @@ def parse_internvid_record(record: Mapping[str, Any]) -> dict[str, Any]:
     Accepts InternVid's column names (``YoutubeID``, ``Start_timestamp``, ``End_timestamp``, ``Caption``)
     or ``ytid, start, end, caption``. Raises ValueError on a missing field or a bad timestamp.
     """
-    names = (("YoutubeID", "ytid"), ("Start_timestamp", "start"), ("End_timestamp", "end"), ("Caption", "query"))
+    names = (
+        ("YoutubeID", "ytid"),
+        ("Start_timestamp", "start"),
+        ("End_timestamp", "end"),
+        ("Caption", "query"),
+    )
     values = []
     for official, short in names:
         if official not in record and short not in record:
@@ -126,7 +133,9 @@ def caption_rejection(caption: str, config: InterVidMRConfig) -> str | None:
     words = caption.lower().split()
     if not config.min_words <= len(words) <= config.max_words:
         return "word_count"
-    if len(_CONTENT_CHARACTERS.findall(caption)) < config.min_content_fraction * len(caption) or _LINK.search(caption):
+    if len(_CONTENT_CHARACTERS.findall(caption)) < config.min_content_fraction * len(caption) or _LINK.search(
+        caption
+    ):
         return "characters"
     repeated_run = any(a == b == c for a, b, c in zip(words, words[1:], words[2:]))
     if len(set(words)) < config.min_unique_ratio * len(words) or repeated_run:
@@ -319,7 +328,9 @@ def generate_sample(
     if len(clips) < num_clips:
         return "features_shorter_than_window"
     interval = (max(0.0, caption["start"] - u), min(window, caption["end"] - u))
-    moments = annotate_moments(clip_similarities(clips, np.asarray(text_features)[0]), interval, window, config)
+    moments = annotate_moments(
+        clip_similarities(clips, np.asarray(text_features)[0]), interval, window, config
+    )
     if isinstance(moments, str):
         return moments
     return {
@@ -364,7 +375,9 @@ def _run_shard(
         if video is None or features.text_shape(caption["qid"]) is None:
             reasons["missing_features"] += 1
             continue
-        row = generate_sample(caption, video, features.text(caption["qid"]), durations.get(caption["ytid"]), config)
+        row = generate_sample(
+            caption, video, features.text(caption["qid"]), durations.get(caption["ytid"]), config
+        )
         if isinstance(row, str):
             reasons[row] += 1
             continue
@@ -416,7 +429,7 @@ def generate_intervid_mr(
     (output_dir / "shards").mkdir(parents=True, exist_ok=True)
     for leftover in (output_dir / "shards").glob(".*.tmp"):  # a killed write's temporary file
         leftover.unlink()
-    ordered = sorted(captions, key=lambda caption: (caption["ytid"], int(caption["qid"])))
+    ordered = sorted(captions, key=lambda caption: caption["ytid"])  # stable: input order within a video
     count = max(1, math.ceil(len(ordered) / shard_size))
     durations = durations or {}
     with tqdm(total=len(ordered), desc="InterVid-MR", unit="caption") as progress:
@@ -437,7 +450,9 @@ def _read_shard(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return [json.loads(line) for line in lines[:-1]], json.loads(lines[-1])["_stats"]
 
 
-def _finalise(output_dir: Path, count: int, num_captions: int, caption_reasons: Mapping[str, int], config) -> dict:
+def _finalise(
+    output_dir: Path, count: int, num_captions: int, caption_reasons: Mapping[str, int], config
+) -> dict:
     """Splits, summary and histogram from the finished shards."""
     rows, stats = [], []
     for index in range(count):
@@ -448,8 +463,12 @@ def _finalise(output_dir: Path, count: int, num_captions: int, caption_reasons: 
     per_video = Counter(row["vid"].rsplit("_", 2)[0] for row in rows)
     ordered = sorted(per_video, key=lambda ytid: (zlib.crc32(ytid.encode()), ytid))
     taken = np.cumsum([per_video[y] for y in ordered])
-    num_validation_videos = int(np.searchsorted(taken, config.validation_size)) + 1 if config.validation_size else 0
-    if num_validation_videos >= len(per_video):  # a run too small for a validation split keeps all for training
+    num_validation_videos = (
+        int(np.searchsorted(taken, config.validation_size)) + 1 if config.validation_size else 0
+    )
+    if num_validation_videos >= len(
+        per_video
+    ):  # a run too small for a validation split keeps all for training
         num_validation_videos = 0
     validation_videos = set(ordered[:num_validation_videos])
     splits = {"train": [], "validation": []}
@@ -482,7 +501,9 @@ def _finalise(output_dir: Path, count: int, num_captions: int, caption_reasons: 
     _plot_window_lengths(lengths, output_dir / "window_lengths.png")
     dropped = sum(reasons.values()) / max(1, num_captions)
     if dropped > 0.3:
-        logger.warning("%.0f%% of the captions were dropped after filtering: revisit the caption filter", 100 * dropped)
+        logger.warning(
+            "%.0f%% of the captions were dropped after filtering: revisit the caption filter", 100 * dropped
+        )
     return summary
 
 

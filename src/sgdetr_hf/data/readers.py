@@ -80,10 +80,17 @@ def _qvhighlights(record: dict, clip_length: float) -> dict[str, Any]:
         clip_ids = np.asarray(record.get("relevant_clip_ids") or [], dtype=np.float64)
         scores = np.asarray(record.get("saliency_scores") or [], dtype=np.float64)
     except ValueError:
-        raise _LineError("relevant_clip_ids / saliency_scores must be a list of ints / of equal-length rows") from None
+        raise _LineError(
+            "relevant_clip_ids / saliency_scores must be a list of ints / of equal-length rows"
+        ) from None
     if clip_ids.ndim != 1 or (clip_ids < 0).any() or (clip_ids != np.round(clip_ids)).any():
         raise _LineError(f"relevant_clip_ids must be a list of integers >= 0, got {clip_ids.tolist()}")
-    if scores.size and (scores.ndim != 2 or scores.shape[0] != len(clip_ids)) or len(clip_ids) and not scores.size:
+    if (
+        scores.size
+        and (scores.ndim != 2 or scores.shape[0] != len(clip_ids))
+        or len(clip_ids)
+        and not scores.size
+    ):
         raise _LineError(
             f"saliency_scores must hold one score row per relevant clip id: {len(clip_ids)} ids, "
             f"scores of shape {scores.shape}"
@@ -153,7 +160,9 @@ _READERS: dict[str, Callable[[dict, float], dict[str, Any]]] = {
 }
 
 
-def read_annotations(path: str | Path, dataset: str, clip_length: float | None = None) -> list[dict[str, Any]]:
+def read_annotations(
+    path: str | Path, dataset: str, clip_length: float | None = None
+) -> list[dict[str, Any]]:
     """Read one JSON Lines annotation file into schema rows.
 
     Args:

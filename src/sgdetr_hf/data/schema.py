@@ -30,7 +30,7 @@ Per-clip highlight targets (``saliency_scores`` summed over annotators), all on 
 
 Features: ``video_features`` (L, d) and ``text_features`` (N, d) float16. The text features of a
 query live in its row; the video features live in a separate ``features`` config keyed by ``vid``
-(measured with ``scripts/benchmark_data.py --layout``: see the builder's docstring for the numbers).
+(measured with ``scripts/benchmark_data.py layout``: see the builder's docstring for the numbers).
 """
 
 from __future__ import annotations
