@@ -28,12 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--what", choices=publishing.REPO_KINDS, help="which repository to publish")
     parser.add_argument("--repo-id", help="Hub repository id, ORG/NAME")
-    parser.add_argument("--dry-run", action="store_true", help="build, list the files and sizes, upload nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="build, list the files and sizes, upload nothing"
+    )
     parser.add_argument("--out", type=Path, help="build folder (default: build/hub/<what>)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", type=Path, help="saved model + processor folder to publish")
-    model.add_argument("--space-id", default=publishing.DEFAULT_SPACE_REPO, help="the demo Space linked from the card")
+    model.add_argument("--model", type=Path, help="saved SG-DETR model folder to publish")
+    model.add_argument("--encoder", type=Path, help="converted InternVideo2 folder (default: MODEL/encoder)")
+    model.add_argument(
+        "--space-id", default=publishing.DEFAULT_SPACE_REPO, help="the demo Space linked from the card"
+    )
     model.add_argument(
         "--paper-setting",
         default="qvhighlights",
@@ -42,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--results", type=Path, help="JSON file of our evaluation of this checkpoint")
     space = parser.add_argument_group("space")
-    space.add_argument("--model-repo-id", default=publishing.DEFAULT_MODEL_REPO, help="model the Space serves")
+    space.add_argument(
+        "--model-repo-id", default=publishing.DEFAULT_MODEL_REPO, help="model the Space serves"
+    )
     dataset = parser.add_argument_group("dataset")
     dataset.add_argument("--name", help="dataset folder under hub/datasets/")
     parser.add_argument(
@@ -58,10 +65,10 @@ def build_folder(args: argparse.Namespace) -> Path:
     out = args.out or publishing.SOURCE_ROOT / "build" / "hub" / args.what
     if args.what == "model":
         if args.model is None:
-            raise ValueError("--what model needs --model DIR (a saved model + processor folder)")
+            raise ValueError("--what model needs --model DIR (a saved SG-DETR model folder)")
         measured = publishing.load_measured_results(args.results) if args.results else None
         return publishing.build_model_repo(
-            args.model, out, args.repo_id, args.space_id, args.paper_setting, measured
+            args.model, out, args.repo_id, args.space_id, args.paper_setting, measured, args.encoder
         )
     if args.what == "space":
         return publishing.build_space_repo(out, args.model_repo_id)

@@ -32,13 +32,10 @@ import os
 import tempfile
 from typing import Any
 
-import numpy as np
+import torch
 from transformers import pipeline
 
 logger = logging.getLogger(__name__)
-
-_INPUT_KEYS = {"video", "video_features", "video_mask", "queries", "text_features"}
-_PARAMETER_KEYS = {"top_k", "window_overlap", "window_batch_size", "queries"}
 
 
 def _error(message: str, error_type: str = "ValueError") -> dict[str, str]:
@@ -61,73 +58,47 @@ def _decode_video(value: Any) -> bytes:
     return data
 
 
-def _as_float_array(value: Any, name: str, ndim: int) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a nested list of numbers with {ndim} dimensions") from None
-    if array.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {list(array.shape)}")
-    return array
+def _parse(data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pipeline's input dict and keyword arguments of a request. Only the JSON envelope and the video's
+    encoding are checked here; the pipeline checks the contents (keys, shapes, queries) itself."""
+    if not isinstance(data, dict):
+        raise ValueError(f"the request must be a JSON object, got {type(data).__name__}")
+    inputs, parameters = data.get("inputs"), data.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ValueError(f"parameters must be a JSON object, got {type(parameters).__name__}")
+    if isinstance(inputs, (bytes, bytearray)):  # a raw video body
+        inputs = {"video": inputs}
+    if not isinstance(inputs, dict):
+        raise ValueError(
+            'inputs must be a JSON object such as {"video": "<base64>", "queries": ["..."]}, '
+            f"got {type(inputs).__name__}"
+        )
+    if "video" in inputs:
+        inputs = {**inputs, "video": _decode_video(inputs["video"])}
+    return inputs, parameters
 
 
 class EndpointHandler:
     """Serve ``pipeline("video-moment-retrieval")`` from the repository folder ``path``."""
 
     def __init__(self, path: str = ""):
-        # The task comes from "custom_pipelines" in config.json; the model, processor and pipeline code
-        # from the repository's .py files.
-        self.pipeline = pipeline(model=path or ".", trust_remote_code=True)
-
-    def _parse(self, data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """Split a request into the pipeline's input and keyword arguments; ``ValueError`` on bad input."""
-        if not isinstance(data, dict):
-            raise ValueError(f"the request must be a JSON object, got {type(data).__name__}")
-        inputs = data.get("inputs")
-        parameters = data.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise ValueError(f"parameters must be a JSON object, got {type(parameters).__name__}")
-        unknown = set(parameters) - _PARAMETER_KEYS
-        if unknown:
-            raise ValueError(f"unknown parameters {sorted(unknown)}; allowed: {sorted(_PARAMETER_KEYS)}")
-        kwargs = dict(parameters)
-        if isinstance(inputs, (bytes, bytearray)):  # raw video body
-            inputs = {"video": inputs}
-        if not isinstance(inputs, dict):
-            raise ValueError(
-                'inputs must be a JSON object such as {"video": "<base64>", "queries": ["..."]}, '
-                f"got {type(inputs).__name__}"
-            )
-        unknown = set(inputs) - _INPUT_KEYS
-        if unknown:
-            raise ValueError(f"unknown inputs {sorted(unknown)}; allowed: {sorted(_INPUT_KEYS)}")
-        if "queries" in inputs:
-            kwargs["queries"] = inputs["queries"]
-        if "text_features" in inputs:
-            kwargs["text_features"] = [
-                _as_float_array(t, f"inputs.text_features[{i}]", 2) for i, t in enumerate(inputs["text_features"])
-            ]
-        if ("video" in inputs) == ("video_features" in inputs):
-            raise ValueError("inputs must hold exactly one of 'video' (base64 video file) or 'video_features'")
-        if "video" in inputs:
-            return _decode_video(inputs["video"]), kwargs
-        features = {"video_features": _as_float_array(inputs["video_features"], "inputs.video_features", 2)}
-        if "video_mask" in inputs:
-            features["video_mask"] = _as_float_array(inputs["video_mask"], "inputs.video_mask", 1)
-        return features, kwargs
+        # The task comes from "custom_pipelines" in config.json; the model, encoder and pipeline code from
+        # the repository's .py files.
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        self.pipeline = pipeline(model=path or ".", trust_remote_code=True, device=device)
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         try:
-            model_input, kwargs = self._parse(data)
-            if isinstance(model_input, bytes):
+            inputs, parameters = _parse(data)
+            if "video" in inputs:
                 # The video decoders read files: keep the upload in a temporary one for this request.
                 with tempfile.TemporaryDirectory() as folder:
                     video_path = os.path.join(folder, "video")
                     with open(video_path, "wb") as file:
-                        file.write(model_input)
-                    results = self.pipeline(video_path, **kwargs)
+                        file.write(inputs["video"])
+                    results = self.pipeline({**inputs, "video": video_path}, **parameters)
             else:
-                results = self.pipeline(model_input, **kwargs)
+                results = self.pipeline(inputs, **parameters)
         except ValueError as error:
             return _error(str(error))
         except Exception as error:  # the endpoint must answer JSON, never a stack trace

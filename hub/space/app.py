@@ -17,12 +17,10 @@ from pathlib import Path
 import gradio as gr
 from transformers import pipeline
 
-import sgdetr_hf  # noqa: F401  (registers the "video-moment-retrieval" task and the model classes)
+from sgdetr_hf import VideoMomentRetrievalPipeline
+from sgdetr_hf.publishing import DEFAULT_MODEL_REPO
 from sgdetr_hf.visualization import plot_timeline
 
-logger = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "sgdetr-hf/sg-detr-qvhighlights"
 TABLE_HEADERS = ["query", "rank", "start (s)", "end (s)", "score"]
 MAX_QUERIES = 8
 
@@ -48,8 +46,9 @@ def moments_table(results: list[dict]) -> list[list]:
 
 def build_demo(model: str | None = None) -> gr.Blocks:
     """The demo's Blocks app, serving ``model`` (default: ``$SGDETR_MODEL``, else the release's repo)."""
-    model = model or os.environ.get("SGDETR_MODEL", DEFAULT_MODEL)
-    retriever = pipeline("video-moment-retrieval", model=model)
+    model = model or os.environ.get("SGDETR_MODEL", DEFAULT_MODEL_REPO)
+    # The installed (bundled) pipeline class, not the repository's remote code: no trust_remote_code needed.
+    retriever = pipeline("video-moment-retrieval", model=model, pipeline_class=VideoMomentRetrievalPipeline)
     plot_dir = Path(tempfile.mkdtemp(prefix="sgdetr-plots-"))
 
     def retrieve(video_path: str | None, queries_text: str, top_k: float):
@@ -78,7 +77,9 @@ def build_demo(model: str | None = None) -> gr.Blocks:
         with gr.Row():
             video = gr.Video(label="Video", sources=["upload"])
             with gr.Column():
-                queries = gr.Textbox(label="Queries (one per line)", lines=3, placeholder="a man rides a bike")
+                queries = gr.Textbox(
+                    label="Queries (one per line)", lines=3, placeholder="a man rides a bike"
+                )
                 top_k = gr.Slider(1, 10, value=3, step=1, label="Windows per query")
                 button = gr.Button("Find moments", variant="primary")
         table = gr.Dataframe(headers=TABLE_HEADERS, label="Moments", elem_id="moments", interactive=False)

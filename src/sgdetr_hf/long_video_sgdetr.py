@@ -154,6 +154,7 @@ def retrieve_moments(
     top_k: int = 10,
     window_overlap: float = 1 / 3,
     window_batch_size: int = 64,
+    duplicate_iou: float = 0.6,
 ) -> list[dict[str, list]]:
     """Windows and saliency for every query on one video of any length (the video is encoded already).
 
@@ -166,6 +167,8 @@ def retrieve_moments(
         window_overlap: fraction of a window shared with the next one, in ``[0, 1)``; only used when the
             video has more than ``config.max_num_clips`` clips.
         window_batch_size: (window, query) pairs per forward pass (bounds the memory).
+        duplicate_iou: spans of overlapping windows with an IoU above this are one moment (1-D NMS; 0.6 as
+            for the ATSS candidates of the post-processing).
 
     Returns:
         Q dicts ``{"pred_relevant_windows": [[start_s, end_s, score], ...], "pred_saliency_scores": [...]}``
@@ -180,6 +183,11 @@ def retrieve_moments(
     num_clips, num_queries = video_features.shape[0], text_features.shape[0]
     clip_length = float(config.clip_length)
     duration = float(duration) if duration is not None else num_clips * clip_length
+    if duration <= (num_clips - 1) * clip_length:
+        raise ValueError(
+            f"duration {duration} s is too short for {num_clips} clips of {clip_length} s: the last clip would start "
+            "after the end of the video; pass the video's real duration (or none)"
+        )
     windows = sliding_windows(num_clips, config.max_num_clips, int(window_overlap * config.max_num_clips))
     num_windows, window = windows.shape
     window_offsets = windows[:, 0].to(torch.float32) * clip_length  # (W,) seconds
@@ -223,10 +231,13 @@ def retrieve_moments(
         window_offsets,
         torch.sigmoid(video_saliency),
         clip_length,
-        config.atss_nms_iou,
+        duplicate_iou,
         top_k,
     )
-    fused = torch.cat([spans, torch.round(scores.clamp_min(0) * 1e4)[..., None] / 1e4], dim=-1).tolist()
+    rounded_scores = (
+        torch.round(scores.double().clamp_min(0) * 1e4) / 1e4
+    )  # 4 decimals, as the post-processor
+    fused = torch.cat([spans.double(), rounded_scores[..., None]], dim=-1).tolist()
     return [
         {
             "pred_relevant_windows": [window_row for window_row, ok in zip(rows, keep) if ok],

@@ -17,6 +17,7 @@ with the paper as their source, and ours only when an evaluation result file is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -56,9 +57,12 @@ IGNORE_PATTERNS = [
     "*.tmp",
 ]
 
+#: Not copied into a build folder (bytecode caches).
+_COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+
 DEFAULT_MODEL_REPO = "sgdetr-hf/sg-detr-qvhighlights"
 DEFAULT_SPACE_REPO = "sgdetr-hf/sg-detr-demo"
-DEFAULT_DATASET_REPOS = ("sgdetr-hf/qvhighlights-features", "sgdetr-hf/intervid-mr")
+DEFAULT_DATASET_REPOS = ("sgdetr-hf/qvhighlights", "sgdetr-hf/intervid-mr")
 #: The Space reads the model it serves from this variable (set on the Space by :func:`upload_repo`).
 SPACE_MODEL_VARIABLE = "SGDETR_MODEL"
 
@@ -74,7 +78,7 @@ class MetricSpec:
     name: str
 
 
-#: Metric keys of the project's evaluation (QVHighlights official names, Charades/TACoS names).
+#: Metric keys of the project's evaluation (the "brief" of ``sgdetr_hf.metrics.compute_metrics``).
 METRICS: dict[str, MetricSpec] = {
     "MR-full-R1@0.5": MetricSpec("recall", "MR R1@0.5"),
     "MR-full-R1@0.7": MetricSpec("recall", "MR R1@0.7"),
@@ -83,9 +87,7 @@ METRICS: dict[str, MetricSpec] = {
     "MR-full-mAP": MetricSpec("map", "MR mAP (avg over IoU 0.5:0.95)"),
     "HL-min-VeryGood-mAP": MetricSpec("map", "HD mAP (>= Very Good)"),
     "HL-min-VeryGood-Hit1": MetricSpec("hit@1", "HD HIT@1 (>= Very Good)"),
-    "R1@0.5": MetricSpec("recall", "R1@0.5"),
-    "R1@0.7": MetricSpec("recall", "R1@0.7"),
-    "mIoU": MetricSpec("miou", "mIoU"),
+    "MR-full-mIoU": MetricSpec("miou", "MR mIoU"),
 }
 
 
@@ -160,9 +162,9 @@ PAPER_RESULTS: dict[str, list[ResultSet]] = {
     "charades-sta": [
         ResultSet(
             "Charades-STA",
-            "sgdetr-hf/charades-sta-features",
+            "sgdetr-hf/charades-sta",
             "test",
-            {"R1@0.5": 70.2, "R1@0.7": 49.5, "mIoU": 59.1},
+            {"MR-full-R1@0.5": 70.2, "MR-full-R1@0.7": 49.5, "MR-full-mIoU": 59.1},
             _paper("Table 4"),
             PAPER_URL,
         )
@@ -170,9 +172,9 @@ PAPER_RESULTS: dict[str, list[ResultSet]] = {
     "tacos": [
         ResultSet(
             "TACoS",
-            "sgdetr-hf/tacos-features",
+            "sgdetr-hf/tacos",
             "test",
-            {"R1@0.5": 44.7, "R1@0.7": 29.9, "mIoU": 40.9},
+            {"MR-full-R1@0.5": 44.7, "MR-full-R1@0.7": 29.9, "MR-full-mIoU": 40.9},
             _paper("Table 4"),
             PAPER_URL,
         )
@@ -185,7 +187,8 @@ def load_measured_results(path: str | Path) -> ResultSet:
 
     The file is JSON: ``{"dataset": "QVHighlights", "dataset_id": "org/qvhighlights-features",
     "split": "validation", "metrics": {"MR-full-mAP": 41.2, ...}, "source": "how it was measured"}``;
-    ``metrics`` keys are the evaluation's names (unknown names are kept as they are).
+    ``metrics`` keys are the evaluation's names (unknown names are kept as they are); an optional
+    ``source_url`` links the evaluation (default: the model repository).
     """
     path = Path(path)
     try:
@@ -207,18 +210,25 @@ def load_measured_results(path: str | Path) -> ResultSet:
         data["split"],
         {k: float(v) for k, v in metrics.items()},
         data.get("source", "this release's evaluation script"),
+        data.get("source_url"),
     )
 
 
 def _eval_results(results: list[ResultSet]) -> list[EvalResult]:
+    """One ``model-index`` entry per metric; ``MR-*`` keys are moment retrieval, ``HL-*`` highlight detection."""
+    tasks = {
+        True: ("video-moment-retrieval", "Moment retrieval"),
+        False: ("highlight-detection", "Highlight detection"),
+    }
     entries = []
     for result in results:
         for key, value in result.metrics.items():
             spec = METRICS.get(key, MetricSpec(key.lower(), key))
+            task_type, task_name = tasks[key.startswith("MR")]
             entries.append(
                 EvalResult(
-                    task_type="video-moment-retrieval" if key.startswith(("MR", "R1", "mIoU")) else "highlight-detection",
-                    task_name="Moment retrieval" if key.startswith(("MR", "R1", "mIoU")) else "Highlight detection",
+                    task_type=task_type,
+                    task_name=task_name,
                     dataset_type=result.dataset_id,
                     dataset_name=result.dataset_name,
                     dataset_split=result.split,
@@ -238,7 +248,9 @@ def _measured_section(measured: ResultSet | None) -> str:
             "Not measured yet: this checkpoint has not been evaluated by the release's evaluation script, "
             "so no number of ours is given (the model-index metadata lists only the paper's results)."
         )
-    rows = "\n".join(f"| {METRICS.get(k, MetricSpec(k, k)).name} | {v:.2f} |" for k, v in measured.metrics.items())
+    rows = "\n".join(
+        f"| {METRICS.get(k, MetricSpec(k, k)).name} | {v:.2f} |" for k, v in measured.metrics.items()
+    )
     return (
         f"{measured.dataset_name} `{measured.split}` split, measured by {measured.source}:\n\n"
         f"| metric | value |\n|---|---|\n{rows}"
@@ -270,6 +282,9 @@ def render_model_card(
         from .configuration_sgdetr import SGDetrConfig
 
         model_config = SGDetrConfig().to_dict()
+    if measured is not None and measured.source_url is None:
+        # model-index wants a link with every source: ours is this repository
+        measured = dataclasses.replace(measured, source_url=f"https://huggingface.co/{repo_id}")
     results = PAPER_RESULTS[paper_setting] + ([measured] if measured else [])
     card_data = ModelCardData(
         model_name=repo_id.split("/")[-1],
@@ -319,39 +334,49 @@ def build_model_repo(
     space_id: str = DEFAULT_SPACE_REPO,
     paper_setting: str = "qvhighlights",
     measured: ResultSet | None = None,
+    encoder_dir: str | Path | None = None,
     source_root: Path = SOURCE_ROOT,
 ) -> Path:
-    """Write the complete model repository for ``model_dir`` (a saved model + processor) to ``out_dir``.
+    """Write the complete model repository for the trained model in ``model_dir`` to ``out_dir``.
 
-    The folder holds the safetensors weights, ``config.json`` (with ``auto_map`` and
-    ``custom_pipelines``), the processor files, every remote-code ``.py`` module, ``handler.py`` and
-    ``requirements.txt`` from ``hub/model/`` and the rendered ``README.md``, so that
-    ``pipeline(model=out_dir, trust_remote_code=True)`` works without this package.
+    The folder holds the safetensors weights and ``config.json`` (with ``auto_map`` and ``custom_pipelines``),
+    every remote-code ``.py`` module the pipeline needs, the InternVideo2 encoder (model + processor) under
+    ``encoder/``, ``handler.py`` and ``requirements.txt`` from ``hub/model/`` and the rendered ``README.md``,
+    so that ``pipeline(model=out_dir, trust_remote_code=True)`` runs on a video without this package.
+
+    Args:
+        model_dir: a saved ``SGDetrForMomentRetrieval`` folder.
+        encoder_dir: a converted InternVideo2 folder (``convert_internvideo2``); default ``model_dir/encoder``.
+        repo_id, space_id, paper_setting, measured: what the model card says (:func:`render_model_card`).
     """
-    from .configuration_sgdetr import SGDetrConfig
     from .modeling_sgdetr import SGDetrForMomentRetrieval
-    from .pipeline_sgdetr import VideoMomentRetrievalPipeline
-    from .processing_sgdetr import SGDetrProcessor
+    from .pipeline_sgdetr import ENCODER_SUBFOLDER, VideoMomentRetrievalPipeline
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    encoder_dir = Path(encoder_dir) if encoder_dir is not None else model_dir / ENCODER_SUBFOLDER
     if not (model_dir / "config.json").is_file():
-        raise ValueError(f"{model_dir} is not a saved model folder (no config.json); train or convert one first")
+        raise ValueError(
+            f"{model_dir} is not a saved model folder (no config.json); train or convert one first"
+        )
+    if not (encoder_dir / "config.json").is_file():
+        raise ValueError(
+            f"no InternVideo2 encoder at {encoder_dir}: pass --encoder DIR (a folder written by convert_internvideo2)"
+        )
     model = SGDetrForMomentRetrieval.from_pretrained(model_dir)
-    processor = SGDetrProcessor.from_pretrained(model_dir)
-    # Mark the classes so that save_pretrained writes auto_map entries and copies their .py files.
-    SGDetrConfig.register_for_auto_class()
-    SGDetrForMomentRetrieval.register_for_auto_class("AutoModel")
-    SGDetrProcessor.register_for_auto_class("AutoProcessor")
-
     build = _new_build_folder(out_dir)
     try:
-        pipe = VideoMomentRetrievalPipeline(model=model, processor=processor)
-        pipe.save_pretrained(build)  # model, config with custom_pipelines, pipeline_sgdetr.py
-        processor.save_pretrained(build)  # Pipeline.save_pretrained does not write the processor
+        # Pipeline.save_pretrained writes the weights, config.json with "custom_pipelines" and every .py
+        # module the pipeline imports; the encoder is copied as it is (never loaded here).
+        VideoMomentRetrievalPipeline(model=model, encoder=False).save_pretrained(build)
+        shutil.copytree(encoder_dir, build / ENCODER_SUBFOLDER, ignore=_COPY_IGNORE)
         for name in ("handler.py", "requirements.txt"):
             shutil.copy2(source_root / "hub" / "model" / name, build / name)
         card = render_model_card(
-            repo_id, space_id, paper_setting, measured, model_config=model.config.to_dict(),
+            repo_id,
+            space_id,
+            paper_setting,
+            measured,
+            model_config=model.config.to_dict(),
             template_path=source_root / "model_card.md",
         )
         atomic_write_text(build / "README.md", str(card))
@@ -375,12 +400,14 @@ def build_space_repo(
     try:
         for name in ("app.py", "requirements.txt"):
             shutil.copy2(space_src / name, build / name)
-        card = (space_src / "README.md").read_text(encoding="utf-8").replace(DEFAULT_MODEL_REPO, model_repo_id)
+        card = (
+            (space_src / "README.md").read_text(encoding="utf-8").replace(DEFAULT_MODEL_REPO, model_repo_id)
+        )
         atomic_write_text(build / "README.md", card)
         shutil.copytree(
             source_root / "src" / "sgdetr_hf",
             build / "sgdetr_hf",
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            ignore=_COPY_IGNORE,
         )
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
@@ -390,13 +417,14 @@ def build_space_repo(
 
 def source_folder(kind: str, name: str | None = None, source_root: Path = SOURCE_ROOT) -> Path:
     """The folder that is uploaded as-is for a dataset (``hub/datasets/<name>/``, built by the data
-    tools) or the metric (``src/sgdetr_hf/metrics/``, an ``evaluate`` module with its card and app)."""
+    tools) or the metric (``src/sgdetr_hf/metrics/sgdetr_eval/``, an ``evaluate`` module with its card and
+    Gradio app)."""
     if kind == "dataset":
         if not name:
             raise ValueError("a dataset upload needs the dataset folder name under hub/datasets/")
         folder = source_root / "hub" / "datasets" / name
     elif kind == "metric":
-        folder = source_root / "src" / "sgdetr_hf" / "metrics"
+        folder = source_root / "src" / "sgdetr_hf" / "metrics" / "sgdetr_eval"
     else:
         raise ValueError(f"source_folder is for 'dataset' or 'metric', got {kind!r}")
     if not (folder / "README.md").is_file():

@@ -1,0 +1,154 @@
+"""hub/model/handler.py, called the way Inference Endpoints call it: ``EndpointHandler(path=repo)`` once, then
+one JSON request (a dict) per call, and the answer must serialise to JSON, errors included."""
+
+import base64
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import pipeline
+
+from internvideo2_testing import write_video
+
+
+def _load_handler_class(repo):
+    spec = importlib.util.spec_from_file_location("endpoint_handler", repo / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EndpointHandler
+
+
+@pytest.fixture(scope="module")
+def handler(built_model_repo):
+    return _load_handler_class(built_model_repo)(path=str(built_model_repo))
+
+
+@pytest.fixture(scope="module")
+def video_bytes(tmp_path_factory):
+    path = write_video(tmp_path_factory.mktemp("video") / "clip.mp4", num_frames=150, size=(32, 32))  # 6 s
+    return path.read_bytes()
+
+
+def _call(handler, request):
+    """One request through a JSON round trip each way, as over HTTP."""
+    answer = handler(
+        json.loads(json.dumps(request)) if not isinstance(request.get("inputs"), bytes) else request
+    )
+    return json.loads(json.dumps(answer))
+
+
+FEATURES = torch.randn(12, 16, generator=torch.Generator().manual_seed(0)).tolist()
+TEXT = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1)).tolist()
+
+
+def test_features_request_matches_the_pipeline(handler, built_model_repo):
+    answer = _call(
+        handler, {"inputs": {"video_features": FEATURES, "text_features": TEXT}, "parameters": {"top_k": 3}}
+    )
+    expected = pipeline(model=str(built_model_repo), trust_remote_code=True)(
+        {"video_features": FEATURES}, text_features=TEXT, top_k=3
+    )
+    assert answer == {"results": json.loads(json.dumps(expected))}
+    assert [len(r["pred_relevant_windows"]) for r in answer["results"]] == [3, 3]
+
+
+def test_video_request_base64_and_raw_body(handler, video_bytes):
+    encoded = base64.b64encode(video_bytes).decode()
+    answer = _call(
+        handler, {"inputs": {"video": encoded, "queries": ["a red car", "a dog"]}, "parameters": {"top_k": 2}}
+    )
+    assert [r["query"] for r in answer["results"]] == ["a red car", "a dog"]
+    for result in answer["results"]:
+        assert len(result["pred_saliency_scores"]) == 3  # 6 s of 2-s clips
+        assert all(0 <= s < e <= 6.0 for s, e, _ in result["pred_relevant_windows"])
+    raw = _call(
+        handler, {"inputs": video_bytes, "parameters": {"queries": ["a red car", "a dog"], "top_k": 2}}
+    )
+    assert raw == answer
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        (["not", "a", "dict"], "must be a JSON object"),
+        ({"parameters": {"top_k": 2}}, "inputs must be a JSON object"),
+        ({"inputs": {"video": "AAAA", "video_features": FEATURES, "queries": "a"}}, "exactly one of"),
+        ({"inputs": {"video": "not base64!", "queries": "a"}}, "base64 encoding"),
+        ({"inputs": {"video": "", "queries": "a"}}, "is empty"),
+        ({"inputs": {"video": base64.b64encode(b"not a video").decode(), "queries": "a"}}, "video"),
+        ({"inputs": {"video_features": FEATURES, "query": "a"}}, "unknown input keys \\['query'\\]"),
+        (
+            {"inputs": {"video_features": FEATURES, "queries": "a"}, "parameters": {"k": 1}},
+            "unknown arguments \\['k'\\]",
+        ),
+        ({"inputs": {"video_features": [1.0, 2.0], "text_features": TEXT}}, "2 dimensions"),
+        ({"inputs": {"video_features": [[1.0, "x"]], "text_features": TEXT}}, "array of numbers"),
+        (
+            {"inputs": {"video_features": FEATURES, "text_features": TEXT}, "parameters": {"top_k": 0}},
+            "top_k",
+        ),
+        ({"inputs": {"video_features": FEATURES, "queries": [""]}}, "non-empty string"),
+        ({"inputs": {"video_features": [[0.0] * 8], "text_features": TEXT}}, "feature dim 8"),
+    ],
+)
+def test_bad_requests_get_a_json_error(handler, request_, message):
+    answer = (
+        _call(handler, request_) if isinstance(request_, dict) else json.loads(json.dumps(handler(request_)))
+    )
+    assert set(answer) == {"error", "error_type"} and answer["error_type"] in (
+        "ValueError",
+        "VideoDecodingError",
+    )
+    assert re.search(message, answer["error"]), answer["error"]
+    assert "Traceback" not in answer["error"]
+
+
+def test_unexpected_failures_are_answered_in_json(handler, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(handler, "pipeline", broken)
+    answer = _call(handler, {"inputs": {"video_features": FEATURES, "queries": "a"}})
+    assert answer == {
+        "error": "the request could not be processed: CUDA out of memory",
+        "error_type": "RuntimeError",
+    }
+
+
+@pytest.mark.slow
+def test_handler_runs_without_the_package(built_model_repo, handler, tmp_path):
+    """The endpoint has no ``sgdetr_hf``: everything must come from the repository's remote code."""
+    request = {"inputs": {"video_features": FEATURES, "text_features": TEXT}, "parameters": {"top_k": 3}}
+    answers = tmp_path / "answers.json"
+    script = textwrap.dedent(
+        f"""
+        import importlib.util, json, sys
+        sys.modules["sgdetr_hf"] = None  # importing the package now fails, as on a bare endpoint
+        spec = importlib.util.spec_from_file_location("handler", {str(built_model_repo / "handler.py")!r})
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        handler = module.EndpointHandler(path={str(built_model_repo)!r})
+        good = handler(json.loads({json.dumps(json.dumps(request))}))
+        bad = handler({{"inputs": {{"video_features": [[1.0]], "queries": "a"}}}})
+        open({str(answers)!r}, "w").write(json.dumps([good, bad]))
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    good, bad = json.loads(answers.read_text())
+    assert good == _call(handler, request)
+    assert bad["error_type"] == "ValueError" and "feature dim 1" in bad["error"]

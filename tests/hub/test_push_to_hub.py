@@ -1,0 +1,255 @@
+"""Publishing: the model card, the repository folders, the upload plan, and the upload calls (mocked)."""
+
+import importlib.util
+import json
+from unittest import mock
+
+import pytest
+from huggingface_hub import HfApi, ModelCard, SpaceCard
+
+from sgdetr_hf import publishing
+
+SCRIPT = publishing.SOURCE_ROOT / "scripts" / "push_to_hub.py"
+
+
+@pytest.fixture(scope="module")
+def push_script():
+    spec = importlib.util.spec_from_file_location("push_to_hub", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def no_hub_calls(monkeypatch):
+    """Fail loudly if anything tries to reach the Hub."""
+    for name in ("create_repo", "upload_folder", "add_space_variable"):
+        monkeypatch.setattr(HfApi, name, mock.Mock(side_effect=AssertionError(f"HfApi.{name} called")))
+
+
+# ------------------------------------------------------------------------------------------ model card
+def test_template_card_is_up_to_date():
+    expected = str(publishing.render_model_card())
+    current = (publishing.SOURCE_ROOT / "hub" / "model" / "README.md").read_text(encoding="utf-8")
+    assert current == expected, "regenerate with: python scripts/push_to_hub.py --write-card-template"
+
+
+def test_card_metadata_lists_the_papers_results_as_the_papers():
+    card = ModelCard(str(publishing.render_model_card(repo_id="org/sg-detr-x", space_id="org/demo")))
+    data = card.data
+    assert data.library_name == "transformers" and "custom_code" in data.tags
+    assert data.datasets == list(publishing.DEFAULT_DATASET_REPOS) and data.pipeline_tag is None
+    results = {(r.dataset_split, r.metric_name): r for r in data.eval_results}
+    assert results[("test", "MR mAP (avg over IoU 0.5:0.95)")].metric_value == 54.1  # paper Table 3
+    assert results[("validation", "HD HIT@1 (>= Very Good)")].metric_value == 71.47  # paper Table 1
+    assert all(
+        r.source_name.startswith("SG-DETR paper") and r.source_url == publishing.PAPER_URL
+        for r in data.eval_results
+    )
+    assert "Not measured yet" in card.text and "org/sg-detr-x" in card.text and "spaces/org/demo" in card.text
+    assert "{{" not in card.text  # every template variable was filled
+
+
+def test_measured_results_are_added_apart_from_the_papers(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text(
+        json.dumps(
+            {
+                "dataset": "QVHighlights",
+                "dataset_id": "org/qvhighlights",
+                "split": "validation",
+                "metrics": {"MR-full-mAP": 41.2, "HL-min-VeryGood-Hit1": 60},
+                "source": "scripts/evaluate.py on this checkpoint",
+            }
+        )
+    )
+    card = ModelCard(str(publishing.render_model_card(measured=publishing.load_measured_results(path))))
+    ours = [r for r in card.data.eval_results if not r.source_name.startswith("SG-DETR paper")]
+    assert {(r.metric_name, r.metric_value, r.task_type) for r in ours} == {
+        ("MR mAP (avg over IoU 0.5:0.95)", 41.2, "video-moment-retrieval"),
+        ("HD HIT@1 (>= Very Good)", 60.0, "highlight-detection"),
+    }
+    assert "| MR mAP (avg over IoU 0.5:0.95) | 41.20 |" in card.text and "Not measured yet" not in card.text
+    assert len(card.data.eval_results) == len(ours) + 12  # the paper's 12 numbers are still there
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "cannot read"),
+        ('{"dataset": "x", "split": "val", "metrics": {"a": 1}}', "lacks \\['dataset_id'\\]"),
+        (
+            '{"dataset": "x", "dataset_id": "o/x", "split": "val", "metrics": {"a": "high"}}',
+            "must be numbers",
+        ),
+        ('{"dataset": "x", "dataset_id": "o/x", "split": "val", "metrics": {}}', "non-empty"),
+    ],
+)
+def test_bad_results_files_are_refused(tmp_path, content, message):
+    path = tmp_path / "results.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        publishing.load_measured_results(path)
+
+
+def test_unknown_paper_setting_is_refused():
+    with pytest.raises(ValueError, match="paper_setting"):
+        publishing.render_model_card(paper_setting="imagenet")
+
+
+# ------------------------------------------------------------------------------------------ repo folders
+def test_model_repo_holds_everything_the_hub_needs(built_model_repo):
+    files = {path for path, _ in publishing.upload_plan(built_model_repo)}
+    assert {"README.md", "config.json", "model.safetensors", "handler.py", "requirements.txt"} <= files
+    assert {f"encoder/{name}" for name in ("config.json", "model.safetensors", "tokenizer.json")} <= files
+    modules = {path for path in files if path.endswith(".py") and "/" not in path} - {"handler.py"}
+    package = publishing.PACKAGE_DIR
+    assert {
+        "pipeline_sgdetr.py",
+        "long_video_sgdetr.py",
+        "modeling_sgdetr.py",
+        "feature_extraction_sgdetr.py",
+    } <= modules
+    assert all((package / name).is_file() for name in modules) and "__init__.py" not in modules
+    assert not any(path.endswith((".bin", ".pt", ".pyc")) or "__pycache__" in path for path in files)
+    config = json.loads((built_model_repo / "config.json").read_text())
+    assert (
+        config["custom_pipelines"]["video-moment-retrieval"]["impl"]
+        == "pipeline_sgdetr.VideoMomentRetrievalPipeline"
+    )
+    assert config["auto_map"]["AutoModel"] == "modeling_sgdetr.SGDetrForMomentRetrieval"
+    assert (built_model_repo / "handler.py").read_bytes() == (
+        publishing.SOURCE_ROOT / "hub/model/handler.py"
+    ).read_bytes()
+    assert ModelCard.load(built_model_repo / "README.md").data.model_name == "tiny"
+
+
+def test_model_build_refuses_incomplete_folders(tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match="no config.json"):
+        publishing.build_model_repo(tmp_path, tmp_path / "out")
+    with pytest.raises(ValueError, match="no InternVideo2 encoder"):
+        publishing.build_model_repo(tiny_model_dir, tmp_path / "out", encoder_dir=tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_space_repo_bundles_the_app_and_the_package(tmp_path):
+    folder = publishing.build_space_repo(tmp_path / "space", model_repo_id="org/my-model")
+    files = {path for path, _ in publishing.upload_plan(folder)}
+    assert {
+        "app.py",
+        "README.md",
+        "requirements.txt",
+        "sgdetr_hf/__init__.py",
+        "sgdetr_hf/visualization.py",
+    } <= files
+    assert not any("__pycache__" in path for path in files)
+    card = SpaceCard.load(folder / "README.md")
+    assert (
+        card.data.sdk == "gradio" and card.data.app_file == "app.py" and card.data.models == ["org/my-model"]
+    )
+
+
+# ------------------------------------------------------------------------------------------ upload
+def test_upload_plan_applies_the_ignores(tmp_path):
+    for name in (
+        "README.md", "model.safetensors", "sub/dir/file.txt", "__pycache__/x.cpython-311.pyc", "sub/__pycache__/y.pyc",
+        ".git/config", ".cache/huggingface/upload/x.lock", "checkpoint-100/optimizer.bin", "optimizer.pt", ".DS_Store",
+    ):  # fmt: skip
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x" * len(name))
+    plan = publishing.upload_plan(tmp_path)
+    assert plan == [("README.md", 9), ("model.safetensors", 17), ("sub/dir/file.txt", 16)]
+    table = publishing.format_plan(plan, "org/x", "model")
+    assert table.splitlines()[0] == "model repo org/x: 3 files" and table.splitlines()[-1].split()[-1] == "42"
+
+
+@pytest.mark.parametrize(
+    "kind, repo_type, sdk",
+    [("model", "model", None), ("dataset", "dataset", None), ("metric", "space", "gradio")],
+)
+def test_upload_repo_creates_then_uploads(tmp_path, kind, repo_type, sdk):
+    api = mock.create_autospec(HfApi, instance=True)
+    publishing.upload_repo(tmp_path, "org/x", kind, private=True, api=api)
+    api.create_repo.assert_called_once_with(
+        "org/x", repo_type=repo_type, private=True, exist_ok=True, space_sdk=sdk
+    )
+    kwargs = api.upload_folder.call_args.kwargs
+    assert (
+        kwargs["repo_id"] == "org/x"
+        and kwargs["folder_path"] == str(tmp_path)
+        and kwargs["repo_type"] == repo_type
+    )
+    assert kwargs["ignore_patterns"] == publishing.IGNORE_PATTERNS
+    api.add_space_variable.assert_not_called()
+
+
+def test_space_upload_sets_the_model_variable(tmp_path):
+    api = mock.create_autospec(HfApi, instance=True)
+    publishing.upload_repo(tmp_path, "org/demo", "space", space_model_id="org/model", api=api)
+    assert api.create_repo.call_args.kwargs["space_sdk"] == "gradio"
+    api.add_space_variable.assert_called_once()
+    assert api.add_space_variable.call_args.args == ("org/demo", "SGDETR_MODEL", "org/model")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        publishing.upload_repo(tmp_path, "org/x", "notebook", api=api)
+
+
+# ------------------------------------------------------------------------------------------ the script
+def test_dry_run_lists_every_file_and_uploads_nothing(
+    push_script, tiny_model_dir, tmp_path, capsys, no_hub_calls
+):
+    out = tmp_path / "model"
+    argv = [
+        "--what",
+        "model",
+        "--repo-id",
+        "org/m",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--dry-run",
+    ]
+    assert push_script.main(argv) == 0
+    printed = capsys.readouterr().out
+    plan = publishing.upload_plan(out)
+    assert printed.strip() == publishing.format_plan(plan, "org/m", "model")
+    assert "encoder/model.safetensors" in printed and "total" in printed
+
+
+@pytest.mark.parametrize(
+    "argv, first_line",
+    [
+        (["--what", "space", "--repo-id", "org/demo"], "space repo org/demo:"),
+        (["--what", "metric", "--repo-id", "org/sgdetr_eval"], "space repo org/sgdetr_eval:"),
+        (["--what", "dataset", "--repo-id", "org/qvh", "--name", "qvhighlights"], "dataset repo org/qvh:"),
+    ],
+)
+def test_dry_run_of_the_other_repos(push_script, tmp_path, capsys, no_hub_calls, argv, first_line):
+    assert push_script.main(argv + ["--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(first_line) and "README.md" in printed
+
+
+def test_upload_through_the_script(push_script, tmp_path, capsys, monkeypatch):
+    api = mock.create_autospec(HfApi, instance=True)
+    monkeypatch.setattr(publishing, "HfApi", mock.Mock(return_value=api))
+    assert push_script.main(["--what", "space", "--repo-id", "org/demo", "--out", str(tmp_path / "s")]) == 0
+    api.create_repo.assert_called_once()
+    assert api.upload_folder.call_args.kwargs["folder_path"] == str(tmp_path / "s")
+    assert api.add_space_variable.call_args.args[2] == publishing.DEFAULT_MODEL_REPO
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--what", "model", "--repo-id", "org/m"],  # no --model
+        ["--what", "model"],  # no --repo-id
+        ["--what", "dataset", "--repo-id", "org/d"],  # no --name
+        ["--what", "dataset", "--repo-id", "org/d", "--name", "no-such-dataset"],
+    ],
+)
+def test_script_errors_are_usage_errors(push_script, argv, no_hub_calls, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        push_script.main(argv)
+    assert exit_info.value.code == 2 and "error:" in capsys.readouterr().err

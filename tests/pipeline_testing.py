@@ -1,0 +1,98 @@
+"""Helpers shared by the pipeline, CLI and Hub tests: a tiny SG-DETR + InternVideo2 model folder, and a toy
+SG-DETR trained in seconds on a few fixed "concepts" of the synthetic grounding task."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from internvideo2_testing import save_tiny_checkpoint
+from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval
+from sgdetr_hf.data import MomentRetrievalCollator, PlantedQuery, ToyGroundingTask, ToyTaskConfig
+
+#: Tiny SG-DETR matching the tiny InternVideo2 (16-d projected features).
+TINY_SGDETR = dict(
+    video_feature_dim=16, text_feature_dim=16, hidden_size=32, num_attention_heads=4, ffn_dim=64,
+    group_norm_groups=8, num_queries=5, num_pooling_layers=1, num_sgca_layers=1, num_encoder_layers=1,
+    num_decoder_layers=1,
+)  # fmt: skip
+
+
+def save_tiny_model_repo(directory: Path, seed: int = 0, **config) -> Path:
+    """A random tiny SG-DETR in ``directory`` with a random tiny InternVideo2 encoder in ``directory/encoder``."""
+    torch.manual_seed(seed)
+    SGDetrForMomentRetrieval(SGDetrConfig(**{**TINY_SGDETR, **config})).eval().save_pretrained(directory)
+    save_tiny_checkpoint(directory / "encoder")
+    return directory
+
+
+class ToyConcepts:
+    """SYNTHETIC: ``num_concepts`` fixed queries (5 vocabulary words each) of the toy grounding task, planted in
+    short videos for training and anywhere in a video of any length for testing."""
+
+    def __init__(self, num_concepts: int = 4, seed: int = 0):
+        self.task = ToyGroundingTask(
+            ToyTaskConfig(video_dim=64, text_dim=64, distractor_fraction=0.0), seed=seed
+        )
+        rng = np.random.default_rng([seed, 1])
+        self.words = [
+            rng.choice(self.task.config.vocab_size, size=5, replace=False) for _ in range(num_concepts)
+        ]
+
+    def video(self, concept: int, num_clips: int, first: int, length: int, rng, scores=None) -> np.ndarray:
+        """(num_clips, 64) clip features with ``concept`` planted on clips ``first .. first + length - 1``, as
+        strongly as their saliency ``scores`` (length,) out of 12 say (default: 12, the strongest)."""
+        scores = np.full(length, 12) if scores is None else scores
+        strength = self.task.strength_from_saliency(num_clips, np.arange(first, first + length), scores, 12.0)
+        return self.task.video_features(num_clips, [PlantedQuery(self.words[concept], strength)], rng)
+
+    def query(self, concept: int, rng) -> np.ndarray:
+        """(6, 64) token features of ``concept`` (a sentence token, then its 5 words)."""
+        return self.task.text_features(self.words[concept], rng)
+
+    def training_rows(self, num_rows: int, rng, max_clips: int = 75) -> list[dict]:
+        """Schema rows of 20..max_clips clips, one moment of 3..10 clips each; ``vid`` is the concept, so two
+        rows of one concept are never used as a negative pair."""
+        rows = []
+        for index in range(num_rows):
+            concept, num_clips = index % len(self.words), int(rng.integers(20, max_clips + 1))
+            length = int(rng.integers(3, 11))
+            first = int(rng.integers(0, num_clips - length + 1))
+            grades = rng.integers(2, 5, size=(length, 3))
+            rows.append(
+                {
+                    "qid": str(index),
+                    "vid": f"concept-{concept}",
+                    "query": f"concept {concept}",
+                    "duration": 2.0 * num_clips,
+                    "clip_length": 2.0,
+                    "relevant_windows": [[2.0 * first, 2.0 * (first + length)]],
+                    "relevant_clip_ids": list(range(first, first + length)),
+                    "saliency_scores": grades.tolist(),
+                    "video_features": self.video(concept, num_clips, first, length, rng, grades.sum(axis=1)),
+                    "text_features": self.query(concept, rng),
+                }
+            )
+        return rows
+
+
+def train_toy_model(concepts: ToyConcepts, steps: int = 64, seed: int = 0) -> SGDetrForMomentRetrieval:
+    """A tiny SG-DETR (64-d features, at most 75 clips) trained for ``steps`` AdamW steps on ``concepts``."""
+    torch.manual_seed(seed)
+    config = SGDetrConfig(**{**TINY_SGDETR, "video_feature_dim": 64, "text_feature_dim": 64, "dropout": 0.0,
+                             "input_dropout": 0.0, "use_dn": False, "use_alignment": False})  # fmt: skip
+    model = SGDetrForMomentRetrieval(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    collator = MomentRetrievalCollator()
+    rows = concepts.training_rows(192, np.random.default_rng([seed, 2]))
+    batches = [collator(rows[i : i + 32]) for i in range(0, len(rows), 32)]
+    for step in range(steps):
+        batch = batches[step % len(batches)]
+        loss = model(
+            **{k: batch[k] for k in ("video_features", "video_mask", "text_features", "text_mask", "labels")}
+        ).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return model.eval()
