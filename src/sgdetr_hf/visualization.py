@@ -32,7 +32,9 @@ def _save_png(figure: Figure, path: str | Path, dpi: int) -> Path:
 def _as_windows(value: Any, width: int, what: str) -> np.ndarray:
     windows = np.asarray(value if value is not None else [], dtype=np.float64).reshape(-1, width)
     if (windows[:, 1] < windows[:, 0]).any():
-        raise ValueError(f"{what}: every window must be [start, end, ...] with end >= start, got {windows.tolist()}")
+        raise ValueError(
+            f"{what}: every window must be [start, end, ...] with end >= start, got {windows.tolist()}"
+        )
     return windows
 
 
@@ -47,7 +49,9 @@ def _draw_timeline(axes, item: Mapping[str, Any], clip_length: float, top_k: int
     if len(saliency):
         # One step per clip: clip i covers [i c, (i + 1) c).
         edges = np.arange(len(saliency) + 1) * clip_length
-        axes.stairs(saliency, edges, color=SALIENCY_COLOR, linewidth=1.5, label="saliency")
+        axes.stairs(
+            saliency, edges, baseline=None, color=SALIENCY_COLOR, linewidth=1.5, label="saliency", zorder=3
+        )
     axes.set_ylabel("saliency")
     for rank, (start, end, score) in enumerate(windows):
         # Better-ranked windows are drawn more opaque.
@@ -56,7 +60,7 @@ def _draw_timeline(axes, item: Mapping[str, Any], clip_length: float, top_k: int
             f"#{rank + 1} {score:.2f}",
             xy=((start + end) / 2, 1.0),
             xycoords=("data", "axes fraction"),
-            xytext=(0, -12 * (rank + 1)),
+            xytext=(0, -10 * (rank + 1)),
             textcoords="offset points",
             ha="center",
             fontsize=8,
@@ -71,7 +75,7 @@ def _draw_timeline(axes, item: Mapping[str, Any], clip_length: float, top_k: int
     if len(truth):
         legend.append(Patch(color=TRUTH_COLOR, label="ground truth"))
     handles, _ = axes.get_legend_handles_labels()
-    axes.legend(handles=handles + legend, loc="upper right", fontsize=8)
+    axes.legend(handles=handles + legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
 
 
 def timeline_figure(
@@ -83,7 +87,7 @@ def timeline_figure(
         raise ValueError("plot_timeline needs at least one prediction")
     if clip_length <= 0 or top_k < 1:
         raise ValueError(f"clip_length must be > 0 and top_k >= 1, got {clip_length} and {top_k}")
-    figure = Figure(figsize=(10, 2.6 * len(items)))
+    figure = Figure(figsize=(10, 2.6 * len(items)), layout="constrained")
     axes_list = figure.subplots(len(items), 1, squeeze=False)[:, 0]
     for axes, item in zip(axes_list, items):
         _draw_timeline(axes, item, clip_length, top_k)
@@ -121,7 +125,7 @@ def learning_curves_figure(history: Sequence[Mapping[str, Any]], metric: str) ->
     evals = [r for r in history if metric in r.get("eval", {})]
     if not train and not evals:
         raise ValueError("the history holds no training loss and no evaluation to plot")
-    figure = Figure(figsize=(10, 3.5))
+    figure = Figure(figsize=(11, 3.5), layout="constrained")
     loss_axes, metric_axes = figure.subplots(1, 2)
     if train:
         steps = [r["step"] for r in train]
@@ -130,9 +134,7 @@ def learning_curves_figure(history: Sequence[Mapping[str, Any]], metric: str) ->
         lr_axes = loss_axes.twinx()
         lr_axes.plot(steps, [r["lr"] for r in train], color="tab:gray", linestyle="--", label="learning rate")
         lr_axes.set_ylabel("learning rate")
-        loss_axes.legend(
-            handles=loss_axes.get_lines() + lr_axes.get_lines(), loc="upper right", fontsize=8
-        )
+        loss_axes.legend(handles=loss_axes.get_lines() + lr_axes.get_lines(), loc="upper right", fontsize=8)
     loss_axes.set_xlabel("optimizer step")
     loss_axes.set_ylabel("loss")
     if evals:
@@ -144,7 +146,9 @@ def learning_curves_figure(history: Sequence[Mapping[str, Any]], metric: str) ->
     return figure
 
 
-def plot_learning_curves(history: Sequence[Mapping[str, Any]], path: str | Path, metric: str, dpi: int = 120) -> Path:
+def plot_learning_curves(
+    history: Sequence[Mapping[str, Any]], path: str | Path, metric: str, dpi: int = 120
+) -> Path:
     """Learning-curve PNG: training loss and learning rate against the optimizer step, and ``metric`` per evaluation.
 
     Args:

@@ -35,7 +35,12 @@ def test_every_dataset_has_a_recipe():
 def test_paper_hyper_parameters(name):
     epochs, batch, milestones, metric = PAPER_RECIPES[name]
     recipe = load_recipe(name)
-    assert (recipe.epochs, recipe.batch_size, recipe.milestones, recipe.main_metric) == (epochs, batch, milestones, metric)
+    assert (recipe.epochs, recipe.batch_size, recipe.milestones, recipe.main_metric) == (
+        epochs,
+        batch,
+        milestones,
+        metric,
+    )
     # Common to all (paper §4.4 and sg-detr.md §5.1).
     assert recipe.learning_rate == 5e-4
     assert recipe.weight_decay == 0.1
@@ -58,7 +63,12 @@ def test_overrides_both_styles_and_yaml_values():
     recipe = load_recipe("qvhighlights", parse_override_tokens(tokens), valid_model_keys=model_config_keys())
     assert (recipe.epochs, recipe.batch_size, recipe.seed, recipe.milestones) == (3, 8, 7, [2, 3])
     assert recipe.learning_rate == 1e-3 and isinstance(recipe.learning_rate, float)
-    assert recipe.model == {"clip_length": 2.0, "max_num_clips": 75, "window_round_seconds": 2.0, "hidden_size": 64}
+    assert recipe.model == {
+        "clip_length": 2.0,
+        "max_num_clips": 75,
+        "window_round_seconds": 2.0,
+        "hidden_size": 64,
+    }
     assert recipe.select_best is True
 
 
@@ -78,7 +88,9 @@ def test_misspelled_key_lists_the_valid_keys():
 
 
 def test_misspelled_model_key_lists_the_config_keys():
-    with pytest.raises(ValueError, match=r"unknown model config \(model.<key>\) key 'hiden_size'.*'hidden_size'"):
+    with pytest.raises(
+        ValueError, match=r"unknown model config \(model.<key>\) key 'hiden_size'.*'hidden_size'"
+    ):
         load_recipe("demo", {"model.hiden_size": 32}, valid_model_keys=model_config_keys())
 
 
@@ -91,7 +103,10 @@ def test_misspelled_model_key_lists_the_config_keys():
         ({"milestones": 5}, "milestones must be a list"),
         ({"milestones": [10, 5]}, "milestones must be increasing"),
         ({"epochs": 0}, "epochs must be >= 1"),
-        ({"batch_size": 10, "gradient_accumulation_steps": 4}, "must be divisible by gradient_accumulation_steps"),
+        (
+            {"batch_size": 10, "gradient_accumulation_steps": 4},
+            "must be divisible by gradient_accumulation_steps",
+        ),
         ({"dataset_name": "kinetics"}, "dataset_name='kinetics' is not an evaluation protocol"),
         ({"mixed_precision": "fp8"}, "mixed_precision must be"),
     ],

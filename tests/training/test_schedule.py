@@ -3,7 +3,11 @@
 import pytest
 import torch
 
-from sgdetr_hf.training.schedule import build_warmup_multistep_scheduler, epochs_to_steps, warmup_multistep_factor
+from sgdetr_hf.training.schedule import (
+    build_warmup_multistep_scheduler,
+    epochs_to_steps,
+    warmup_multistep_factor,
+)
 
 
 def test_factor_at_known_steps():
@@ -28,13 +32,26 @@ def test_factor_at_known_steps():
 def test_scheduler_learning_rates_follow_optimizer_steps():
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([parameter], lr=5e-4)
-    scheduler = build_warmup_multistep_scheduler(optimizer, warmup_iters=4, warmup_factor=0.001, milestones=[6, 8], gamma=0.5)
+    scheduler = build_warmup_multistep_scheduler(
+        optimizer, warmup_iters=4, warmup_factor=0.001, milestones=[6, 8], gamma=0.5
+    )
     lrs = []
     for _ in range(10):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    expected = [0.001, 0.25075, 0.5005, 0.75025, 1, 1, 0.5, 0.5, 0.25, 0.25]  # 0.001 (1 - s/4) + s/4, then halvings
+    expected = [
+        0.001,
+        0.25075,
+        0.5005,
+        0.75025,
+        1,
+        1,
+        0.5,
+        0.5,
+        0.25,
+        0.25,
+    ]  # 0.001 (1 - s/4) + s/4, then halvings
     assert lrs == pytest.approx([5e-4 * f for f in expected])
 
 

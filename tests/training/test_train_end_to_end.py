@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sgdetr_hf.configuration_sgdetr import SGDetrConfig
 from sgdetr_hf.data.demo import build_demo_dataset
 from sgdetr_hf.modeling_sgdetr import SGDetrForMomentRetrieval
 
@@ -30,7 +32,7 @@ TIMEOUT = 300
 def _args(data: Path, output_dir: Path) -> list[str]:
     return [
         "--recipe", "demo", "--dataset_path", str(data), "--output_dir", str(output_dir),
-        "--epochs", "2", "--batch_size", "4", "--milestones", "[1]", "--eval_every_epochs", "1",
+        "--epochs", "2", "--batch_size", "4", "--learning_rate", "5e-4", "--milestones", "[1]", "--eval_every_epochs", "1",
         "--logging_steps", "1", "--save_every_steps", "2", "--checkpoints_total_limit", "20",
         "--model.hidden_size", "32", "--model.num_attention_heads", "4", "--model.ffn_dim", "64",
         "--model.num_dn_groups", "1",
@@ -38,12 +40,22 @@ def _args(data: Path, output_dir: Path) -> list[str]:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **extra,
+    }
 
 
 def _run(command: list[str], **env: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=REPO, env=_env(**env), capture_output=True, text=True, timeout=TIMEOUT)
-    assert result.returncode == 0, f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-6000:]}"
+    result = subprocess.run(
+        command, cwd=REPO, env=_env(**env), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 0, (
+        f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-6000:]}"
+    )
     return result
 
 
@@ -83,7 +95,9 @@ def test_single_process_run_outputs(single_run):
     assert (state["epoch"], state["batches_done"], state["global_step"]) == (2, 0, 12)
     # The best model is the evaluation with the highest main metric.
     evaluations = [r["eval"]["MR-full-mAP"] for r in state["history"] if "eval" in r]
-    assert len(evaluations) == 2 and state["best_metric"] == max(evaluations) == metrics["brief"]["MR-full-mAP"]
+    assert (
+        len(evaluations) == 2 and state["best_metric"] == max(evaluations) == metrics["brief"]["MR-full-mAP"]
+    )
     # tensorboard: every loss term and the learning rate, once per optimizer step
     (log_dir,) = (single_run / "logs").iterdir()
     events = EventAccumulator(str(log_dir)).Reload()
@@ -99,9 +113,15 @@ def test_single_process_run_outputs(single_run):
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(data, single_run, tmp_path):
     command = [sys.executable, "scripts/train.py", *_args(data, tmp_path)]
     checkpoint = tmp_path / "checkpoints" / "step_00000002"
-    process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + TIMEOUT
-    while not (checkpoint / "trainer_state.json").exists() and process.poll() is None and time.monotonic() < deadline:
+    while (
+        not (checkpoint / "trainer_state.json").exists()
+        and process.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
@@ -117,23 +137,55 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(data, single_run, 
     assert _losses(tmp_path) == _losses(single_run)
 
 
-def test_two_processes_match_one(data, single_run, tmp_path):
+# The random and in-batch parts of the objective (dropout, denoising noise, in-batch negatives, the
+# margin-pair sampler inside L_hl, the in-batch alignment contrast) are switched off for the comparison.
+DETERMINISTIC = [
+    "--model.dropout", "0", "--model.input_dropout", "0", "--model.use_dn", "false",
+    "--model.use_negative_pairs", "false", "--model.lambda_hl", "0", "--model.use_alignment", "false",
+]  # fmt: skip
+
+
+def test_two_processes_match_one(data, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "scripts/train.py", *_args(data, one), *DETERMINISTIC])
     result = _run(
-        ["torchrun", "--standalone", "--nproc_per_node", "2", "scripts/train.py", *_args(data, tmp_path)],
+        [
+            "torchrun",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "scripts/train.py",
+            *_args(data, two),
+            *DETERMINISTIC,
+        ],
         ACCELERATE_USE_CPU="1",
     )
     assert "terminate called" not in result.stderr
     # Two ranks: accelerate wrote one RNG state per process.
-    last = tmp_path / "checkpoints" / "step_00000012"
-    assert sorted(p.name for p in last.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    last = two / "checkpoints" / "step_00000012"
+    assert sorted(p.name for p in last.glob("random_states_*.pkl")) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
     # Every validation query evaluated exactly once (evaluation also raises on a duplicate or a gap).
-    assert json.loads((tmp_path / "final_model" / "eval_results.json").read_text())["num_predictions"] == NUM_VAL
-    # Same global batch, same samples per step. Not bit-identical: each process pads, normalises its loss
-    # terms and samples in-batch negatives / dropout over its own half batch.
-    two, one = _losses(tmp_path), _losses(single_run)
-    assert len(two) == len(one) == 12
-    assert two[0] == pytest.approx(one[0], rel=0.15)  # same weights at step 1: only the per-half statistics differ
-    assert sum(two) / 12 == pytest.approx(sum(one) / 12, rel=0.15)
+    assert json.loads((two / "final_model" / "eval_results.json").read_text())["num_predictions"] == NUM_VAL
+
+    # Same samples per optimizer step, gradients averaged over the ranks. Not bit-identical: the loss
+    # normalises its terms (by windows, ATSS positives) over each process's half batch, and AdamW's
+    # m / sqrt(v) step turns small gradient differences into sign-sized ones. Tolerance: the distance
+    # between the two runs' final weights is < 35 % of how far training moved them (measured 18-20 %;
+    # a single process trained on the 2-sample half batches, i.e. unsynchronised ranks, lands at 52 %).
+    set_seed(42)  # the recipe's seed: the trainer builds the model right after seeding
+    initial = SGDetrForMomentRetrieval(SGDetrConfig.from_pretrained(one / "final_model")).state_dict()
+    names = sorted(initial)
+
+    def flat(weights):
+        return torch.cat([weights[name].flatten().float() for name in names])
+
+    start, single, double = flat(initial), flat(_weights(one)), flat(_weights(two))
+    # 12 small steps moved the weights by ~0.1 (norm ~76); another seed's initialisation is ~92 away.
+    assert (single - start).norm() < 0.01 * start.norm(), "the rebuilt initial weights are not the run's"
+    assert (double - single).norm() < 0.35 * (single - start).norm()
 
 
 def test_evaluate_script_round_trip(data, single_run, tmp_path):
@@ -146,3 +198,12 @@ def test_evaluate_script_round_trip(data, single_run, tmp_path):
     assert len({row["qid"] for row in rows}) == len(rows) == NUM_VAL
     assert all(len(row["pred_relevant_windows"]) <= 10 and row["pred_saliency_scores"] for row in rows)
     assert len(list((tmp_path / "plots").glob("*.png"))) == 1
+
+
+def test_init_from_fine_tunes_the_given_weights(data, single_run, tmp_path):
+    # With a vanishing learning rate, fine-tuning for an epoch must end where it started: the given model.
+    args = [*_args(data, tmp_path), "--epochs", "1", "--learning_rate", "1e-12", "--eval_split", "null"]
+    _run([sys.executable, "scripts/train.py", *args, "--init-from", str(single_run / "best_model")])
+    start, end = load_file(single_run / "best_model" / "model.safetensors"), _weights(tmp_path)
+    assert all(torch.allclose(end[name], start[name], rtol=0, atol=1e-6) for name in start)
+    assert (tmp_path / "final_model" / "training_recipe.yaml").read_text().count("init_from:") == 1

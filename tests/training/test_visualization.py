@@ -4,7 +4,12 @@ import pytest
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from sgdetr_hf.visualization import learning_curves_figure, plot_learning_curves, plot_timeline, timeline_figure
+from sgdetr_hf.visualization import (
+    learning_curves_figure,
+    plot_learning_curves,
+    plot_timeline,
+    timeline_figure,
+)
 
 PREDICTION = {
     "qid": "7",

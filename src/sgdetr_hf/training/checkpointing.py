@@ -152,7 +152,9 @@ class CheckpointManager:
         accelerator.wait_for_everyone()
         accelerator.save_state(output_dir=str(staged), safe_serialization=True)
         if self.generators:
-            save_file({name: g.get_state() for name, g in self.generators.items()}, self._generator_file(staged))
+            save_file(
+                {name: g.get_state() for name, g in self.generators.items()}, self._generator_file(staged)
+            )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             state.save(staged / TRAINER_STATE_NAME)
@@ -176,7 +178,9 @@ class CheckpointManager:
             states = load_file(self._generator_file(path))
             missing = sorted(self.generators.keys() - states.keys())
             if missing:
-                raise ValueError(f"{path} lacks the states of generators {missing}; was it saved by another model?")
+                raise ValueError(
+                    f"{path} lacks the states of generators {missing}; was it saved by another model?"
+                )
             for name, generator in self.generators.items():
                 generator.set_state(states[name])
         return TrainerState.load(path / TRAINER_STATE_NAME)

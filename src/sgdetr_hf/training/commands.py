@@ -41,6 +41,7 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint is ours
     if not main:
         import datasets
 
@@ -70,7 +71,9 @@ def build_train_parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="continue a run: from the newest checkpoint in output_dir (no value) or from CHECKPOINT",
     )
-    parser.add_argument("--init-from", help="fine-tune: a model folder or Hub id whose weights initialise the model")
+    parser.add_argument(
+        "--init-from", help="fine-tune: a model folder or Hub id whose weights initialise the model"
+    )
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     parser.add_argument("--log-level", default="INFO")
     return parser
@@ -124,8 +127,12 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--top-k", type=int, default=10, help="windows per query (default: 10)")
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N queries")
-    parser.add_argument("--predict-only", action="store_true", help="no metrics (e.g. a split without labels)")
-    parser.add_argument("--plot", type=int, default=0, metavar="N", help="timeline PNGs of the first N queries")
+    parser.add_argument(
+        "--predict-only", action="store_true", help="no metrics (e.g. a split without labels)"
+    )
+    parser.add_argument(
+        "--plot", type=int, default=0, metavar="N", help="timeline PNGs of the first N queries"
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -154,7 +161,9 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     }
     for key in ("dataset_config", "dataset_name"):
         if settings[key] is None:
-            parser.error(f"--{key.replace('_', '-')} is required: {args.model} has no training_recipe.yaml to take it from")
+            parser.error(
+                f"--{key.replace('_', '-')} is required: {args.model} has no training_recipe.yaml to take it from"
+            )
     if args.batch_size < 1 or args.top_k < 1 or args.plot < 0:
         parser.error("--batch-size and --top-k must be >= 1 and --plot >= 0")
     try:
@@ -175,4 +184,3 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     if metrics is not None and int(os.environ.get("RANK", "0")) == 0:
         print(format_metrics_table(metrics["brief"], f"{recipe.dataset_name} {args.split}"))
     return 0
-

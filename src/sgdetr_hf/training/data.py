@@ -53,7 +53,9 @@ def load_split(recipe: TrainingRecipe, split: str, max_samples: int | None = Non
             f"recipe {recipe.name!r} has no dataset_path: pass --dataset_path with a folder built by "
             "scripts/build_benchmark_dataset.py or a Hub dataset id"
         )
-    dataset = load_moment_retrieval(recipe.dataset_path, recipe.dataset_config, split, revision=recipe.dataset_revision)
+    dataset = load_moment_retrieval(
+        recipe.dataset_path, recipe.dataset_config, split, revision=recipe.dataset_revision
+    )
     _check_columns(dataset, recipe, split)
     queries = dataset.queries
     if recipe.domain is not None:
@@ -69,7 +71,9 @@ def dataset_properties(dataset: MomentRetrievalDataset) -> dict[str, Any]:
     """The model-config values a dataset fixes: feature widths and the clip length (seconds)."""
     clip_lengths = dataset.queries.with_format(None).unique("clip_length")
     if len(clip_lengths) != 1:
-        raise ValueError(f"the dataset mixes clip lengths {sorted(clip_lengths)}; one model needs one clip length")
+        raise ValueError(
+            f"the dataset mixes clip lengths {sorted(clip_lengths)}; one model needs one clip length"
+        )
     return {
         "video_feature_dim": dataset.videos.features["video_features"].shape[1],
         "text_feature_dim": dataset.queries.features["text_features"].shape[1],

@@ -47,8 +47,12 @@ def build_accelerator(
         gradient_accumulation_steps=gradient_accumulation_steps,
         mixed_precision=resolve_mixed_precision(mixed_precision),
         log_with=log_with,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")),
-        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=seed),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")
+        ),
+        dataloader_config=DataLoaderConfiguration(
+            split_batches=True, use_seedable_sampler=True, data_seed=seed
+        ),
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:

@@ -41,7 +41,9 @@ def evaluate_model(
     output_dir = Path(recipe.output_dir)
     accelerator = build_accelerator(output_dir, recipe.mixed_precision, seed=recipe.seed, log_with=None)
     if recipe.micro_batch_size % accelerator.num_processes:
-        raise ValueError(f"--batch-size {recipe.micro_batch_size} must be divisible by {accelerator.num_processes} processes")
+        raise ValueError(
+            f"--batch-size {recipe.micro_batch_size} must be divisible by {accelerator.num_processes} processes"
+        )
     model = SGDetrForMomentRetrieval.from_pretrained(model_path)
     config = model.config
     with accelerator.main_process_first():
@@ -64,7 +66,11 @@ def evaluate_model(
         truth = {str(r["qid"]): r for r in references}
         for prediction in predictions[:num_plots]:
             reference = truth[prediction["qid"]]
-            item = {**prediction, "relevant_windows": reference["relevant_windows"], "duration": reference["duration"]}
+            item = {
+                **prediction,
+                "relevant_windows": reference["relevant_windows"],
+                "duration": reference["duration"],
+            }
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", prediction["qid"])
             path = plot_timeline(item, output_dir / "plots" / f"{name}.png", clip_length=config.clip_length)
             logger.info("timeline of query %s: %s", prediction["qid"], path)

@@ -15,11 +15,21 @@ from ..postprocessing_sgdetr import post_process_moment_retrieval
 logger = logging.getLogger(__name__)
 
 # Annotation columns the metrics read (sgdetr_hf.metrics); the features stay out of the references.
-REFERENCE_COLUMNS = ("qid", "duration", "relevant_windows", "relevant_clip_ids", "saliency_scores", "label", "domain")
+REFERENCE_COLUMNS = (
+    "qid",
+    "duration",
+    "relevant_windows",
+    "relevant_clip_ids",
+    "saliency_scores",
+    "label",
+    "domain",
+)
 
 
 @torch.no_grad()
-def predict(model, dataloader, accelerator, top_k: int = 10, description: str = "evaluating") -> list[dict[str, Any]]:
+def predict(
+    model, dataloader, accelerator, top_k: int = 10, description: str = "evaluating"
+) -> list[dict[str, Any]]:
     """Prediction rows (sg-detr.md §4.5) for every sample of ``dataloader``, on every process.
 
     ``dataloader`` is prepared by ``accelerator`` and yields the collator's batches (model inputs,
@@ -35,7 +45,9 @@ def predict(model, dataloader, accelerator, top_k: int = 10, description: str = 
     was_training = model.training
     model.eval()
     rows: list[dict[str, Any]] = []
-    for batch in tqdm(dataloader, desc=description, disable=not accelerator.is_local_main_process, leave=False):
+    for batch in tqdm(
+        dataloader, desc=description, disable=not accelerator.is_local_main_process, leave=False
+    ):
         meta = batch["meta"]
         outputs = model(
             video_features=batch["video_features"],
@@ -74,9 +86,6 @@ def evaluate_predictions(
             f"evaluation produced {len(predicted)} predictions for {len(set(predicted))} distinct queries; "
             f"expected exactly one for each of the {len(expected)} references"
         )
-    if dataset_name in ("charades_sta", "tacos"):
-        # These protocols evaluate moments only; their reference predictions carry no saliency.
-        predictions = [{k: v for k, v in p.items() if k != "pred_saliency_scores"} for p in predictions]
     references = [dict(r, qid=str(r["qid"])) for r in references]
     return compute_metrics(dataset_name, predictions, references)
 

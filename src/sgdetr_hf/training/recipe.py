@@ -39,7 +39,9 @@ class TrainingRecipe:
 
     name: str = "custom"
     # -- data
-    dataset_name: str = "qvhighlights"  # evaluation protocol of sgdetr_hf.metrics (one of DATASET_MAIN_METRICS)
+    dataset_name: str = (
+        "qvhighlights"  # evaluation protocol of sgdetr_hf.metrics (one of DATASET_MAIN_METRICS)
+    )
     dataset_path: str | None = None  # local dataset folder or Hub dataset id, read with datasets.load_dataset
     dataset_config: str | None = None  # configuration name inside that dataset repo
     dataset_revision: str | None = None  # Hub revision (branch, tag or commit) for reproducible runs
@@ -89,14 +91,26 @@ class TrainingRecipe:
                 f"dataset_name={self.dataset_name!r} is not an evaluation protocol; "
                 f"use one of {sorted(DATASET_MAIN_METRICS)}"
             )
-        positive = ("epochs", "batch_size", "gradient_accumulation_steps", "eval_every_epochs", "logging_steps")
+        positive = (
+            "epochs",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "eval_every_epochs",
+            "logging_steps",
+        )
         for key in positive:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         for key in ("learning_rate", "warmup_factor", "gamma"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("warmup_iters", "weight_decay", "save_every_steps", "num_workers", "checkpoints_total_limit"):
+        for key in (
+            "warmup_iters",
+            "weight_decay",
+            "save_every_steps",
+            "num_workers",
+            "checkpoints_total_limit",
+        ):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.checkpoints_total_limit < 1:
@@ -122,7 +136,9 @@ class TrainingRecipe:
 
 def available_recipes() -> list[str]:
     """Names of the recipes shipped in the package (``--recipe NAME``)."""
-    return sorted(p.name[: -len(".yaml")] for p in resources.files(RECIPE_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[: -len(".yaml")] for p in resources.files(RECIPE_PACKAGE).iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def _read_recipe_file(name_or_path: str) -> tuple[str, dict[str, Any]]:
@@ -136,7 +152,10 @@ def _read_recipe_file(name_or_path: str) -> tuple[str, dict[str, Any]]:
             raise ValueError(
                 f"unknown recipe {name_or_path!r}: use one of {available_recipes()} or a path to a .yaml file"
             )
-        text, name = resources.files(RECIPE_PACKAGE).joinpath(f"{name_or_path}.yaml").read_text(), name_or_path
+        text, name = (
+            resources.files(RECIPE_PACKAGE).joinpath(f"{name_or_path}.yaml").read_text(),
+            name_or_path,
+        )
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
@@ -178,7 +197,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             pass
     if annotation is str and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)  # e.g. --dataset_revision 1234
-    if annotation is Any or (isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))):
+    if annotation is Any or (
+        isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
+    ):
         return value
     raise ValueError(f"{key} must be of type {annotation.__name__}, got {value!r} ({type(value).__name__})")
 

@@ -1,4 +1,4 @@
-"""The Accelerate training loop of SG-DETR (paper §4.4): one function, :func:`train`, driven by a recipe.
+"""The Accelerate training loop of SG-DETR (paper §4.4): :func:`train` runs a :class:`Trainer` for a recipe.
 
 Data flow: ``datasets`` folder or Hub repo -> :class:`~sgdetr_hf.data.MomentRetrievalDataset` ->
 :class:`~sgdetr_hf.data.MomentRetrievalCollator` -> ``model(..., labels)`` -> loss -> AdamW step with
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..configuration_sgdetr import SGDetrConfig
 from ..modeling_sgdetr import SGDetrForMomentRetrieval
+from ..processing_sgdetr import SGDetrProcessor
 from ..visualization import plot_learning_curves
 from .checkpointing import CheckpointManager, TrainerState, recover_dir, save_model_dir
 from .data import build_collator, check_matches_data, dataset_properties, load_split
@@ -37,6 +38,7 @@ from .recipe import TrainingRecipe, save_recipe
 from .schedule import build_warmup_multistep_scheduler, epochs_to_steps
 
 logger = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass
 class TrainingResult:
@@ -111,6 +113,258 @@ def _oom_hint(recipe: TrainingRecipe, num_processes: int) -> str:
     )
 
 
+class Trainer:
+    """One training run: everything prepared by accelerate, the loop, evaluation and checkpoints.
+
+    Build it on every process of the launch (the constructor and the methods are collective), then call
+    :meth:`resume` (optional) and :meth:`run`.
+
+    Files under ``recipe.output_dir``: ``recipe.yaml`` (the resolved recipe), ``checkpoints/step_*``
+    (resumable states), ``best_model/`` and ``final_model/`` (``save_pretrained`` folders with
+    ``eval_results.json`` and ``training_recipe.yaml``), ``logs/`` (tensorboard) and
+    ``learning_curves.png``.
+    """
+
+    def __init__(self, recipe: TrainingRecipe):
+        self.recipe = recipe
+        self.output_dir = Path(recipe.output_dir)
+        self.accelerator = accelerator = build_accelerator(
+            self.output_dir, recipe.mixed_precision, recipe.gradient_accumulation_steps, recipe.seed
+        )
+        if recipe.micro_batch_size % accelerator.num_processes:
+            raise ValueError(
+                f"batch_size / gradient_accumulation_steps = {recipe.micro_batch_size} samples per forward "
+                f"pass cannot be split evenly over {accelerator.num_processes} processes"
+            )
+        set_seed(recipe.seed)
+        with accelerator.main_process_first():  # the first load writes the datasets cache
+            self.train_set = load_split(recipe, recipe.train_split, recipe.max_train_samples)
+            self.eval_set = (
+                load_split(recipe, recipe.eval_split, recipe.max_eval_samples) if recipe.eval_split else None
+            )
+        if len(self.train_set) < recipe.micro_batch_size:
+            raise ValueError(
+                f"the training split has {len(self.train_set)} samples, fewer than one batch of "
+                f"{recipe.micro_batch_size} (training drops incomplete batches): lower --batch_size"
+            )
+        model = build_model(recipe, dataset_properties(self.train_set))
+        self.collator = build_collator(model.config, recipe.seed)
+        # Saved next to the model so that the folder also serves raw videos (pipeline, Space).
+        self.processor = (
+            SGDetrProcessor.from_pretrained(recipe.processor_path) if recipe.processor_path else None
+        )
+        loader_options = {"num_workers": recipe.num_workers, "pin_memory": torch.cuda.is_available()}
+        # drop_last: every step sees the recipe's batch, and in-batch negative pairs need 2+ samples.
+        train_loader = torch.utils.data.DataLoader(
+            self.train_set, recipe.micro_batch_size, shuffle=True, drop_last=True, collate_fn=self.collator,
+            **loader_options,
+        )  # fmt: skip
+        self.steps_per_epoch = math.ceil(len(train_loader) / recipe.gradient_accumulation_steps)
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=recipe.learning_rate,
+            betas=(recipe.adam_beta1, recipe.adam_beta2),
+            eps=recipe.adam_epsilon,
+            weight_decay=recipe.weight_decay,
+        )
+        milestones = epochs_to_steps(recipe.milestones, self.steps_per_epoch)
+        scheduler = build_warmup_multistep_scheduler(
+            optimizer, recipe.warmup_iters, recipe.warmup_factor, milestones, recipe.gamma
+        )
+        self.model, self.optimizer, self.train_loader, self.scheduler = accelerator.prepare(
+            model, optimizer, train_loader, scheduler
+        )
+        self.eval_loader = self.references = None
+        if self.eval_set is not None:
+            self.eval_loader = accelerator.prepare(
+                torch.utils.data.DataLoader(
+                    self.eval_set,
+                    recipe.micro_batch_size,
+                    collate_fn=build_collator(model.config, recipe.seed),
+                    **loader_options,
+                )  # fmt: skip
+            )
+            self.references = references_of(self.eval_set) if accelerator.is_main_process else None
+        self.checkpoints = CheckpointManager(
+            accelerator, self.output_dir, recipe.checkpoints_total_limit, generators=module_generators(model)
+        )
+        self.checkpoints.recover()
+        self.state = TrainerState()
+        self.best_dir, self.final_dir = self.output_dir / "best_model", self.output_dir / "final_model"
+        if accelerator.is_main_process:
+            recover_dir(self.best_dir)
+            recover_dir(self.final_dir)
+
+    # ------------------------------------------------------------------------------------- resume
+    def resume(self, resume: str | None) -> None:
+        """Continue from a checkpoint: ``"latest"`` (in the output folder, if any) or a checkpoint path.
+
+        ``None`` refuses an output folder that already holds checkpoints, so a run is never overwritten.
+        """
+        latest = self.checkpoints.latest()
+        if resume is None:
+            if latest is not None:
+                raise ValueError(
+                    f"{self.output_dir} already holds checkpoints: pass --resume to continue that run, "
+                    "or another --output_dir"
+                )
+            return
+        path = latest if resume == "latest" else Path(resume)
+        if path is None:
+            logger.info("no checkpoint in %s: starting a new run", self.output_dir)
+            return
+        self.state = self.checkpoints.load(path)
+        logger.info(
+            "resumed from %s: epoch %d, batch %d, step %d",
+            path, self.state.epoch, self.state.batches_done, self.state.global_step,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------------------ training
+    def _batches(self, epoch: int):
+        """The epoch's batch iterator, positioned after the batches a resumed run already consumed."""
+        self.collator.set_epoch(epoch)
+        self.train_loader.set_epoch(epoch)
+        batches = iter(self.train_loader)
+        skip = self.state.batches_done if epoch == self.state.epoch else 0
+        if skip:
+            # Replay the consumed batches through the collator (its window-subset stream advances per
+            # collated batch, which skip_first_batches would not do) without letting the iteration move
+            # the RNG state restored from the checkpoint.
+            devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                for _ in range(skip):
+                    next(batches)
+        return enumerate(batches, start=skip)
+
+    def _train_epoch(self, epoch: int, meter: _LossMeter, progress: tqdm) -> None:
+        accelerator, recipe, state = self.accelerator, self.recipe, self.state
+        self.model.train()
+        for batch_index, batch in self._batches(epoch):
+            batch.pop("meta")
+            with accelerator.accumulate(self.model):
+                outputs = self.model(**batch)
+                accelerator.backward(outputs.loss)
+                if accelerator.sync_gradients and recipe.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(self.model.parameters(), recipe.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad()
+            meter.add(outputs.loss, outputs.loss_dict)
+            if not accelerator.sync_gradients:
+                continue
+            state.global_step += 1
+            progress.update(1)
+            if state.global_step % recipe.logging_steps == 0:
+                terms = meter.read()
+                lr = self.scheduler.get_last_lr()[0]
+                accelerator.log(
+                    {**{f"train/{k}": v for k, v in terms.items()}, "train/lr": lr}, step=state.global_step
+                )
+                progress.set_postfix(loss=f"{terms['loss']:.3f}")
+                fraction = epoch + (batch_index + 1) / len(self.train_loader)
+                state.history.append(
+                    {"step": state.global_step, "epoch": fraction, "lr": lr, "loss": terms["loss"]}
+                )
+            if recipe.save_every_steps and state.global_step % recipe.save_every_steps == 0:
+                state.epoch, state.batches_done = epoch, batch_index + 1
+                self.checkpoints.save(state)
+
+    # ---------------------------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict[str, Any]:
+        """Metrics of the current model on the evaluation split, identical on every process."""
+        recipe = self.recipe
+        predictions = predict(self.model, self.eval_loader, self.accelerator, recipe.eval_top_k)
+        outcome: dict[str, Any] | Exception | None = None
+        if self.accelerator.is_main_process:
+            try:
+                outcome = evaluate_predictions(recipe.dataset_name, predictions, self.references)
+                outcome["num_predictions"] = len(predictions)
+            except (ValueError, RuntimeError) as error:  # raised on every process below, not only here
+                outcome = error
+        # Every process takes the same decisions (best model, errors); none waits for a failed one.
+        outcome = broadcast_object_list([outcome])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        if recipe.main_metric not in outcome["brief"]:
+            raise ValueError(
+                f"main_metric {recipe.main_metric!r} is not among the {recipe.dataset_name} metrics: "
+                f"{sorted(outcome['brief'])}"
+            )
+        return outcome
+
+    def save_model(self, destination: Path, metrics: dict[str, Any] | None) -> None:
+        recipe_text = (
+            (self.output_dir / "recipe.yaml").read_text() if self.accelerator.is_main_process else ""
+        )
+        save_model_dir(
+            self.accelerator,
+            self.model,
+            destination,
+            metrics,
+            extra_files={"training_recipe.yaml": recipe_text},
+        )
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        """Evaluate when due, keep the best and the final model, then save the resumable state."""
+        recipe, state = self.recipe, self.state
+        state.epoch, state.batches_done = epoch + 1, 0
+        last_epoch = epoch + 1 == recipe.epochs
+        metrics = None
+        if self.eval_loader is not None and ((epoch + 1) % recipe.eval_every_epochs == 0 or last_epoch):
+            metrics = self.evaluate()
+            brief = metrics["brief"]
+            self.accelerator.log({f"eval/{k}": v for k, v in brief.items()}, step=state.global_step)
+            state.history.append({"step": state.global_step, "epoch": epoch + 1, "eval": brief})
+            score = brief[recipe.main_metric]
+            logger.info("epoch %d: %s = %.2f", epoch + 1, recipe.main_metric, score)
+            if recipe.select_best and (state.best_metric is None or score > state.best_metric):
+                state.best_metric, state.best_step = score, state.global_step
+                self.save_model(self.best_dir, metrics)
+        if last_epoch:  # before the last checkpoint, so that a crash never leaves a run without it
+            self.save_model(self.final_dir, metrics)
+        self.checkpoints.save(state)
+
+    # ----------------------------------------------------------------------------------------- run
+    def run(self) -> TrainingResult:
+        """Train from the current state to the recipe's last epoch; return the selected model."""
+        accelerator, recipe = self.accelerator, self.recipe
+        if accelerator.is_main_process:
+            save_recipe(recipe, self.output_dir / "recipe.yaml")
+        hyper_parameters = {
+            k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in recipe.to_dict().items()
+        }
+        accelerator.init_trackers(recipe.name, config=hyper_parameters)
+        logger.info(
+            "training on %d samples: %d steps/epoch x %d epochs, %d process(es) x %d samples per forward",
+            len(self.train_set), self.steps_per_epoch, recipe.epochs, accelerator.num_processes,
+            recipe.micro_batch_size // accelerator.num_processes,
+        )  # fmt: skip
+        meter = _LossMeter()
+        progress = tqdm(
+            total=self.steps_per_epoch * recipe.epochs,
+            initial=self.state.global_step,
+            desc="training",
+            disable=not accelerator.is_local_main_process,
+        )
+        try:
+            for epoch in range(self.state.epoch, recipe.epochs):
+                self._train_epoch(epoch, meter, progress)
+                self._end_of_epoch(epoch)
+        except torch.OutOfMemoryError as error:
+            raise RuntimeError(_oom_hint(recipe, accelerator.num_processes)) from error
+        finally:
+            progress.close()
+        if accelerator.is_main_process and self.state.history:
+            plot_learning_curves(
+                self.state.history, self.output_dir / "learning_curves.png", recipe.main_metric
+            )
+        accelerator.end_training()
+        model_dir = self.best_dir if recipe.select_best and self.eval_loader is not None else self.final_dir
+        results = model_dir / "eval_results.json"  # the best model may come from an earlier, resumed session
+        metrics = json.loads(results.read_text()) if results.is_file() else None
+        return TrainingResult(self.output_dir, model_dir, metrics, self.state.global_step)
+
+
 def train(recipe: TrainingRecipe, resume: str | None = None) -> TrainingResult:
     """Train (or fine-tune, with ``recipe.init_from``) SG-DETR as the recipe says.
 
@@ -123,184 +377,6 @@ def train(recipe: TrainingRecipe, resume: str | None = None) -> TrainingResult:
     Returns:
         a :class:`TrainingResult`. Collective: every process of the launch calls it.
     """
-    output_dir = Path(recipe.output_dir)
-    accelerator = build_accelerator(
-        output_dir, recipe.mixed_precision, recipe.gradient_accumulation_steps, recipe.seed
-    )
-    if recipe.micro_batch_size % accelerator.num_processes:
-        raise ValueError(
-            f"batch_size / gradient_accumulation_steps = {recipe.micro_batch_size} samples per forward pass "
-            f"cannot be split evenly over {accelerator.num_processes} processes"
-        )
-    set_seed(recipe.seed)
-
-    with accelerator.main_process_first():  # the first load writes the datasets cache
-        train_set = load_split(recipe, recipe.train_split, recipe.max_train_samples)
-        eval_set = load_split(recipe, recipe.eval_split, recipe.max_eval_samples) if recipe.eval_split else None
-    if len(train_set) < recipe.micro_batch_size:
-        raise ValueError(
-            f"the training split has {len(train_set)} samples, fewer than one batch of {recipe.micro_batch_size} "
-            "(training drops incomplete batches): lower --batch_size"
-        )
-    model = build_model(recipe, dataset_properties(train_set))
-    config = model.config
-
-    train_collator = build_collator(config, recipe.seed)
-    loader_options = {"num_workers": recipe.num_workers, "pin_memory": torch.cuda.is_available()}
-    train_loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_size=recipe.micro_batch_size,
-        shuffle=True,
-        drop_last=True,  # in-batch negatives and BatchNorm-free statistics want full batches
-        collate_fn=train_collator,
-        **loader_options,
-    )
-    eval_loader = None
-    if eval_set is not None:
-        eval_loader = torch.utils.data.DataLoader(
-            eval_set, batch_size=recipe.micro_batch_size, collate_fn=build_collator(config, recipe.seed), **loader_options
-        )
-    steps_per_epoch = math.ceil(len(train_loader) / recipe.gradient_accumulation_steps)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=recipe.learning_rate,
-        betas=(recipe.adam_beta1, recipe.adam_beta2),
-        eps=recipe.adam_epsilon,
-        weight_decay=recipe.weight_decay,
-    )
-    scheduler = build_warmup_multistep_scheduler(
-        optimizer,
-        recipe.warmup_iters,
-        recipe.warmup_factor,
-        epochs_to_steps(recipe.milestones, steps_per_epoch),
-        recipe.gamma,
-    )
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
-
-    checkpoints = CheckpointManager(
-        accelerator,
-        output_dir,
-        recipe.checkpoints_total_limit,
-        generators=module_generators(accelerator.unwrap_model(model)),
-    )
-    checkpoints.recover()
-    state = TrainerState()
-    resume_from = checkpoints.latest() if resume == "latest" else (Path(resume) if resume else None)
-    if resume is None and checkpoints.latest() is not None:
-        raise ValueError(
-            f"{output_dir} already holds checkpoints: pass --resume to continue that run, or another --output_dir"
-        )
-    if resume_from is not None:
-        state = checkpoints.load(resume_from)
-        logger.info("resumed from %s: epoch %d, batch %d, step %d", resume_from, state.epoch, state.batches_done,
-                    state.global_step)
-    references = references_of(eval_set) if eval_set is not None and accelerator.is_main_process else None
-    best_dir, final_dir = output_dir / "best_model", output_dir / "final_model"
-    if accelerator.is_main_process:
-        recover_dir(best_dir)
-        save_recipe(recipe, output_dir / "recipe.yaml")
-    accelerator.init_trackers(
-        recipe.name, config={k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in
-                             recipe.to_dict().items()}
-    )
-    logger.info(
-        "training %d samples, %d steps/epoch x %d epochs, %d process(es), %d samples per process per forward",
-        len(train_set), steps_per_epoch, recipe.epochs, accelerator.num_processes,
-        recipe.micro_batch_size // accelerator.num_processes,
-    )
-
-    def evaluate() -> dict[str, Any]:
-        predictions = predict(model, eval_loader, accelerator, recipe.eval_top_k)
-        metrics = None
-        if accelerator.is_main_process:
-            metrics = evaluate_predictions(recipe.dataset_name, predictions, references)
-            metrics["num_predictions"] = len(predictions)
-        return broadcast_object_list([metrics])[0]  # every process takes the same decisions
-
-    def save_model(destination: Path, metrics: dict[str, Any] | None) -> None:
-        save_model_dir(accelerator, model, destination, metrics, extra_files={"training_recipe.yaml":
-                       (output_dir / "recipe.yaml").read_text()} if accelerator.is_main_process else None)
-
-    meter = _LossMeter()
-    last_metrics: dict[str, Any] | None = None
-    progress = tqdm(
-        total=steps_per_epoch * recipe.epochs,
-        initial=state.global_step,
-        desc="training",
-        disable=not accelerator.is_local_main_process,
-    )
-    rng_devices = [accelerator.device] if accelerator.device.type == "cuda" else []
-    try:
-        for epoch in range(state.epoch, recipe.epochs):
-            train_collator.set_epoch(epoch)
-            train_loader.set_epoch(epoch)
-            batches = iter(train_loader)
-            skip = state.batches_done if epoch == state.epoch else 0
-            if skip:
-                # Replay the consumed batches through the collator (its window-subset stream advances per
-                # batch), without letting the iteration move the restored RNG.
-                with torch.random.fork_rng(devices=rng_devices):
-                    for _ in range(skip):
-                        next(batches)
-            model.train()
-            for batch_index, batch in enumerate(batches, start=skip):
-                batch.pop("meta")
-                with accelerator.accumulate(model):
-                    outputs = model(**batch)
-                    accelerator.backward(outputs.loss)
-                    if accelerator.sync_gradients and recipe.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                meter.add(outputs.loss, outputs.loss_dict)
-                if not accelerator.sync_gradients:
-                    continue
-                state.global_step += 1
-                progress.update(1)
-                if state.global_step % recipe.logging_steps == 0:
-                    record = {f"train/{k}": v for k, v in meter.read().items()}
-                    record["train/lr"] = scheduler.get_last_lr()[0]
-                    accelerator.log(record, step=state.global_step)
-                    progress.set_postfix(loss=f"{record['train/loss']:.3f}")
-                    state.history.append(
-                        {"step": state.global_step, "epoch": epoch + (batch_index + 1) / len(train_loader),
-                         "lr": record["train/lr"], "loss": record["train/loss"]}
-                    )
-                if recipe.save_every_steps and state.global_step % recipe.save_every_steps == 0:
-                    state.epoch, state.batches_done = epoch, batch_index + 1
-                    checkpoints.save(state)
-
-            state.epoch, state.batches_done = epoch + 1, 0
-            last_epoch = epoch + 1 == recipe.epochs
-            if eval_loader is not None and ((epoch + 1) % recipe.eval_every_epochs == 0 or last_epoch):
-                last_metrics = evaluate()
-                brief = last_metrics["brief"]
-                if recipe.main_metric not in brief:
-                    raise ValueError(
-                        f"main_metric {recipe.main_metric!r} is not among the {recipe.dataset_name} metrics: "
-                        f"{sorted(brief)}"
-                    )
-                accelerator.log({f"eval/{k}": v for k, v in brief.items()}, step=state.global_step)
-                state.history.append({"step": state.global_step, "epoch": epoch + 1, "eval": brief})
-                logger.info("epoch %d: %s = %.2f", epoch + 1, recipe.main_metric, brief[recipe.main_metric])
-                if recipe.select_best and (state.best_metric is None or brief[recipe.main_metric] > state.best_metric):
-                    state.best_metric, state.best_step = brief[recipe.main_metric], state.global_step
-                    save_model(best_dir, last_metrics)
-            checkpoints.save(state)
-    except torch.OutOfMemoryError as error:
-        raise RuntimeError(_oom_hint(recipe, accelerator.num_processes)) from error
-    finally:
-        progress.close()
-
-    save_model(final_dir, last_metrics)
-    if accelerator.is_main_process and state.history:
-        plot_learning_curves(state.history, output_dir / "learning_curves.png", recipe.main_metric)
-    accelerator.end_training()
-    if recipe.select_best and eval_loader is not None:
-        # The best model may come from an earlier session of a resumed run: read its metrics from disk.
-        metrics = json.loads((best_dir / "eval_results.json").read_text())
-        return TrainingResult(output_dir, best_dir, metrics, state.global_step)
-    return TrainingResult(output_dir, final_dir, last_metrics, state.global_step)
+    trainer = Trainer(recipe)
+    trainer.resume(resume)
+    return trainer.run()
