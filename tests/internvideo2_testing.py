@@ -70,7 +70,7 @@ def write_video(
     return Path(path)
 
 
-def tiny_config(num_frames: int = 4, vocab_size: int = 92) -> InternVideo2Config:
+def tiny_config(num_frames: int = 4, vocab_size: int = 92, **vision_overrides) -> InternVideo2Config:
     return InternVideo2Config(
         vision_config=dict(
             hidden_size=64,
@@ -82,6 +82,7 @@ def tiny_config(num_frames: int = 4, vocab_size: int = 92) -> InternVideo2Config
             num_frames=num_frames,
             pooler_num_attention_heads=4,
             pooler_output_size=32,
+            **vision_overrides,
         ),
         text_config=dict(
             vocab_size=vocab_size,
@@ -95,14 +96,19 @@ def tiny_config(num_frames: int = 4, vocab_size: int = 92) -> InternVideo2Config
     )
 
 
-def tiny_model(num_frames: int = 4, seed: int = 0) -> InternVideo2Model:
-    """A random tiny model whose LayerScales and norms are randomised too, so that no block is near identity."""
+def tiny_model(num_frames: int = 4, seed: int = 0, **vision_overrides) -> InternVideo2Model:
+    """A random tiny model with unit-scale weights (1/sqrt(fan-in)) and randomised LayerScales and norms, so
+    that every part of every block moves the output (the default init is near identity at this size)."""
     torch.manual_seed(seed)
-    model = InternVideo2Model(tiny_config(num_frames)).eval()
+    model = InternVideo2Model(tiny_config(num_frames, **vision_overrides)).eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if "lambda1" in name or "norm" in name:
-                parameter.copy_(torch.empty_like(parameter).uniform_(0.5, 1.5))
+            if "lambda1" in name or "norm" in name.lower():
+                parameter.uniform_(0.5, 1.5)
+            elif parameter.ndim >= 2 and "embeddings" not in name:
+                parameter.normal_(0, parameter[0].numel() ** -0.5)
+            elif name.endswith("bias"):
+                parameter.normal_(0, 0.1)
     return model
 
 

@@ -5,9 +5,9 @@ import logging
 
 import pytest
 import torch
-from internvideo2_testing import VOCAB, tiny_config, tiny_model
 from safetensors import safe_open
 
+from internvideo2_testing import VOCAB, tiny_config, tiny_model
 from sgdetr_hf import InternVideo2Model, SGDetrProcessor
 from sgdetr_hf.convert_internvideo2 import convert_internvideo2_checkpoint, convert_state_dict
 
@@ -41,10 +41,16 @@ def official_state_dict(model: InternVideo2Model) -> dict[str, torch.Tensor]:
         "itm_head.bias": torch.zeros(2),
     }
     for name in ("q", "k", "v"):
-        official[f"vision_encoder.clip_projector.norm1_{name}.weight"] = getattr(pooler, f"norm_{name}").weight
+        official[f"vision_encoder.clip_projector.norm1_{name}.weight"] = getattr(
+            pooler, f"norm_{name}"
+        ).weight
         official[f"vision_encoder.clip_projector.norm1_{name}.bias"] = getattr(pooler, f"norm_{name}").bias
-        official[f"vision_encoder.clip_projector.cross_attn.{name}.weight"] = getattr(pooler, f"{name}_proj").weight
-        official[f"vision_encoder.clip_projector.cross_attn.{name}_bias"] = getattr(pooler, f"{name}_proj").bias
+        official[f"vision_encoder.clip_projector.cross_attn.{name}.weight"] = getattr(
+            pooler, f"{name}_proj"
+        ).weight
+        official[f"vision_encoder.clip_projector.cross_attn.{name}_bias"] = getattr(
+            pooler, f"{name}_proj"
+        ).bias
     official["vision_encoder.clip_projector.cross_attn.proj.weight"] = pooler.out_proj.weight
     official["vision_encoder.clip_projector.cross_attn.proj.bias"] = pooler.out_proj.bias
     for i, layer in enumerate(vision.encoder.layers):
@@ -89,12 +95,16 @@ def save_checkpoint(path, state_dict, **extra):
 def test_conversion_reproduces_the_model(model, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="sgdetr_hf.convert_internvideo2")
     checkpoint = save_checkpoint(tmp_path / "release.pt", official_state_dict(model), epoch=3)
-    output = convert_internvideo2_checkpoint(checkpoint, VOCAB, tmp_path / "out", config=tiny_config(), dtype=None)
+    output = convert_internvideo2_checkpoint(
+        checkpoint, VOCAB, tmp_path / "out", config=tiny_config(), dtype=None
+    )
     converted, info = InternVideo2Model.from_pretrained(output, output_loading_info=True)
     assert not any(info.values()), info  # no missing, unexpected or mismatched keys
     pixel_values = torch.randn(2, 4, 3, 16, 16)
     ids = torch.tensor([[3, 14, 25, 4]])
-    torch.testing.assert_close(converted(pixel_values, ids).logits_per_video, model(pixel_values, ids).logits_per_video)
+    torch.testing.assert_close(
+        converted(pixel_values, ids).logits_per_video, model(pixel_values, ids).logits_per_video
+    )
     assert "dropped 12 training-only tensors" in caplog.text
 
 
@@ -102,7 +112,7 @@ def test_default_conversion_stores_bfloat16_and_the_processor(model, tmp_path):
     checkpoint = save_checkpoint(tmp_path / "release.pt", official_state_dict(model))
     output = convert_internvideo2_checkpoint(checkpoint, VOCAB, tmp_path / "out", config=tiny_config())
     with safe_open(output / "model.safetensors", framework="pt") as weights:
-        assert {weights.get_slice(key).get_dtype() for key in weights.keys()} == {"BF16"}
+        assert {weights.get_slice(key).get_dtype() for key in weights.keys()} == {"BF16"}  # noqa: SIM118
     processor = SGDetrProcessor.from_pretrained(output)
     assert processor.max_query_length == 40 and processor.tokenizer.model_max_length == 40
     assert processor.tokenizer("A man rides a bike")["input_ids"] == [3, 11, 14, 25, 11, 22, 4]
@@ -147,7 +157,9 @@ def test_converting_for_eight_frames_matches_run_time_interpolation(model):
 
 
 def test_checkpoints_needing_a_full_unpickle_are_refused(model, tmp_path):
-    checkpoint = save_checkpoint(tmp_path / "release.pt", official_state_dict(model), args=argparse.Namespace(lr=1))
+    checkpoint = save_checkpoint(
+        tmp_path / "release.pt", official_state_dict(model), args=argparse.Namespace(lr=1)
+    )
     with pytest.raises(ValueError, match="allow_unsafe_pickle"):
         convert_internvideo2_checkpoint(checkpoint, VOCAB, tmp_path / "out", config=tiny_config())
     output = convert_internvideo2_checkpoint(

@@ -8,14 +8,14 @@ import threading
 
 import pytest
 import torch
-from internvideo2_testing import save_tiny_checkpoint, write_video
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from internvideo2_testing import save_tiny_checkpoint, write_video
 from sgdetr_hf import SGDetrFeatureExtractor
 from sgdetr_hf.data.builder import FeatureFolder
 from sgdetr_hf.extract_features import extract_features, list_videos, read_queries
-from sgdetr_hf.feature_extraction_sgdetr import prefetch
+from sgdetr_hf.video_io_sgdetr import prefetch
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,9 @@ def test_inputs_for_sgdetr_encode_the_video_once_for_all_queries(extractor, vide
 
 @torch.no_grad()
 def test_other_feature_variants(checkpoint, video):
-    extractor = SGDetrFeatureExtractor.from_pretrained(checkpoint, video_feature="pooled", text_feature="hidden")
+    extractor = SGDetrFeatureExtractor.from_pretrained(
+        checkpoint, video_feature="pooled", text_feature="hidden"
+    )
     assert (extractor.video_dim, extractor.text_dim) == (32, 32)
     assert extractor.encode_video(video, start=2.0, end=5.0).features.shape == (2, 32)
     queries = extractor.encode_queries(["a dog", "a man rides a bike"])
@@ -97,7 +99,10 @@ def corpus(tmp_path, video):
     (folder / "broken.mp4").write_text("not a video")
     (folder / "notes.txt").write_text("ignored")
     annotations = tmp_path / "val.jsonl"
-    rows = [{"qid": 1, "query": "a man rides a bike", "vid": "vid_a"}, {"qid": 7, "query": "a dog", "vid": "vid_b"}]
+    rows = [
+        {"qid": 1, "query": "a man rides a bike", "vid": "vid_a"},
+        {"qid": 7, "query": "a dog", "vid": "vid_b"},
+    ]
     annotations.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     return folder, annotations
 
@@ -105,14 +110,20 @@ def corpus(tmp_path, video):
 def test_feature_folder_is_complete_resumable_and_readable_by_the_builder(extractor, corpus, tmp_path):
     folder, annotations = corpus
     videos, queries = list_videos([str(folder)]), read_queries([str(annotations)])
-    assert sorted(videos) == ["broken", "vid_a", "vid_b"] and queries == {"1": "a man rides a bike", "7": "a dog"}
+    assert sorted(videos) == ["broken", "vid_a", "vid_b"] and queries == {
+        "1": "a man rides a bike",
+        "7": "a dog",
+    }
     output = tmp_path / "features"
     failed = extract_features(extractor, videos, queries, output, model_name="tiny")
     assert failed == ["broken"]
     features = load_file(output / "videos" / "vid_a.safetensors")
     assert features["video_features"].dtype == torch.float16 and features["video_features"].shape == (5, 16)
     torch.testing.assert_close(
-        features["video_features"].float(), extractor.encode_video(videos["vid_a"]).features, atol=2e-3, rtol=2e-3
+        features["video_features"].float(),
+        extractor.encode_video(videos["vid_a"]).features,
+        atol=2e-3,
+        rtol=2e-3,
     )
     with safe_open(output / "videos" / "vid_b.safetensors", framework="pt") as file:
         metadata = file.metadata()

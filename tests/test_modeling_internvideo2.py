@@ -4,13 +4,17 @@ import math
 
 import pytest
 import torch
-from internvideo2_testing import tiny_config, tiny_model
 from torch.nn import functional as F
 from transformers import AutoModel
 
+from internvideo2_testing import tiny_config, tiny_model
 from sgdetr_hf import InternVideo2Model
 from sgdetr_hf.configuration_internvideo2 import InternVideo2VisionConfig
-from sgdetr_hf.modeling_internvideo2 import interpolate_position_table, sincos_position_table
+from sgdetr_hf.modeling_internvideo2 import (
+    InternVideo2VisionEmbeddings,
+    interpolate_position_table,
+    sincos_position_table,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +26,9 @@ def clips(num_clips=3, frames=4, size=16, seed=1) -> torch.Tensor:
     return torch.randn(num_clips, frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def reference_vision_forward(model: InternVideo2Model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_vision_forward(
+    model: InternVideo2Model, pixel_values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The vision tower written out from the spec (sections 3.2-3.6) with plain tensor maths, to check the
     modules against: (last_hidden_state, pooler_output)."""
     vision, config = model.vision_model, model.config.vision_config
@@ -42,7 +48,9 @@ def reference_vision_forward(model: InternVideo2Model, pixel_values: torch.Tenso
         return weight * values * torch.rsqrt(values.pow(2).mean(-1, keepdim=True) + config.rms_norm_eps)
 
     def attend(q, k, v, heads):
-        split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
+        def split(t):
+            return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+
         scores = split(q) @ split(k).transpose(-1, -2) / math.sqrt(q.shape[-1] // heads)
         return (scores.softmax(-1) @ split(v)).transpose(1, 2).flatten(2)
 
@@ -50,17 +58,30 @@ def reference_vision_forward(model: InternVideo2Model, pixel_values: torch.Tenso
         w = {k.split(f"layers.{i}.")[1]: v for k, v in weights.items() if f"layers.{i}." in k}
         q, k, v = (rms(x, w["norm1.weight"]) @ w["attention.qkv.weight"].t()).chunk(3, -1)
         q, k = rms(q, w["attention.q_norm.weight"]), rms(k, w["attention.k_norm.weight"])
-        attention = attend(q, k, v, config.num_attention_heads) @ w["attention.proj.weight"].t() + w["attention.proj.bias"]
+        attention = (
+            attend(q, k, v, config.num_attention_heads) @ w["attention.proj.weight"].t()
+            + w["attention.proj.bias"]
+        )
         x = x + w["layer_scale1.lambda1"] * attention
-        hidden = F.gelu(rms(x, w["norm2.weight"]) @ w["mlp.fc1.weight"].t() + w["mlp.fc1.bias"], approximate="tanh")
+        approximate = "tanh" if config.hidden_act == "gelu_pytorch_tanh" else "none"
+        hidden = F.gelu(
+            rms(x, w["norm2.weight"]) @ w["mlp.fc1.weight"].t() + w["mlp.fc1.bias"], approximate=approximate
+        )
         x = x + w["layer_scale2.lambda1"] * (hidden @ w["mlp.fc2.weight"].t() + w["mlp.fc2.bias"])
 
     pooler = {k.removeprefix("pooler."): v for k, v in weights.items() if k.startswith("pooler.")}
     eps = config.pooler_layer_norm_eps
-    norm = lambda t, n: F.layer_norm(t, t.shape[-1:], pooler[f"norm_{n}.weight"], pooler[f"norm_{n}.bias"], eps)  # noqa: E731
-    project = lambda t, n: t @ pooler[f"{n}_proj.weight"].t() + pooler[f"{n}_proj.bias"]  # noqa: E731
+
+    def norm(t, name):
+        return F.layer_norm(t, t.shape[-1:], pooler[f"norm_{name}.weight"], pooler[f"norm_{name}.bias"], eps)
+
+    def project(t, name):
+        return t @ pooler[f"{name}_proj.weight"].t() + pooler[f"{name}_proj.bias"]
+
     query = project(norm(x.mean(1, keepdim=True), "q"), "q")
-    pooled = attend(query, project(norm(x, "k"), "k"), project(norm(x, "v"), "v"), config.pooler_num_attention_heads)
+    pooled = attend(
+        query, project(norm(x, "k"), "k"), project(norm(x, "v"), "v"), config.pooler_num_attention_heads
+    )
     return x, (pooled @ pooler["out_proj.weight"].t() + pooler["out_proj.bias"])[:, 0]
 
 
@@ -78,12 +99,26 @@ def test_vision_tower_matches_the_spec_written_out(model, frames):
 
 
 @torch.no_grad()
+def test_exact_gelu_variant_matches_the_spec_and_differs_from_tanh(model):
+    exact = tiny_model(hidden_act="gelu")
+    pixel_values = clips()
+    _, expected_pooled = reference_vision_forward(exact, pixel_values)
+    torch.testing.assert_close(
+        exact.vision_model(pixel_values).pooler_output, expected_pooled, atol=1e-5, rtol=1e-5
+    )
+    tanh_pooled = model.vision_model(pixel_values).pooler_output
+    assert (expected_pooled - tanh_pooled).abs().max() > 1e-5  # the variant matters
+
+
+@torch.no_grad()
 def test_get_video_features_projects_the_pooled_clip(model):
     pixel_values = clips()
     features = model.get_video_features(pixel_values).pooler_output
     assert features.shape == (3, 16)
     pooled = model.vision_model(pixel_values).pooler_output
-    torch.testing.assert_close(features, pooled @ model.visual_projection.weight.t() + model.visual_projection.bias)
+    torch.testing.assert_close(
+        features, pooled @ model.visual_projection.weight.t() + model.visual_projection.bias
+    )
 
 
 @torch.no_grad()
@@ -94,7 +129,8 @@ def test_eager_and_sdpa_attention_agree():
     assert sdpa.vision_model.config._attn_implementation == "sdpa"
     pixel_values = clips()
     torch.testing.assert_close(
-        eager.get_video_features(pixel_values).pooler_output, sdpa.get_video_features(pixel_values).pooler_output
+        eager.get_video_features(pixel_values).pooler_output,
+        sdpa.get_video_features(pixel_values).pooler_output,
     )
 
 
@@ -118,14 +154,18 @@ def test_pooler_ignores_token_order(model):
 
 
 def test_sincos_table_known_values():
-    table = sincos_position_table(64, num_frames=2, grid_size=2)[0]  # 16 temporal + 24 column + 24 row channels
+    table = sincos_position_table(64, num_frames=2, grid_size=2)[
+        0
+    ]  # 16 temporal + 24 column + 24 row channels
     assert table.shape == (1 + 2 * 4, 64)
     assert torch.count_nonzero(table[0]) == 0  # CLS row
     token = 1 + 1 * 4 + 1 * 2 + 0  # frame 1, row 1, column 0
     assert table[token, 0] == pytest.approx(math.sin(1.0))  # temporal code, frequency 1
     assert table[token, 8] == pytest.approx(math.cos(1.0))
     assert table[token, 16] == 0.0 and table[token, 28] == 1.0  # column 0: sin 0, cos 0
-    assert table[token, 40] == pytest.approx(math.sin(1.0)) and table[token, 52] == pytest.approx(math.cos(1.0))
+    assert table[token, 40] == pytest.approx(math.sin(1.0)) and table[token, 52] == pytest.approx(
+        math.cos(1.0)
+    )
     assert table[token, 41] == pytest.approx(math.sin(10000 ** (-1 / 12)))  # second row frequency
 
 
@@ -139,7 +179,9 @@ def test_fresh_model_starts_from_the_sincos_tables():
 def test_temporal_interpolation_is_linear_with_half_pixel_centres():
     """4 -> 8 frames, align_corners=False: sample i reads source position i/2 - 1/4, clamped to [0, 3]."""
     frame_values = torch.arange(4.0)
-    table = torch.cat([torch.full((1, 1, 2), 7.0), frame_values.repeat_interleave(4).view(1, 16, 1).expand(1, 16, 2)], 1)
+    table = torch.cat(
+        [torch.full((1, 1, 2), 7.0), frame_values.repeat_interleave(4).view(1, 16, 1).expand(1, 16, 2)], 1
+    )
     resampled = interpolate_position_table(table, 4, 2, 8, (2, 2))
     assert resampled.shape == (1, 1 + 8 * 4, 2)
     assert resampled[0, 0].tolist() == [7.0, 7.0]
@@ -152,8 +194,16 @@ def test_temporal_interpolation_is_linear_with_half_pixel_centres():
 def test_other_frame_counts_and_resolutions_need_interpolation(model):
     with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
         model.vision_model(clips(frames=8))
-    assert model.vision_model(clips(frames=8), interpolate_pos_encoding=True).last_hidden_state.shape == (3, 129, 64)
-    assert model.vision_model(clips(size=24), interpolate_pos_encoding=True).last_hidden_state.shape == (3, 145, 64)
+    assert model.vision_model(clips(frames=8), interpolate_pos_encoding=True).last_hidden_state.shape == (
+        3,
+        129,
+        64,
+    )
+    assert model.vision_model(clips(size=24), interpolate_pos_encoding=True).last_hidden_state.shape == (
+        3,
+        145,
+        64,
+    )
     with pytest.raises(ValueError, match="do not tile"):
         model.vision_model(clips(size=18))
     with pytest.raises(ValueError, match="batch, frames, channels"):
@@ -173,8 +223,10 @@ def test_image_input_uses_the_image_table(model):
 
 @torch.no_grad()
 def test_derived_image_table_is_cls_plus_frame_mean():
-    config = InternVideo2VisionConfig(**{**tiny_config().vision_config.to_dict(), "use_separate_image_position_embeddings": False})
-    embeddings = InternVideo2Model(tiny_config()).vision_model.embeddings.__class__(config)
+    config = InternVideo2VisionConfig(
+        **{**tiny_config().vision_config.to_dict(), "use_separate_image_position_embeddings": False}
+    )
+    embeddings = InternVideo2VisionEmbeddings(config)
     embeddings.position_embeddings.normal_()
     table = embeddings.image_position_table()
     video = embeddings.position_embeddings[0]
@@ -192,7 +244,9 @@ def test_text_features_ignore_padding_and_live_in_the_joint_space(model):
     torch.testing.assert_close(batched.token_embeds[0, :6], alone.token_embeds[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batched.pooler_output, batched.token_embeds[:, 0])
     projection = model.text_projection
-    torch.testing.assert_close(batched.token_embeds, batched.last_hidden_state @ projection.weight.t() + projection.bias)
+    torch.testing.assert_close(
+        batched.token_embeds, batched.last_hidden_state @ projection.weight.t() + projection.bias
+    )
 
 
 @torch.no_grad()
@@ -223,6 +277,7 @@ def test_save_and_load_round_trip(model, tmp_path):
     assert type(reloaded) is InternVideo2Model
     pixel_values = clips()
     torch.testing.assert_close(
-        reloaded.get_video_features(pixel_values).pooler_output, model.get_video_features(pixel_values).pooler_output
+        reloaded.get_video_features(pixel_values).pooler_output,
+        model.get_video_features(pixel_values).pooler_output,
     )
     assert reloaded.temperature.item() == pytest.approx(0.07)

@@ -9,9 +9,9 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from internvideo2_testing import VOCAB, read_index, save_tiny_checkpoint, tiny_processor, write_video
 from transformers import AutoProcessor, BertTokenizer
 
+from internvideo2_testing import VOCAB, read_index, save_tiny_checkpoint, tiny_processor, write_video
 from sgdetr_hf import SGDetrProcessor
 
 
@@ -19,14 +19,19 @@ def test_tokenizer_built_from_the_vocab_file_knows_its_words():
     processor = tiny_processor()
     encoding = processor(text=["A man rides a BIG red bike.", "the dog"])
     # [CLS]=3 a=11 man=14 rides=25 a=11 big=46 red=48 bike=22 .=6 [SEP]=4 (vocab.txt line numbers, from 0)
-    assert encoding["input_ids"].tolist() == [[3, 11, 14, 25, 11, 46, 48, 22, 6, 4], [3, 13, 18, 4, 0, 0, 0, 0, 0, 0]]
+    assert encoding["input_ids"].tolist() == [
+        [3, 11, 14, 25, 11, 46, 48, 22, 6, 4],
+        [3, 13, 18, 4, 0, 0, 0, 0, 0, 0],
+    ]
     assert encoding["attention_mask"].tolist() == [[1] * 10, [1] * 4 + [0] * 6]
     assert "token_type_ids" not in encoding
     assert len(processor.tokenizer) == len(VOCAB.read_text().split())  # not the 5-token vocab of vocab_file=
 
 
 def test_long_queries_are_truncated_with_a_warning(caplog):
-    processor = SGDetrProcessor(tiny_processor().video_processor, tiny_processor().tokenizer, max_query_length=6)
+    processor = SGDetrProcessor(
+        tiny_processor().video_processor, tiny_processor().tokenizer, max_query_length=6
+    )
     with caplog.at_level(logging.WARNING, logger="sgdetr_hf.processing_sgdetr"):
         encoding = processor(text=["a man rides a big red bike", "a dog"])
     assert "1 query(ies) longer than max_query_length=6" in caplog.text and "query 0: 9 tokens" in caplog.text
@@ -34,7 +39,13 @@ def test_long_queries_are_truncated_with_a_warning(caplog):
 
 
 @pytest.mark.parametrize(
-    "text, message", [("", "query 0 is empty"), (["a dog", "   "], "query 1 is empty"), ([], "no query"), ([3], "query 0 is a int")]
+    "text, message",
+    [
+        ("", "query 0 is empty"),
+        (["a dog", "   "], "query 1 is empty"),
+        ([], "no query"),
+        ([3], "query 0 is a int"),
+    ],
 )
 def test_bad_queries(text, message):
     with pytest.raises(ValueError, match=message):
@@ -58,7 +69,9 @@ def test_video_and_text_together(tmp_path):
 
 def test_save_load_round_trip(tmp_path):
     processor = SGDetrProcessor(
-        tiny_processor(clip_length=1.0, frames_per_clip=8).video_processor, tiny_processor().tokenizer, max_query_length=12
+        tiny_processor(clip_length=1.0, frames_per_clip=8).video_processor,
+        tiny_processor().tokenizer,
+        max_query_length=12,
     )
     processor.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "processor_config.json").read_text())
@@ -66,7 +79,9 @@ def test_save_load_round_trip(tmp_path):
     for reloaded in (SGDetrProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
         assert type(reloaded) is SGDetrProcessor
         assert reloaded.max_query_length == 12
-        settings = {key: value for key, value in processor.video_processor.to_dict().items() if key != "auto_map"}
+        settings = {
+            key: value for key, value in processor.video_processor.to_dict().items() if key != "auto_map"
+        }
         assert reloaded.video_processor.to_dict() == settings
         assert isinstance(reloaded.tokenizer, BertTokenizer)
         queries = ["butterfly over the trees", "a woman cooking"]
@@ -99,13 +114,19 @@ def test_hub_remote_code_without_the_package_or_torchvision(tmp_path):
     """The saved folder carries the flat modules and loads with trust_remote_code in a process where
     sgdetr_hf cannot be imported; it decodes a video and gives the same features."""
     folder = save_tiny_checkpoint(tmp_path / "hub")
-    assert {"processing_sgdetr.py", "video_processing_sgdetr.py", "video_io_sgdetr.py", "modeling_internvideo2.py"} <= {
-        path.name for path in folder.iterdir()
-    }
+    assert {
+        "processing_sgdetr.py",
+        "video_processing_sgdetr.py",
+        "video_io_sgdetr.py",
+        "modeling_internvideo2.py",
+    } <= {path.name for path in folder.iterdir()}
     video = write_video(tmp_path / "v.mp4", num_frames=60)
     from sgdetr_hf import InternVideo2Model
 
-    model, processor = InternVideo2Model.from_pretrained(folder).eval(), SGDetrProcessor.from_pretrained(folder)
+    model, processor = (
+        InternVideo2Model.from_pretrained(folder).eval(),
+        SGDetrProcessor.from_pretrained(folder),
+    )
     inputs = processor(videos=video, text=["a man rides a bike"])
     expected = torch.cat(
         [

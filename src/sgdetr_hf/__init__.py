@@ -12,6 +12,7 @@ from .configuration_sgdetr import SGDetrConfig
 from .feature_extraction_sgdetr import SGDetrFeatureExtractor
 from .modeling_internvideo2 import InternVideo2Model, InternVideo2TextModel, InternVideo2VisionModel
 from .modeling_sgdetr import SGDetrForMomentRetrieval, SGDetrModel, SGDetrOutput
+from .pipeline_sgdetr import VideoMomentRetrievalPipeline
 from .postprocessing_sgdetr import post_process_moment_retrieval, write_qvhighlights_predictions
 from .processing_sgdetr import SGDetrProcessor
 from .video_processing_sgdetr import SGDetrVideoProcessor
@@ -47,8 +48,22 @@ def _register_internvideo2() -> None:
     InternVideo2Model.register_for_auto_class("AutoModel")
 
 
+def _register_pipeline() -> None:
+    """Register the "video-moment-retrieval" task, so ``pipeline("video-moment-retrieval", model=dir)`` works."""
+    from transformers import AutoModel
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    PIPELINE_REGISTRY.register_pipeline(
+        "video-moment-retrieval",
+        pipeline_class=VideoMomentRetrievalPipeline,
+        pt_model=AutoModel,
+        type="multimodal",
+    )
+
+
 _register_sgdetr()
 _register_internvideo2()
+_register_pipeline()
 
 __all__ = [
     "InternVideo2Config",
@@ -64,6 +79,7 @@ __all__ = [
     "SGDetrOutput",
     "SGDetrProcessor",
     "SGDetrVideoProcessor",
+    "VideoMomentRetrievalPipeline",
     "post_process_moment_retrieval",
     "write_qvhighlights_predictions",
 ]

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract-features": ("sgdetr_hf.extract_features", "InternVideo2 features of videos and queries"),
     "convert-internvideo2": ("sgdetr_hf.convert_internvideo2", "official InternVideo2 checkpoint -> native"),
     "evaluate": ("sgdetr_hf.metrics.cli", "score predictions against annotations (QVHighlights, ...)"),
+    "predict": ("sgdetr_hf.predict", "moments of a video that match text queries (table, JSON, plot)"),
 }
 
 

@@ -71,13 +71,17 @@ class InternVideo2VisionConfig(PreTrainedConfig):
             if self.hidden_size % heads:
                 raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of {name} ({heads}).")
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size}).")
+            raise ValueError(
+                f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})."
+            )
         if self.num_frames % self.tubelet_size:
             raise ValueError(
                 f"num_frames ({self.num_frames}) must be a multiple of tubelet_size ({self.tubelet_size})."
             )
         if self.hidden_act not in _SUPPORTED_VISION_ACTIVATIONS:
-            raise ValueError(f"hidden_act must be one of {_SUPPORTED_VISION_ACTIVATIONS}, got {self.hidden_act!r}.")
+            raise ValueError(
+                f"hidden_act must be one of {_SUPPORTED_VISION_ACTIVATIONS}, got {self.hidden_act!r}."
+            )
         super().__post_init__(**kwargs)
 
     @property

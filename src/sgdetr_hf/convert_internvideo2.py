@@ -18,6 +18,7 @@ config and writes:
 import argparse
 import logging
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -28,7 +29,10 @@ from .modeling_internvideo2 import InternVideo2Model, interpolate_position_table
 logger = logging.getLogger(__name__)
 
 _OFFICIAL_TO_NATIVE: list[tuple[str, str]] = [
-    (r"vision_encoder\.patch_embed\.proj\.(weight|bias)", r"vision_model.embeddings.patch_embeddings.projection.\1"),
+    (
+        r"vision_encoder\.patch_embed\.proj\.(weight|bias)",
+        r"vision_model.embeddings.patch_embeddings.projection.\1",
+    ),
     (r"vision_encoder\.cls_token", r"vision_model.embeddings.cls_token"),
     (r"vision_encoder\.pos_embed", r"vision_model.embeddings.position_embeddings"),
     (r"vision_encoder\.img_pos_embed", r"vision_model.embeddings.image_position_embeddings"),
@@ -37,8 +41,14 @@ _OFFICIAL_TO_NATIVE: list[tuple[str, str]] = [
         r"vision_encoder\.blocks\.(\d+)\.attn\.(qkv|q_norm|k_norm|proj)\.(weight|bias)",
         r"vision_model.encoder.layers.\1.attention.\2.\3",
     ),
-    (r"vision_encoder\.blocks\.(\d+)\.ls([12])\.gamma", r"vision_model.encoder.layers.\1.layer_scale\2.lambda1"),
-    (r"vision_encoder\.blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"vision_model.encoder.layers.\1.mlp.\2.\3"),
+    (
+        r"vision_encoder\.blocks\.(\d+)\.ls([12])\.gamma",
+        r"vision_model.encoder.layers.\1.layer_scale\2.lambda1",
+    ),
+    (
+        r"vision_encoder\.blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)",
+        r"vision_model.encoder.layers.\1.mlp.\2.\3",
+    ),
     (r"vision_encoder\.clip_projector\.norm1_([qkv])\.(weight|bias)", r"vision_model.pooler.norm_\1.\2"),
     (r"vision_encoder\.clip_projector\.cross_attn\.([qkv])\.weight", r"vision_model.pooler.\1_proj.weight"),
     (r"vision_encoder\.clip_projector\.cross_attn\.([qkv])_bias", r"vision_model.pooler.\1_proj.bias"),
@@ -87,9 +97,11 @@ def load_official_checkpoint(path: str | Path, allow_unsafe_pickle: bool = False
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError or ValueError depending on the file
+    try:  # memory-map the (zip-format) file: a 2.8 GB checkpoint is then not copied into memory first
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except (
+        Exception
+    ) as error:  # torch raises UnpicklingError, RuntimeError or ValueError depending on the file
         if not allow_unsafe_pickle:
             raise ValueError(
                 f"{path} cannot be read with torch.load(weights_only=True) ({error}). If it comes from a source "
@@ -148,7 +160,9 @@ def convert_state_dict(
         source_frames = (table.shape[1] - 1) // grid**2
         target_frames = vision.num_frames // vision.tubelet_size
         if source_frames != target_frames and (table.shape[1] - 1) % grid**2 == 0:
-            logger.info("resampling the video position table from %d to %d frames", source_frames, target_frames)
+            logger.info(
+                "resampling the video position table from %d to %d frames", source_frames, target_frames
+            )
             converted[embeddings + "position_embeddings"] = interpolate_position_table(
                 table, source_frames, grid, target_frames, (grid, grid)
             )
@@ -170,7 +184,9 @@ def convert_state_dict(
             ("native keys missing from the checkpoint", missing),
             ("shape mismatches (wrong config?)", mismatched),
         ]
-        report = "\n".join(f"{title} ({len(keys)}):\n  " + "\n  ".join(keys) for title, keys in problems if keys)
+        report = "\n".join(
+            f"{title} ({len(keys)}):\n  " + "\n  ".join(keys) for title, keys in problems if keys
+        )
         raise ValueError(f"the checkpoint does not match the InternVideo2 config:\n{report}")
     logger.info("mapped %d tensors, dropped %d training-only tensors", len(converted), len(dropped))
     return {key: tensor.to(dtype) if dtype is not None else tensor for key, tensor in converted.items()}
@@ -213,7 +229,9 @@ def convert_internvideo2_checkpoint(
     config = config if config is not None else InternVideo2Config()
     if num_frames is not None:
         config.vision_config.num_frames = num_frames
-    state_dict = convert_state_dict(load_official_checkpoint(checkpoint_path, allow_unsafe_pickle), config, dtype)
+    state_dict = convert_state_dict(
+        load_official_checkpoint(checkpoint_path, allow_unsafe_pickle), config, dtype
+    )
 
     with torch.device("meta"):
         model = InternVideo2Model(config)
@@ -262,4 +280,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["convert_internvideo2_checkpoint", "convert_state_dict", "load_official_checkpoint", "select_state_dict"]
+__all__ = [
+    "convert_internvideo2_checkpoint",
+    "convert_state_dict",
+    "load_official_checkpoint",
+    "select_state_dict",
+]

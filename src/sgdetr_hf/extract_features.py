@@ -49,7 +49,9 @@ def list_videos(sources: list[str]) -> dict[str, Path]:
             paths += sorted(p for p in source.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
         elif source.suffix == ".txt" and source.is_file():
             lines = source.read_text().splitlines()
-            paths += [(source.parent / line.strip()) for line in lines if line.strip() and not line.startswith("#")]
+            paths += [
+                (source.parent / line.strip()) for line in lines if line.strip() and not line.startswith("#")
+            ]
         elif source.is_file():
             paths.append(source)
         else:
@@ -113,7 +115,9 @@ def _is_finished(path: Path, settings: dict[str, str]) -> bool:
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    atomic_write_bytes(path, save({key: value.contiguous() for key, value in tensors.items()}, metadata=metadata))
+    atomic_write_bytes(
+        path, save({key: value.contiguous() for key, value in tensors.items()}, metadata=metadata)
+    )
 
 
 def extract_features(
@@ -164,7 +168,11 @@ def extract_features(
         encoded = extractor.encode_queries([queries[qid] for qid in qids])
         for qid, rows in zip(qids, encoded.unpadded()):
             metadata = {**settings["queries"], "query": queries[qid]}
-            _write(output_dir / "queries" / f"{qid}.safetensors", {"text_features": rows.to(storage_dtype)}, metadata)
+            _write(
+                output_dir / "queries" / f"{qid}.safetensors",
+                {"text_features": rows.to(storage_dtype)},
+                metadata,
+            )
 
     failed = []
     for vid in tqdm(pending_videos, desc="videos", disable=not is_main):
@@ -176,24 +184,37 @@ def extract_features(
             continue
         duration = float(encoded.clip_timestamps[-1, 1])
         metadata = {**settings["videos"], "duration": str(duration), "source": str(videos[vid])}
-        tensors = {"video_features": encoded.features.to(storage_dtype), "clip_timestamps": encoded.clip_timestamps}
+        tensors = {
+            "video_features": encoded.features.to(storage_dtype),
+            "clip_timestamps": encoded.clip_timestamps,
+        }
         _write(output_dir / "videos" / f"{vid}.safetensors", tensors, metadata)
     return failed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="converted InternVideo2 folder (convert_internvideo2_checkpoint)")
-    parser.add_argument("--videos", nargs="*", default=[], help="video files, folders of videos, .txt lists of paths")
+    parser.add_argument(
+        "--model", required=True, help="converted InternVideo2 folder (convert_internvideo2_checkpoint)"
+    )
+    parser.add_argument(
+        "--videos", nargs="*", default=[], help="video files, folders of videos, .txt lists of paths"
+    )
     parser.add_argument("--annotations", nargs="*", default=[], help="JSON Lines with qid and query fields")
     parser.add_argument("--output", required=True, help="feature folder (videos/ and queries/ inside)")
-    parser.add_argument("--clip-length", type=float, help="clip length in seconds (default: the processor's, 2)")
+    parser.add_argument(
+        "--clip-length", type=float, help="clip length in seconds (default: the processor's, 2)"
+    )
     parser.add_argument("--frames-per-clip", type=int, help="frames per clip (default: the processor's, 4)")
-    parser.add_argument("--max-query-length", type=int, help="tokens per query (default: the processor's, 40)")
+    parser.add_argument(
+        "--max-query-length", type=int, help="tokens per query (default: the processor's, 40)"
+    )
     parser.add_argument("--backend", choices=BACKENDS, help="video decoder (default: the processor's, pyav)")
     parser.add_argument("--video-feature", choices=VIDEO_FEATURES, default="projected")
     parser.add_argument("--text-feature", choices=TEXT_FEATURES, default="projected")
     parser.add_argument("--clips-per-batch", type=int, default=32, help="clips per vision-tower forward pass")
-    parser.add_argument("--dtype", choices=sorted(STORAGE_DTYPES), default="float16", help="stored feature dtype")
+    parser.add_argument(
+        "--dtype", choices=sorted(STORAGE_DTYPES), default="float16", help="stored feature dtype"
+    )
     parser.add_argument("--overwrite", action="store_true", help="redo files that already exist")
 
 
@@ -238,7 +259,9 @@ def run(args: argparse.Namespace) -> int:
                 atomic_write_text(failure_list, "\n".join(failed) + "\n")
             else:
                 failure_list.unlink(missing_ok=True)
-            print(f"{len(videos) - len(failed)}/{len(videos)} videos and {len(queries)} queries in {args.output}")
+            print(
+                f"{len(videos) - len(failed)}/{len(videos)} videos and {len(queries)} queries in {args.output}"
+            )
         accelerator.wait_for_everyone()
     return 1 if failed else 0
 

@@ -9,10 +9,8 @@ with encoding of the current one), whatever the number of queries. Features are 
 L2-normalised): SG-DETR normalises rows and appends its temporal endpoint features itself.
 """
 
+import contextlib
 import os
-import queue
-import threading
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,10 +19,13 @@ from transformers.image_processing_utils import BatchFeature
 
 from .modeling_internvideo2 import InternVideo2Model
 from .processing_sgdetr import SGDetrProcessor
+from .video_io_sgdetr import prefetch
 from .video_processing_sgdetr import SGDetrVideoProcessor
 
-VIDEO_FEATURES = ("projected", "pooled")  # visual_projection(pooler) (512-d) or the pooler output (768-d)
-TEXT_FEATURES = ("projected", "hidden")  # text_projection of every token (512-d) or raw hidden states (1024-d)
+# Video: visual_projection of the pooled clip (512-d) or the pooler output itself (768-d).
+VIDEO_FEATURES = ("projected", "pooled")
+# Text: text_projection of every token (512-d) or the raw hidden states (1024-d).
+TEXT_FEATURES = ("projected", "hidden")
 
 
 @dataclass
@@ -57,43 +58,6 @@ class QueryFeatures:
     def unpadded(self) -> list[torch.Tensor]:
         """One (N_q, d_t) tensor per query, without its padding rows."""
         return [rows[: int(count)] for rows, count in zip(self.features, self.mask.sum(1))]
-
-
-def prefetch(items: Iterable, depth: int = 2) -> Iterator:
-    """Iterate ``items`` in a background thread, ``depth`` items ahead (decoding and resizing release the
-    GIL, so the next chunk is prepared while the model encodes the current one). Exceptions are re-raised
-    here, in order."""
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    finished = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                buffer.put((item, None))
-            buffer.put((finished, None))
-        except BaseException as error:  # handed to the consumer
-            buffer.put((finished, error))
-
-    worker = threading.Thread(target=produce, daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, error = buffer.get()
-            if error is not None:
-                raise error
-            if item is finished:
-                return
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                buffer.get(timeout=0.1)
-            except queue.Empty:
-                pass
 
 
 class SGDetrFeatureExtractor:
@@ -152,7 +116,9 @@ class SGDetrFeatureExtractor:
             video_processor_kwargs: override video processor settings, e.g. `{"clip_length": 1.0}` (Charades-STA).
             kwargs: see the class arguments.
         """
-        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = torch.device(
+            device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
         dtype = dtype if dtype is not None else (torch.bfloat16 if device.type == "cuda" else torch.float32)
         model = InternVideo2Model.from_pretrained(path, dtype=dtype).to(device)
         processor = SGDetrProcessor.from_pretrained(path)
@@ -172,7 +138,11 @@ class SGDetrFeatureExtractor:
     @property
     def video_dim(self) -> int:
         config = self.model.config
-        return config.projection_dim if self.video_feature == "projected" else config.vision_config.pooler_output_size
+        return (
+            config.projection_dim
+            if self.video_feature == "projected"
+            else config.vision_config.pooler_output_size
+        )
 
     @property
     def text_dim(self) -> int:
@@ -183,7 +153,9 @@ class SGDetrFeatureExtractor:
         """(n, T, 3, H, W) -> (n, d_v) float32 on CPU."""
         pixel_values = pixel_values.to(self.device, self.model.dtype)
         if self.video_feature == "projected":
-            features = self.model.get_video_features(pixel_values, interpolate_pos_encoding=True).pooler_output
+            features = self.model.get_video_features(
+                pixel_values, interpolate_pos_encoding=True
+            ).pooler_output
         else:
             features = self.model.vision_model(pixel_values, interpolate_pos_encoding=True).pooler_output
         return features.float().cpu()
@@ -199,11 +171,16 @@ class SGDetrFeatureExtractor:
         """Encode every clip of a video (file, or (F, H, W, 3) uint8 frames at ``fps``), optionally trimmed to
         [start, end) seconds. Memory stays bounded by ``clips_per_batch`` whatever the video's length."""
         video_processor = self.processor.video_processor
-        chunks = video_processor.iter_clips(video, fps=fps, start=start, end=end, clips_per_chunk=self.clips_per_batch)
+        chunks = video_processor.iter_clips(
+            video, fps=fps, start=start, end=end, clips_per_chunk=self.clips_per_batch
+        )
         features, timestamps = [], []
-        for chunk in prefetch(chunks):
-            features.append(self._encode_clips(chunk["pixel_values"]))
-            timestamps.append(chunk["clip_timestamps"])
+        with contextlib.closing(
+            prefetch(chunks)
+        ) as prepared:  # the next chunk is decoded while this one encodes
+            for chunk in prepared:
+                features.append(self._encode_clips(chunk["pixel_values"]))
+                timestamps.append(chunk["clip_timestamps"])
         return VideoFeatures(torch.cat(features), torch.cat(timestamps), video_processor.clip_length)
 
     @torch.inference_mode()
@@ -244,4 +221,4 @@ class SGDetrFeatureExtractor:
         )
 
 
-__all__ = ["QueryFeatures", "SGDetrFeatureExtractor", "VideoFeatures", "prefetch"]
+__all__ = ["QueryFeatures", "SGDetrFeatureExtractor", "VideoFeatures"]

@@ -60,7 +60,9 @@ def sincos_position_table(dim: int, num_frames: int, grid_size: int) -> torch.Te
     if dim % 16:
         raise ValueError(f"the sin-cos position table needs a width divisible by 16, got {dim}")
     temporal_width, spatial_width = dim // 4, 3 * dim // 8
-    frame, row, column = np.meshgrid(np.arange(num_frames), np.arange(grid_size), np.arange(grid_size), indexing="ij")
+    frame, row, column = np.meshgrid(
+        np.arange(num_frames), np.arange(grid_size), np.arange(grid_size), indexing="ij"
+    )
     table = np.concatenate(
         [
             sincos_1d(frame.ravel(), temporal_width),
@@ -74,7 +76,11 @@ def sincos_position_table(dim: int, num_frames: int, grid_size: int) -> torch.Te
 
 
 def interpolate_position_table(
-    table: torch.Tensor, source_frames: int, source_grid: int, target_frames: int, target_grid: tuple[int, int]
+    table: torch.Tensor,
+    source_frames: int,
+    source_grid: int,
+    target_frames: int,
+    target_grid: tuple[int, int],
 ) -> torch.Tensor:
     """Resample a position table (CLS row + time-major patch rows) to another frame count or patch grid.
 
@@ -97,7 +103,9 @@ def interpolate_position_table(
         per_position = F.interpolate(per_position, size=target_frames, mode="linear", align_corners=False)
         patches = per_position.reshape(source_grid, source_grid, dim, target_frames).permute(3, 0, 1, 2)
     if tuple(target_grid) != (source_grid, source_grid):
-        per_frame = F.interpolate(patches.permute(0, 3, 1, 2), size=target_grid, mode="bicubic", align_corners=False)
+        per_frame = F.interpolate(
+            patches.permute(0, 3, 1, 2), size=target_grid, mode="bicubic", align_corners=False
+        )
         patches = per_frame.permute(0, 2, 3, 1)
     return torch.cat([cls_row, patches.reshape(1, -1, dim).to(table.dtype)], dim=1)
 
@@ -135,7 +143,9 @@ class InternVideo2PatchEmbeddings(nn.Module):
     def __init__(self, config: InternVideo2VisionConfig):
         super().__init__()
         kernel = (config.tubelet_size, config.patch_size, config.patch_size)
-        self.projection = nn.Conv3d(config.num_channels, config.hidden_size, kernel_size=kernel, stride=kernel)
+        self.projection = nn.Conv3d(
+            config.num_channels, config.hidden_size, kernel_size=kernel, stride=kernel
+        )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.permute(0, 2, 1, 3, 4).to(self.projection.weight.dtype)
@@ -172,7 +182,9 @@ class InternVideo2VisionEmbeddings(nn.Module):
         patches = table[:, 1:].reshape(1, self.num_temporal_patches, self.grid_size**2, -1).mean(1)
         return torch.cat([table[:, :1], patches], dim=1)
 
-    def position_table(self, frames: int, grid: tuple[int, int], interpolate_pos_encoding: bool) -> torch.Tensor:
+    def position_table(
+        self, frames: int, grid: tuple[int, int], interpolate_pos_encoding: bool
+    ) -> torch.Tensor:
         """The table for an input with ``frames`` temporal patches and a ``grid`` of (rows, columns)."""
         if frames == 1:
             table, source_frames = self.image_position_table(), 1
@@ -199,7 +211,9 @@ class InternVideo2VisionEmbeddings(nn.Module):
         embeddings = self.patch_embeddings(pixel_values)
         cls_tokens = self.cls_token.expand(embeddings.shape[0], -1, -1).to(embeddings.dtype)
         embeddings = torch.cat([cls_tokens, embeddings], dim=1)
-        table = self.position_table(frames // tubelet, (height // patch, width // patch), interpolate_pos_encoding)
+        table = self.position_table(
+            frames // tubelet, (height // patch, width // patch), interpolate_pos_encoding
+        )
         return embeddings + table.to(embeddings.dtype)
 
 
@@ -237,7 +251,13 @@ def multi_head_attention(
         module.config._attn_implementation, eager_attention_forward
     )
     output, weights = attention_interface(
-        module, split_heads(query), split_heads(key), split_heads(value), None, scaling=head_dim**-0.5, dropout=0.0
+        module,
+        split_heads(query),
+        split_heads(key),
+        split_heads(value),
+        None,
+        scaling=head_dim**-0.5,
+        dropout=0.0,
     )
     return output.reshape(batch, num_queries, dim), weights
 
@@ -251,14 +271,18 @@ class InternVideo2Attention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.is_causal = False
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        norm = (lambda: InternVideo2RMSNorm(config.hidden_size, config.rms_norm_eps)) if config.qk_normalization else nn.Identity
-        self.q_norm = norm()
-        self.k_norm = norm()
+        if config.qk_normalization:
+            self.q_norm = InternVideo2RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.k_norm = InternVideo2RMSNorm(config.hidden_size, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
         query, key, value = self.qkv(hidden_states).chunk(3, dim=-1)
-        output, weights = multi_head_attention(self, self.q_norm(query), self.k_norm(key), value, self.num_heads)
+        output, weights = multi_head_attention(
+            self, self.q_norm(query), self.k_norm(key), value, self.num_heads
+        )
         return self.proj(output), weights
 
 
@@ -294,7 +318,9 @@ class InternVideo2VisionLayer(GradientCheckpointingLayer):
 class InternVideo2VisionEncoder(nn.Module):
     def __init__(self, config: InternVideo2VisionConfig):
         super().__init__()
-        self.layers = nn.ModuleList([InternVideo2VisionLayer(config) for _ in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList(
+            [InternVideo2VisionLayer(config) for _ in range(config.num_hidden_layers)]
+        )
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> BaseModelOutput:
         for layer in self.layers:
@@ -352,7 +378,10 @@ class InternVideo2PreTrainedModel(PreTrainedModel):
             table = sincos_position_table(config.hidden_size, module.num_temporal_patches, module.grid_size)
             init.copy_(module.position_embeddings, table)
             if config.use_separate_image_position_embeddings:
-                init.copy_(module.image_position_embeddings, sincos_position_table(config.hidden_size, 1, module.grid_size))
+                init.copy_(
+                    module.image_position_embeddings,
+                    sincos_position_table(config.hidden_size, 1, module.grid_size),
+                )
         elif isinstance(module, InternVideo2Model):
             init.constant_(module.temperature, self.config.temperature_init)
 
@@ -397,7 +426,9 @@ class InternVideo2VisionModel(InternVideo2PreTrainedModel):
             )
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         last_hidden_state = self.encoder(hidden_states, **kwargs).last_hidden_state
-        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=self.pooler(last_hidden_state))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state, pooler_output=self.pooler(last_hidden_state)
+        )
 
 
 class InternVideo2TextModel(BertModel):
@@ -525,7 +556,9 @@ class InternVideo2Model(InternVideo2PreTrainedModel):
         Returns:
             [`InternVideo2Output`]: normalised embeddings and `cosine / temperature` logits.
         """
-        video_embeds = self.get_video_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        video_embeds = self.get_video_features(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+        )
         text_embeds = self.get_text_features(input_ids, attention_mask=attention_mask)
         video_embeds = F.normalize(video_embeds.pooler_output, dim=-1)
         text_embeds = F.normalize(text_embeds.pooler_output, dim=-1)

@@ -29,7 +29,9 @@ class SGDetrProcessor(ProcessorMixin):
 
     def __init__(self, video_processor=None, tokenizer=None, max_query_length: int = 40, **kwargs):
         if max_query_length < 3:
-            raise ValueError(f"max_query_length must leave room for [CLS] word [SEP] (>= 3), got {max_query_length}")
+            raise ValueError(
+                f"max_query_length must leave room for [CLS] word [SEP] (>= 3), got {max_query_length}"
+            )
         self.max_query_length = max_query_length
         super().__init__(video_processor, tokenizer, **kwargs)
 
@@ -37,7 +39,9 @@ class SGDetrProcessor(ProcessorMixin):
         # transformers resolves the expected video processor class by name, which needs torchvision.
         if argument_name == "video_processor":
             if not isinstance(argument, VideoProcessorMixin):
-                raise TypeError(f"video_processor must be a VideoProcessorMixin, got {type(argument).__name__}")
+                raise TypeError(
+                    f"video_processor must be a VideoProcessorMixin, got {type(argument).__name__}"
+                )
             return VideoProcessorMixin
         return super().check_argument_for_proper_class(argument_name, argument)
 
@@ -110,6 +114,8 @@ class SGDetrProcessor(ProcessorMixin):
         """
         if videos is None and text is None:
             raise ValueError("give a video (videos=...), queries (text=...), or both")
+        if videos is None and kwargs:
+            raise TypeError(f"unexpected arguments without a video: {sorted(kwargs)}")
         data = {}
         if videos is not None:
             data.update(self.video_processor(videos, fps=fps, start=start, end=end, **kwargs))

@@ -10,6 +10,7 @@ Built on ``VideoProcessorMixin`` with plain torch operations, so it works withou
 be installed beside the CPU build of torch) and loads as Hub remote code.
 """
 
+import contextlib
 import math
 import os
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from torch.nn import functional as F
 from transformers.image_processing_utils import BatchFeature
 from transformers.video_processing_utils import VideoProcessorMixin
 
-from .video_io_sgdetr import BACKENDS, VideoMetadata, open_video
+from .video_io_sgdetr import BACKENDS, VideoMetadata, open_video, prefetch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -94,7 +95,9 @@ class SGDetrVideoProcessor(VideoProcessorMixin):
         if not clip_length > 0:
             raise ValueError(f"clip_length must be > 0 seconds, got {clip_length}")
         if frames_per_clip < 1 or clips_per_chunk < 1:
-            raise ValueError(f"frames_per_clip and clips_per_chunk must be >= 1, got {frames_per_clip}, {clips_per_chunk}")
+            raise ValueError(
+                f"frames_per_clip and clips_per_chunk must be >= 1, got {frames_per_clip}, {clips_per_chunk}"
+            )
         if set(size) != {"height", "width"} or min(size.values()) < 1:
             raise ValueError(f"size must be {{'height': h, 'width': w}} with positive sides, got {size}")
         if resample not in ("bicubic", "bilinear"):
@@ -113,7 +116,9 @@ class SGDetrVideoProcessor(VideoProcessorMixin):
         self.num_threads = int(num_threads)
         self.clips_per_chunk = int(clips_per_chunk)
 
-    def plan_clips(self, metadata: VideoMetadata, start: float | None = None, end: float | None = None) -> ClipPlan:
+    def plan_clips(
+        self, metadata: VideoMetadata, start: float | None = None, end: float | None = None
+    ) -> ClipPlan:
         """Clip boundaries and the frames that represent each clip.
 
         The span [start, end) (default: the whole video; ``end`` is capped at the duration) is cut into
@@ -128,7 +133,9 @@ class SGDetrVideoProcessor(VideoProcessorMixin):
         start = 0.0 if start is None else float(start)
         end = metadata.duration if end is None else min(float(end), metadata.duration)
         if start < 0 or start >= metadata.duration:
-            raise ValueError(f"start={start} s lies outside {metadata.path} (duration {metadata.duration:.3f} s)")
+            raise ValueError(
+                f"start={start} s lies outside {metadata.path} (duration {metadata.duration:.3f} s)"
+            )
         if end <= start:
             raise ValueError(f"end ({end} s) must be after start ({start} s)")
         # The tolerance keeps e.g. 150.0000001 s of 2-s clips at 75 clips, not 76.
@@ -143,12 +150,14 @@ class SGDetrVideoProcessor(VideoProcessorMixin):
 
     def resize(self, frames: np.ndarray) -> torch.Tensor:
         """(n, H, W, 3) uint8 RGB -> (n, 3, height, width) uint8: interpolate in float32, clamp, round."""
-        frames = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
         size = (self.size["height"], self.size["width"])
-        if tuple(frames.shape[-2:]) == size:
-            return frames.contiguous()
+        if frames.shape[1:3] == size:
+            return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
+        # numpy's uint8 -> float32 cast is about twice as fast as torch's on (n, H, W, 3) frames; interpolate
+        # takes the channels-last view as it is.
+        pixels = torch.from_numpy(frames.astype(np.float32)).permute(0, 3, 1, 2)
         resized = F.interpolate(
-            frames.float(), size=size, mode=self.resample, align_corners=False, antialias=self.antialias
+            pixels, size=size, mode=self.resample, align_corners=False, antialias=self.antialias
         )
         return resized.clamp_(0, 255).round_().to(torch.uint8)
 
@@ -182,35 +191,47 @@ class SGDetrVideoProcessor(VideoProcessorMixin):
         """
         if isinstance(video, torch.Tensor):
             video = video.numpy()
-        clips_per_chunk = clips_per_chunk or self.clips_per_chunk
         with open_video(video, self.backend, fps=fps, num_threads=self.num_threads) as decoder:
             metadata = decoder.metadata
             plan = self.plan_clips(metadata, start, end)
-            unique_frames, positions = np.unique(plan.frame_indices, return_inverse=True)
-            positions = positions.reshape(plan.frame_indices.shape)  # (L, T) positions in unique_frames
-            # Clips and their frames are in time order, so the last frame a clip needs is its last column.
-            needed_until = positions[:, -1]
+            unique_frames = np.unique(plan.frame_indices)
             batch_size = max(1, _RESIZE_BATCH_BYTES // (metadata.height * metadata.width * 3 * 4))
+            # Decode in a background thread, so that decoding the next frames overlaps resizing these.
+            with contextlib.closing(prefetch(decoder.iter_frames(unique_frames, batch_size))) as batches:
+                yield from self._chunk_clips(batches, plan, clips_per_chunk or self.clips_per_chunk)
 
-            buffered, offset, decoded, next_clip = [], 0, 0, 0  # buffered covers unique positions [offset, ...)
-            for frames in decoder.iter_frames(unique_frames, batch_size):
-                buffered.append(self.resize(frames))
-                decoded += len(frames)
-                while next_clip < plan.num_clips:
-                    stop = min(next_clip + clips_per_chunk, plan.num_clips)
-                    if needed_until[stop - 1] >= decoded:
-                        break
-                    frames_so_far = torch.cat(buffered)
-                    clip_frames = frames_so_far[torch.from_numpy(positions[next_clip:stop] - offset)]
-                    yield BatchFeature(
-                        {
-                            "pixel_values": self.normalize(clip_frames),
-                            "clip_timestamps": torch.from_numpy(plan.timestamps[next_clip:stop]),
-                        }
-                    )
-                    # Keep only the frames that later clips still need.
-                    keep_from = positions[stop, 0] if stop < plan.num_clips else offset + len(frames_so_far)
-                    buffered, offset, next_clip = [frames_so_far[keep_from - offset :]], keep_from, stop
+    def _chunk_clips(
+        self, batches: Iterator[np.ndarray], plan: ClipPlan, clips_per_chunk: int
+    ) -> Iterator[BatchFeature]:
+        """Resize the decoded batches of ``plan``'s unique frames (in order) and yield chunks of clips as soon
+        as all their frames are in, keeping only the frames that later clips still need."""
+        _, positions = np.unique(plan.frame_indices, return_inverse=True)
+        positions = positions.reshape(plan.frame_indices.shape)  # (L, T) indices into the unique frames
+        # Clips and their frames are in time order, so the last frame a clip needs is in its last column.
+        needed_until = positions[:, -1]
+        buffered, offset, decoded, next_clip = (
+            [],
+            0,
+            0,
+            0,
+        )  # `buffered`: unique frames offset, offset + 1, ...
+        for frames in batches:
+            buffered.append(self.resize(frames))
+            decoded += len(frames)
+            while next_clip < plan.num_clips:
+                stop = min(next_clip + clips_per_chunk, plan.num_clips)
+                if needed_until[stop - 1] >= decoded:
+                    break
+                frames_so_far = torch.cat(buffered)
+                clip_frames = frames_so_far[torch.from_numpy(positions[next_clip:stop] - offset)]
+                yield BatchFeature(
+                    {
+                        "pixel_values": self.normalize(clip_frames),
+                        "clip_timestamps": torch.from_numpy(plan.timestamps[next_clip:stop]),
+                    }
+                )
+                keep_from = positions[stop, 0] if stop < plan.num_clips else offset + len(frames_so_far)
+                buffered, offset, next_clip = [frames_so_far[keep_from - offset :]], keep_from, stop
 
     def preprocess(
         self,
@@ -229,7 +250,9 @@ class SGDetrVideoProcessor(VideoProcessorMixin):
         if return_tensors not in (None, "pt"):
             raise ValueError(f"only return_tensors='pt' is supported, got {return_tensors!r}")
         if isinstance(videos, (list, tuple)):
-            raise TypeError("pass one video at a time (a path or a (frames, H, W, 3) array); clips count varies")
+            raise TypeError(
+                "pass one video at a time (a path or a (frames, H, W, 3) array); clips count varies"
+            )
         chunks = list(self.iter_clips(videos, fps=fps, start=start, end=end))
         return BatchFeature({key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]})
 
