@@ -48,12 +48,14 @@ class SGDetrProcessor(ProcessorMixin):
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         # Build the video processor from its nested config instead of going through AutoVideoProcessor,
-        # which refuses to work without torchvision.
-        from transformers import AutoTokenizer
+        # which refuses to work without torchvision. The tokenizer is always BERT WordPiece: loading it by
+        # class avoids AutoTokenizer following an `auto_map` in the folder's config.json, which would ask
+        # the trust-remote-code question where the package is not installed.
+        from transformers import BertTokenizer
 
         video_kwargs = dict((processor_dict or {}).get("video_processor", {}))
         video_kwargs.pop("video_processor_type", None)
-        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        tokenizer = BertTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return [SGDetrVideoProcessor(**video_kwargs), tokenizer]
 
     def tokenize_queries(self, text: str | list[str]) -> BatchFeature:
