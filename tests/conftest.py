@@ -16,7 +16,9 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"reference data not found at {SHARED_DATA} (the ../shared/data folder beside the checkout)")
+        pytest.skip(
+            f"reference data not found at {SHARED_DATA} (the ../shared/data folder beside the checkout)"
+        )
     return SHARED_DATA
 
 
