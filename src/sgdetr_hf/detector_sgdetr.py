@@ -430,17 +430,31 @@ def build_denoising_group(
     num_groups: int,
     box_noise_scale: float,
     label_noise_ratio: float,
-) -> QueryGroup | None:
+) -> QueryGroup:
     """DINO contrastive denoising queries (§2.15): ``G`` groups of one positive and one negative per GT.
 
     Endpoint noise ``± u * scale * w / 2`` with ``u ~ U[0, 1)`` (positives) or ``U[1, 2)`` (negatives),
     clamped to [0, 1], minimum width 1e-3. Content ``E_label[moment]``, swapped to ``E_label[unknown]`` with
     probability ``0.5 * label_noise_ratio``. Slots of samples with fewer GTs are invalid.
+
+    A batch without any GT (highlight-only data) gets one pair of slots per group, all invalid, with content
+    ``E_label[moment]`` and reference (0.5, 0.5), drawn without the RNG: the criterion gives them connected
+    zeros, so ``label_embed`` still receives a (zero) gradient and DDP needs no ``find_unused_parameters``.
+    Invalid slots are blocked as keys, so the primary queries do not see them.
     """
     batch, num_gt = gt_mask.shape
-    if num_gt == 0 or not bool(gt_mask.any()):
-        return None
     device = gt_spans.device
+    if num_gt == 0 or not bool(gt_mask.any()):
+        shape = (batch, 2 * num_groups)
+        invalid = torch.zeros(shape, dtype=torch.bool, device=device)
+        return QueryGroup(
+            content=label_embed(torch.zeros(shape, dtype=torch.long, device=device)),
+            references=torch.full((*shape, 2), 0.5, device=device),
+            target_spans=torch.zeros(*shape, 2, device=device),
+            is_positive=invalid,
+            valid=invalid,
+            group_ids=torch.arange(num_groups, device=device).repeat_interleave(2),
+        )
     gt = gt_spans.float()
     gt_se = span_cw_to_se(gt)
     width = gt[..., 1]
@@ -496,22 +510,29 @@ def build_atss_positive_group(
     hidden_size: int,
     temperature: float,
     max_queries: int,
-) -> QueryGroup | None:
+) -> QueryGroup:
     """Co-DETR ATSS-positive queries (§2.15): all positive anchors of a video (a random subset when more than
     ``max_queries``), padded to the batch maximum with random negative anchors of the same video (no-object
     targets); slots beyond a video's anchors are invalid. Reference = the clipped anchor; content =
     ``position_proj(sine(anchor)) + feature_proj(pyramid feature at the anchor)``. The random choices do not
-    depend on the padded length (see :func:`_anchor_uniforms`)."""
+    depend on the padded length (see :func:`_anchor_uniforms`).
+
+    A batch without any positive anchor (e.g. highlight-only data) gets one invalid slot per video, built
+    from its first anchor without the RNG: the criterion gives it connected zeros, so both projections still
+    receive a (zero) gradient and DDP needs no ``find_unused_parameters``."""
     is_pos = assignment["is_positive"] & anchor_mask
     num_pos = is_pos.sum(1)
     size = min(int(num_pos.max()), max_queries)
     if size == 0:
-        return None
-    # random priorities: positives first (random order), then valid negatives, then padding
-    priority = _anchor_uniforms(anchor_levels, anchor_mask.shape[0]) + is_pos.float() * 2.0
-    priority = priority.masked_fill(~anchor_mask, -1.0)
-    top_priority, index = priority.topk(size, dim=1)
-    valid = top_priority >= 0
+        index = torch.zeros(anchor_mask.shape[0], 1, dtype=torch.long, device=anchor_mask.device)
+        valid = torch.zeros(index.shape, dtype=torch.bool, device=anchor_mask.device)
+        size = 1
+    else:
+        # random priorities: positives first (random order), then valid negatives, then padding
+        priority = _anchor_uniforms(anchor_levels, anchor_mask.shape[0]) + is_pos.float() * 2.0
+        priority = priority.masked_fill(~anchor_mask, -1.0)
+        top_priority, index = priority.topk(size, dim=1)
+        valid = top_priority >= 0
     positive = is_pos.gather(1, index) & valid
     refs = clamp_spans_cw(anchors.gather(1, index[..., None].expand(-1, -1, 2)).float())
     feats = features.gather(1, index[..., None].expand(-1, -1, features.shape[-1]))
@@ -590,7 +611,8 @@ class SGDetrHybridDetector(nn.Module):
             training (they switch on the query groups and the ATSS assignment).
         Returns a dict: ``decoder`` (per layer, primary group), ``selector``, ``anchors`` / ``anchor_mask`` /
         ``anchor_levels``, ``atss`` (None without the ATSS head), and when targets are given ``dn`` and
-        ``atss_queries`` (None when off or empty) and the assignment inside ``atss``.
+        ``atss_queries`` (None only when switched off; a batch without windows gets all-invalid groups, see
+        :func:`build_denoising_group`) and the assignment inside ``atss``.
         """
         cfg = self.config
         lengths = video_mask.sum(1)

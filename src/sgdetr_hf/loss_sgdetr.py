@@ -274,9 +274,10 @@ class SGDetrLoss(nn.Module):
         self.num_margin_pairs = config.num_saliency_pairs
         self.focal_alpha = config.focal_alpha
         self.focal_gamma = config.focal_gamma
-        # CE class weights (moment, no-object); a buffer so that it follows the module's device (it also follows
-        # a cast of the whole model to bf16, hence the .float() where it is used).
-        self.register_buffer("class_weights", torch.tensor([1.0, config.eos_coef]), persistent=False)
+        # CE class weights (moment, no-object). Deliberately not a buffer: `from_pretrained` materialises the
+        # model on the meta device and leaves non-persistent buffers uninitialised, which made the CE terms of
+        # every loaded (fine-tuned) model garbage.
+        self.class_weights = (1.0, config.eos_coef)
         self.generator = torch.Generator().manual_seed(config.saliency_pair_seed)
 
     # ------------------------------------------------------------------ targets
@@ -458,7 +459,7 @@ class SGDetrLoss(nn.Module):
         matched_spans, matched_targets = spans[positive], target_spans[positive]
         classes = torch.where(positive, MOMENT_CLASS, NO_OBJECT_CLASS)
         cross_entropy = F.cross_entropy(
-            logits[valid], classes[valid], weight=self.class_weights.float(), reduction="none"
+            logits[valid], classes[valid], weight=logits.new_tensor(self.class_weights), reduction="none"
         )
         losses = {
             "l1": _mean_or_zero((matched_spans - matched_targets).abs()),
