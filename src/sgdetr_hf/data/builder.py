@@ -218,6 +218,7 @@ def write_parquet_shard(path: Path, columns: Mapping[str, Any], features: datase
             name for name, feature in features.items() if not isinstance(feature, datasets.Array2D)
         ]
         pq.write_table(table, temporary, use_dictionary=small_columns, write_statistics=small_columns)
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -231,6 +232,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

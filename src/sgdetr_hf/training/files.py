@@ -20,6 +20,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
+            os.chmod(tmp.name, 0o644)  # temporary files are created 0600; outputs are ordinary files
         except BaseException:
             os.unlink(tmp.name)
             raise
