@@ -86,6 +86,8 @@ def test_space_in_a_real_browser(app, tiny_model_dir, shared_data, tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             page.goto(demo.local_url)
             page.locator("input[type=file]").first.set_input_files(str(video))
+            # the upload is asynchronous: wait for the player before submitting, or the app sees no video
+            page.locator("video").first.wait_for(timeout=60_000)
             find = page.get_by_role("button", name="Find moments")
 
             page.get_by_label("Queries (one per line)").fill("\n".join(queries))
