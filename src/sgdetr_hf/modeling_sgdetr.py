@@ -250,41 +250,46 @@ class SGDetrLocalSaliency(nn.Module):
         return scores.masked_fill(~video_mask, PADDING_SALIENCY)
 
 
-class SGDetrSGCALayer(GradientCheckpointingLayer):
-    """Saliency-guided cross-attention layer (eq. 3-5, §2.7), post-norm. ``gate=None`` gives plain
-    cross-attention (ablation row (a))."""
+class SGDetrPostNormLayer(GradientCheckpointingLayer):
+    """The post-norm residual block shared by the SGCA and encoder layers: ``x = LN(x + drop(attended))``,
+    then ``x = LN(x + drop(FFN(x)))``. Subclasses name their attention module (the attribute registered first,
+    so parameter order and seeded initialisation are those of a hand-written layer) and compute ``attended``."""
 
-    def __init__(self, config: SGDetrConfig):
+    def __init__(self, config: SGDetrConfig, attention_name: str):
         super().__init__()
         d = config.hidden_size
-        self.cross_attention = SGDetrAttention(config)
+        self.add_module(attention_name, SGDetrAttention(config))
         self.norm1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.ffn = SGDetrFeedForward(config)
         self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, pos: Tensor, text: Tensor, text_mask: Tensor, gate: Tensor | None) -> Tensor:
-        attended = self.cross_attention(x + pos, text, text, key_mask=text_mask, gate=gate)
+    def residual_blocks(self, x: Tensor, attended: Tensor) -> Tensor:
         x = self.norm1(x + self.dropout(attended))
         return self.norm2(x + self.dropout(self.ffn(x)))
 
 
-class SGDetrEncoderLayer(GradientCheckpointingLayer):
+class SGDetrSGCALayer(SGDetrPostNormLayer):
+    """Saliency-guided cross-attention layer (eq. 3-5, §2.7), post-norm. ``gate=None`` gives plain
+    cross-attention (ablation row (a))."""
+
+    def __init__(self, config: SGDetrConfig):
+        super().__init__(config, attention_name="cross_attention")
+
+    def forward(self, x: Tensor, pos: Tensor, text: Tensor, text_mask: Tensor, gate: Tensor | None) -> Tensor:
+        attended = self.cross_attention(x + pos, text, text, key_mask=text_mask, gate=gate)
+        return self.residual_blocks(x, attended)
+
+
+class SGDetrEncoderLayer(SGDetrPostNormLayer):
     """Post-norm self-attention layer with ``q = k = x + pos`` (eq. 6 encoder and the moment encoder)."""
 
     def __init__(self, config: SGDetrConfig):
-        super().__init__()
-        d = config.hidden_size
-        self.self_attention = SGDetrAttention(config)
-        self.norm1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.ffn = SGDetrFeedForward(config)
-        self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        super().__init__(config, attention_name="self_attention")
 
     def forward(self, x: Tensor, pos: Tensor, key_mask: Tensor) -> Tensor:
         qk = x + pos
-        x = self.norm1(x + self.dropout(self.self_attention(qk, qk, x, key_mask=key_mask)))
-        return self.norm2(x + self.dropout(self.ffn(x)))
+        return self.residual_blocks(x, self.self_attention(qk, qk, x, key_mask=key_mask))
 
 
 class SGDetrMomentEncoder(nn.Module):

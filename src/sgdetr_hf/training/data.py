@@ -6,23 +6,16 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..data import MomentRetrievalCollator
+from ..data import ANNOTATION_COLUMNS, MomentRetrievalCollator
 from ..data.dataset import MomentRetrievalDataset, load_moment_retrieval
 from .recipe import TrainingRecipe
 
 # Columns every split needs: the collator's inputs and the metrics' references.
+HIGHLIGHT_ONLY_COLUMNS = ("label", "domain")  # read by the YouTube Highlights and TVSum metrics
 REQUIRED_QUERY_COLUMNS = (
-    "qid",
-    "vid",
-    "query",
-    "duration",
-    "clip_length",
-    "relevant_windows",
-    "relevant_clip_ids",
-    "saliency_scores",
+    *(c for c in ANNOTATION_COLUMNS if c not in HIGHLIGHT_ONLY_COLUMNS),
     "text_features",
 )
-HIGHLIGHT_ONLY_COLUMNS = ("label", "domain")  # read by the YouTube Highlights and TVSum metrics
 REQUIRED_VIDEO_COLUMNS = ("vid", "video_features")
 
 
