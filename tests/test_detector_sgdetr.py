@@ -18,6 +18,7 @@ from sgdetr_hf.detector_sgdetr import (
     make_anchors,
 )
 from sgdetr_hf.spans import span_cw_to_se
+from sgdetr_hf.targets_sgdetr import prepare_targets
 
 TINY = dict(
     hidden_size=32, num_attention_heads=4, ffn_dim=64, group_norm_groups=8, video_feature_dim=16,
@@ -210,7 +211,10 @@ def test_atss_positive_group_takes_every_positive_and_pads_with_negatives():
     }
     feats = torch.randn(2, 10, 8)
     proj = torch.nn.Linear(8, 8)
-    group = build_atss_positive_group(assignment, anchors, mask, levels, feats, proj, proj, 8, 10000.0, 100)
+    seeds = torch.tensor([3.0, 7.0])
+    group = build_atss_positive_group(
+        assignment, anchors, mask, levels, seeds, feats, proj, proj, 8, 10000.0, 100
+    )
     assert group.content.shape == (2, 3, 8) and group.valid.all()
     assert group.is_positive.sum(1).tolist() == [3, 1]
     # references are the anchors themselves (clipped), positives target their GT, negatives are no-object
@@ -218,8 +222,21 @@ def test_atss_positive_group_takes_every_positive_and_pads_with_negatives():
         group.references[0][group.is_positive[0]].sort(0).values[:, 0], torch.tensor([0.25, 0.35, 0.45])
     )
     assert torch.allclose(group.target_spans[1][~group.is_positive[1]], torch.zeros(2, 2))
-    limited = build_atss_positive_group(assignment, anchors, mask, levels, feats, proj, proj, 8, 10000.0, 2)
+    limited = build_atss_positive_group(
+        assignment, anchors, mask, levels, seeds, feats, proj, proj, 8, 10000.0, 2
+    )
     assert limited.is_positive.sum(1).tolist() == [2, 1]
+    # the subset is a function of each sample's seed only: the same seed, the same queries
+    again = build_atss_positive_group(
+        assignment, anchors, mask, levels, seeds, feats, proj, proj, 8, 10000.0, 2
+    )
+    assert torch.equal(again.references, limited.references)
+    subsets = {
+        tuple(build_atss_positive_group(assignment, anchors, mask, levels, torch.tensor([s, 7.0]), feats, proj,
+                                        proj, 8, 10000.0, 2).references[0, :, 0].tolist())
+        for s in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+    }  # fmt: skip
+    assert len(subsets) > 1  # other seeds choose other positives
 
 
 # ------------------------------------------------------------------------------------------- selector / decoder
@@ -227,8 +244,8 @@ def test_selector_cycles_when_fewer_candidates_than_queries():
     cfg = SGDetrConfig(**TINY)
     det = SGDetrHybridDetector(cfg).eval()
     anchors, mask, _ = make_anchors(torch.tensor([1]), 1, cfg.pyramid_strides, cfg.anchor_scale)
-    out = det.selector(torch.randn(1, anchors.shape[1], 32), anchors, mask)
-    index = out["index"][0].tolist()
+    _, index, _ = det.selector(torch.randn(1, anchors.shape[1], 32), anchors, mask)
+    index = index[0].tolist()
     assert len(index) == 25 and len(set(index[:5])) == 5
     assert index == [index[i % 5] for i in range(25)]
 
@@ -262,11 +279,11 @@ def test_decoder_dn_queries_do_not_leak_into_primary_outputs():
         perturbed_refs[:, :6] = torch.rand(2, 6, 2) * 0.5 + 0.2
         perturbed = dec(perturbed_content, perturbed_refs, memory, pos, mask, blocked)
         alone = dec(content[:, 6:], refs[:, 6:], memory, pos, mask, None)
-    for a, b, c in zip(full, perturbed, alone):
-        for key in ("logits", "spans", "iou_logits"):
-            torch.testing.assert_close(a[key][:, 6:], b[key][:, 6:], atol=1e-5, rtol=0)
-            torch.testing.assert_close(a[key][:, 6:], c[key], atol=1e-5, rtol=0)
-        assert not torch.allclose(a["logits"][:, :6], b["logits"][:, :6])  # the DN outputs did change
+    for key in ("logits", "spans", "iou_logits"):  # (B, num_layers, Q, ...)
+        a, b, c = full[key], perturbed[key], alone[key]
+        torch.testing.assert_close(a[:, :, 6:], b[:, :, 6:], atol=1e-5, rtol=0)
+        torch.testing.assert_close(a[:, :, 6:], c, atol=1e-5, rtol=0)
+    assert not torch.allclose(full.logits[:, :, :6], perturbed.logits[:, :, :6])  # the DN outputs did change
 
 
 def test_decoder_first_prediction_is_the_reference_at_init():
@@ -275,8 +292,8 @@ def test_decoder_first_prediction_is_the_reference_at_init():
     torch.nn.init.zeros_(dec.span_head.layers[-1].bias)
     memory, pos, mask, content, refs, _, _ = _decoder_inputs()
     out = dec.eval()(content, refs, memory, pos, mask)
-    for layer in out:  # zero span head: every layer reproduces the initial reference
-        torch.testing.assert_close(layer["spans"], refs, atol=1e-5, rtol=0)
+    for layer in range(out.spans.shape[1]):  # zero span head: every layer reproduces the initial reference
+        torch.testing.assert_close(out.spans[:, layer], refs, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("num_clips", [1, 6, 75])
@@ -289,18 +306,16 @@ def test_detector_training_outputs_shapes(num_clips):
     feats = torch.randn(2, num_clips, 32) * mask[..., None]
     pos = torch.randn(2, num_clips, 32)
     gts = torch.tensor([[[0.5, 0.3], [0.2, 0.1]], [[0.6, 0.5], [0.0, 0.0]]])
-    gt_mask = torch.tensor([[True, True], [True, False]])
-    out = det(feats, mask, pos, gts, gt_mask)
+    labels = [{"spans": gts[0], "saliency_scores": torch.ones(num_clips)},
+              {"spans": gts[1, :1], "saliency_scores": torch.ones(num_clips)}]  # fmt: skip
+    out = det(feats, mask, pos, prepare_targets(labels, feats, mask, num_margin_pairs=2))
     num_anchors = sum(-(-num_clips // s) for s in cfg.pyramid_strides)
-    assert out["anchors"].shape == (2, num_anchors, 2)
-    assert out["atss"]["logits"].shape == (2, num_anchors) and out["atss"]["assigned_gt"].shape == (
-        2,
-        num_anchors,
-    )
-    assert len(out["decoder"]) == 3 and out["decoder"][0]["spans"].shape == (2, 25, 2)
-    assert out["selector"]["logits"].shape == (2, 25, 2)
-    dn = out["dn"]
-    assert dn["target_spans"].shape == (2, 5 * 2 * 2, 2) and dn["layers"][2]["iou_logits"].shape == (2, 20)
-    co = out["atss_queries"]
-    assert co["is_positive"].any(1).all()  # every video with a GT has ATSS-positive queries
-    assert co["layers"][0]["spans"].shape[:2] == co["valid"].shape
+    assert out.anchors.shape == (2, num_anchors, 2)
+    assert out.atss.logits.shape == (2, num_anchors) and out.atss.assigned_gt.shape == (2, num_anchors)
+    assert out.decoder.spans.shape == (2, 3, 25, 2)  # (B, num_layers, K, 2)
+    assert out.selector.logits.shape == (2, 25, 2)
+    dn = out.denoising
+    assert dn.target_spans.shape == (2, 5 * 2 * 2, 2) and dn.iou_logits.shape == (2, 3, 20)
+    co = out.atss_queries
+    assert co.is_positive.any(1).all()  # every video with a GT has ATSS-positive queries
+    assert (co.spans.shape[0], co.spans.shape[2]) == co.valid.shape  # (B, num_layers, Q, 2) vs (B, Q)

@@ -16,6 +16,7 @@ from transformers import AutoModel
 import sgdetr_hf
 from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval, SGDetrModel
 from sgdetr_hf.spans import sine_embedding
+from sgdetr_hf.targets_sgdetr import prepare_targets
 
 TINY = dict(
     hidden_size=32, num_attention_heads=4, ffn_dim=64, group_norm_groups=8, video_feature_dim=16,
@@ -223,9 +224,12 @@ def test_training_groups_do_not_change_primary_outputs(tiny_model):
     with torch.no_grad():
         plain = tiny_model(video, vmask, text, tmask)
         trained = tiny_model(video, vmask, text, tmask, labels=labels)
-    outputs = trained.training_outputs
-    assert outputs["dn"] is not None and outputs["atss_queries"] is not None
-    assert outputs["neg_pair_mask"].tolist() == [True, True, True]
+    assert (
+        trained.detector_outputs.denoising is not None and trained.detector_outputs.atss_queries is not None
+    )
+    assert plain.detector_outputs.denoising is None and plain.encoder_outputs.neg_local_saliency is None
+    targets = prepare_targets(labels, video, vmask.bool(), num_margin_pairs=2)
+    assert targets.neg_pair_mask.tolist() == [True, True, True]
     for key in ("pred_spans", "pred_logits", "pred_iou_logits", "global_saliency", "atss_logits"):
         torch.testing.assert_close(plain[key], trained[key], atol=1e-5, rtol=0, msg=key)
     assert torch.isfinite(trained.loss) and set(trained.loss_dict) >= {
@@ -241,22 +245,19 @@ def test_training_outputs_follow_the_contract(tiny_model):
     for label, vid in zip(labels, ["a", "a", "b"]):
         label["video_id"] = vid
     out = tiny_model(video, vmask, text, tmask, labels=labels)
-    t = out.training_outputs
-    assert t["neg_pair_mask"].tolist() == [False, True, True]  # sample 0 rolls onto sample 1, same source
-    assert t["neg_local_saliency"].shape == t["neg_global_saliency"].shape == (3, 9)
-    assert t["moment_tokens"].shape == t["nonmoment_tokens"].shape == (3, 32)
-    assert t["moment_frame_outputs"].shape == (3, 9, 32)
-    assert len(t["decoder"]) == 3 and set(t["decoder"][0]) == {"logits", "spans", "iou_logits"}
-    dn = t["dn"]
-    assert (
-        dn["target_spans"].shape == (3, 5 * 2 * 2, 2)
-        and dn["valid"][2].sum() == 0
-        and dn["valid"][1].sum() == 10
-    )
-    atss = t["atss"]
-    assert set(atss) >= {"logits", "spans", "centerness", "anchors", "anchor_mask", "assigned_gt", "target_spans",
-                         "centerness_targets"}  # fmt: skip
-    assert (atss["assigned_gt"][2] == -1).all() and (atss["assigned_gt"][0] >= 0).any()
+    targets = prepare_targets(labels, video, vmask.bool(), num_margin_pairs=2)
+    assert targets.neg_pair_mask.tolist() == [False, True, True]  # sample 0 rolls onto sample 1, same source
+    enc, det = out.encoder_outputs, out.detector_outputs
+    assert enc.neg_local_saliency.shape == enc.neg_global_saliency.shape == (3, 9)
+    assert enc.moment_tokens.shape == enc.nonmoment_tokens.shape == (3, 32)
+    assert enc.moment_frame_outputs.shape == (3, 9, 32)
+    assert det.decoder.logits.shape == (3, 3, 25, 2) and det.decoder.iou_logits.shape == (3, 3, 25)
+    torch.testing.assert_close(det.decoder.spans[:, -1], out.pred_spans)
+    dn = det.denoising
+    assert dn.target_spans.shape == (3, 5 * 2 * 2, 2) and dn.valid[2].sum() == 0 and dn.valid[1].sum() == 10
+    atss = det.atss
+    assert atss.centerness_targets.shape == atss.logits.shape == det.anchor_mask.shape
+    assert (atss.assigned_gt[2] == -1).all() and (atss.assigned_gt[0] >= 0).any()
     assert math.isclose(out.loss.item(), sum(v.item() for v in out.loss_dict.values()), rel_tol=1e-5)
 
 

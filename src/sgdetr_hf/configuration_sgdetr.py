@@ -53,7 +53,7 @@ class SGDetrConfig(PreTrainedConfig):
         lambda_l1 10, lambda_giou 1, lambda_ce 5, lambda_centerness 1, lambda_iou 1, lambda_detr 1,
         lambda_atss 1, lambda_hl 1, lambda_aux 1, lambda_dn 1, lambda_atss_queries 1, lambda_selector 1,
         eos_coef 0.1, matcher_cost_class 4, matcher_cost_l1 10, matcher_cost_giou 1, saliency_margin 0.2,
-        rank_contrastive_tau 0.5, saliency_label_max 12, num_saliency_pairs 2, saliency_pair_seed 0,
+        rank_contrastive_tau 0.5, saliency_label_max 12, num_saliency_pairs 2,
         focal_alpha 0.25, focal_gamma 2, max_gt_windows 5.
 
     Ablation switches (Table 2 and §7)
@@ -139,7 +139,6 @@ class SGDetrConfig(PreTrainedConfig):
         rank_contrastive_tau: float = 0.5,
         saliency_label_max: int = 12,
         num_saliency_pairs: int = 2,
-        saliency_pair_seed: int = 0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         max_gt_windows: int = 5,
@@ -222,7 +221,6 @@ class SGDetrConfig(PreTrainedConfig):
         self.rank_contrastive_tau = rank_contrastive_tau
         self.saliency_label_max = saliency_label_max
         self.num_saliency_pairs = num_saliency_pairs
-        self.saliency_pair_seed = saliency_pair_seed
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.max_gt_windows = max_gt_windows
@@ -244,6 +242,8 @@ class SGDetrConfig(PreTrainedConfig):
             fusion_mode = "wbf" if self.use_atss is True else "detr"
         self.fusion_mode = fusion_mode
 
+        # the loss owned a seeded generator until 0.1; its draws now come with the labels (the collator's)
+        kwargs.pop("saliency_pair_seed", None)
         super().__init__(**kwargs)
         self.validate_sgdetr()
 
@@ -381,7 +381,6 @@ class SGDetrConfig(PreTrainedConfig):
         _float("focal_alpha", 0.0, 1.0)
         _int("saliency_label_max", 1)
         _int("num_saliency_pairs", 1)
-        _int("saliency_pair_seed", 0)
         _int("max_gt_windows", 1)
 
         for name in (

@@ -1,4 +1,4 @@
-"""The SG-DETR hybrid detector (design ``shared/design/sg-detr.md`` §2.11-2.16).
+"""The SG-DETR hybrid detector (paper §3.5-3.6: the ATSS + DINO-DETR detector with IoU scoring).
 
 Input: the globally amplified video features ``F_g`` (B, L, d) with the video mask and the video positional
 encoding. Components, all vectorised over the batch (loops only over pyramid levels, decoder layers and
@@ -24,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
 
 from .layers_sgdetr import (
     SGDetrFeedForward,
     SGDetrMaskedGroupNorm,
     SGDetrMLP,
+    SGDetrQueryEmbedding,
     attend,
     merge_heads,
     split_heads,
@@ -41,11 +43,86 @@ from .spans import (
     span_cw_to_se,
     span_se_to_cw,
 )
+from .targets_sgdetr import SGDetrTargets
 
 _ATSS_MAX_LOG_RATIO = math.log(1000.0 / 16)
 # group ids used by the decoder self-attention mask: DN groups are 0..G-1
 _PRIMARY_GROUP = -1
 _ATSS_GROUP = -2
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+@dataclass
+class SGDetrSpanPredictions(ModelOutput):
+    """Class, span and IoU predictions of a set of queries. The leading dims are ``(B, num_layers)`` for the
+    decoder's per-layer predictions and ``(B,)`` for the query selector's proposals.
+
+    logits ``(..., Q, 2)``: class 0 = moment, 1 = no-object. spans ``(..., Q, 2)``: normalised (center, width).
+    iou_logits ``(..., Q)``: IoU-head logits, None without the IoU head (and for the selector).
+    """
+
+    logits: torch.FloatTensor | None = None
+    spans: torch.FloatTensor | None = None
+    iou_logits: torch.FloatTensor | None = None
+
+
+@dataclass
+class SGDetrQueryGroupOutput(ModelOutput):
+    """A training query group with fixed targets (DINO denoising or Co-DETR ATSS-positive queries).
+
+    logits ``(B, num_layers, Q, 2)``, spans ``(B, num_layers, Q, 2)``, iou_logits ``(B, num_layers, Q)`` or None:
+    the decoder's predictions for the group. target_spans ``(B, Q, 2)``: the window each positive query must
+    reconstruct. is_positive ``(B, Q)`` bool: classified as moment and regressed; the other valid slots are
+    no-object. valid ``(B, Q)`` bool: real slots (padding slots take no part in any loss).
+    """
+
+    logits: torch.FloatTensor | None = None
+    spans: torch.FloatTensor | None = None
+    iou_logits: torch.FloatTensor | None = None
+    target_spans: torch.FloatTensor | None = None
+    is_positive: torch.BoolTensor | None = None
+    valid: torch.BoolTensor | None = None
+
+
+@dataclass
+class SGDetrATSSOutput(ModelOutput):
+    """The auxiliary ATSS head over every pyramid anchor (paper eq. 13).
+
+    logits ``(B, A)``: foreground logits. spans ``(B, A, 2)``: decoded (center, width), clipped to [0, 1].
+    centerness ``(B, A)``: centerness logits. With targets (training) also the ATSS assignment:
+    assigned_gt ``(B, A)`` long (-1 = negative or padding), target_spans ``(B, A, 2)`` and
+    centerness_targets ``(B, A)`` (0 for negatives).
+    """
+
+    logits: torch.FloatTensor | None = None
+    spans: torch.FloatTensor | None = None
+    centerness: torch.FloatTensor | None = None
+    assigned_gt: torch.LongTensor | None = None
+    target_spans: torch.FloatTensor | None = None
+    centerness_targets: torch.FloatTensor | None = None
+
+
+@dataclass
+class SGDetrDetectorOutput(ModelOutput):
+    """Outputs of [`SGDetrHybridDetector`].
+
+    anchors ``(B, A, 2)``: one anchor per pyramid position, (center, width), not clipped. anchor_mask ``(B, A)``
+    bool: valid positions. anchor_levels ``(A,)`` long: pyramid level of each anchor.
+    decoder: the primary queries' [`SGDetrSpanPredictions`] of every decoder layer, ``(B, num_layers, K, ...)``.
+    selector: the query selector's top-``K`` proposals, ``(B, K, ...)`` (eq. 12's two-stage term).
+    atss: [`SGDetrATSSOutput`], None without the ATSS head.
+    denoising / atss_queries: [`SGDetrQueryGroupOutput`] of the DINO denoising groups and the Co-DETR
+        ATSS-positive queries; only with targets, None when switched off.
+    """
+
+    anchors: torch.FloatTensor | None = None
+    anchor_mask: torch.BoolTensor | None = None
+    anchor_levels: torch.LongTensor | None = None
+    decoder: SGDetrSpanPredictions | None = None
+    selector: SGDetrSpanPredictions | None = None
+    atss: SGDetrATSSOutput | None = None
+    denoising: SGDetrQueryGroupOutput | None = None
+    atss_queries: SGDetrQueryGroupOutput | None = None
 
 
 # ----------------------------------------------------------------------------------------------- anchors
@@ -211,7 +288,10 @@ class SGDetrPyramidNeck(nn.Module):
 
 
 class SGDetrATSSHead(nn.Module):
-    """Shared 1-D ATSS head: one conv per tower (Co-DETR ``stacked_convs=1``), per-level regression scales."""
+    """Shared 1-D ATSS head: one conv per tower (Co-DETR ``stacked_convs=1``), per-level regression scales.
+    Initialised as in ATSS: every conv N(0, 0.01), the classification bias at the prior ``cls_prior``."""
+
+    cls_prior = 0.01
 
     def __init__(self, config):
         super().__init__()
@@ -223,9 +303,6 @@ class SGDetrATSSHead(nn.Module):
         self.cls_out = nn.Conv1d(d, 1, 3, padding=1)
         self.reg_out = nn.Conv1d(d, 2, 3, padding=1)
         self.ctr_out = nn.Conv1d(d, 1, 3, padding=1)
-        for conv in (self.cls_conv, self.reg_conv, self.cls_out, self.reg_out, self.ctr_out):
-            conv._sgdetr_atss_conv = True
-        self.cls_out._sgdetr_bias_prior = 0.01
         self.scales = nn.Parameter(torch.ones(config.num_pyramid_levels))
 
     def forward(self, feats: list[Tensor], masks: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -251,15 +328,17 @@ class SGDetrQuerySelector(nn.Module):
         self.proj = nn.Linear(d, d)
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.class_head = nn.Linear(d, 2)
-        self.span_head = SGDetrMLP(d, d, 2, 3, zero_last=True)
-        self.content = nn.Embedding(config.num_queries, d)
-        self.content._sgdetr_init_std = 1.0
+        self.span_head = SGDetrMLP(d, d, 2, 3, zero_init_last=True)
+        self.content = SGDetrQueryEmbedding(config.num_queries, d)
 
-    def forward(self, features: Tensor, anchors: Tensor, anchor_mask: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, features: Tensor, anchors: Tensor, anchor_mask: Tensor
+    ) -> tuple[SGDetrSpanPredictions, Tensor, Tensor]:
         """features ``(B, A, d)``, anchors ``(B, A, 2)`` (center, width), anchor_mask ``(B, A)``.
 
-        Returns logits ``(B, K, 2)`` and spans ``(B, K, 2)`` of the selected proposals (for the selector
-        loss), their ``index`` ``(B, K)``, detached references ``(B, K, 2)`` and content ``(B, K, d)``.
+        Returns the selected proposals (logits and spans ``(B, K, 2)``, for the selector loss), their anchor
+        ``index`` ``(B, K)`` and the decoder's content queries ``(B, K, d)``; the decoder's references are the
+        proposals' spans, detached.
         """
         z = self.norm(self.proj(features)) * anchor_mask[..., None].to(features.dtype)
         logits = self.class_head(z).float()
@@ -271,14 +350,10 @@ class SGDetrQuerySelector(nn.Module):
         slot = torch.arange(self.num_queries, device=features.device)[None, :] % num_valid
         index = order.gather(1, slot)
         spans = proposals.gather(1, index[..., None].expand(-1, -1, 2))
-        batch = features.shape[0]
-        return {
-            "logits": logits.gather(1, index[..., None].expand(-1, -1, 2)),
-            "spans": spans,
-            "index": index,
-            "references": spans.detach(),
-            "content": self.content.weight[None].expand(batch, -1, -1),
-        }
+        proposals = SGDetrSpanPredictions(
+            logits=logits.gather(1, index[..., None].expand(-1, -1, 2)), spans=spans
+        )
+        return proposals, index, self.content.weight[None].expand(features.shape[0], -1, -1)
 
 
 class SGDetrDecoderLayer(GradientCheckpointingLayer):
@@ -321,14 +396,12 @@ class SGDetrDecoderLayer(GradientCheckpointingLayer):
         memory_blocked: Tensor,
         self_blocked: Tensor | None,
     ) -> Tensor:
-        impl = self.config._attn_implementation
-        p = self.config.dropout if self.training else 0.0
         h = self.num_heads
         # self-attention among queries (group mask)
         q = self.sa_q_content(tgt) + self.sa_q_pos(query_pos)
         k = self.sa_k_content(tgt) + self.sa_k_pos(query_pos)
         v = self.sa_v(tgt)
-        out = attend(split_heads(q, h), split_heads(k, h), split_heads(v, h), self_blocked, p, impl)
+        out = attend(self, split_heads(q, h), split_heads(k, h), split_heads(v, h), self_blocked)
         tgt = self.norm1(tgt + self.dropout(self.sa_out(merge_heads(out))))
         # cross-attention to the video memory
         q = self.ca_q_content(tgt)
@@ -339,7 +412,7 @@ class SGDetrDecoderLayer(GradientCheckpointingLayer):
             k = k + k_pos
         q = torch.cat((split_heads(q, h), split_heads(self.ca_q_sine(query_sine), h)), dim=-1)
         k = torch.cat((split_heads(k, h), split_heads(k_pos, h)), dim=-1)
-        out = attend(q, k, split_heads(self.ca_v(memory), h), memory_blocked, p, impl)
+        out = attend(self, q, k, split_heads(self.ca_v(memory), h), memory_blocked)
         tgt = self.norm2(tgt + self.dropout(self.ca_out(merge_heads(out))))
         return self.norm3(tgt + self.dropout(self.ffn(tgt)))
 
@@ -361,7 +434,7 @@ class SGDetrDecoder(nn.Module):
         self.ref_width_head = SGDetrMLP(d, d, 1, 2)
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.class_head = nn.Linear(d, 2)
-        self.span_head = SGDetrMLP(d, d, 2, 3, zero_last=True)
+        self.span_head = SGDetrMLP(d, d, 2, 3, zero_init_last=True)
         self.iou_head = SGDetrMLP(d, d, 1, 2) if config.use_iou_head else None
 
     def forward(
@@ -372,19 +445,19 @@ class SGDetrDecoder(nn.Module):
         memory_pos: Tensor,
         memory_mask: Tensor,
         self_blocked: Tensor | None = None,
-    ) -> list[dict[str, Tensor | None]]:
+    ) -> SGDetrSpanPredictions:
         """content ``(B, Q, d)``, references ``(B, Q, 2)`` (detached), memory ``(B, L, d)`` with positions and
         mask ``(B, L)``; ``self_blocked`` ``(B, Q, Q)`` bool (True = blocked) or None (all queries see all).
 
-        Returns one dict per layer: ``logits`` ``(B, Q, 2)``, ``spans`` ``(B, Q, 2)`` (fp32),
-        ``iou_logits`` ``(B, Q)`` or None.
+        Returns the predictions of every layer (fp32): logits ``(B, num_layers, Q, 2)``, spans
+        ``(B, num_layers, Q, 2)``, iou_logits ``(B, num_layers, Q)`` or None.
         """
         memory_blocked = ~memory_mask[:, None, None, :]
         self_blocked = None if self_blocked is None else self_blocked[:, None]
         output = content
         reference = references.float()
         previous = None
-        results = []
+        hidden_states, layer_spans = [], []
         for i, layer in enumerate(self.layers):
             sine = sine_embed_spans_cw(reference, self.hidden_size, self.temperature).to(output.dtype)
             query_pos = self.ref_point_head(sine)
@@ -397,28 +470,29 @@ class SGDetrDecoder(nn.Module):
             # look-forward-twice: predict from the previous layer's (undetached) prediction
             base = reference if previous is None else previous
             spans = torch.sigmoid(self.span_head(hidden).float() + inverse_sigmoid(base))
-            results.append(
-                {
-                    "logits": self.class_head(hidden).float(),
-                    "spans": spans,
-                    "iou_logits": None if self.iou_head is None else self.iou_head(hidden)[..., 0].float(),
-                }
-            )
+            hidden_states.append(hidden)
+            layer_spans.append(spans)
             previous = spans
             reference = spans.detach()
-        return results
+        hidden = torch.stack(hidden_states, dim=1)  # the class and IoU heads run once over every layer
+        return SGDetrSpanPredictions(
+            logits=self.class_head(hidden).float(),
+            spans=torch.stack(layer_spans, dim=1),
+            iou_logits=None if self.iou_head is None else self.iou_head(hidden)[..., 0].float(),
+        )
 
 
 # ----------------------------------------------------------------------------------------------- query groups
 @dataclass
 class QueryGroup:
-    """Queries of one training group: content ``(B, Q, d)``, references ``(B, Q, 2)``, targets ``(B, Q, 2)``,
-    ``is_positive`` / ``valid`` ``(B, Q)`` bool and the self-attention group id of every query ``(Q,)``."""
+    """Decoder queries of one group: content ``(B, Q, d)``, references ``(B, Q, 2)``, fixed targets ``(B, Q, 2)``
+    and ``is_positive`` ``(B, Q)`` bool (None for the Hungarian-matched primary queries), ``valid`` ``(B, Q)``
+    bool and the self-attention group id of every query ``(Q,)``."""
 
     content: Tensor
     references: Tensor
-    target_spans: Tensor
-    is_positive: Tensor
+    target_spans: Tensor | None
+    is_positive: Tensor | None
     valid: Tensor
     group_ids: Tensor
 
@@ -484,18 +558,19 @@ def build_denoising_group(
     return QueryGroup(content, references, targets * valid[..., None], is_positive, valid, group_ids)
 
 
-def _anchor_uniforms(anchor_levels: Tensor, batch: int) -> Tensor:
-    """``(B, A)`` pseudo-random numbers in [0, 1) keyed by (sample, level, position within the level).
+def _anchor_uniforms(anchor_levels: Tensor, sampling_seeds: Tensor) -> Tensor:
+    """``(B, A)`` pseudo-random numbers in [0, 1) keyed by (sample seed, level, position within the level).
 
-    One global-RNG draw per sample seeds a hash of the anchor's level and position, so a video gets the same
-    numbers whatever the padded length of its batch (the random choices then keep the loss padding-invariant).
+    Each sample's seed (``SGDetrTargets.sampling_seeds``, ``(B,)``) keys a hash of the anchor's level and
+    position, so a video gets the same numbers whatever the padded length of its batch (the random choices
+    then keep the loss padding-invariant) and whatever else is in its batch.
     """
     device = anchor_levels.device
     counts = torch.bincount(anchor_levels)
     starts = torch.cumsum(counts, 0) - counts
     position = torch.arange(anchor_levels.shape[0], device=device) - starts[anchor_levels]
     key = anchor_levels.double() * 1_000_003 + position.double()
-    seed = torch.rand(batch, device=device).double() * 1000
+    seed = sampling_seeds.double()
     return torch.remainder(torch.sin(key[None] * 12.9898 + seed[:, None] * 78.233) * 43758.5453, 1.0).float()
 
 
@@ -504,6 +579,7 @@ def build_atss_positive_group(
     anchors: Tensor,
     anchor_mask: Tensor,
     anchor_levels: Tensor,
+    sampling_seeds: Tensor,
     features: Tensor,
     position_proj: nn.Module,
     feature_proj: nn.Module,
@@ -515,7 +591,7 @@ def build_atss_positive_group(
     ``max_queries``), padded to the batch maximum with random negative anchors of the same video (no-object
     targets); slots beyond a video's anchors are invalid. Reference = the clipped anchor; content =
     ``position_proj(sine(anchor)) + feature_proj(pyramid feature at the anchor)``. The random choices do not
-    depend on the padded length (see :func:`_anchor_uniforms`).
+    depend on the padded length, only on each sample's ``sampling_seeds`` entry (see :func:`_anchor_uniforms`).
 
     A batch without any positive anchor (e.g. highlight-only data) gets one invalid slot per video, built
     from its first anchor without the RNG: the criterion gives it connected zeros, so both projections still
@@ -529,7 +605,7 @@ def build_atss_positive_group(
         size = 1
     else:
         # random priorities: positives first (random order), then valid negatives, then padding
-        priority = _anchor_uniforms(anchor_levels, anchor_mask.shape[0]) + is_pos.float() * 2.0
+        priority = _anchor_uniforms(anchor_levels, sampling_seeds) + is_pos.float() * 2.0
         priority = priority.masked_fill(~anchor_mask, -1.0)
         top_priority, index = priority.topk(size, dim=1)
         valid = top_priority >= 0
@@ -559,13 +635,28 @@ def build_self_attention_blocked(group_ids: Tensor, key_valid: Tensor) -> Tensor
     return ~(allowed | eye[None])
 
 
-def _group_output(layers: list[dict], group: QueryGroup, sl: slice) -> dict:
-    return {
-        "layers": [{k: (None if v is None else v[:, sl]) for k, v in layer.items()} for layer in layers],
-        "target_spans": group.target_spans,
-        "is_positive": group.is_positive,
-        "valid": group.valid,
-    }
+def _query_slice(predictions: SGDetrSpanPredictions, queries: slice) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(logits, spans, iou_logits) of the decoder queries in ``queries`` (last-but-one dim)."""
+    iou = predictions.iou_logits
+    return (
+        predictions.logits[:, :, queries],
+        predictions.spans[:, :, queries],
+        None if iou is None else iou[:, :, queries],
+    )
+
+
+def _group_output(
+    predictions: SGDetrSpanPredictions, group: QueryGroup, queries: slice
+) -> SGDetrQueryGroupOutput:
+    logits, spans, iou_logits = _query_slice(predictions, queries)
+    return SGDetrQueryGroupOutput(
+        logits=logits,
+        spans=spans,
+        iou_logits=iou_logits,
+        target_spans=group.target_spans,
+        is_positive=group.is_positive,
+        valid=group.valid,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- detector
@@ -581,8 +672,7 @@ class SGDetrHybridDetector(nn.Module):
         self.selector = SGDetrQuerySelector(config)
         self.decoder = SGDetrDecoder(config)
         if config.use_dn:
-            self.dn_label_embed = nn.Embedding(2, d)  # rows: moment, unknown
-            self.dn_label_embed._sgdetr_init_std = 1.0
+            self.dn_label_embed = SGDetrQueryEmbedding(2, d)  # rows: moment, unknown
         else:
             self.dn_label_embed = None
         if config.use_atss_positive_queries:
@@ -600,103 +690,103 @@ class SGDetrHybridDetector(nn.Module):
         features: Tensor,
         video_mask: Tensor,
         position_embeddings: Tensor,
-        gt_spans: Tensor | None = None,
-        gt_mask: Tensor | None = None,
-    ) -> dict:
+        targets: SGDetrTargets | None = None,
+    ) -> SGDetrDetectorOutput:
         """Run the detector.
 
         Args:
             features ``(B, L, d)`` (``F_g``), video_mask ``(B, L)`` bool (right-padded),
-            position_embeddings ``(B, L, d)``; ``gt_spans`` ``(B, M, 2)`` / ``gt_mask`` ``(B, M)`` only for
-            training (they switch on the query groups and the ATSS assignment).
-        Returns a dict: ``decoder`` (per layer, primary group), ``selector``, ``anchors`` / ``anchor_mask`` /
-        ``anchor_levels``, ``atss`` (None without the ATSS head), and when targets are given ``dn`` and
-        ``atss_queries`` (None only when switched off; a batch without windows gets all-invalid groups, see
-        :func:`build_denoising_group`) and the assignment inside ``atss``.
+            position_embeddings ``(B, L, d)``.
+            targets: training only; they switch on the query groups and the ATSS assignment (a batch without
+                windows gets all-invalid groups, see :func:`build_denoising_group`).
         """
         cfg = self.config
         lengths = video_mask.sum(1)
-        length = features.shape[1]
         level_feats, level_masks = self.neck(features, lengths)
         anchors, anchor_mask, anchor_levels = make_anchors(
-            lengths, length, cfg.pyramid_strides, cfg.anchor_scale
+            lengths, features.shape[1], cfg.pyramid_strides, cfg.anchor_scale
         )
         flat = torch.cat(level_feats, dim=2).transpose(1, 2)  # (B, A, d)
 
         atss = None
         if self.atss_head is not None:
             logits, deltas, centerness = self.atss_head(level_feats, level_masks)
-            atss = {
-                "logits": logits,
-                "spans": decode_atss_deltas(anchors, deltas, cfg.atss_delta_stds),
-                "centerness": centerness,
-                "anchors": anchors,
-                "anchor_mask": anchor_mask,
-            }
+            atss = {"logits": logits, "spans": decode_atss_deltas(anchors, deltas, cfg.atss_delta_stds)}
+            atss["centerness"] = centerness
 
-        selected = self.selector(flat, anchors, anchor_mask)
-        num_primary = selected["content"].shape[1]
-        training = gt_spans is not None
+        proposals, _, content = self.selector(flat, anchors, anchor_mask)
+        references = proposals.spans.detach()
+        num_primary = content.shape[1]
         dn = atss_group = None
-        if training:
+        if targets is not None:
             if cfg.use_dn:
                 dn = build_denoising_group(
-                    gt_spans, gt_mask, self.dn_label_embed, cfg.num_dn_groups, cfg.dn_box_noise_scale,
-                    cfg.dn_label_noise_ratio,
+                    targets.padded_spans, targets.span_mask, self.dn_label_embed, cfg.num_dn_groups,
+                    cfg.dn_box_noise_scale, cfg.dn_label_noise_ratio,
                 )  # fmt: skip
             if atss is not None:
                 assignment = assign_atss(
-                    anchors, anchor_mask, anchor_levels, gt_spans, gt_mask, cfg.atss_topk
+                    anchors,
+                    anchor_mask,
+                    anchor_levels,
+                    targets.padded_spans,
+                    targets.span_mask,
+                    cfg.atss_topk,
                 )
                 atss.update({k: assignment[k] for k in ("assigned_gt", "target_spans", "centerness_targets")})
                 if cfg.use_atss_positive_queries:
                     atss_group = build_atss_positive_group(
-                        assignment, anchors, anchor_mask, anchor_levels, flat, self.atss_query_position,
-                        self.atss_query_feature,
+                        assignment, anchors, anchor_mask, anchor_levels, targets.sampling_seeds, flat,
+                        self.atss_query_position, self.atss_query_feature,
                         cfg.hidden_size, cfg.position_temperature, cfg.max_atss_positive_queries,
                     )  # fmt: skip
 
-        groups = [g for g in (dn, atss_group) if g is not None]
-        content, references, blocked = selected["content"], selected["references"], None
+        # decoder queries: [denoising | primary | ATSS-positive], isolated by the self-attention mask
+        blocked = None
         dn_size = 0 if dn is None else dn.content.shape[1]
+        groups = [g for g in (dn, atss_group) if g is not None]
         if groups:
             batch = features.shape[0]
-            primary_ids = torch.full((num_primary,), _PRIMARY_GROUP, dtype=torch.long, device=features.device)
-            primary_valid = torch.ones(batch, num_primary, dtype=torch.bool, device=features.device)
-            parts = (
-                ([dn] if dn is not None else []) + [None] + ([atss_group] if atss_group is not None else [])
+            primary = QueryGroup(
+                content=content,
+                references=references,
+                target_spans=None,
+                is_positive=None,
+                valid=torch.ones(batch, num_primary, dtype=torch.bool, device=features.device),
+                group_ids=torch.full(
+                    (num_primary,), _PRIMARY_GROUP, dtype=torch.long, device=features.device
+                ),
             )
-            content = torch.cat(
-                [selected["content"] if g is None else g.content.to(content.dtype) for g in parts], 1
+            parts = [g for g in (dn, primary, atss_group) if g is not None]
+            content = torch.cat([g.content.to(content.dtype) for g in parts], 1)
+            references = torch.cat([g.references for g in parts], 1)
+            blocked = build_self_attention_blocked(
+                torch.cat([g.group_ids for g in parts]), torch.cat([g.valid for g in parts], 1)
             )
-            references = torch.cat([selected["references"] if g is None else g.references for g in parts], 1)
-            group_ids = torch.cat([primary_ids if g is None else g.group_ids for g in parts])
-            key_valid = torch.cat([primary_valid if g is None else g.valid for g in parts], 1)
-            blocked = build_self_attention_blocked(group_ids, key_valid)
 
-        layers = self.decoder(content, references, features, position_embeddings, video_mask, blocked)
-        primary = slice(dn_size, dn_size + num_primary)
-        out = {
-            "decoder": [
-                {k: (None if v is None else v[:, primary]) for k, v in layer.items()} for layer in layers
-            ],
-            "selector": {"logits": selected["logits"], "spans": selected["spans"]},
-            "anchors": anchors,
-            "anchor_mask": anchor_mask,
-            "anchor_levels": anchor_levels,
-            "atss": atss,
-        }
-        if training:
-            out["dn"] = None if dn is None else _group_output(layers, dn, slice(0, dn_size))
-            start = dn_size + num_primary
-            out["atss_queries"] = (
-                None if atss_group is None else _group_output(layers, atss_group, slice(start, None))
-            )
-        return out
+        predictions = self.decoder(content, references, features, position_embeddings, video_mask, blocked)
+        logits, spans, iou_logits = _query_slice(predictions, slice(dn_size, dn_size + num_primary))
+        start = dn_size + num_primary
+        return SGDetrDetectorOutput(
+            anchors=anchors,
+            anchor_mask=anchor_mask,
+            anchor_levels=anchor_levels,
+            decoder=SGDetrSpanPredictions(logits=logits, spans=spans, iou_logits=iou_logits),
+            selector=proposals,
+            atss=None if atss is None else SGDetrATSSOutput(**atss),
+            denoising=None if dn is None else _group_output(predictions, dn, slice(0, dn_size)),
+            atss_queries=None
+            if atss_group is None
+            else _group_output(predictions, atss_group, slice(start, None)),
+        )
 
 
 __all__ = [
     "QueryGroup",
+    "SGDetrATSSOutput",
+    "SGDetrDetectorOutput",
+    "SGDetrQueryGroupOutput",
+    "SGDetrSpanPredictions",
     "SGDetrATSSHead",
     "SGDetrDecoder",
     "SGDetrDecoderLayer",

@@ -9,40 +9,59 @@ imports only).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
-def attend(
+def eager_attention_forward(
+    module: nn.Module,
     query: Tensor,
     key: Tensor,
     value: Tensor,
-    blocked: Tensor | None,
-    dropout_p: float,
-    implementation: str,
-) -> Tensor:
-    """Scaled dot-product attention on split heads.
+    attention_mask: Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[Tensor, Tensor]:
+    """``softmax(q k^T * scaling) v`` with the softmax in fp32, the ``"eager"`` entry of
+    ``ALL_ATTENTION_FUNCTIONS``' interface: ``(B, H, Lq, dk)``, ``(B, H, Lk, dk)``, ``(B, H, Lk, dv)`` and a
+    bool ``attention_mask`` (True = may attend) -> ``(B, Lq, H, dv)`` and the ``(B, H, Lq, Lk)`` weights."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+    weights = F.dropout(weights, p=dropout, training=dropout > 0)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def attend(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, blocked: Tensor | None) -> Tensor:
+    """Scaled dot-product attention on split heads through the backend of ``module.config._attn_implementation``
+    (transformers' ``ALL_ATTENTION_FUNCTIONS``: SDPA by default, eager on request).
 
     Args:
+        module: the calling attention module (has ``config`` and ``training``; its dropout is ``config.dropout``).
         query ``(B, H, Lq, dk)``, key ``(B, H, Lk, dk)``, value ``(B, H, Lk, dv)``.
         blocked: bool, broadcastable to ``(B, H, Lq, Lk)``, True = masked out. Every query row must keep at
             least one key (callers guarantee it), so no row is all ``-inf``.
-        implementation: ``"eager"`` (matmul + softmax in fp32) or anything else (``torch`` SDPA).
     Returns:
         ``(B, H, Lq, dv)``.
     """
-    if implementation == "eager":
-        scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(query.shape[-1])
-        if blocked is not None:
-            scores = scores.masked_fill(blocked, float("-inf"))
-        probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
-        probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
-        return torch.matmul(probs, value)
-    attn_mask = None if blocked is None else ~blocked
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p)
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+        module.config._attn_implementation, eager_attention_forward
+    )
+    output, _ = interface(
+        module,
+        query,
+        key,
+        value,
+        None if blocked is None else ~blocked,
+        dropout=module.config.dropout if module.training else 0.0,
+        scaling=query.shape[-1] ** -0.5,
+        is_causal=False,  # SDPA would otherwise make an unmasked self-attention causal
+    )
+    return output.transpose(1, 2)
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -70,7 +89,6 @@ class SGDetrAttention(nn.Module):
         dim = dim or config.hidden_size
         self.config = config
         self.num_heads = config.num_attention_heads
-        self.dropout = config.dropout
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
@@ -91,25 +109,33 @@ class SGDetrAttention(nn.Module):
         if key_mask is not None:
             key_blocked = ~key_mask[:, None, None, :]
             blocked = key_blocked if blocked is None else (blocked | key_blocked)
-        out = attend(
-            q, k, v, blocked, self.dropout if self.training else 0.0, self.config._attn_implementation
-        )
-        out = merge_heads(out)
+        out = merge_heads(attend(self, q, k, v, blocked))
         if gate is not None:
             out = out * gate[..., None].to(out.dtype)
         return self.out_proj(out)
 
 
-class SGDetrMLP(nn.Module):
-    """``num_layers`` linear layers with ReLU in between. ``zero_last=True`` marks the last layer for
-    zero initialisation (span heads start at their references, design §2.18)."""
+class SGDetrZeroInitLinear(nn.Linear):
+    """A linear layer the model initialises to zero: a head whose output starts at 0 (the span heads, whose
+    predictions then start at their references, and eq. 8's global-saliency head, so ``S_global = S_local``)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, zero_last: bool = False):
+
+class SGDetrQueryEmbedding(nn.Embedding):
+    """Learned query content or denoising label embeddings, initialised N(0, 1) as in DINO."""
+
+
+class SGDetrMLP(nn.Module):
+    """``num_layers`` linear layers with ReLU in between; ``zero_init_last=True`` makes the last one a
+    :class:`SGDetrZeroInitLinear`."""
+
+    def __init__(
+        self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, zero_init_last: bool = False
+    ):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        if zero_last:
-            self.layers[-1]._sgdetr_zero_init = True
+        layers = [nn.Linear(a, b) for a, b in zip(dims[:-2], dims[1:-1])]
+        layers.append((SGDetrZeroInitLinear if zero_init_last else nn.Linear)(dims[-2], dims[-1]))
+        self.layers = nn.ModuleList(layers)
 
     def forward(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
@@ -162,7 +188,10 @@ __all__ = [
     "SGDetrFeedForward",
     "SGDetrMLP",
     "SGDetrMaskedGroupNorm",
+    "SGDetrQueryEmbedding",
+    "SGDetrZeroInitLinear",
     "attend",
+    "eager_attention_forward",
     "merge_heads",
     "split_heads",
 ]

@@ -1,9 +1,11 @@
 """SG-DETR training objective: the Hungarian matcher and every loss of paper §3.7 (eq. 11-15).
 
-The model hands the criterion one ``training_outputs`` dict (docs/model_loss_contract.md) and the user's
-``labels`` (a list of B dicts, transformers DETR-family style). The criterion returns the total loss of
-eq. 15 and a flat ``loss_dict`` of every active term, already multiplied by its weights, so that
-``loss == sum(loss_dict.values())``. Key names:
+The criterion reads three typed inputs: the encoder side's ``SGDetrModelOutput`` (saliencies, negative-pair
+pass, moment encoder), the detector's ``SGDetrDetectorOutput`` (decoder layers, selector, query groups, ATSS
+head) and the labels parsed once by the model, ``SGDetrTargets`` (``targets_sgdetr``). It is stateless (no
+RNG, no buffers): the model builds it from its config on every call (:func:`moment_retrieval_loss`). It
+returns the total loss of eq. 15 and a flat ``loss_dict`` of every active term, already multiplied by its
+weights, so that ``loss == sum(loss_dict.values())``. Key names:
 
 - ``hl_{margin,rctl,bce_pos,bce_neg}_{local,global}``: highlight detection, eq. 11, on both saliencies;
 - ``detr_{l1,giou,ce,iou}_layer{l}``: Hungarian-matched primary queries of decoder layer ``l`` (eq. 12);
@@ -12,7 +14,7 @@ eq. 15 and a flat ``loss_dict`` of every active term, already multiplied by its 
 - ``atss_{l1,giou,focal,centerness}``: the auxiliary ATSS head (eq. 13);
 - ``aux_{align,bce}``: moment-sentence alignment and moment-token / frame BCE (eq. 14).
 
-Terms of parts the model did not run (``None`` in ``training_outputs``) are absent. Spans are normalised
+Terms of parts the model did not run (``None`` in the outputs) are absent. Spans are normalised
 ``(center, width)``; decoder class 0 = moment, 1 = no-object. Everything is computed in fp32 whatever the
 autocast dtype of the model body, and vectorised over the batch: the per-sample Hungarian assignment is the
 only Python loop. Samples without ground-truth windows (highlight-only data) receive no moment-retrieval
@@ -22,7 +24,7 @@ supervision; an empty set of positives, windows or negatives gives a zero that s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,11 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from .spans import generalized_span_iou, pairwise_generalized_span_iou, span_cw_to_se, span_iou
+from .targets_sgdetr import SGDetrTargets
+
+if TYPE_CHECKING:  # the outputs are defined by the model modules, which import this one
+    from .detector_sgdetr import SGDetrATSSOutput, SGDetrDetectorOutput
+    from .modeling_sgdetr import SGDetrModelOutput
 
 MOMENT_CLASS = 0
 NO_OBJECT_CLASS = 1
@@ -150,18 +157,6 @@ def negative_pair_bce_loss(neg_scores: Tensor, video_mask: Tensor, neg_rows: Ten
     return _masked_mean(per_row, neg_rows)
 
 
-class _Targets(NamedTuple):
-    """Labels as batch tensors, fp32, on the model's device."""
-
-    spans: list[Tensor]  # B x (K_b, 2) normalised (center, width)
-    saliency: Tensor  # (B, L) 0 = not relevant, 0 at padding
-    video_mask: Tensor  # (B, L) bool
-    has_windows: Tensor  # (B,) bool: the sample brings moment-retrieval supervision
-    margin_pos_idx: Tensor  # (B, P) long
-    margin_neg_idx: Tensor  # (B, P) long
-    margin_pair_valid: Tensor  # (B, P) bool
-
-
 class SGDetrHungarianMatcher(nn.Module):
     """One-to-one assignment between predicted and ground-truth spans (paper §3.6, CG-DETR costs).
 
@@ -233,13 +228,12 @@ class SGDetrHungarianMatcher(nn.Module):
 class SGDetrLoss(nn.Module):
     """The full SG-DETR objective (eq. 15): ``λ_atss L_atss + λ_detr L_detr + λ_hl L_hl + λ_aux L_aux``.
 
-    A module without parameters; the model builds it as ``self.criterion = SGDetrLoss(config)`` and calls
-    ``loss, loss_dict = self.criterion(training_outputs, labels)``. See the module docstring for the terms
-    and ``docs/model_loss_contract.md`` for ``training_outputs``.
+    Stateless (no parameters, buffers or RNG): built from the config on every call by
+    :func:`moment_retrieval_loss`, as transformers' RT-DETR loss. See the module docstring for the terms.
 
     Args:
         config: an ``SGDetrConfig``; the loss reads its loss weights, matcher costs, margin, temperature,
-            no-object weight, focal parameters and the seed of the margin-pair sampler.
+            no-object weight and focal parameters.
     """
 
     def __init__(self, config):
@@ -271,147 +265,14 @@ class SGDetrLoss(nn.Module):
         self.saliency_margin = config.saliency_margin
         self.rank_contrastive_temperature = config.rank_contrastive_tau
         self.saliency_label_max = config.saliency_label_max
-        self.num_margin_pairs = config.num_saliency_pairs
         self.focal_alpha = config.focal_alpha
         self.focal_gamma = config.focal_gamma
-        # CE class weights (moment, no-object). Deliberately not a buffer: `from_pretrained` materialises the
-        # model on the meta device and leaves non-persistent buffers uninitialised, which made the CE terms of
-        # every loaded (fine-tuned) model garbage.
-        self.class_weights = (1.0, config.eos_coef)
-        self.generator = torch.Generator().manual_seed(config.saliency_pair_seed)
-
-    # ------------------------------------------------------------------ targets
-
-    def _prepare_targets(self, labels: Sequence[Mapping], video_mask: Tensor) -> _Targets:
-        """Validate ``labels`` and turn them into batch tensors; margin pairs are sampled when absent."""
-        batch_size, num_clips = video_mask.shape
-        device = video_mask.device
-        if not isinstance(labels, Sequence) or len(labels) != batch_size:
-            raise ValueError(
-                f"labels must be a list of {batch_size} dicts (one per sample), got {type(labels).__name__}"
-                + (f" of length {len(labels)}" if isinstance(labels, Sequence) else "")
-                + "."
-            )
-        for key in ("spans", "saliency_scores"):
-            missing = [
-                i for i, label in enumerate(labels) if not isinstance(label, Mapping) or key not in label
-            ]
-            if missing:
-                raise ValueError(f"labels[{missing[0]}] has no '{key}' entry; every label dict needs one.")
-
-        spans = [torch.as_tensor(label["spans"], dtype=torch.float32, device=device) for label in labels]
-        for i, sample_spans in enumerate(spans):
-            if sample_spans.numel() == 0:
-                spans[i] = sample_spans.reshape(0, 2)
-            elif sample_spans.ndim != 2 or sample_spans.shape[1] != 2:
-                raise ValueError(
-                    f"labels[{i}]['spans'] must have shape (K, 2) of normalised (center, width), "
-                    f"got {tuple(sample_spans.shape)}."
-                )
-        all_spans = torch.cat(spans)
-        # NaN fails every comparison, so this also rejects non-finite values
-        bad = ~(((all_spans >= 0) & (all_spans <= 1)).all(-1) & (all_spans[:, 1] > 0))
-        if bad.any():
-            raise ValueError(
-                "labels spans must be normalised (center, width) in [0, 1] with width > 0, got "
-                f"{all_spans[bad][0].tolist()}; convert seconds by dividing by L_b * clip_length."
-            )
-
-        saliency_list = [torch.as_tensor(label["saliency_scores"], dtype=torch.float32) for label in labels]
-        valid_lengths = video_mask.sum(1).tolist()
-        for i, (scores, valid_length) in enumerate(zip(saliency_list, valid_lengths)):
-            if scores.ndim != 1 or not valid_length <= scores.numel() <= num_clips:
-                raise ValueError(
-                    f"labels[{i}]['saliency_scores'] must be 1-D with one score per clip (between the "
-                    f"{int(valid_length)} real clips and the padded length {num_clips}), got shape "
-                    f"{tuple(scores.shape)}."
-                )
-        saliency = torch.nn.utils.rnn.pad_sequence(saliency_list, batch_first=True)
-        saliency = F.pad(saliency, (0, num_clips - saliency.shape[1])).to(device)
-        if not torch.isfinite(saliency).all() or (saliency < 0).any():
-            raise ValueError("labels saliency_scores must be finite and >= 0 (0 = not relevant).")
-        saliency = torch.where(video_mask, saliency, 0.0)
-
-        pos_idx, neg_idx, pair_valid = self._margin_pairs(labels, saliency, video_mask)
-        has_windows = torch.tensor([len(s) > 0 for s in spans], device=device)
-        return _Targets(spans, saliency, video_mask, has_windows, pos_idx, neg_idx, pair_valid)
-
-    def _margin_pairs(
-        self, labels: Sequence[Mapping], saliency: Tensor, video_mask: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Margin-ranking clip pairs (B, P): the labels' ``saliency_pos_idx``/``saliency_neg_idx`` if given,
-        else sampled here with the criterion's seeded generator."""
-        has_pairs = ["saliency_pos_idx" in label and "saliency_neg_idx" in label for label in labels]
-        if any(has_pairs) and not all(has_pairs):
-            raise ValueError(
-                "Either every label dict has both 'saliency_pos_idx' and 'saliency_neg_idx', or none has; "
-                f"got them in samples {[i for i, has in enumerate(has_pairs) if has]} only."
-            )
-        if not any(has_pairs):
-            return self._sample_margin_pairs(saliency, video_mask)
-        try:
-            pos_idx = torch.stack([torch.as_tensor(label["saliency_pos_idx"]).long() for label in labels])
-            neg_idx = torch.stack([torch.as_tensor(label["saliency_neg_idx"]).long() for label in labels])
-        except RuntimeError as error:
-            raise ValueError(
-                "saliency_pos_idx / saliency_neg_idx must be 1-D with the same number of pairs in every sample."
-            ) from error
-        pos_idx, neg_idx = pos_idx.to(video_mask.device), neg_idx.to(video_mask.device)
-        valid_lengths = video_mask.sum(1, keepdim=True)
-        if pos_idx.shape != neg_idx.shape or pos_idx.ndim != 2:
-            raise ValueError(
-                "saliency_pos_idx and saliency_neg_idx must both have shape (P,) in every sample."
-            )
-        if ((pos_idx < 0) | (neg_idx < 0) | (pos_idx >= valid_lengths) | (neg_idx >= valid_lengths)).any():
-            raise ValueError("saliency_pos_idx / saliency_neg_idx must index real clips: 0 <= idx < L_b.")
-        return pos_idx, neg_idx, torch.ones_like(pos_idx, dtype=torch.bool)
-
-    def _sample_margin_pairs(self, saliency: Tensor, video_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Sample ``num_saliency_pairs`` margin pairs per sample (sg-detr.md §1.5), vectorised.
-
-        Pair 0 is "hard": a clip of the highest saliency against a relevant clip of the lowest saliency;
-        when all relevant clips share one score (binary labels) the negative is a random non-relevant clip
-        instead, and when there is none either, the positive itself (the loss is then the constant δ). The
-        other pairs are "easy": a random relevant clip against a random non-relevant clip (the hard pair
-        again if the sample has no non-relevant clip). Samples without a relevant clip get invalid pairs.
-        The draws depend only on the real clips, so padding does not change them.
-
-        Returns:
-            ``pos_idx``, ``neg_idx`` (B, P) long and ``pair_valid`` (B, P) bool.
-        """
-        relevant = (saliency > 0) & video_mask
-        irrelevant = (saliency <= 0) & video_mask
-        highest = torch.where(relevant, saliency, -torch.inf).amax(1, keepdim=True)
-        lowest = torch.where(relevant, saliency, torch.inf).amin(1, keepdim=True)
-        top = relevant & (saliency == highest)
-        bottom = relevant & (saliency == lowest) & (lowest < highest)
-        hard_negatives = torch.where(bottom.any(1, keepdim=True), bottom, irrelevant)
-
-        num_easy = self.num_margin_pairs - 1
-        uniforms = torch.rand(2, 1 + num_easy, saliency.shape[0], generator=self.generator).to(
-            saliency.device
-        )
-        hard_pos = _pick_random_member(top, uniforms[0, 0])
-        hard_neg = torch.where(
-            hard_negatives.any(1), _pick_random_member(hard_negatives, uniforms[1, 0]), hard_pos
-        )
-        has_irrelevant = irrelevant.any(1, keepdim=True)
-        easy_pos = torch.where(
-            has_irrelevant, _pick_random_member(relevant, uniforms[0, 1:]).T, hard_pos[:, None]
-        )
-        easy_neg = torch.where(
-            has_irrelevant, _pick_random_member(irrelevant, uniforms[1, 1:]).T, hard_neg[:, None]
-        )
-
-        pos_idx = torch.cat([hard_pos[:, None], easy_pos], dim=1)
-        neg_idx = torch.cat([hard_neg[:, None], easy_neg], dim=1)
-        pair_valid = relevant.any(1, keepdim=True).expand(-1, self.num_margin_pairs)
-        return pos_idx, neg_idx, pair_valid
+        self.class_weights = (1.0, config.eos_coef)  # CE weights of (moment, no-object)
 
     # ------------------------------------------------------------------ losses
 
     def _highlight_losses(
-        self, scores: Tensor, neg_scores: Tensor | None, neg_rows: Tensor | None, targets: _Targets
+        self, scores: Tensor, neg_scores: Tensor | None, neg_rows: Tensor | None, targets: SGDetrTargets
     ) -> dict[str, Tensor]:
         """The four terms of eq. 11 for one saliency (local or global), unweighted."""
         losses = {
@@ -438,12 +299,18 @@ class SGDetrLoss(nn.Module):
         return losses
 
     def _query_set_losses(
-        self, prediction: Mapping[str, Tensor | None], target_spans: Tensor, positive: Tensor, valid: Tensor
+        self,
+        logits: Tensor,
+        spans: Tensor,
+        iou_logits: Tensor | None,
+        target_spans: Tensor,
+        positive: Tensor,
+        valid: Tensor,
     ) -> dict[str, Tensor]:
         """Eq. 12 terms of one set of decoder queries with fixed targets, unweighted.
 
         Args:
-            prediction: ``logits`` (B, Q, 2), ``spans`` (B, Q, 2), optional ``iou_logits`` (B, Q) or None.
+            logits (B, Q, 2), spans (B, Q, 2), iou_logits (B, Q) or None: the queries' predictions.
             target_spans: (B, Q, 2) ground truth of each positive query (ignored elsewhere).
             positive: (B, Q) bool, query must reconstruct ``target_spans`` and be classified as a moment.
             valid: (B, Q) bool, query takes part in the classification loss (no-object unless positive).
@@ -453,8 +320,7 @@ class SGDetrLoss(nn.Module):
             (2-way CE with no-object weight, plain mean over valid queries, CG-DETR) and ``iou`` (BCE of the
             IoU logit against IoU(detached prediction, ground truth), mean over positives) when predicted.
         """
-        logits = prediction["logits"].float()
-        spans = prediction["spans"].float()
+        logits, spans = logits.float(), spans.float()
         positive = positive & valid
         matched_spans, matched_targets = spans[positive], target_spans[positive]
         classes = torch.where(positive, MOMENT_CLASS, NO_OBJECT_CLASS)
@@ -466,19 +332,21 @@ class SGDetrLoss(nn.Module):
             "giou": _mean_or_zero(1 - _iou_cw(matched_spans, matched_targets, generalized=True)),
             "ce": _mean_or_zero(cross_entropy),
         }
-        if prediction.get("iou_logits") is not None:
+        if iou_logits is not None:
             iou_targets = _iou_cw(matched_spans.detach(), matched_targets, generalized=False)
-            iou_logits = prediction["iou_logits"].float()[positive]
             losses["iou"] = _mean_or_zero(
-                F.binary_cross_entropy_with_logits(iou_logits, iou_targets, reduction="none")
+                F.binary_cross_entropy_with_logits(
+                    iou_logits.float()[positive], iou_targets, reduction="none"
+                )
             )
         return losses
 
-    def _matched_query_set_losses(self, prediction: Mapping[str, Tensor | None], targets: _Targets):
-        """Hungarian-match one prediction set to the windows, then :meth:`_query_set_losses`."""
-        logits, spans = prediction["logits"], prediction["spans"]
+    def _matched_query_set_losses(
+        self, logits: Tensor, spans: Tensor, iou_logits: Tensor | None, targets: SGDetrTargets
+    ) -> dict[str, Tensor]:
+        """Hungarian-match one prediction set (``(B, Q, ...)``) to the windows, then :meth:`_query_set_losses`."""
         batch_size, num_queries = logits.shape[:2]
-        indices = self.matcher(logits, spans, targets.spans, prediction.get("iou_logits"))
+        indices = self.matcher(logits, spans, targets.spans, iou_logits)
         sample_idx = torch.cat([torch.full_like(query, b) for b, (query, _) in enumerate(indices)])
         query_idx = torch.cat([query for query, _ in indices])
         offsets = torch.tensor([0] + [len(s) for s in targets.spans]).cumsum(0)
@@ -491,20 +359,22 @@ class SGDetrLoss(nn.Module):
         target_spans = torch.zeros(batch_size, num_queries, 2, device=device)
         target_spans[sample_idx, query_idx] = torch.cat(targets.spans)[target_idx.to(device)]
         valid = targets.has_windows[:, None].expand(batch_size, num_queries)
-        return self._query_set_losses(prediction, target_spans, positive, valid)
+        return self._query_set_losses(logits, spans, iou_logits, target_spans, positive, valid)
 
-    def _atss_losses(self, atss: Mapping[str, Tensor], targets: _Targets) -> dict[str, Tensor]:
+    def _atss_losses(
+        self, atss: SGDetrATSSOutput, anchor_mask: Tensor, targets: SGDetrTargets
+    ) -> dict[str, Tensor]:
         """Eq. 13 on the ATSS head, unweighted: focal classification over valid anchors divided by the
         number of positives, L1 and centerness-weighted GIoU on decoded spans, centerness BCE."""
-        valid = atss["anchor_mask"].bool() & targets.has_windows[:, None]
-        positive = (atss["assigned_gt"] >= 0) & valid
-        logits = atss["logits"].float()
+        valid = anchor_mask & targets.has_windows[:, None]
+        positive = (atss.assigned_gt >= 0) & valid
+        logits = atss.logits.float()
         focal = sigmoid_focal_loss(logits, positive.float(), self.focal_alpha, self.focal_gamma)
-        spans, target_spans = atss["spans"].float()[positive], atss["target_spans"].float()[positive]
-        centerness_targets = atss["centerness_targets"].float()[positive]
+        spans, target_spans = atss.spans.float()[positive], atss.target_spans.float()[positive]
+        centerness_targets = atss.centerness_targets.float()[positive]
         weighted_giou = centerness_targets * (1 - _iou_cw(spans, target_spans, generalized=True))
         centerness_bce = F.binary_cross_entropy_with_logits(
-            atss["centerness"].float()[positive], centerness_targets, reduction="none"
+            atss.centerness.float()[positive], centerness_targets, reduction="none"
         )
         return {
             "focal": torch.where(valid, focal, 0.0).sum() / positive.sum().clamp(min=1),
@@ -513,27 +383,27 @@ class SGDetrLoss(nn.Module):
             "centerness": _mean_or_zero(centerness_bce),
         }
 
-    def _alignment_losses(self, outputs: Mapping[str, Tensor], targets: _Targets) -> dict[str, Tensor]:
+    def _alignment_losses(self, outputs: SGDetrModelOutput, targets: SGDetrTargets) -> dict[str, Tensor]:
         """Eq. 14 (CG-DETR), unweighted, on the samples that have relevant clips.
 
         ``align``: cross-entropy over the raw cosines ``[cos(m_b, s_1..B); cos(n_b, s_1..B)]`` with target b
         (moment token m_b, non-moment token n_b, sentence tokens s). ``bce``: BCE of ``m_b · z_{b,t}``
         (unnormalised) against the moment mask, over real clips.
         """
-        moment_mask = (targets.saliency > 0) & targets.video_mask
+        moment_mask = targets.moment_mask
         rows = moment_mask.any(1)
-        sentences = F.normalize(outputs["sentence_embeds"].float(), dim=-1)
-        moment_tokens = outputs["moment_tokens"].float()
+        sentences = F.normalize(outputs.sentence_embeds.float(), dim=-1)
+        moment_tokens = outputs.moment_tokens.float()
         similarity = torch.cat(
             [
                 F.normalize(moment_tokens, dim=-1) @ sentences.T,
-                F.normalize(outputs["nonmoment_tokens"].float(), dim=-1) @ sentences.T,
+                F.normalize(outputs.nonmoment_tokens.float(), dim=-1) @ sentences.T,
             ],
             dim=1,
         )  # (B, 2B)
         own_sentence = torch.arange(similarity.shape[0], device=similarity.device)
         align = F.cross_entropy(similarity, own_sentence, reduction="none")
-        frame_logits = torch.einsum("bd,bld->bl", moment_tokens, outputs["moment_frame_outputs"].float())
+        frame_logits = torch.einsum("bd,bld->bl", moment_tokens, outputs.moment_frame_outputs.float())
         frame_bce = F.binary_cross_entropy_with_logits(frame_logits, moment_mask.float(), reduction="none")
         return {
             "align": _masked_mean(align, rows),
@@ -556,78 +426,70 @@ class SGDetrLoss(nn.Module):
             loss_dict[f"{prefix}_{name}{suffix}"] = weight * value
 
     def forward(
-        self, training_outputs: Mapping[str, object], labels: Sequence[Mapping]
+        self,
+        encoder_outputs: SGDetrModelOutput,
+        detector_outputs: SGDetrDetectorOutput,
+        targets: SGDetrTargets,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Compute eq. 15.
 
         Args:
-            training_outputs: the model's training-time tensors (docs/model_loss_contract.md).
-            labels: B dicts with ``spans`` (K_b, 2) normalised (center, width), K_b may be 0;
-                ``saliency_scores`` (L_b..L,) float, 0 = not relevant; optional ``saliency_pos_idx`` and
-                ``saliency_neg_idx`` (P,) long margin pairs.
+            encoder_outputs: the encoder side's outputs (saliencies; negative-pair pass and moment encoder
+                when they ran).
+            detector_outputs: the detector's outputs with the training query groups.
+            targets: the batch's parsed labels.
 
         Returns:
             ``(loss, loss_dict)``: the scalar total and every weighted term (they sum to the total).
         """
-        video_mask = training_outputs["video_mask"].bool()
-        targets = self._prepare_targets(labels, video_mask)
+        enc, det = encoder_outputs, detector_outputs
         loss_dict: dict[str, Tensor] = {}
 
-        neg_rows = training_outputs.get("neg_pair_mask")
-        for suffix in ("local", "global"):
-            scores = training_outputs.get(f"{suffix}_saliency")
+        # the negative pairs ran when their saliencies are there
+        neg_rows = targets.neg_pair_mask if enc.neg_local_saliency is not None else None
+        for suffix, scores, neg_scores in (
+            ("local", enc.local_saliency, enc.neg_local_saliency),
+            ("global", enc.global_saliency, enc.neg_global_saliency),
+        ):
             if scores is None:
                 continue
-            neg_scores = training_outputs.get(f"neg_{suffix}_saliency") if neg_rows is not None else None
             terms = self._highlight_losses(
-                scores.float(),
-                None if neg_scores is None else neg_scores.float(),
-                None if neg_rows is None else neg_rows.bool(),
-                targets,
+                scores.float(), None if neg_rows is None else neg_scores.float(), neg_rows, targets
             )
             self._add_terms(loss_dict, "hl", f"_{suffix}", terms, term_weighted=False)
 
-        for layer, prediction in enumerate(training_outputs["decoder"]):
-            terms = self._matched_query_set_losses(prediction, targets)
-            self._add_terms(loss_dict, "detr", f"_layer{layer}", terms)
-        if training_outputs.get("selector") is not None:
+        decoder = det.decoder
+        for layer in range(decoder.logits.shape[1]):
+            iou_logits = None if decoder.iou_logits is None else decoder.iou_logits[:, layer]
             terms = self._matched_query_set_losses(
-                {**training_outputs["selector"], "iou_logits": None}, targets
+                decoder.logits[:, layer], decoder.spans[:, layer], iou_logits, targets
             )
-            self._add_terms(loss_dict, "sel", "", terms)
-        for prefix, group_key in (("dn", "dn"), ("co", "atss_queries")):
-            group = training_outputs.get(group_key)
+            self._add_terms(loss_dict, "detr", f"_layer{layer}", terms)
+        terms = self._matched_query_set_losses(det.selector.logits, det.selector.spans, None, targets)
+        self._add_terms(loss_dict, "sel", "", terms)
+        for prefix, group in (("dn", det.denoising), ("co", det.atss_queries)):
             if group is None:
                 continue
-            valid = group["valid"].bool() & targets.has_windows[:, None]
-            for layer, prediction in enumerate(group["layers"]):
+            valid = group.valid & targets.has_windows[:, None]
+            for layer in range(group.logits.shape[1]):
+                iou_logits = None if group.iou_logits is None else group.iou_logits[:, layer]
                 terms = self._query_set_losses(
-                    prediction, group["target_spans"].float(), group["is_positive"].bool(), valid
-                )
+                    group.logits[:, layer], group.spans[:, layer], iou_logits, group.target_spans.float(),
+                    group.is_positive, valid,
+                )  # fmt: skip
                 self._add_terms(loss_dict, prefix, f"_layer{layer}", terms)
 
-        if training_outputs.get("atss") is not None:
-            self._add_terms(loss_dict, "atss", "", self._atss_losses(training_outputs["atss"], targets))
-        if training_outputs.get("moment_tokens") is not None:
-            terms = self._alignment_losses(training_outputs, targets)
-            self._add_terms(loss_dict, "aux", "", terms, term_weighted=False)
+        if det.atss is not None:
+            self._add_terms(loss_dict, "atss", "", self._atss_losses(det.atss, det.anchor_mask, targets))
+        if enc.moment_tokens is not None:
+            self._add_terms(loss_dict, "aux", "", self._alignment_losses(enc, targets), term_weighted=False)
 
         loss = torch.stack(list(loss_dict.values())).sum()
         return loss, loss_dict
 
 
-def _pick_random_member(members: Tensor, uniforms: Tensor) -> Tensor:
-    """Index of a uniformly random True entry per row, for one or several draws.
-
-    Args:
-        members: (B, L) bool.
-        uniforms: (..., B) in [0, 1), one per draw and row.
-
-    Returns:
-        (..., B) long. The ``floor(u * count)``-th member is found with a cumulative sum, so a draw costs one
-        uniform per row whatever L is. Rows without members return an arbitrary valid index (callers mask).
-    """
-    counts = members.sum(1)
-    rank = (uniforms * counts).floor().long().minimum((counts - 1).clamp(min=0))
-    index = (members.cumsum(1) <= rank[..., None]).sum(-1)
-    return index.clamp(max=members.shape[1] - 1)
+def moment_retrieval_loss(
+    config, encoder_outputs: SGDetrModelOutput, detector_outputs: SGDetrDetectorOutput, targets: SGDetrTargets
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Eq. 15 for one batch with a criterion built from ``config`` (``SGDetrForMomentRetrieval.loss_function``)."""
+    return SGDetrLoss(config)(encoder_outputs, detector_outputs, targets)

@@ -1,10 +1,11 @@
 """SG-DETR: Saliency-Guided DETR for moment retrieval and highlight detection (Gordeev et al.).
 
-``SGDetrModel`` is the encoder side (paper §3.2-3.4, design ``shared/design/sg-detr.md`` §2.2-2.10): input
-projections, PoolingEncoder -> sentence token, local saliency (eq. 2), saliency-guided cross-attention
-encoder (eq. 3-5), transformer encoder (eq. 6), saliency amplifier and global saliency (eq. 7-9), plus the
-training-only negative-pair pass and moment encoder. ``SGDetrForMomentRetrieval`` adds the hybrid detector
-(``detector_sgdetr``) and the training objective (``loss_sgdetr``).
+``SGDetrModel`` is the encoder side (paper §3.2-3.4): input projections, PoolingEncoder -> sentence token
+(eq. 1), local saliency (eq. 2), saliency-guided cross-attention encoder (eq. 3-5), transformer encoder
+(eq. 6), saliency amplifier and global saliency (eq. 7-9), plus the training-only negative-pair pass and
+moment encoder (§3.7). ``SGDetrForMomentRetrieval`` adds the hybrid detector (``detector_sgdetr``, §3.5-3.6)
+and the training objective (``loss_sgdetr``, eq. 11-15), which reads typed outputs: [`SGDetrModelOutput`],
+[`SGDetrDetectorOutput`] and the parsed labels, [`SGDetrTargets`].
 
 Inputs are raw per-clip / per-token features: the model L2-normalises them and appends the temporal
 endpoint feature itself. Masks: 1 = valid. Video padding must be on the right (valid clips first). Any
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +27,20 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_sgdetr import SGDetrConfig
-from .detector_sgdetr import SGDetrATSSHead, SGDetrHybridDetector
-from .layers_sgdetr import SGDetrAttention, SGDetrFeedForward, SGDetrMaskedGroupNorm
-from .loss_sgdetr import SGDetrLoss
+from .detector_sgdetr import SGDetrATSSHead, SGDetrDetectorOutput, SGDetrHybridDetector
+from .layers_sgdetr import (
+    SGDetrAttention,
+    SGDetrFeedForward,
+    SGDetrMaskedGroupNorm,
+    SGDetrQueryEmbedding,
+    SGDetrZeroInitLinear,
+)
+from .loss_sgdetr import moment_retrieval_loss
 from .spans import sine_embedding
+from .targets_sgdetr import SGDetrTargets, prepare_targets
 
 # saliency logit given to padded clips: sigmoid() is exactly 0 there
 PADDING_SALIENCY = -1e4
@@ -50,8 +58,8 @@ class SGDetrModelOutput(ModelOutput):
         ``use_global_saliency`` is False.
     sentence_embeds ``(B, d)``: ``F_sent``. video_embeds ``(B, L, d)``: ``V0``. text_embeds ``(B, N, d)``: ``T0``.
     position_embeddings ``(B, L, d)``: the length-normalised sine encoding. video_mask ``(B, L)`` bool.
-    neg_local_saliency / neg_global_saliency ``(B, L)`` and neg_pair_mask ``(B,)``: negative-pair pass
-        (video b with the text of sample (b+1) % B), training only.
+    neg_local_saliency / neg_global_saliency ``(B, L)``: negative-pair pass (video b with the text of sample
+        (b+1) % B), training only; which of those pairs are real negatives is ``SGDetrTargets.neg_pair_mask``.
     moment_tokens / nonmoment_tokens ``(B, d)``, moment_frame_outputs ``(B, L, d)``: moment encoder,
         training only.
     """
@@ -67,7 +75,6 @@ class SGDetrModelOutput(ModelOutput):
     video_mask: torch.BoolTensor | None = None
     neg_local_saliency: torch.FloatTensor | None = None
     neg_global_saliency: torch.FloatTensor | None = None
-    neg_pair_mask: torch.BoolTensor | None = None
     moment_tokens: torch.FloatTensor | None = None
     nonmoment_tokens: torch.FloatTensor | None = None
     moment_frame_outputs: torch.FloatTensor | None = None
@@ -85,7 +92,9 @@ class SGDetrOutput(ModelOutput):
         ATSS head. anchors ``(B, A, 2)`` (unclipped), anchor_mask ``(B, A)``, anchor_levels ``(A,)``.
     local_saliency / global_saliency ``(B, L)`` raw logits (global None when disabled), video_mask ``(B, L)``,
     encoder_last_hidden_state ``(B, L, d)`` (``F_g``, the detector input), sentence_embeds ``(B, d)``.
-    training_outputs: the dict the criterion reads (docs/model_loss_contract.md); only with ``labels``.
+    encoder_outputs: every encoder-side output ([`SGDetrModelOutput`]); detector_outputs: every detector
+    output ([`SGDetrDetectorOutput`], with the training query groups when ``labels`` are given). These two
+    and the parsed labels are what the objective reads.
     """
 
     loss: torch.FloatTensor | None = None
@@ -105,7 +114,8 @@ class SGDetrOutput(ModelOutput):
     video_mask: torch.BoolTensor | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
     sentence_embeds: torch.FloatTensor | None = None
-    training_outputs: dict[str, Any] | None = None
+    encoder_outputs: SGDetrModelOutput | None = None
+    detector_outputs: SGDetrDetectorOutput | None = None
 
 
 # ============================================================================================ input checks
@@ -334,40 +344,42 @@ class SGDetrPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Initialisation of design §2.18 (``transformers.initialization`` helpers, so loaded weights stay)."""
-        if isinstance(module, nn.Linear):
-            if getattr(module, "_sgdetr_zero_init", False):
-                init.zeros_(module.weight)
-            else:
-                init.xavier_uniform_(module.weight)
+        """Initialisation by module type (``transformers.initialization`` helpers, so loaded weights stay):
+        xavier-uniform linears and convolutions with zero biases, zero-initialised heads
+        (:class:`SGDetrZeroInitLinear`), N(0, 1) learned queries (:class:`SGDetrQueryEmbedding`, DINO) and moment
+        tokens (CG-DETR), N(0, 0.01) ATSS convolutions with the classification bias at the prior (ATSS).
+
+        A container is only visited when it holds parameters of its own (transformers skips the others for
+        custom code), so the special cases are leaf types, or, for the ATSS head, a block with its own ``scales``.
+        """
+        cfg = self.config
+        if isinstance(module, SGDetrZeroInitLinear):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (nn.Linear, nn.Conv1d)):
+            init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv1d):
-            if getattr(module, "_sgdetr_atss_conv", False):
-                init.normal_(module.weight, mean=0.0, std=0.01)
-            else:
-                init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                prior = getattr(module, "_sgdetr_bias_prior", None)
-                if prior is None:
-                    init.zeros_(module.bias)
-                else:
-                    init.constant_(module.bias, -math.log((1 - prior) / prior))
+        elif isinstance(module, SGDetrQueryEmbedding):
+            init.normal_(module.weight, mean=0.0, std=1.0)
         elif isinstance(module, nn.Embedding):
-            std = getattr(module, "_sgdetr_init_std", self.config.initializer_range)
-            init.normal_(module.weight, mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=cfg.initializer_range)
         elif isinstance(module, (nn.LayerNorm, SGDetrMaskedGroupNorm)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, nn.PReLU):
             init.constant_(module.weight, 0.25)
         elif isinstance(module, SGDetrLocalSaliency):
-            init.constant_(module.alpha, self.config.saliency_alpha_init)
-            init.constant_(module.beta, self.config.saliency_beta_init)
+            init.constant_(module.alpha, cfg.saliency_alpha_init)
+            init.constant_(module.beta, cfg.saliency_beta_init)
         elif isinstance(module, SGDetrMomentEncoder):
             init.normal_(module.moment_token, mean=0.0, std=1.0)
             init.normal_(module.moment_position, mean=0.0, std=1.0)
-        elif isinstance(module, SGDetrATSSHead):
+        elif isinstance(module, SGDetrATSSHead):  # visited after its convolutions: overrides their init
+            for conv in (module.cls_conv, module.reg_conv, module.cls_out, module.reg_out, module.ctr_out):
+                init.normal_(conv.weight, mean=0.0, std=0.01)
+                init.zeros_(conv.bias)
+            init.constant_(module.cls_out.bias, -math.log((1 - module.cls_prior) / module.cls_prior))
             init.ones_(module.scales)
 
 
@@ -387,11 +399,8 @@ class SGDetrModel(SGDetrPreTrainedModel):
         self.encoder_layers = nn.ModuleList(
             SGDetrEncoderLayer(config) for _ in range(config.num_encoder_layers)
         )
-        if config.use_global_saliency:
-            self.global_saliency = nn.Linear(d, 1)
-            self.global_saliency._sgdetr_zero_init = True
-        else:
-            self.global_saliency = None
+        # eq. 8's projection of the locally amplified features to a saliency residual
+        self.global_saliency = SGDetrZeroInitLinear(d, 1) if config.use_global_saliency else None
         self.moment_encoder = SGDetrMomentEncoder(config) if config.use_alignment else None
         self.post_init()
 
@@ -443,66 +452,81 @@ class SGDetrModel(SGDetrPreTrainedModel):
         return encoded, global_scores, amplified * video_mask[..., None].to(encoded.dtype)
 
     # ---------------------------------------------------------------- forward
+    @can_return_tuple
     def forward(
         self,
         video_features: Tensor,
         video_mask: Tensor,
         text_features: Tensor,
         text_mask: Tensor,
-        moment_mask: Tensor | None = None,
-        neg_pair_mask: Tensor | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> SGDetrModelOutput | tuple:
+        labels: list[dict] | None = None,
+    ) -> SGDetrModelOutput:
         r"""
         Args:
             video_features ``(B, L, d_v)``: raw clip features. video_mask ``(B, L)``: 1 = real clip (right-padded).
             text_features ``(B, N, d_t)``: raw token features. text_mask ``(B, N)``: 1 = real token.
-            moment_mask ``(B, L)`` bool, optional (training): clips inside the GT moments; runs the moment
-                encoder when ``config.use_alignment``.
-            neg_pair_mask ``(B,)`` bool, optional (training): which rolled pairs are real negatives; runs the
-                negative-pair pass when ``config.use_negative_pairs``.
+            labels: optional, as for [`SGDetrForMomentRetrieval`]; they switch on the training-only negative-pair
+                pass and moment encoder.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        vmask, tmask = validate_inputs(self.config, video_features, video_mask, text_features, text_mask)
+        video_mask, text_mask = validate_inputs(
+            self.config, video_features, video_mask, text_features, text_mask
+        )
+        targets = None
+        if labels is not None:
+            targets = prepare_targets(labels, video_features, video_mask, self.config.num_saliency_pairs)
+        return self.encode(video_features, video_mask, text_features, text_mask, targets)
+
+    def encode(
+        self,
+        video_features: Tensor,
+        video_mask: Tensor,
+        text_features: Tensor,
+        text_mask: Tensor,
+        targets: SGDetrTargets | None = None,
+    ) -> SGDetrModelOutput:
+        """The forward on validated inputs (bool masks from :func:`validate_inputs`): eq. 1-9, plus with
+        ``targets`` the negative-pair pass and the moment encoder (when enabled)."""
         dtype = self.dtype
         type_embeddings = self.token_type_embeddings.weight
         video = (
-            self.video_projection(self.prepare_video(video_features, vmask).to(dtype)) + type_embeddings[1]
+            self.video_projection(self.prepare_video(video_features, video_mask).to(dtype))
+            + type_embeddings[1]
         )
-        text = self.text_projection(self.prepare_text(text_features, tmask).to(dtype)) + type_embeddings[0]
-        pos = self.video_position_embeddings(vmask).to(dtype)
+        text = (
+            self.text_projection(self.prepare_text(text_features, text_mask).to(dtype)) + type_embeddings[0]
+        )
+        pos = self.video_position_embeddings(video_mask).to(dtype)
 
-        sentence = self.pooling_encoder(text, tmask)
-        local = self.local_saliency(sentence, video, vmask)
+        sentence = self.pooling_encoder(text, text_mask)
+        local = self.local_saliency(sentence, video, video_mask)
 
-        run_negatives = neg_pair_mask is not None and self.config.use_negative_pairs
+        run_negatives = targets is not None and self.config.use_negative_pairs
         batch = video.shape[0]
         if run_negatives:
             # one pass over [positive pairs ; video b with the text of sample (b+1) % B]
-            neg_local = self.local_saliency(sentence.roll(-1, 0), video, vmask)
+            neg_local = self.local_saliency(sentence.roll(-1, 0), video, video_mask)
             encoded, global_scores, amplified = self._encode(
                 video.repeat(2, 1, 1),
                 pos.repeat(2, 1, 1),
-                vmask.repeat(2, 1),
+                video_mask.repeat(2, 1),
                 torch.cat((text, text.roll(-1, 0)), 0),
-                torch.cat((tmask, tmask.roll(-1, 0)), 0),
+                torch.cat((text_mask, text_mask.roll(-1, 0)), 0),
                 torch.cat((local, neg_local), 0),
             )
             encoded, amplified = encoded[:batch], amplified[:batch]
             neg_global = None if global_scores is None else global_scores[batch:]
             global_scores = None if global_scores is None else global_scores[:batch]
         else:
-            encoded, global_scores, amplified = self._encode(video, pos, vmask, text, tmask, local)
+            encoded, global_scores, amplified = self._encode(video, pos, video_mask, text, text_mask, local)
             neg_local = neg_global = None
 
         moment_tokens = nonmoment_tokens = frames = None
-        if moment_mask is not None and self.moment_encoder is not None:
+        if targets is not None and self.moment_encoder is not None:
             moment_tokens, nonmoment_tokens, frames = self.moment_encoder(
-                video, pos, vmask, moment_mask.bool() & vmask
+                video, pos, video_mask, targets.moment_mask
             )
 
-        output = SGDetrModelOutput(
+        return SGDetrModelOutput(
             last_hidden_state=amplified,
             encoder_last_hidden_state=encoded,
             local_saliency=local,
@@ -511,15 +535,13 @@ class SGDetrModel(SGDetrPreTrainedModel):
             video_embeds=video,
             text_embeds=text,
             position_embeddings=pos,
-            video_mask=vmask,
+            video_mask=video_mask,
             neg_local_saliency=neg_local,
             neg_global_saliency=neg_global,
-            neg_pair_mask=neg_pair_mask.bool() if run_negatives else None,
             moment_tokens=moment_tokens,
             nonmoment_tokens=nonmoment_tokens,
             moment_frame_outputs=frames,
         )
-        return output if return_dict else output.to_tuple()
 
 
 class SGDetrForMomentRetrieval(SGDetrPreTrainedModel):
@@ -537,75 +559,24 @@ class SGDetrForMomentRetrieval(SGDetrPreTrainedModel):
           the three annotators, 0..12);
         - optional ``video_id`` (str): source video; a rolled in-batch pair from the same source is not used as
           a negative. Without it a rolled pair is a negative unless both samples have identical video features;
-        - optional ``saliency_pos_idx`` / ``saliency_neg_idx`` ``(P,)`` long: margin-loss clip pairs (sampled
-          from ``saliency_scores`` with a seeded generator when absent).
+        - optional ``saliency_pos_idx`` / ``saliency_neg_idx`` ``(P,)`` long: margin-loss clip pairs, and
+          ``sampling_seed`` (float in [0, 1000)): the key of the sample's ATSS-positive query subset. The
+          collator makes both from (seed, epoch, sample); without them they are drawn from torch's global RNG.
 
     With ``labels`` the forward also builds the training query groups (denoising, ATSS positives), runs the
     negative-pair pass and the moment encoder, and returns ``loss`` and ``loss_dict`` (eq. 15).
-    Use [`post_process_moment_retrieval`] to turn the outputs into windows in seconds.
+    Use ``SGDetrProcessor.post_process_moment_retrieval`` to turn the outputs into windows in seconds.
     """
 
     def __init__(self, config: SGDetrConfig):
         super().__init__(config)
         self.sg_detr = SGDetrModel(config)
         self.detector = SGDetrHybridDetector(config)
-        self.criterion = SGDetrLoss(config)
+        # a function of (config, outputs, targets): the objective holds no state a checkpoint could miss
+        self.loss_function = moment_retrieval_loss
         self.post_init()
 
-    def _prepare_targets(
-        self, labels: list[dict], video_features: Tensor, video_mask: Tensor
-    ) -> dict[str, Tensor]:
-        """Pad the label list into ``spans`` (B, M, 2), ``span_mask`` (B, M), ``moment_mask`` (B, L) and the
-        in-batch ``neg_pair_mask`` (B,). Value checks are the criterion's job."""
-        batch, length = video_mask.shape
-        device = video_features.device
-        if not isinstance(labels, (list, tuple)) or len(labels) != batch:
-            raise ValueError(
-                f"labels must be a list of {batch} dicts (one per sample), got {type(labels).__name__}."
-            )
-        spans = []
-        for i, label in enumerate(labels):
-            if not isinstance(label, dict) or "spans" not in label or "saliency_scores" not in label:
-                raise ValueError(f"labels[{i}] must be a dict with 'spans' and 'saliency_scores'.")
-            s = torch.as_tensor(label["spans"], dtype=torch.float32, device=device)
-            if s.numel() == 0:
-                s = s.reshape(0, 2)
-            if s.ndim != 2 or s.shape[1] != 2:
-                raise ValueError(
-                    f"labels[{i}]['spans'] must have shape (K, 2) (center, width), got {tuple(s.shape)}."
-                )
-            spans.append(s)
-        num = torch.tensor([len(s) for s in spans], device=device)
-        max_num = int(num.max())
-        padded = torch.nn.utils.rnn.pad_sequence(spans, batch_first=True)  # (B, M, 2), M may be 0
-        span_mask = torch.arange(max_num, device=device)[None, :] < num[:, None]
-        saliency = torch.nn.utils.rnn.pad_sequence(
-            [
-                torch.as_tensor(label["saliency_scores"], dtype=torch.float32).flatten()[:length]
-                for label in labels
-            ],
-            batch_first=True,
-        ).to(device)
-        saliency = F.pad(saliency, (0, length - saliency.shape[1]))
-        moment_mask = (saliency > 0) & video_mask
-
-        ids = [label.get("video_id") for label in labels]
-        if all(i is not None for i in ids):
-            rolled = ids[1:] + ids[:1]
-            neg_pair_mask = torch.tensor([a != b for a, b in zip(ids, rolled)], device=device)
-        else:  # same features (and length) as the rolled partner -> not a negative
-            rolled_feats, rolled_mask = video_features.roll(-1, 0), video_mask.roll(-1, 0)
-            same = ((video_features == rolled_feats) | ~video_mask[..., None]).flatten(1).all(1)
-            neg_pair_mask = ~(same & (video_mask == rolled_mask).all(1))
-        if batch < 2:
-            neg_pair_mask = torch.zeros(batch, dtype=torch.bool, device=device)
-        return {
-            "spans": padded,
-            "span_mask": span_mask,
-            "moment_mask": moment_mask,
-            "neg_pair_mask": neg_pair_mask,
-        }
-
+    @can_return_tuple
     def forward(
         self,
         video_features: Tensor,
@@ -613,82 +584,48 @@ class SGDetrForMomentRetrieval(SGDetrPreTrainedModel):
         text_features: Tensor,
         text_mask: Tensor,
         labels: list[dict] | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> SGDetrOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+    ) -> SGDetrOutput:
         cfg = self.config
+        video_mask, text_mask = validate_inputs(cfg, video_features, video_mask, text_features, text_mask)
         targets = None
         if labels is not None:
-            vmask, _ = validate_inputs(cfg, video_features, video_mask, text_features, text_mask)
-            targets = self._prepare_targets(labels, video_features, vmask)
-        enc = self.sg_detr(
-            video_features,
-            video_mask,
-            text_features,
-            text_mask,
-            moment_mask=None if targets is None else targets["moment_mask"],
-            neg_pair_mask=None if targets is None else targets["neg_pair_mask"],
-            return_dict=True,
-        )
-        det = self.detector(
-            enc.last_hidden_state,
-            enc.video_mask,
-            enc.position_embeddings,
-            None if targets is None else targets["spans"],
-            None if targets is None else targets["span_mask"],
-        )
-        last = det["decoder"][-1]
-        probs = torch.softmax(last["logits"], -1)[..., 0]
-        if last["iou_logits"] is None:
+            targets = prepare_targets(labels, video_features, video_mask, cfg.num_saliency_pairs)
+        enc = self.sg_detr.encode(video_features, video_mask, text_features, text_mask, targets)
+        det = self.detector(enc.last_hidden_state, enc.video_mask, enc.position_embeddings, targets)
+        last_logits = det.decoder.logits[:, -1]
+        last_iou_logits = None if det.decoder.iou_logits is None else det.decoder.iou_logits[:, -1]
+        probs = torch.softmax(last_logits, -1)[..., 0]
+        if last_iou_logits is None:
             det_scores = probs
-        else:
+        else:  # eq. 10
             alpha = cfg.det_score_alpha
-            det_scores = probs.pow(alpha) * torch.sigmoid(last["iou_logits"]).pow(1 - alpha)
-        atss = det["atss"]
+            det_scores = probs.pow(alpha) * torch.sigmoid(last_iou_logits).pow(1 - alpha)
 
-        loss = loss_dict = training_outputs = None
-        if labels is not None:
-            training_outputs = {
-                "video_mask": enc.video_mask,
-                "local_saliency": enc.local_saliency,
-                "global_saliency": enc.global_saliency,
-                "neg_local_saliency": enc.neg_local_saliency,
-                "neg_global_saliency": enc.neg_global_saliency,
-                "neg_pair_mask": enc.neg_pair_mask,
-                "sentence_embeds": enc.sentence_embeds,
-                "moment_tokens": enc.moment_tokens,
-                "nonmoment_tokens": enc.nonmoment_tokens,
-                "moment_frame_outputs": enc.moment_frame_outputs,
-                "decoder": det["decoder"],
-                "selector": det["selector"],
-                "dn": det["dn"],
-                "atss_queries": det["atss_queries"],
-                "atss": atss,
-            }
-            loss, loss_dict = self.criterion(training_outputs, labels)
-
-        output = SGDetrOutput(
+        loss = loss_dict = None
+        if targets is not None:
+            loss, loss_dict = self.loss_function(cfg, enc, det, targets)
+        atss = det.atss
+        return SGDetrOutput(
             loss=loss,
             loss_dict=loss_dict,
-            pred_spans=last["spans"],
-            pred_logits=last["logits"],
-            pred_iou_logits=last["iou_logits"],
+            pred_spans=det.decoder.spans[:, -1],
+            pred_logits=last_logits,
+            pred_iou_logits=last_iou_logits,
             det_scores=det_scores,
-            atss_logits=None if atss is None else atss["logits"],
-            atss_spans=None if atss is None else atss["spans"],
-            atss_centerness=None if atss is None else atss["centerness"],
-            anchors=det["anchors"],
-            anchor_mask=det["anchor_mask"],
-            anchor_levels=det["anchor_levels"],
+            atss_logits=None if atss is None else atss.logits,
+            atss_spans=None if atss is None else atss.spans,
+            atss_centerness=None if atss is None else atss.centerness,
+            anchors=det.anchors,
+            anchor_mask=det.anchor_mask,
+            anchor_levels=det.anchor_levels,
             local_saliency=enc.local_saliency,
             global_saliency=enc.global_saliency,
             video_mask=enc.video_mask,
             encoder_last_hidden_state=enc.last_hidden_state,
             sentence_embeds=enc.sentence_embeds,
-            training_outputs=training_outputs,
+            encoder_outputs=enc,
+            detector_outputs=det,
         )
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = [

@@ -72,6 +72,31 @@ def test_at_most_five_windows_a_seeded_subset_in_time_order():
     assert len(subsets) > 1
 
 
+def test_random_choices_are_a_function_of_seed_epoch_and_qid():
+    """A sample's window subset, margin pairs and sampling seed do not depend on its batch (so resume skips
+    batches without replaying them, and any number of processes sees the same targets)."""
+    windows = [[2.0 * i, 2.0 * i + 1] for i in range(8)]
+    graded = [[i % 3, i % 3, i % 3] for i in range(10)]
+    rows = [_row(q, 20, windows, list(range(10)), graded) for q in (1, 2, 3)]
+    collator = MomentRetrievalCollator(max_windows=5, num_margin_pairs=3, seed=7)
+    keys = ("spans", "saliency_pos_idx", "saliency_neg_idx", "sampling_seed")
+
+    def draws(batch_rows, qid):
+        label = collator(batch_rows)["labels"][[int(r["qid"]) for r in batch_rows].index(qid)]
+        return [torch.as_tensor(label[key]) for key in keys]
+
+    alone = draws(rows[1:2], 2)
+    for batch_rows in (rows, rows[::-1], rows[1:]):  # other company, other order, other padding
+        assert all(torch.equal(a, b) for a, b in zip(alone, draws(batch_rows, 2)))
+    assert not torch.equal(alone[0], draws(rows, 1)[0])  # another qid draws another subset
+    pos, neg = alone[1], alone[2]
+    assert pos.shape == neg.shape == (3,) and set(pos.tolist()) <= {1, 2, 4, 5, 7, 8}  # relevant clips
+    assert pos[0] in (2, 5, 8) and neg[0] in (1, 4, 7)  # the hard pair: highest vs lowest relevant score
+    assert 0 <= float(alone[3]) < 1000
+    collator.set_epoch(1)
+    assert any(not torch.equal(a, b) for a, b in zip(alone, draws(rows[1:2], 2)))  # a new epoch, new draws
+
+
 def test_source_video_id():
     assert source_video_id("j7rJstUseKg_360.0_510.0") == "j7rJstUseKg"
     assert source_video_id("_6hnl_BrFvs_60_210") == "_6hnl_BrFvs"

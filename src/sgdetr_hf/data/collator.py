@@ -1,12 +1,15 @@
 """Batch collation: schema rows with features -> the padded tensors and ``labels`` the model takes.
 
-The model's call is ``model(video_features, video_mask, text_features, text_mask, labels=...)``
-(docs/model_loss_contract.md). The model L2-normalises the features and appends the temporal endpoint
-feature itself, so the collator only pads, masks and builds the targets.
+The model's call is ``model(video_features, video_mask, text_features, text_mask, labels=...)``. The model
+L2-normalises the features and appends the temporal endpoint feature itself, so the collator only pads, masks
+and builds the targets, including every random choice of the training targets: each sample's draws come
+from its own generator seeded by (seed, epoch, qid), so they do not depend on the batch a sample lands in,
+the number of processes or DataLoader workers, or how many batches came before (resume needs no replay).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,6 +17,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from ..targets_sgdetr import SAMPLING_SEED_RANGE, sample_margin_pairs
 from .schema import source_video_id
 
 
@@ -55,8 +59,10 @@ class MomentRetrievalCollator:
     - ``labels``: B dicts with ``spans`` (K_b, 2) float32 normalised (center, width) relative to
       ``T_b = L_b * clip_length`` (at most ``max_windows``: a seeded random subset, kept in time
       order, when a sample has more), ``saliency_scores`` (L_b,) float32 (row sums of the annotators'
-      scores, 0 = not relevant; binary highlight targets are ``saliency_scores > 0``) and
-      ``video_id`` (the source video, :func:`~sgdetr_hf.data.schema.source_video_id`);
+      scores, 0 = not relevant; binary highlight targets are ``saliency_scores > 0``), ``video_id`` (the
+      source video, :func:`~sgdetr_hf.data.schema.source_video_id`), the margin-loss clip pairs
+      ``saliency_pos_idx`` / ``saliency_neg_idx`` (P,) long and ``sampling_seed`` (float, the key of the
+      sample's ATSS-positive query subset);
     - ``meta``: ``qid``, ``vid``, ``query`` (lists of B str), ``duration``, ``clip_length`` (B,) float32
       seconds. The training loop keeps ``meta`` out of the model call.
 
@@ -65,8 +71,8 @@ class MomentRetrievalCollator:
             InterVid-MR); windows are clipped to the kept range and dropped when fully outside it.
         max_text_tokens: keep only the first ``max_text_tokens`` token features.
         max_windows: the most ground-truth windows per sample (5, as in CG-DETR).
-        seed: seed of the window-subset generator; the stream also depends on the epoch
-            (:meth:`set_epoch`) and the DataLoader worker, so workers and epochs draw different subsets.
+        num_margin_pairs: margin-ranking clip pairs per sample (``config.num_saliency_pairs``).
+        seed: with the epoch (:meth:`set_epoch`) and the sample's qid, the seed of every random choice.
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class MomentRetrievalCollator:
         max_clips: int | None = None,
         max_text_tokens: int | None = None,
         max_windows: int = 5,
+        num_margin_pairs: int = 2,
         seed: int = 0,
     ):
         for name, value in (("max_clips", max_clips), ("max_text_tokens", max_text_tokens)):
@@ -81,26 +88,22 @@ class MomentRetrievalCollator:
                 raise ValueError(f"{name} must be None or >= 1, got {value}")
         if max_windows < 1:
             raise ValueError(f"max_windows must be >= 1, got {max_windows}")
+        if num_margin_pairs < 1:
+            raise ValueError(f"num_margin_pairs must be >= 1, got {num_margin_pairs}")
         self.max_clips = max_clips
         self.max_text_tokens = max_text_tokens
         self.max_windows = max_windows
+        self.num_margin_pairs = num_margin_pairs
         self.seed = seed
         self.epoch = 0
-        self._generator: torch.Generator | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        """Re-seed the window-subset stream for ``epoch`` (call before each epoch, like a sampler's)."""
+        """Draw the random choices of ``epoch`` (call before each epoch, like a sampler's)."""
         self.epoch = epoch
-        self._generator = None
 
-    def _window_generator(self) -> torch.Generator:
-        # Created lazily inside the process that collates, so each DataLoader worker gets its own stream.
-        if self._generator is None:
-            worker = torch.utils.data.get_worker_info()
-            worker_id = worker.id if worker is not None else 0
-            seed_sequence = np.random.SeedSequence([self.seed, self.epoch, worker_id])
-            self._generator = torch.Generator().manual_seed(int(seed_sequence.generate_state(1)[0]))
-        return self._generator
+    def _sample_generator(self, qid: str) -> np.random.Generator:
+        """The sample's own generator: a function of (seed, epoch, qid) only (crc32 is stable across runs)."""
+        return np.random.default_rng([self.seed, self.epoch, zlib.crc32(qid.encode())])
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if len(rows) == 0:
@@ -132,13 +135,23 @@ class MomentRetrievalCollator:
         if not bool((clip_length > 0).all()):
             raise ValueError(f"clip_length must be > 0 seconds, got {clip_length.tolist()} for qids {qids}")
         saliency = self._saliency(rows, qids, num_clips, video_features.shape[1])
-        spans = self._spans(rows, qids, num_clips * clip_length)
+        # per sample, in this order: the sampling seed, the margin-pair uniforms, the window-subset keys
+        generators = [self._sample_generator(qid) for qid in qids]
+        sampling_seeds = [float(g.random()) * SAMPLING_SEED_RANGE for g in generators]
+        uniforms = np.stack([g.random((2, self.num_margin_pairs)) for g in generators], axis=-1)  # (2, P, B)
+        pos_idx, neg_idx, _ = sample_margin_pairs(
+            saliency, video_mask.bool(), torch.from_numpy(uniforms).to(saliency.dtype)
+        )
+        spans = self._spans(rows, qids, num_clips * clip_length, generators)
 
         labels = [
             {
                 "spans": spans[b],
                 "saliency_scores": saliency[b, : num_clips[b]],
                 "video_id": source_video_id(str(row["vid"])),
+                "saliency_pos_idx": pos_idx[b],
+                "saliency_neg_idx": neg_idx[b],
+                "sampling_seed": sampling_seeds[b],
             }
             for b, row in enumerate(rows)
         ]
@@ -188,12 +201,17 @@ class MomentRetrievalCollator:
         return saliency
 
     def _spans(
-        self, rows: Sequence[Mapping[str, Any]], qids: list[str], extent: torch.Tensor
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        qids: list[str],
+        extent: torch.Tensor,
+        generators: list[np.random.Generator],
     ) -> list[torch.Tensor]:
         """Per sample (K_b, 2) normalised (center, width) spans, at most ``max_windows`` each.
 
         Args:
             extent: (B,) T_b = L_b * clip_length, seconds covered by the (capped) features.
+            generators: the samples' generators (the window subset of a sample with too many windows).
         """
         windows = [
             torch.as_tensor(np.asarray(_or_empty(row["relevant_windows"]), dtype=np.float32)).reshape(-1, 2)
@@ -207,18 +225,24 @@ class MomentRetrievalCollator:
             raise ValueError(f"relevant_windows with end < start in samples {bad}")
         normalised = (seconds / extent[batch_index, None]).clamp(0.0, 1.0)
         keep = normalised[:, 1] > normalised[:, 0]  # windows past a capped video's end vanish
-        keep &= self._window_subset(batch_index, keep, len(rows))
+        keys = torch.from_numpy(np.concatenate([g.random(len(w)) for g, w in zip(generators, windows)]))
+        keep &= self._window_subset(batch_index, keep, keys, len(rows))
         normalised, batch_index = normalised[keep], batch_index[keep]
         spans = torch.stack([normalised.mean(dim=1), normalised[:, 1] - normalised[:, 0]], dim=1)
         return list(torch.split(spans, torch.bincount(batch_index, minlength=len(rows)).tolist()))
 
-    def _window_subset(self, batch_index: torch.Tensor, valid: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """(W,) bool: a random ``max_windows`` of each sample's valid windows (all of them when fewer)."""
+    def _window_subset(
+        self, batch_index: torch.Tensor, valid: torch.Tensor, key: torch.Tensor, batch_size: int
+    ) -> torch.Tensor:
+        """(W,) bool: a random ``max_windows`` of each sample's valid windows (all of them when fewer).
+
+        Args:
+            batch_index: (W,) sample of each window. valid: (W,) bool. key: (W,) float64 uniforms in [0, 1).
+        """
         counts = torch.bincount(batch_index[valid], minlength=batch_size)
         if int(counts.max()) <= self.max_windows:
             return torch.ones_like(valid)
         # Sort by (sample, validity, random key); a window is kept when its rank inside its sample is small.
-        key = torch.rand(len(batch_index), generator=self._window_generator(), dtype=torch.float64)
         order = torch.argsort(batch_index * 4.0 + (~valid) * 2.0 + key)
         starts = torch.cumsum(torch.bincount(batch_index, minlength=batch_size), 0) - torch.bincount(
             batch_index, minlength=batch_size

@@ -1,11 +1,13 @@
 """Crash-safe checkpoints: resumable training states and the selected model folder.
 
 A resumable state is ``<output_dir>/checkpoints/step_<global step>/``: accelerate's ``save_state``
-files (model safetensors, optimizer, scheduler, sampler, one RNG file per process), the states of
-extra ``torch.Generator`` objects (one safetensors file per process), plus our
-``trainer_state.json`` (epoch, batches consumed in that epoch, global step, history). It is written
-into a ``.partial-*`` folder and renamed into place only when complete, and ``trainer_state.json``
-is written last, so a crash at any moment leaves either a complete checkpoint or none.
+files (model safetensors, optimizer, scheduler, sampler, one RNG file per process) plus our
+``trainer_state.json`` (epoch, batches consumed in that epoch, global step, history). Nothing else holds
+random state: the objective is stateless and the collator's draws are a function of (seed, epoch, sample).
+A checkpoint is written into a ``.partial-*`` folder and renamed into place only when complete, and
+``trainer_state.json`` is written last, so a crash at any moment leaves either a complete checkpoint or none.
+(``trainer_state.json`` stays our own JSON file rather than an ``accelerator.register_for_checkpointing``
+object, which accelerate would pickle and which could not mark the checkpoint complete.)
 """
 
 from __future__ import annotations
@@ -18,9 +20,6 @@ import re
 import shutil
 from pathlib import Path
 from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
 
 from .files import atomic_write_json, atomic_write_text
 
@@ -94,24 +93,12 @@ class CheckpointManager:
         accelerator: the run's Accelerator.
         output_dir: the run folder.
         total_limit: complete checkpoints kept; older ones are deleted after each save.
-        generators: ``torch.Generator`` objects outside accelerate's view (e.g. a loss's pair sampler)
-            whose states are saved per process as safetensors and restored on load.
     """
 
-    def __init__(
-        self,
-        accelerator,
-        output_dir: str | Path,
-        total_limit: int = 2,
-        generators: dict[str, torch.Generator] | None = None,
-    ):
+    def __init__(self, accelerator, output_dir: str | Path, total_limit: int = 2):
         self.accelerator = accelerator
         self.root = Path(output_dir) / "checkpoints"
         self.total_limit = total_limit
-        self.generators = generators or {}
-
-    def _generator_file(self, folder: Path) -> Path:
-        return folder / f"generator_states_{self.accelerator.process_index}.safetensors"
 
     def step_dirs(self) -> list[Path]:
         """Complete checkpoints, oldest first (a folder without trainer_state.json is not one)."""
@@ -151,10 +138,6 @@ class CheckpointManager:
             staged.mkdir(parents=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(output_dir=str(staged), safe_serialization=True)
-        if self.generators:
-            save_file(
-                {name: g.get_state() for name, g in self.generators.items()}, self._generator_file(staged)
-            )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             state.save(staged / TRAINER_STATE_NAME)
@@ -174,15 +157,6 @@ class CheckpointManager:
                 f"complete ones are the step_* folders under {self.root}"
             )
         self.accelerator.load_state(str(path))
-        if self.generators:
-            states = load_file(self._generator_file(path))
-            missing = sorted(self.generators.keys() - states.keys())
-            if missing:
-                raise ValueError(
-                    f"{path} lacks the states of generators {missing}; was it saved by another model?"
-                )
-            for name, generator in self.generators.items():
-                generator.set_state(states[name])
         return TrainerState.load(path / TRAINER_STATE_NAME)
 
 

@@ -91,5 +91,6 @@ def build_collator(config, seed: int) -> MomentRetrievalCollator:
         max_clips=config.max_num_clips,
         max_text_tokens=config.max_text_tokens,
         max_windows=config.max_gt_windows,
+        num_margin_pairs=config.num_saliency_pairs,
         seed=seed,
     )

@@ -7,14 +7,15 @@ the metrics module scores it, and the best model (by the recipe's main metric) i
 
 Processes: the DataLoader batch is the recipe's global batch, split across processes
 (``split_batches``), so 1 or 8 processes see the same samples per optimizer step, and the schedule
-is identical. Resume is exact: model, optimizer, scheduler, sampler, RNG and extra generator states
-come from the checkpoint, and the interrupted epoch replays (without training) the batches already
-consumed so that the collator's own random stream is where it was.
+is identical. Resume is exact: model, optimizer, scheduler, sampler and RNG states come from the
+checkpoint, and the interrupted epoch skips the batches already consumed (``skip_first_batches``): the
+collator's random choices are a function of (seed, epoch, sample), so skipped batches need no replay.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -58,21 +59,10 @@ def build_model(recipe: TrainingRecipe, data_properties: dict[str, Any]) -> SGDe
     """
     check_matches_data(recipe.model, data_properties, "the recipe's model section")
     overrides = {**recipe.model, **data_properties}
-    overrides.setdefault("saliency_pair_seed", recipe.seed)
     if recipe.init_from:
         logger.info("initialising every weight from %s", recipe.init_from)
         return SGDetrForMomentRetrieval.from_pretrained(recipe.init_from, **overrides)
     return SGDetrForMomentRetrieval(SGDetrConfig(**overrides))
-
-
-def module_generators(model: torch.nn.Module) -> dict[str, torch.Generator]:
-    """Every ``torch.Generator`` held by a sub-module (e.g. the criterion's margin-pair sampler), by path."""
-    return {
-        f"{name}.{attribute}" if name else attribute: value
-        for name, module in model.named_modules()
-        for attribute, value in vars(module).items()
-        if isinstance(value, torch.Generator)
-    }
 
 
 # --------------------------------------------------------------------------------------------- loop
@@ -185,9 +175,7 @@ class Trainer:
                 )  # fmt: skip
             )
             self.references = references_of(self.eval_set) if accelerator.is_main_process else None
-        self.checkpoints = CheckpointManager(
-            accelerator, self.output_dir, recipe.checkpoints_total_limit, generators=module_generators(model)
-        )
+        self.checkpoints = CheckpointManager(accelerator, self.output_dir, recipe.checkpoints_total_limit)
         self.checkpoints.recover()
         self.state = TrainerState()
         self.best_dir, self.final_dir = self.output_dir / "best_model", self.output_dir / "final_model"
@@ -224,17 +212,16 @@ class Trainer:
         """The epoch's batch iterator, positioned after the batches a resumed run already consumed."""
         self.collator.set_epoch(epoch)
         self.train_loader.set_epoch(epoch)
-        batches = iter(self.train_loader)
         skip = self.state.batches_done if epoch == self.state.epoch else 0
-        if skip:
-            # Replay the consumed batches through the collator (its window-subset stream advances per
-            # collated batch, which skip_first_batches would not do) without letting the iteration move
-            # the RNG state restored from the checkpoint.
-            devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                for _ in range(skip):
-                    next(batches)
-        return enumerate(batches, start=skip)
+        if not skip:
+            return enumerate(self.train_loader)
+        batches = iter(self.accelerator.skip_first_batches(self.train_loader, skip))
+        # Starting an epoch's iteration draws the DataLoader's base seed from the global RNG, a draw the
+        # uninterrupted run made before the checkpoint: keep it out of the RNG state restored from there.
+        devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            first = next(batches, None)
+        return enumerate(itertools.chain([] if first is None else [first], batches), start=skip)
 
     def _train_epoch(self, epoch: int, meter: _LossMeter, progress: tqdm) -> None:
         accelerator, recipe, state = self.accelerator, self.recipe, self.state
