@@ -450,3 +450,32 @@ def test_return_dict_false_gives_a_tuple(tiny_model):
     with torch.no_grad():
         out = tiny_model(*inputs, return_dict=False)
     assert isinstance(out, tuple) and out[0].shape == (1, 25, 2)
+
+
+def test_initialisation_by_module_type():
+    torch.manual_seed(0)
+    model = SGDetrForMomentRetrieval(SGDetrConfig(**TINY))
+    detector = model.detector
+    zero_heads = [model.sg_detr.global_saliency, detector.decoder.span_head.layers[-1]]
+    zero_heads.append(detector.selector.span_head.layers[-1])
+    for head in zero_heads:  # predictions start at their references, S_global at S_local
+        assert head.weight.abs().sum() == 0 and head.bias.abs().sum() == 0
+    for embedding in (detector.selector.content, detector.dn_label_embed):  # N(0, 1) learned queries
+        assert 0.8 < embedding.weight.std().item() < 1.2
+    assert model.sg_detr.token_type_embeddings.weight.std().item() < 0.05  # initializer_range 0.02
+    atss = detector.atss_head
+    assert 0.005 < atss.cls_conv.weight.std().item() < 0.015  # N(0, 0.01)
+    torch.testing.assert_close(atss.cls_out.bias, torch.tensor([-math.log(99.0)]))  # prior 0.01
+    linear = model.sg_detr.video_projection.linear1  # xavier-uniform: |w| <= sqrt(6 / (fan_in + fan_out))
+    bound = math.sqrt(6 / sum(linear.weight.shape))
+    assert linear.weight.abs().max() <= bound and linear.weight.abs().max() > 0.9 * bound
+
+
+def test_the_objective_holds_no_state():
+    """No RNG, buffer or sub-module of the loss: nothing a checkpoint or `from_pretrained` could miss."""
+    model = SGDetrForMomentRetrieval(SGDetrConfig(**TINY))
+    assert not any(
+        isinstance(value, torch.Generator) for module in model.modules() for value in vars(module).values()
+    )
+    assert list(model.buffers()) == []
+    assert not any("loss" in name or "criterion" in name for name, _ in model.named_modules())
