@@ -1,5 +1,7 @@
 """SGDetrConfig: defaults of the design document, validation, switches, save / load."""
 
+import json
+
 import pytest
 from transformers import AutoConfig
 
@@ -37,22 +39,28 @@ def test_defaults_follow_the_design():
         10,
         "wbf",
     )
-    assert (
-        c.use_sgca and c.use_iou_head and c.use_global_saliency and c.use_atss and c.use_atss_positive_queries
-    )
+    assert c.use_sgca and c.use_iou_scoring and c.use_global_saliency and c.use_hybrid_detector
     assert c.video_input_dim == 514 and c.num_pyramid_levels == 5
 
 
-def test_grouped_switches_set_the_finer_ones():
-    c = SGDetrConfig(use_hybrid_detector=False, use_iou_scoring=False)
-    assert not c.use_atss and not c.use_atss_positive_queries and c.fusion_mode == "detr"
-    assert not c.use_iou_head
-    c = SGDetrConfig(use_atss_positive_queries=False)
-    assert c.use_atss and not c.use_atss_positive_queries and c.fusion_mode == "wbf"
-    with pytest.raises(ValueError, match="use_atss_positive_queries"):
-        SGDetrConfig(use_atss=False, use_atss_positive_queries=True)
+def test_the_hybrid_detector_switch_sets_the_fusion_mode():
+    assert SGDetrConfig(use_hybrid_detector=False).fusion_mode == "detr"
+    assert SGDetrConfig().fusion_mode == "wbf"
     with pytest.raises(ValueError, match="fusion_mode"):
         SGDetrConfig(use_hybrid_detector=False, fusion_mode="wbf")
+
+
+def test_release_0_1_configs_still_load(tmp_path, caplog):
+    """The finer switches of release 0.1 map to their Table 2 switch; the loss's old seed is dropped."""
+    old = SGDetrConfig(use_hybrid_detector=False, use_iou_scoring=False).to_dict()
+    old.update(use_atss=False, use_atss_positive_queries=False, use_iou_head=False, saliency_pair_seed=3)
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert not loaded.use_hybrid_detector and not loaded.use_iou_scoring and loaded.fusion_mode == "detr"
+    assert not any(hasattr(loaded, key) for key in ("use_atss", "use_iou_head", "saliency_pair_seed"))
+    assert "use_atss" not in loaded.to_dict()
+    with pytest.raises(ValueError, match="use_atss=False contradicts use_hybrid_detector=True"):
+        SGDetrConfig(use_atss=False)
 
 
 @pytest.mark.parametrize(
@@ -91,5 +99,5 @@ def test_save_load_and_auto_config(tmp_path):
     assert {k: v for k, v in loaded.to_dict().items() if k not in drop} == {
         k: v for k, v in c.to_dict().items() if k not in drop
     }
-    assert loaded.use_atss is False and loaded.fusion_mode == "detr" and loaded.clip_length == 1.0
+    assert loaded.use_hybrid_detector is False and loaded.fusion_mode == "detr" and loaded.clip_length == 1.0
     assert isinstance(AutoConfig.for_model("sg-detr"), SGDetrConfig)

@@ -1,8 +1,9 @@
 """Configuration of SG-DETR (Saliency-Guided DETR, Gordeev et al.).
 
-Every hyperparameter of the model, its training objective and its post-processing lives here, with the
-defaults of ``shared/design/sg-detr.md`` (§2.17 architecture, §3.1 loss weights, §4 post-processing).
-Invalid values raise ``ValueError`` naming the field and the allowed range.
+Every hyperparameter of the model, its training objective and its post-processing, with the paper's
+values (§4.4) as defaults. Typed fields (transformers 5's dataclass configs); the value ranges and the
+cross-field rules are checked in one place, :meth:`SGDetrConfig.validate_sgdetr`, which raises ``ValueError``
+naming the field and the allowed range.
 
 This file is shipped to the Hub as remote code: it imports nothing from the package.
 """
@@ -10,242 +11,227 @@ This file is shipped to the Hub as remote code: it imports nothing from the pack
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from transformers import PreTrainedConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 _FUSION_MODES = ("wbf", "detr", "atss")
 _LOCAL_SALIENCY_SPACES = ("hidden",)
+#: Keys of configs written by release 0.1 that no longer exist: each finer switch became its Table 2 switch.
+_RENAMED_SWITCHES = {
+    "use_atss": "use_hybrid_detector",
+    "use_atss_positive_queries": "use_hybrid_detector",
+    "use_iou_head": "use_iou_scoring",
+}
+#: Keys of release-0.1 configs that are dropped: the loss no longer owns a seeded generator.
+_REMOVED_KEYS = ("saliency_pair_seed",)
 
 
 class SGDetrConfig(PreTrainedConfig):
     r"""Configuration of [`SGDetrModel`] and [`SGDetrForMomentRetrieval`].
 
     Inputs and features
-        video_feature_dim (`int`, 512): size of one clip feature (InternVideo2-1B projected: 512).
-        text_feature_dim (`int`, 512): size of one token feature (InternVideo2-1B projected: 512).
-        normalize_features (`bool`, True): L2-normalise every clip and token vector inside the model.
-        use_tef (`bool`, True): append the temporal endpoint feature ``[i/L_b, (i+1)/L_b]`` to each clip.
-        clip_length (`float`, 2.0): seconds per clip (2 for QVHighlights/TACoS/TVSum, 1 for Charades).
-        max_num_clips (`int`, 75): clip cap applied by the data pipeline (75 for QVHighlights). The model
-            itself accepts any number of clips: its positional encoding is normalised by the valid length.
-        max_text_tokens (`int`, 32): token cap applied by the data pipeline (64 for TACoS).
+        video_feature_dim (`int`, defaults to 512): width of one clip feature (InternVideo2-1B projected: 512).
+        text_feature_dim (`int`, defaults to 512): width of one token feature (InternVideo2-1B projected: 512).
+        normalize_features (`bool`, defaults to `True`): L2-normalise every clip and token vector inside the
+            model, as the InternVideo2 features are used in the paper.
+        use_tef (`bool`, defaults to `True`): append the temporal endpoint feature ``[i/L_b, (i+1)/L_b]`` to
+            each clip (Moment-DETR), so the projection sees where a clip lies in its video.
+        clip_length (`float`, defaults to 2.0): seconds per clip; converts normalised spans to seconds
+            (2 for QVHighlights / TACoS / TVSum, 1 for Charades-STA).
+        max_num_clips (`int`, defaults to 75): clip cap applied by the data pipeline (QVHighlights: 75). The
+            model accepts any number of clips: its positions are normalised by the valid length.
+        max_text_tokens (`int`, defaults to 32): token cap applied by the data pipeline (TACoS: 64).
 
-    Architecture (§2)
-        hidden_size 256, num_attention_heads 8, ffn_dim 1024, dropout 0.1, input_dropout 0.5,
-        num_pooling_layers 2, num_sgca_layers 2, num_encoder_layers 3, num_decoder_layers 3,
-        num_moment_encoder_layers 1, num_queries 25, saliency_alpha_init 10, saliency_beta_init 0,
-        position_temperature 10000, layer_norm_eps 1e-5, initializer_range 0.02 (type embeddings).
-        local_saliency_space: "hidden" (eq. 2 in the projected 256-d space; the only implemented choice).
+    Encoder (§3.2-3.4)
+        hidden_size (`int`, defaults to 256): width ``d`` of every attention block.
+        num_attention_heads (`int`, defaults to 8): heads of every attention (head width ``d / heads``).
+        ffn_dim (`int`, defaults to 1024): width of the feed-forward blocks.
+        dropout (`float`, defaults to 0.1): dropout of attention weights and residual branches.
+        input_dropout (`float`, defaults to 0.5): dropout inside the input projections (CG-DETR).
+        num_pooling_layers (`int`, defaults to 2): attention-pooling layers of the PoolingEncoder (eq. 1).
+        num_sgca_layers (`int`, defaults to 2): saliency-guided cross-attention layers (eq. 3-5).
+        num_encoder_layers (`int`, defaults to 3): self-attention layers after SGCA (eq. 6).
+        num_moment_encoder_layers (`int`, defaults to 1): layers of the training-only moment encoder (§3.7).
+        saliency_alpha_init (`float`, defaults to 10.0) and saliency_beta_init (`float`, defaults to 0.0):
+            initial scale and offset of eq. 2's ``S_local = alpha * cos + beta`` (both learned).
+        local_saliency_space (`str`, defaults to `"hidden"`): eq. 2 in the projected ``d``-space (the only
+            implemented choice; the raw-feature variant raises).
+        position_temperature (`float`, defaults to 10000): temperature of the sine position encodings.
+        layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm.
+        initializer_range (`float`, defaults to 0.02): std of the token-type embeddings' init.
 
-    Hybrid detector (§2.11-2.16)
-        pyramid_strides (1, 2, 4, 8, 16), anchor_scale 4 (anchor width in strides), atss_topk 9,
-        atss_delta_stds (0.1, 0.2), group_norm_groups 32, max_atss_positive_queries 100,
-        num_dn_groups 5, dn_box_noise_scale 0.4, dn_label_noise_ratio 0.5, det_score_alpha 0.5.
+    Hybrid detector (§3.5-3.6)
+        num_decoder_layers (`int`, defaults to 3): DAB/conditional decoder layers (each refines the spans).
+        num_queries (`int`, defaults to 25): primary decoder queries, selected from the pyramid (DINO).
+        pyramid_strides (`list[int]`, defaults to `[1, 2, 4, 8, 16]`): clip strides of the temporal pyramid,
+            each twice the previous.
+        anchor_scale (`float`, defaults to 4.0): anchor width in strides (ATSS's octave base scale).
+        atss_topk (`int`, defaults to 9): ATSS candidates per level and ground truth.
+        atss_delta_stds (`list[float]`, defaults to `[0.1, 0.2]`): std of the (center, width) delta coding.
+        group_norm_groups (`int`, defaults to 32): groups of the pyramid's and ATSS head's GroupNorms.
+        max_atss_positive_queries (`int`, defaults to 100): cap on Co-DETR ATSS-positive queries per video.
+        num_dn_groups (`int`, defaults to 5): DINO contrastive denoising groups.
+        dn_box_noise_scale (`float`, defaults to 0.4): denoising endpoint noise, in window widths.
+        dn_label_noise_ratio (`float`, defaults to 0.5): share of denoising queries with a flipped label
+            embedding (half of them flip, as in DINO).
+        det_score_alpha (`float`, defaults to 0.5): ``alpha`` of eq. 10, ``S_det = p^alpha * IoU^(1-alpha)``.
 
-    Post-processing (§4)
-        atss_pre_nms_topk 100, atss_nms_iou 0.6, atss_post_nms_topk 25, wbf_iou_thr 0.55,
-        wbf_weights (1, 1) for (DETR, ATSS), wbf_skip_thr 0.0, num_output_windows 10,
-        fusion_mode "wbf" | "detr" | "atss" (default: "wbf" with the ATSS head, else "detr"),
-        window_round_seconds None (QVHighlights: 2.0, rounds window endpoints to that grid).
+    Post-processing (§4.4)
+        atss_pre_nms_topk (`int`, defaults to 100), atss_nms_iou (`float`, defaults to 0.6) and
+            atss_post_nms_topk (`int`, defaults to 25): the ATSS proposals kept before and after 1-D NMS.
+        wbf_iou_thr (`float`, defaults to 0.55): IoU above which weighted span fusion merges two windows.
+        wbf_weights (`list[float]`, defaults to `[1.0, 1.0]`): WBF weights of the (DETR, ATSS) windows.
+        wbf_skip_thr (`float`, defaults to 0.0): windows scoring below it are left out of WBF.
+        num_output_windows (`int`, defaults to 10): windows returned per query.
+        fusion_mode (`str`, defaults to `"wbf"` with the hybrid detector, else `"detr"`): ``"wbf"`` fuses the
+            DETR and ATSS windows, ``"detr"`` / ``"atss"`` keep one head's windows.
+        window_round_seconds (`float`, *optional*): round window endpoints to this grid (QVHighlights: 2.0).
 
-    Training objective (§3)
-        lambda_l1 10, lambda_giou 1, lambda_ce 5, lambda_centerness 1, lambda_iou 1, lambda_detr 1,
-        lambda_atss 1, lambda_hl 1, lambda_aux 1, lambda_dn 1, lambda_atss_queries 1, lambda_selector 1,
-        eos_coef 0.1, matcher_cost_class 4, matcher_cost_l1 10, matcher_cost_giou 1, saliency_margin 0.2,
-        rank_contrastive_tau 0.5, saliency_label_max 12, num_saliency_pairs 2,
-        focal_alpha 0.25, focal_gamma 2, max_gt_windows 5.
+    Training objective (§3.7, eq. 11-15)
+        lambda_l1 (`float`, defaults to 10), lambda_giou (1), lambda_ce (5), lambda_centerness (1),
+            lambda_iou (1): weights of the span L1, GIoU, classification (and ATSS focal), centerness and
+            IoU-head terms inside each query set.
+        lambda_detr (1), lambda_atss (1), lambda_hl (1), lambda_aux (1): eq. 15's weights of the DETR,
+            ATSS, highlight and alignment groups. lambda_dn (1), lambda_atss_queries (1),
+            lambda_selector (1): weights of the denoising, ATSS-positive and selector sets inside ``L_detr``.
+        eos_coef (`float`, defaults to 0.1): CE weight of the no-object class.
+        matcher_cost_class (4), matcher_cost_l1 (10), matcher_cost_giou (1): Hungarian matching costs.
+        saliency_margin (`float`, defaults to 0.2): margin ``delta`` of eq. 11's ranking term.
+        rank_contrastive_tau (`float`, defaults to 0.5): temperature of eq. 11's rank-contrastive term.
+        saliency_label_max (`int`, defaults to 12): top of the saliency scale (QVHighlights: 3 x 4).
+        num_saliency_pairs (`int`, defaults to 2): margin-ranking clip pairs per sample (1 hard + easy ones).
+        focal_alpha (`float`, defaults to 0.25) and focal_gamma (`float`, defaults to 2.0): ATSS focal loss.
+        max_gt_windows (`int`, defaults to 5): most ground-truth windows per sample (the collator's cap).
 
-    Ablation switches (Table 2 and §7)
-        use_sgca: saliency-gated cross-attention (False: plain cross-attention).
-        use_iou_scoring: IoU head, IoU in the matching cost and in S_det (sets ``use_iou_head``).
-        use_global_saliency: saliency amplifier + global saliency (eq. 7-9); False: the detector reads the
-            encoder output directly and highlight scores are S_local.
-        use_hybrid_detector: ATSS head, ATSS-positive decoder queries and WBF (sets ``use_atss`` and
-            ``use_atss_positive_queries`` unless they are given explicitly).
-        use_negative_pairs, use_dn, use_alignment (moment encoder + eq. 14), use_atss,
-        use_atss_positive_queries, use_iou_head: the finer switches.
+    Table 2 switches (the paper's ablation rows (a)-(e)) and §7's extra parts
+        use_sgca (`bool`, defaults to `True`): saliency-gated cross-attention (False: plain cross-attention).
+        use_iou_scoring (`bool`, defaults to `True`): the IoU head, the predicted IoU in the matching cost and
+            in ``S_det``.
+        use_global_saliency (`bool`, defaults to `True`): saliency amplifier + global saliency (eq. 7-9);
+            False: the detector reads the encoder output and highlight scores are ``S_local``.
+        use_hybrid_detector (`bool`, defaults to `True`): the ATSS head, the ATSS-positive decoder queries
+            and WBF of the two heads' windows.
+        use_negative_pairs (`bool`, defaults to `True`): the in-batch negative-pair pass (eq. 11, 4th term).
+        use_dn (`bool`, defaults to `True`): DINO denoising queries.
+        use_alignment (`bool`, defaults to `True`): the moment encoder and eq. 14.
+
+    Configs of release 0.1 still load: ``use_atss`` / ``use_atss_positive_queries`` / ``use_iou_head`` map to
+    their Table 2 switch (a value that contradicts it is an error) and ``saliency_pair_seed`` is dropped, with
+    one warning.
     """
 
     model_type = "sg-detr"
 
-    def __init__(
-        self,
-        # inputs
-        video_feature_dim: int = 512,
-        text_feature_dim: int = 512,
-        normalize_features: bool = True,
-        use_tef: bool = True,
-        clip_length: float = 2.0,
-        max_num_clips: int = 75,
-        max_text_tokens: int = 32,
-        # architecture
-        hidden_size: int = 256,
-        num_attention_heads: int = 8,
-        ffn_dim: int = 1024,
-        dropout: float = 0.1,
-        input_dropout: float = 0.5,
-        num_pooling_layers: int = 2,
-        num_sgca_layers: int = 2,
-        num_encoder_layers: int = 3,
-        num_decoder_layers: int = 3,
-        num_moment_encoder_layers: int = 1,
-        num_queries: int = 25,
-        saliency_alpha_init: float = 10.0,
-        saliency_beta_init: float = 0.0,
-        position_temperature: float = 10000.0,
-        layer_norm_eps: float = 1e-5,
-        initializer_range: float = 0.02,
-        local_saliency_space: str = "hidden",
-        # hybrid detector
-        pyramid_strides: list[int] | tuple[int, ...] = (1, 2, 4, 8, 16),
-        anchor_scale: float = 4.0,
-        atss_topk: int = 9,
-        atss_delta_stds: list[float] | tuple[float, float] = (0.1, 0.2),
-        group_norm_groups: int = 32,
-        max_atss_positive_queries: int = 100,
-        num_dn_groups: int = 5,
-        dn_box_noise_scale: float = 0.4,
-        dn_label_noise_ratio: float = 0.5,
-        det_score_alpha: float = 0.5,
-        # post-processing
-        atss_pre_nms_topk: int = 100,
-        atss_nms_iou: float = 0.6,
-        atss_post_nms_topk: int = 25,
-        wbf_iou_thr: float = 0.55,
-        wbf_weights: list[float] | tuple[float, float] = (1.0, 1.0),
-        wbf_skip_thr: float = 0.0,
-        num_output_windows: int = 10,
-        fusion_mode: str | None = None,
-        window_round_seconds: float | None = None,
-        # training objective
-        lambda_l1: float = 10.0,
-        lambda_giou: float = 1.0,
-        lambda_ce: float = 5.0,
-        lambda_centerness: float = 1.0,
-        lambda_iou: float = 1.0,
-        lambda_detr: float = 1.0,
-        lambda_atss: float = 1.0,
-        lambda_hl: float = 1.0,
-        lambda_aux: float = 1.0,
-        lambda_dn: float = 1.0,
-        lambda_atss_queries: float = 1.0,
-        lambda_selector: float = 1.0,
-        eos_coef: float = 0.1,
-        matcher_cost_class: float = 4.0,
-        matcher_cost_l1: float = 10.0,
-        matcher_cost_giou: float = 1.0,
-        saliency_margin: float = 0.2,
-        rank_contrastive_tau: float = 0.5,
-        saliency_label_max: int = 12,
-        num_saliency_pairs: int = 2,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        max_gt_windows: int = 5,
-        # ablation switches
-        use_sgca: bool = True,
-        use_iou_scoring: bool = True,
-        use_global_saliency: bool = True,
-        use_hybrid_detector: bool = True,
-        use_negative_pairs: bool = True,
-        use_dn: bool = True,
-        use_alignment: bool = True,
-        use_atss: bool | None = None,
-        use_atss_positive_queries: bool | None = None,
-        use_iou_head: bool | None = None,
-        **kwargs: Any,
-    ):
-        self.video_feature_dim = video_feature_dim
-        self.text_feature_dim = text_feature_dim
-        self.normalize_features = normalize_features
-        self.use_tef = use_tef
-        self.clip_length = clip_length
-        self.max_num_clips = max_num_clips
-        self.max_text_tokens = max_text_tokens
+    # inputs
+    video_feature_dim: int = 512
+    text_feature_dim: int = 512
+    normalize_features: bool = True
+    use_tef: bool = True
+    clip_length: float | int = 2.0
+    max_num_clips: int = 75
+    max_text_tokens: int = 32
+    # encoder
+    hidden_size: int = 256
+    num_attention_heads: int = 8
+    ffn_dim: int = 1024
+    dropout: float | int = 0.1
+    input_dropout: float | int = 0.5
+    num_pooling_layers: int = 2
+    num_sgca_layers: int = 2
+    num_encoder_layers: int = 3
+    num_moment_encoder_layers: int = 1
+    saliency_alpha_init: float | int = 10.0
+    saliency_beta_init: float | int = 0.0
+    local_saliency_space: str = "hidden"
+    position_temperature: float | int = 10000.0
+    layer_norm_eps: float | int = 1e-5
+    initializer_range: float | int = 0.02
+    # hybrid detector
+    num_decoder_layers: int = 3
+    num_queries: int = 25
+    pyramid_strides: list[int] | tuple[int, ...] = (1, 2, 4, 8, 16)
+    anchor_scale: float | int = 4.0
+    atss_topk: int = 9
+    atss_delta_stds: list[float | int] | tuple[float | int, ...] = (0.1, 0.2)
+    group_norm_groups: int = 32
+    max_atss_positive_queries: int = 100
+    num_dn_groups: int = 5
+    dn_box_noise_scale: float | int = 0.4
+    dn_label_noise_ratio: float | int = 0.5
+    det_score_alpha: float | int = 0.5
+    # post-processing
+    atss_pre_nms_topk: int = 100
+    atss_nms_iou: float | int = 0.6
+    atss_post_nms_topk: int = 25
+    wbf_iou_thr: float | int = 0.55
+    wbf_weights: list[float | int] | tuple[float | int, ...] = (1.0, 1.0)
+    wbf_skip_thr: float | int = 0.0
+    num_output_windows: int = 10
+    fusion_mode: str | None = None
+    window_round_seconds: float | int | None = None
+    # training objective
+    lambda_l1: float | int = 10.0
+    lambda_giou: float | int = 1.0
+    lambda_ce: float | int = 5.0
+    lambda_centerness: float | int = 1.0
+    lambda_iou: float | int = 1.0
+    lambda_detr: float | int = 1.0
+    lambda_atss: float | int = 1.0
+    lambda_hl: float | int = 1.0
+    lambda_aux: float | int = 1.0
+    lambda_dn: float | int = 1.0
+    lambda_atss_queries: float | int = 1.0
+    lambda_selector: float | int = 1.0
+    eos_coef: float | int = 0.1
+    matcher_cost_class: float | int = 4.0
+    matcher_cost_l1: float | int = 10.0
+    matcher_cost_giou: float | int = 1.0
+    saliency_margin: float | int = 0.2
+    rank_contrastive_tau: float | int = 0.5
+    saliency_label_max: int = 12
+    num_saliency_pairs: int = 2
+    focal_alpha: float | int = 0.25
+    focal_gamma: float | int = 2.0
+    max_gt_windows: int = 5
+    # Table 2 switches
+    use_sgca: bool = True
+    use_iou_scoring: bool = True
+    use_global_saliency: bool = True
+    use_hybrid_detector: bool = True
+    use_negative_pairs: bool = True
+    use_dn: bool = True
+    use_alignment: bool = True
 
-        self.hidden_size = hidden_size
-        self.num_attention_heads = num_attention_heads
-        self.ffn_dim = ffn_dim
-        self.dropout = dropout
-        self.input_dropout = input_dropout
-        self.num_pooling_layers = num_pooling_layers
-        self.num_sgca_layers = num_sgca_layers
-        self.num_encoder_layers = num_encoder_layers
-        self.num_decoder_layers = num_decoder_layers
-        self.num_moment_encoder_layers = num_moment_encoder_layers
-        self.num_queries = num_queries
-        self.saliency_alpha_init = saliency_alpha_init
-        self.saliency_beta_init = saliency_beta_init
-        self.position_temperature = position_temperature
-        self.layer_norm_eps = layer_norm_eps
-        self.initializer_range = initializer_range
-        self.local_saliency_space = local_saliency_space
-
-        self.pyramid_strides = list(pyramid_strides)
-        self.anchor_scale = anchor_scale
-        self.atss_topk = atss_topk
-        self.atss_delta_stds = list(atss_delta_stds)
-        self.group_norm_groups = group_norm_groups
-        self.max_atss_positive_queries = max_atss_positive_queries
-        self.num_dn_groups = num_dn_groups
-        self.dn_box_noise_scale = dn_box_noise_scale
-        self.dn_label_noise_ratio = dn_label_noise_ratio
-        self.det_score_alpha = det_score_alpha
-
-        self.atss_pre_nms_topk = atss_pre_nms_topk
-        self.atss_nms_iou = atss_nms_iou
-        self.atss_post_nms_topk = atss_post_nms_topk
-        self.wbf_iou_thr = wbf_iou_thr
-        self.wbf_weights = list(wbf_weights)
-        self.wbf_skip_thr = wbf_skip_thr
-        self.num_output_windows = num_output_windows
-        self.window_round_seconds = window_round_seconds
-
-        self.lambda_l1 = lambda_l1
-        self.lambda_giou = lambda_giou
-        self.lambda_ce = lambda_ce
-        self.lambda_centerness = lambda_centerness
-        self.lambda_iou = lambda_iou
-        self.lambda_detr = lambda_detr
-        self.lambda_atss = lambda_atss
-        self.lambda_hl = lambda_hl
-        self.lambda_aux = lambda_aux
-        self.lambda_dn = lambda_dn
-        self.lambda_atss_queries = lambda_atss_queries
-        self.lambda_selector = lambda_selector
-        self.eos_coef = eos_coef
-        self.matcher_cost_class = matcher_cost_class
-        self.matcher_cost_l1 = matcher_cost_l1
-        self.matcher_cost_giou = matcher_cost_giou
-        self.saliency_margin = saliency_margin
-        self.rank_contrastive_tau = rank_contrastive_tau
-        self.saliency_label_max = saliency_label_max
-        self.num_saliency_pairs = num_saliency_pairs
-        self.focal_alpha = focal_alpha
-        self.focal_gamma = focal_gamma
-        self.max_gt_windows = max_gt_windows
-
-        self.use_sgca = use_sgca
-        self.use_iou_scoring = use_iou_scoring
-        self.use_global_saliency = use_global_saliency
-        self.use_hybrid_detector = use_hybrid_detector
-        self.use_negative_pairs = use_negative_pairs
-        self.use_dn = use_dn
-        self.use_alignment = use_alignment
-        # the grouped switches of the issue set the finer ones of §7 unless those are given explicitly
-        self.use_atss = use_hybrid_detector if use_atss is None else use_atss
-        self.use_atss_positive_queries = (
-            self.use_atss if use_atss_positive_queries is None else use_atss_positive_queries
-        )
-        self.use_iou_head = use_iou_scoring if use_iou_head is None else use_iou_head
-        if fusion_mode is None:
-            fusion_mode = "wbf" if self.use_atss is True else "detr"
-        self.fusion_mode = fusion_mode
-
-        # the loss owned a seeded generator until 0.1; its draws now come with the labels (the collator's)
-        kwargs.pop("saliency_pair_seed", None)
-        super().__init__(**kwargs)
+    def __post_init__(self, **kwargs):
+        self._map_release_0_1_keys(kwargs)
+        self.pyramid_strides = list(self.pyramid_strides)
+        self.atss_delta_stds = list(self.atss_delta_stds)
+        self.wbf_weights = list(self.wbf_weights)
+        if self.fusion_mode is None:
+            self.fusion_mode = "wbf" if self.use_hybrid_detector else "detr"
+        super().__post_init__(**kwargs)
         self.validate_sgdetr()
+
+    def _map_release_0_1_keys(self, kwargs: dict) -> None:
+        """Turn the keys of release-0.1 configs into today's fields (removing them from ``kwargs``)."""
+        found = [key for key in (*_RENAMED_SWITCHES, *_REMOVED_KEYS) if key in kwargs]
+        for key in found:
+            value = kwargs.pop(key)
+            switch = _RENAMED_SWITCHES.get(key)
+            if switch is not None and value is not None and value != getattr(self, switch):
+                raise ValueError(
+                    f"SGDetrConfig.{key}={value!r} contradicts {switch}={getattr(self, switch)!r}: the finer "
+                    f"switch no longer exists; set {switch}={value!r} to get that model"
+                )
+        if found:
+            switches = sorted({_RENAMED_SWITCHES[k] for k in found if k in _RENAMED_SWITCHES})
+            logger.warning_once(
+                f"SGDetrConfig: {found} are release-0.1 keys (now the Table 2 switches {switches}); save the "
+                "config again to drop them"
+            )
 
     # ------------------------------------------------------------------ validation
     def validate_sgdetr(self) -> None:
@@ -385,18 +371,12 @@ class SGDetrConfig(PreTrainedConfig):
 
         for name in (
             "normalize_features", "use_tef", "use_sgca", "use_iou_scoring", "use_global_saliency",
-            "use_hybrid_detector", "use_negative_pairs", "use_dn", "use_alignment", "use_atss",
-            "use_atss_positive_queries", "use_iou_head",
+            "use_hybrid_detector", "use_negative_pairs", "use_dn", "use_alignment",
         ):  # fmt: skip
             _bool(name)
-        if self.use_atss_positive_queries and not self.use_atss:
+        if self.fusion_mode in ("wbf", "atss") and not self.use_hybrid_detector:
             raise ValueError(
-                "SGDetrConfig.use_atss_positive_queries=True needs use_atss=True (the queries are the ATSS "
-                "positive anchors); set use_atss_positive_queries=False or use_atss=True"
-            )
-        if self.fusion_mode in ("wbf", "atss") and not self.use_atss:
-            raise ValueError(
-                f"SGDetrConfig.fusion_mode={self.fusion_mode!r} needs the ATSS head (use_atss=True); "
+                f"SGDetrConfig.fusion_mode={self.fusion_mode!r} needs the ATSS head (use_hybrid_detector=True); "
                 "use fusion_mode='detr'"
             )
 

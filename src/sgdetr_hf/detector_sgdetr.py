@@ -435,7 +435,7 @@ class SGDetrDecoder(nn.Module):
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.class_head = nn.Linear(d, 2)
         self.span_head = SGDetrMLP(d, d, 2, 3, zero_init_last=True)
-        self.iou_head = SGDetrMLP(d, d, 1, 2) if config.use_iou_head else None
+        self.iou_head = SGDetrMLP(d, d, 1, 2) if config.use_iou_scoring else None
 
     def forward(
         self,
@@ -668,14 +668,14 @@ class SGDetrHybridDetector(nn.Module):
         d = config.hidden_size
         self.config = config
         self.neck = SGDetrPyramidNeck(config)
-        self.atss_head = SGDetrATSSHead(config) if config.use_atss else None
+        self.atss_head = SGDetrATSSHead(config) if config.use_hybrid_detector else None
         self.selector = SGDetrQuerySelector(config)
         self.decoder = SGDetrDecoder(config)
         if config.use_dn:
             self.dn_label_embed = SGDetrQueryEmbedding(2, d)  # rows: moment, unknown
         else:
             self.dn_label_embed = None
-        if config.use_atss_positive_queries:
+        if config.use_hybrid_detector:
             self.atss_query_position = nn.Sequential(
                 nn.Linear(d, d), nn.LayerNorm(d, eps=config.layer_norm_eps)
             )
@@ -734,12 +734,11 @@ class SGDetrHybridDetector(nn.Module):
                     cfg.atss_topk,
                 )
                 atss.update({k: assignment[k] for k in ("assigned_gt", "target_spans", "centerness_targets")})
-                if cfg.use_atss_positive_queries:
-                    atss_group = build_atss_positive_group(
-                        assignment, anchors, anchor_mask, anchor_levels, targets.sampling_seeds, flat,
-                        self.atss_query_position, self.atss_query_feature,
-                        cfg.hidden_size, cfg.position_temperature, cfg.max_atss_positive_queries,
-                    )  # fmt: skip
+                atss_group = build_atss_positive_group(
+                    assignment, anchors, anchor_mask, anchor_levels, targets.sampling_seeds, flat,
+                    self.atss_query_position, self.atss_query_feature,
+                    cfg.hidden_size, cfg.position_temperature, cfg.max_atss_positive_queries,
+                )  # fmt: skip
 
         # decoder queries: [denoising | primary | ATSS-positive], isolated by the self-attention mask
         blocked = None
