@@ -303,7 +303,7 @@ class SGDetrConfig(PreTrainedConfig):
         if self.local_saliency_space not in _LOCAL_SALIENCY_SPACES:
             raise ValueError(
                 f"SGDetrConfig.local_saliency_space must be one of {_LOCAL_SALIENCY_SPACES}, got "
-                f"{self.local_saliency_space!r} (the raw-feature variant of §2.5 is not implemented)"
+                f"{self.local_saliency_space!r} (eq. 2 on the raw features is not implemented)"
             )
 
         strides = self.pyramid_strides

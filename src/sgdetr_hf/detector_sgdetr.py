@@ -6,7 +6,7 @@ query groups):
 
 - temporal pyramid neck (strides 1..16, stride-2 convs + padding-aware GroupNorm);
 - 1-D anchors (one per position, width ``anchor_scale * stride`` clips) and the ATSS head (classification,
-  delta-coded spans, centerness); :func:`assign_atss` is the 1-D ATSS assigner with the fallback of §2.12;
+  delta-coded spans, centerness); :func:`assign_atss` is the 1-D ATSS assigner with the fallback described at :func:`assign_atss`;
 - DINO-style query selection (top-``K`` pyramid positions, cycling when there are fewer candidates);
 - a DAB/conditional decoder with look-forward-twice refinement and shared class / span / IoU heads;
 - training-only query groups: DINO denoising groups and Co-DETR ATSS-positive queries, isolated from the
@@ -134,7 +134,7 @@ def level_lengths(length: int, strides: list[int]) -> list[int]:
 def make_anchors(
     video_lengths: Tensor, padded_length: int, strides: list[int], anchor_scale: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One anchor per pyramid position (§2.12).
+    """One anchor per pyramid position (the ATSS branch of §3.5).
 
     At level stride ``s``, position ``j``: center ``(j + 0.5) * s / L_b``, width ``anchor_scale * s / L_b``.
 
@@ -159,7 +159,7 @@ def make_anchors(
 
 
 def decode_atss_deltas(anchors: Tensor, deltas: Tensor, stds: list[float]) -> Tensor:
-    """Delta decoding (§2.12): ``c = c_a + std_c * d_c * w_a``, ``w = w_a * exp(min(std_w * d_w, log(1000/16)))``,
+    """ATSS delta decoding (§3.5): ``c = c_a + std_c * d_c * w_a``, ``w = w_a * exp(min(std_w * d_w, log(1000/16)))``,
     then clipped to [0, 1]. ``(B, A, 2)`` anchors (center, width) and deltas -> ``(B, A, 2)`` (center, width)."""
     anchors = anchors.float()
     deltas = deltas.float()
@@ -178,7 +178,7 @@ def assign_atss(
     gt_mask: Tensor,
     topk: int = 9,
 ) -> dict[str, Tensor]:
-    """1-D ATSS assignment (§2.12), vectorised over the batch and the ground truths.
+    """1-D ATSS assignment (§3.5), vectorised over the batch and the ground truths.
 
     For each GT: the ``min(topk, n_level)`` valid anchors of each level whose centers are closest to the GT
     center form the candidates; threshold = mean + unbiased std of their IoUs (std 0 with one candidate);
@@ -258,7 +258,7 @@ def assign_atss(
 
 # ----------------------------------------------------------------------------------------------- modules
 class SGDetrPyramidNeck(nn.Module):
-    """``P1 = F_g``; ``P_{k+1} = ReLU(GN(Conv1d_{k3,s2}(P_k * mask_k)))`` (§2.11). Works channel-first."""
+    """``P1 = F_g``; ``P_{k+1} = ReLU(GN(Conv1d_{k3,s2}(P_k * mask_k)))`` (the temporal pyramid of §3.5). Works channel-first."""
 
     def __init__(self, config):
         super().__init__()
@@ -319,7 +319,7 @@ class SGDetrATSSHead(nn.Module):
 
 
 class SGDetrQuerySelector(nn.Module):
-    """DINO mixed query selection over all valid pyramid positions (§2.13)."""
+    """DINO mixed query selection over all valid pyramid positions (§3.5)."""
 
     def __init__(self, config):
         super().__init__()
@@ -357,7 +357,7 @@ class SGDetrQuerySelector(nn.Module):
 
 
 class SGDetrDecoderLayer(GradientCheckpointingLayer):
-    """Conditional / DAB-DETR decoder layer (CG-DETR / QD-DETR layer, §2.14 steps 4-6)."""
+    """Conditional / DAB-DETR decoder layer (the CG-DETR / QD-DETR layer, §3.5)."""
 
     def __init__(self, config, is_first: bool):
         super().__init__()
@@ -419,7 +419,7 @@ class SGDetrDecoderLayer(GradientCheckpointingLayer):
 
 class SGDetrDecoder(nn.Module):
     """Three DAB/conditional layers with iterative span refinement and DINO look-forward-twice; class, span
-    and IoU heads shared across layers (§2.14, §2.16)."""
+    and IoU heads shared across layers (§3.5-3.6)."""
 
     def __init__(self, config):
         super().__init__()
@@ -505,7 +505,7 @@ def build_denoising_group(
     box_noise_scale: float,
     label_noise_ratio: float,
 ) -> QueryGroup:
-    """DINO contrastive denoising queries (§2.15): ``G`` groups of one positive and one negative per GT.
+    """DINO contrastive denoising queries (§3.5): ``G`` groups of one positive and one negative per GT.
 
     Endpoint noise ``± u * scale * w / 2`` with ``u ~ U[0, 1)`` (positives) or ``U[1, 2)`` (negatives),
     clamped to [0, 1], minimum width 1e-3. Content ``E_label[moment]``, swapped to ``E_label[unknown]`` with
@@ -587,7 +587,7 @@ def build_atss_positive_group(
     temperature: float,
     max_queries: int,
 ) -> QueryGroup:
-    """Co-DETR ATSS-positive queries (§2.15): all positive anchors of a video (a random subset when more than
+    """Co-DETR ATSS-positive queries (§3.5): all positive anchors of a video (a random subset when more than
     ``max_queries``), padded to the batch maximum with random negative anchors of the same video (no-object
     targets); slots beyond a video's anchors are invalid. Reference = the clipped anchor; content =
     ``position_proj(sine(anchor)) + feature_proj(pyramid feature at the anchor)``. The random choices do not
@@ -620,7 +620,7 @@ def build_atss_positive_group(
 
 
 def build_self_attention_blocked(group_ids: Tensor, key_valid: Tensor) -> Tensor:
-    """Self-attention mask for ``[DN | primary | ATSS-positive]`` (§2.15), True = blocked.
+    """Self-attention mask for ``[DN | primary | ATSS-positive]`` (§3.5), True = blocked.
 
     Primary queries see only primary queries; DN group g sees itself and the primary queries; ATSS-positive
     queries see only their own group; invalid (padded) slots are blocked as keys; every query sees itself.

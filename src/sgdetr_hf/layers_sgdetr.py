@@ -81,7 +81,7 @@ class SGDetrAttention(nn.Module):
 
     ``gate`` (``(B, Lq)``), when given, scales each query's attended values before the output projection:
     ``W_O concat_h(gate_i * sum_j A^h_ij V^h_j) + b_O``. This is the saliency-guided cross-attention of
-    eq. 3-4 (design §2.7); with ``gate=None`` it is standard attention.
+    eq. 3-4 (§3.3); with ``gate=None`` it is standard attention.
     """
 
     def __init__(self, config, dim: int | None = None):

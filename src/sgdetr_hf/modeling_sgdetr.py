@@ -194,7 +194,7 @@ def validate_inputs(
 
 # ============================================================================================ blocks
 class SGDetrProjection(nn.Module):
-    """Two CG-DETR LinearLayer blocks: ``Lin2(Drop(LN2(ReLU(Lin1(Drop(LN1(x)))))))`` (§2.2)."""
+    """Two CG-DETR LinearLayer blocks: ``Lin2(Drop(LN2(ReLU(Lin1(Drop(LN1(x)))))))`` (paper §3.2's input projection)."""
 
     def __init__(self, in_dim: int, config: SGDetrConfig):
         super().__init__()
@@ -211,7 +211,7 @@ class SGDetrProjection(nn.Module):
 
 
 class SGDetrAttentionPooling(nn.Module):
-    """One AttentionPooling layer (§2.4): ``s <- s + Drop(MHA(LN_q(s), LN_k(T), LN_v(T)))``."""
+    """One AttentionPooling layer of eq. 1 (§3.2): ``s <- s + Drop(MHA(LN_q(s), LN_k(T), LN_v(T)))``."""
 
     def __init__(self, config: SGDetrConfig):
         super().__init__()
@@ -280,7 +280,7 @@ class SGDetrPostNormLayer(GradientCheckpointingLayer):
 
 
 class SGDetrSGCALayer(SGDetrPostNormLayer):
-    """Saliency-guided cross-attention layer (eq. 3-5, §2.7), post-norm. ``gate=None`` gives plain
+    """Saliency-guided cross-attention layer (eq. 3-5, §3.3), post-norm. ``gate=None`` gives plain
     cross-attention (ablation row (a))."""
 
     def __init__(self, config: SGDetrConfig):
@@ -303,7 +303,7 @@ class SGDetrEncoderLayer(SGDetrPostNormLayer):
 
 
 class SGDetrMomentEncoder(nn.Module):
-    """CG-DETR moment encoder (§2.6, training only): a learnable token attends the moment clips (first pass)
+    """CG-DETR moment encoder (eq. 14, §3.7, training only): a learnable token attends the moment clips (first pass)
     or the non-moment clips (second pass); both passes run as one batch of 2B."""
 
     def __init__(self, config: SGDetrConfig):
@@ -385,7 +385,7 @@ class SGDetrPreTrainedModel(PreTrainedModel):
 
 class SGDetrModel(SGDetrPreTrainedModel):
     """SG-DETR encoder side: from raw clip / token features to the amplified video features and the local
-    and global saliency scores (§2.2-2.10). No feature backbone: inputs are InternVideo2 features."""
+    and global saliency scores (§3.2-3.4). No feature backbone: inputs are InternVideo2 features."""
 
     def __init__(self, config: SGDetrConfig):
         super().__init__(config)

@@ -1,6 +1,6 @@
 """Pure 1-D span maths (torch): conversions, IoU/GIoU, sine embeddings, NMS and weighted span fusion.
 
-Conventions (``shared/design/sg-detr.md`` §1.3):
+Conventions:
 
 - ``cw``: normalised ``(center, width)``, the format used everywhere inside the model and the loss.
 - ``se``: ``(start, end)`` in the same unit (normalised, clips or seconds: these functions do not care).
@@ -102,7 +102,7 @@ def sine_embedding(
 
 
 def sine_embed_spans_cw(spans: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
-    """``[PE_{dim/2}(2*pi*center) ; PE_{dim/2}(2*pi*width)]``: ``(..., 2)`` -> ``(..., dim)`` (§2.14)."""
+    """``[PE_{dim/2}(2*pi*center) ; PE_{dim/2}(2*pi*width)]``: ``(..., 2)`` -> ``(..., dim)`` (the DAB-DETR query position of §3.5)."""
     half = dim // 2
     return torch.cat(
         (sine_embedding(spans[..., 0], half, temperature), sine_embedding(spans[..., 1], half, temperature)),
