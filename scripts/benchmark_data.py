@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 import zlib
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import datasets
 import numpy as np
 import torch
 
+from sgdetr_hf.benchmarking import measure, peak_rss_mib, print_table
 from sgdetr_hf.data import MomentRetrievalCollator, ToyGroundingTask, ToyTaskConfig
 from sgdetr_hf.data.builder import ArrayFeatures, build_dataset, write_parquet_shard
 from sgdetr_hf.data.dataset import load_moment_retrieval, rows_from_arrow
@@ -68,10 +67,6 @@ def annotation_rows(num_videos: int, queries_per_video: float) -> list[dict]:
     return rows
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def directory_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -81,12 +76,13 @@ def time_batches(dataset, num_batches: int, batch_size: int, max_clips: int | No
     collator = MomentRetrievalCollator(max_clips=max_clips)
     rng = np.random.default_rng(0)
     fetch = dataset.__getitems__ if hasattr(dataset, "__getitems__") else dataset.__getitem__
-    collator(fetch(rng.choice(len(dataset), batch_size, replace=False).tolist()))  # warm-up
-    start = time.perf_counter()
-    for _ in range(num_batches):
-        batch = collator(fetch(rng.choice(len(dataset), batch_size, replace=False).tolist()))
-    assert batch["video_features"].shape == (batch_size, 75, 512)
-    return num_batches / (time.perf_counter() - start)
+    timing = measure(
+        lambda: collator(fetch(rng.choice(len(dataset), batch_size, replace=False).tolist())),
+        repeats=num_batches,
+        warmup=1,
+    )
+    assert timing.result["video_features"].shape == (batch_size, 75, 512)
+    return num_batches / timing.total
 
 
 class _RowsLayout(torch.utils.data.Dataset):
@@ -108,10 +104,11 @@ def run_layout(
     rows = annotation_rows(num_videos, queries_per_video)
     source = RandomFeatures(75, 32, 512)
     folder, cache = workdir / layout, workdir / f"{layout}-cache"
-    start = time.perf_counter()
-    if layout == "join":
-        build_dataset(folder, "bench", {"train": rows}, source, max_shard_bytes=256 * 2**20)
-    else:
+
+    def write() -> None:
+        if layout == "join":
+            build_dataset(folder, "bench", {"train": rows}, source, max_shard_bytes=256 * 2**20)
+            return
         features = annotation_features(512)
         features["video_features"] = datasets.Array2D(shape=(None, 512), dtype="float16")
         shards = np.array_split(np.arange(len(rows)), max(1, round(len(rows) * 75 * 512 * 2 / 2**28)))
@@ -120,24 +117,25 @@ def run_layout(
             columns["text_features"] = [source.text(rows[i]["qid"]) for i in part]
             columns["video_features"] = [source.video(rows[i]["vid"]) for i in part]
             write_parquet_shard(folder / f"train-{index:05d}-of-{len(shards):05d}.parquet", columns, features)
-    write_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    if layout == "join":
-        dataset = load_moment_retrieval(folder, "bench", "train", cache_dir=str(cache))
-    else:
-        dataset = _RowsLayout(
+
+    def load() -> torch.utils.data.Dataset:
+        if layout == "join":
+            return load_moment_retrieval(folder, "bench", "train", cache_dir=str(cache))
+        return _RowsLayout(
             datasets.load_dataset("parquet", data_dir=str(folder), split="train", cache_dir=str(cache))
         )
-    load_seconds = time.perf_counter() - start
+
+    written = measure(write)
+    loaded = measure(load)  # the first load: it builds the Arrow cache
     return {
         "layout": layout,
         "queries": len(rows),
         "videos": num_videos,
         "parquet_mib": round(directory_mib(folder), 1),
         "arrow_cache_mib": round(directory_mib(cache), 1),
-        "write_s": round(write_seconds, 1),
-        "first_load_s": round(load_seconds, 1),
-        "batches_per_s": round(time_batches(dataset, num_batches, 32), 1),
+        "write_s": round(written.best, 1),
+        "first_load_s": round(loaded.best, 1),
+        "batches_per_s": round(time_batches(loaded.result, num_batches, 32), 1),
         "peak_rss_mib": round(peak_rss_mib()),
     }
 
@@ -145,9 +143,9 @@ def run_layout(
 def benchmark_pipeline(num_videos: int, num_batches: int) -> None:
     rows = annotation_rows(num_videos, 1.0)
     with tempfile.TemporaryDirectory() as workdir:
-        start = time.perf_counter()
-        build_dataset(Path(workdir) / "ds", "bench", {"train": rows}, RandomFeatures(75, 32, 512))
-        build_rate = len(rows) / (time.perf_counter() - start)
+        built = measure(
+            lambda: build_dataset(Path(workdir) / "ds", "bench", {"train": rows}, RandomFeatures(75, 32, 512))
+        )
         dataset = load_moment_retrieval(Path(workdir) / "ds", "bench", "train", cache_dir=f"{workdir}/cache")
         batch_rate = time_batches(dataset, num_batches, 32)
         loader = torch.utils.data.DataLoader(
@@ -157,14 +155,14 @@ def benchmark_pipeline(num_videos: int, num_batches: int) -> None:
             collate_fn=MomentRetrievalCollator(max_clips=75),
             drop_last=True,
         )
-        start = time.perf_counter()
-        count = sum(1 for _ in zip(range(num_batches), loader))
-        loader_rate = count / (time.perf_counter() - start)
-    print("| measure | value |\n| --- | --- |")
-    print(f"| build (annotations + features -> Parquet + card), rows/s | {build_rate:.0f} |")
-    print(f"| fetch + collate, batch 32, batches/s | {batch_rate:.1f} |")
-    print(f"| DataLoader (shuffle, 0 workers), batch 32, batches/s | {loader_rate:.1f} |")
-    print(f"| peak RSS, MiB | {peak_rss_mib():.0f} |")
+        iterated = measure(lambda: sum(1 for _ in zip(range(num_batches), loader)))
+    measures = {
+        "build (annotations + features -> Parquet + card), rows/s": f"{len(rows) / built.best:.0f}",
+        "fetch + collate, batch 32, batches/s": f"{batch_rate:.1f}",
+        "DataLoader (shuffle, 0 workers), batch 32, batches/s": f"{iterated.result / iterated.best:.1f}",
+        "peak RSS, MiB": f"{peak_rss_mib():.0f}",
+    }
+    print_table([{"measure": name, "value": value} for name, value in measures.items()])
 
 
 def main() -> None:
@@ -193,10 +191,7 @@ def main() -> None:
                 command += ["--batches", str(args.batches)]
                 output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
                 results.append(json.loads(output.strip().splitlines()[-1]))
-        keys = list(results[0])
-        print("| " + " | ".join(keys) + " |\n|" + " --- |" * len(keys))
-        for result in results:
-            print("| " + " | ".join(str(result[k]) for k in keys) + " |")
+        print_table(results)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from sgdetr_hf.benchmarking import Measurement, measure, peak_rss_mib
 from sgdetr_hf.metrics import compute_metrics, read_jsonl
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -63,18 +62,16 @@ print(json.dumps({"seconds": seconds, "metrics": metrics, "peak_mib": peak_kib /
 
 def time_ours(
     predictions_path: Path, annotations_path: Path, repeats: int
-) -> tuple[list[float], list[float], dict]:
-    """(compute seconds per repeat, read + compute seconds per repeat, metrics)."""
-    compute_seconds, total_seconds = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        predictions, references = read_jsonl(predictions_path), read_jsonl(annotations_path)
-        loaded = time.perf_counter()
-        metrics = compute_metrics("qvhighlights", predictions, references)
-        done = time.perf_counter()
-        compute_seconds.append(done - loaded)
-        total_seconds.append(done - start)
-    return compute_seconds, total_seconds, metrics
+) -> tuple[Measurement, Measurement]:
+    """The timings of computing the metrics (``result``: the metrics) and of reading the files + computing."""
+
+    def read() -> tuple[list[dict], list[dict]]:
+        return read_jsonl(predictions_path), read_jsonl(annotations_path)
+
+    loaded = read()
+    compute = measure(lambda: compute_metrics("qvhighlights", *loaded), repeats)
+    read_and_compute = measure(lambda: compute_metrics("qvhighlights", *read()), repeats)
+    return compute, read_and_compute
 
 
 def time_official(args: argparse.Namespace, single_process: bool) -> tuple[list[float], dict, float]:
@@ -106,17 +103,15 @@ def main() -> int:
     parser.add_argument("--official-repeats", type=int, default=3, help="timed runs of the official code")
     args = parser.parse_args()
 
-    import_mib = (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )  # the package (torch, transformers)
-    compute_seconds, total_seconds, ours = time_ours(args.predictions, args.annotations, args.repeats)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    import_mib = peak_rss_mib()  # the package (torch, transformers)
+    compute, read_and_compute = time_ours(args.predictions, args.annotations, args.repeats)
+    ours, ours_median = compute.result, compute.median
+    peak_mib = peak_rss_mib()
     queries = len({row["qid"] for row in read_jsonl(args.predictions)})
-    ours_median = statistics.median(compute_seconds)
     print(f"queries: {queries} (QVHighlights MR + HL, {args.predictions.name})")
     print(
-        f"sgdetr_hf.metrics: compute {ours_median * 1e3:.0f} ms median (min {min(compute_seconds) * 1e3:.0f} ms, "
-        f"{queries / ours_median:,.0f} queries/s); read + compute {statistics.median(total_seconds) * 1e3:.0f} ms; "
+        f"sgdetr_hf.metrics: compute {ours_median * 1e3:.0f} ms median (min {compute.best * 1e3:.0f} ms, "
+        f"{queries / ours_median:,.0f} queries/s); read + compute {read_and_compute.median * 1e3:.0f} ms; "
         f"peak RSS {peak_mib:.0f} MiB ({import_mib:.0f} MiB after importing sgdetr_hf); {args.repeats} runs, "
         "single process"
     )

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 
 import torch
 
 from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval, post_process_moment_retrieval
+from sgdetr_hf.benchmarking import measure, print_table, write_json
 
 
 def _inputs(batch: int, clips: int, tokens: int, config: SGDetrConfig, device: str, seed: int = 0):
@@ -57,26 +56,14 @@ def _labels(batch: int, clips: int, device: str, seed: int = 0):
     return labels
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _peak_memory_mb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def measure(
+def benchmark_row(
     mode: str, batch: int, clips: int, tokens: int, device: str, dtype: str, warmup: int, repeats: int
-):
+) -> dict:
+    """One row of the table: a fresh default model, timed in ``mode`` (``"inference"`` or ``"training"``)."""
     torch.manual_seed(0)
     config = SGDetrConfig()
     model = SGDetrForMomentRetrieval(config).to(device=device, dtype=getattr(torch, dtype))
     inputs = _inputs(batch, clips, tokens, config, device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
     result = {
         "mode": mode,
         "batch": batch,
@@ -88,47 +75,57 @@ def measure(
     if mode == "inference":
         model.eval()
         durations = [clips * config.clip_length] * batch
-        forward_times, total_times = [], []
         with torch.no_grad():
-            for i in range(warmup + repeats):
-                _sync(device)
-                t0 = time.perf_counter()
-                out = model(*inputs)
-                _sync(device)
-                t1 = time.perf_counter()
-                post_process_moment_retrieval(out, durations, config=config)
-                _sync(device)
-                t2 = time.perf_counter()
-                if i >= warmup:
-                    forward_times.append(t1 - t0)
-                    total_times.append(t2 - t0)
-        forward = sorted(forward_times)[len(forward_times) // 2]
-        total = sorted(total_times)[len(total_times) // 2]
+            forward = measure(lambda: model(*inputs), repeats, warmup, device)
+            post_process = measure(
+                lambda: post_process_moment_retrieval(forward.result, durations, config=config),
+                repeats,
+                warmup,
+                device,
+            )
         result.update(
-            forward_ms=1000 * forward,
-            queries_per_s=batch / forward,
-            queries_per_s_with_postprocess=batch / total,
+            forward_ms=1000 * forward.median,
+            queries_per_s=batch / forward.median,
+            queries_per_s_with_postprocess=batch / (forward.median + post_process.median),
+            peak_memory_mb=max(forward.peak_memory_mib, post_process.peak_memory_mib),
         )
     else:
         model.train()
         labels = _labels(batch, clips, device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-        times = []
-        for i in range(warmup + repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            out = model(*inputs, labels=labels)
-            out.loss.backward()
+
+        def step() -> None:
+            model(*inputs, labels=labels).loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-        step = sorted(times)[len(times) // 2]
-        result.update(step_ms=1000 * step, samples_per_s=batch / step)
-    result["peak_memory_mb"] = _peak_memory_mb(device)
+
+        steps = measure(step, repeats, warmup, device)
+        result.update(
+            step_ms=1000 * steps.median,
+            samples_per_s=batch / steps.median,
+            peak_memory_mb=steps.peak_memory_mib,
+        )
     return result
+
+
+def table_row(row: dict) -> dict[str, str]:
+    """The printed form of a :func:`benchmark_row` result."""
+    if row["mode"] == "inference":
+        speed = f"{row['queries_per_s']:.1f} queries/s ({row['queries_per_s_with_postprocess']:.1f} with post-processing)"
+        ms = row["forward_ms"]
+    else:
+        speed = f"{row['samples_per_s']:.1f} samples/s"
+        ms = row["step_ms"]
+    return {
+        "mode": row["mode"],
+        "batch": row["batch"],
+        "clips L": row["clips"],
+        "tokens N": row["tokens"],
+        "time per batch": f"{ms:.1f} ms",
+        "throughput": speed,
+        "peak memory": f"{row['peak_memory_mb']:.0f} MiB",
+    }
 
 
 def main() -> int:
@@ -147,7 +144,7 @@ def main() -> int:
 
     if args.one:
         spec = json.loads(args.one)
-        print(json.dumps(measure(**spec, device=args.device, dtype=dtype)))
+        print(json.dumps(benchmark_row(**spec, device=args.device, dtype=dtype)))
         return 0
 
     plan = [
@@ -162,7 +159,7 @@ def main() -> int:
         spec = dict(mode=mode, batch=batch, clips=clips, tokens=tokens, warmup=w, repeats=r)
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-            row = measure(**spec, device=args.device, dtype=dtype)
+            row = benchmark_row(**spec, device=args.device, dtype=dtype)
         else:  # a fresh process per row so that the peak RSS belongs to that row
             cmd = [
                 sys.executable,
@@ -187,22 +184,9 @@ def main() -> int:
         else f"CPU ({torch.get_num_threads()} threads)"
     )
     print(f"\nSG-DETR default config (11.7 M parameters), {name}, {dtype}, torch {torch.__version__}\n")
-    print("| mode | batch | clips L | tokens N | time per batch | throughput | peak memory |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        if row["mode"] == "inference":
-            speed = f"{row['queries_per_s']:.1f} queries/s ({row['queries_per_s_with_postprocess']:.1f} with post-processing)"
-            ms = row["forward_ms"]
-        else:
-            speed = f"{row['samples_per_s']:.1f} samples/s"
-            ms = row["step_ms"]
-        print(
-            f"| {row['mode']} | {row['batch']} | {row['clips']} | {row['tokens']} | {ms:.1f} ms | {speed} | "
-            f"{row['peak_memory_mb']:.0f} MiB |"
-        )
+    print_table([table_row(row) for row in rows])
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(rows, handle, indent=2)
+        write_json(args.json, rows)
     return 0
 
 

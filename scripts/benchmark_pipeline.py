@@ -12,13 +12,12 @@ and the peak memory (CPU: ru_maxrss of the process; CUDA: max_memory_allocated).
 from __future__ import annotations
 
 import argparse
-import resource
-import statistics
-import time
+import functools
 
 import torch
 
 from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval, VideoMomentRetrievalPipeline
+from sgdetr_hf.benchmarking import measure, print_table
 from sgdetr_hf.long_video_sgdetr import sliding_windows
 
 
@@ -39,32 +38,31 @@ def main() -> None:
     warm_up = torch.randn(config.max_num_clips, config.video_feature_dim, generator=generator)
     retriever({"video_features": warm_up}, text_features=[torch.randn(12, config.text_feature_dim)])
     print(f"device {args.device}, threads {torch.get_num_threads()}, SG-DETR default config (random weights)")
-    print(f"{'video':>8} {'queries':>7} {'windows':>7} {'median s':>9} {'video-min/s':>11} {'peak MB':>8}")
+    rows = []
     for minutes in args.minutes:
         num_clips = round(minutes * 60 / config.clip_length)
         windows = len(sliding_windows(num_clips, config.max_num_clips, config.max_num_clips // 3))
         video = torch.randn(num_clips, config.video_feature_dim, generator=generator)
         for num_queries in args.queries:
             text = [torch.randn(12, config.text_feature_dim, generator=generator) for _ in range(num_queries)]
-            if args.device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                retriever(
-                    {"video_features": video}, text_features=text, window_batch_size=args.window_batch_size
-                )
-                if args.device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - start)
-            if args.device.startswith("cuda"):
-                peak_mb = torch.cuda.max_memory_allocated() / 2**20
-            else:
-                peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            median = statistics.median(times)
-            print(
-                f"{minutes:>6g}m {num_queries:>7} {windows:>7} {median:>9.3f} {minutes / median:>11.1f} {peak_mb:>8.0f}"
+            call = functools.partial(
+                retriever,
+                {"video_features": video},
+                text_features=text,
+                window_batch_size=args.window_batch_size,
             )
+            calls = measure(call, args.repeats, device=args.device)
+            rows.append(
+                {
+                    "video": f"{minutes:g}m",
+                    "queries": num_queries,
+                    "windows": windows,
+                    "median s": f"{calls.median:.3f}",
+                    "video-min/s": f"{minutes / calls.median:.1f}",
+                    "peak MB": f"{calls.peak_memory_mib:.0f}",
+                }
+            )
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,14 @@ given, then runs each case in a fresh process so that its peak RSS is its own:
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from sgdetr_hf.benchmarking import measure, peak_rss_mib, print_table
 
 
 def generate_video(path: Path, duration: float, fps: int = 25, size: tuple[int, int] = (1280, 720)) -> Path:
@@ -52,12 +52,6 @@ def generate_video(path: Path, duration: float, fps: int = 25, size: tuple[int, 
     return path
 
 
-def peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # decord's decoding process
-    return max(own, children) / 1024
-
-
 def plain_pyav(path: str) -> dict:
     """Sequential decode; only the frames the processor samples are converted to RGB."""
     import av
@@ -67,16 +61,19 @@ def plain_pyav(path: str) -> dict:
 
     with PyAVDecoder(path) as decoder:
         wanted = set(SGDetrVideoProcessor().plan_clips(decoder.metadata).frame_indices.ravel().tolist())
-    start = time.perf_counter()
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        converted = sum(
-            frame.to_ndarray(format="rgb24").size > 0
-            for index, frame in enumerate(container.decode(stream))
-            if index in wanted
-        )
-    return {"seconds": time.perf_counter() - start, "frames": converted}
+
+    def decode() -> int:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            return sum(
+                frame.to_ndarray(format="rgb24").size > 0
+                for index, frame in enumerate(container.decode(stream))
+                if index in wanted
+            )
+
+    decoding = measure(decode)
+    return {"seconds": decoding.best, "frames": decoding.result}
 
 
 def processor_case(path: str, backend: str, isolate: bool | None = None) -> dict:
@@ -87,9 +84,8 @@ def processor_case(path: str, backend: str, isolate: bool | None = None) -> dict
         original = module.open_video
         module.open_video = lambda *args, **kwargs: original(*args, **{**kwargs, "isolate": isolate})
     processor = SGDetrVideoProcessor(backend=backend)
-    start = time.perf_counter()
-    clips = sum(len(chunk["pixel_values"]) for chunk in processor.iter_clips(path))
-    return {"seconds": time.perf_counter() - start, "clips": clips}
+    decoding = measure(lambda: sum(len(chunk["pixel_values"]) for chunk in processor.iter_clips(path)))
+    return {"seconds": decoding.best, "clips": decoding.result}
 
 
 def encoder_case(config_name: str) -> dict:
@@ -114,18 +110,10 @@ def encoder_case(config_name: str) -> dict:
         batch, config.vision_config.num_frames, 3, size, size, device=device, dtype=dtype
     )
     with torch.inference_mode():
-        model.get_video_features(pixel_values)  # warm-up
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            model.get_video_features(pixel_values)
-        if device == "cuda":
-            torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    result = {"seconds": seconds, "clips_per_second": batch * repeats / seconds, "batch": batch}
+        encoding = measure(lambda: model.get_video_features(pixel_values), repeats, warmup=1, device=device)
+    result = {"seconds": encoding.total, "clips_per_second": batch * repeats / encoding.total, "batch": batch}
     if device == "cuda":
-        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["gpu_peak_mb"] = encoding.peak_memory_mib
     return result
 
 
@@ -176,7 +164,10 @@ def main() -> None:
 
     if args.case:
         torch.set_num_threads(args.torch_threads)
-        print(json.dumps({**CASES[args.case](args.video), "peak_rss_mb": peak_rss_mb()}))
+        # include_children: decord's crash-isolating decoding process is part of the case
+        print(
+            json.dumps({**CASES[args.case](args.video), "peak_rss_mb": peak_rss_mib(include_children=True)})
+        )
         return
 
     video = Path(args.video) if args.video else Path(tempfile.mkdtemp()) / "benchmark_720p.mp4"
@@ -189,19 +180,26 @@ def main() -> None:
         duration = decoder.metadata.duration
     cores = len(os.sched_getaffinity(0))
     print(f"video: {video} ({duration:.1f} s); cores: {cores}; torch threads: {args.torch_threads}")
-    print(f"{'case':<20} {'seconds':>8} {'x real-time':>12} {'clips/s':>9} {'peak RSS MB':>12}")
+    rows = []
     for name in CASES:
         if name == "encoder-1b" and not torch.cuda.is_available():
-            print("encoder-1b: no CUDA GPU here, not measured")
+            rows.append({"case": name, "seconds": "not measured (no CUDA GPU here)"})
             continue
         repeats = 1 if name.startswith("encoder") else args.repeats
         best = min(
             (run_case(name, video, args.torch_threads) for _ in range(repeats)),
             key=lambda run: run["seconds"],
         )
-        realtime = "" if name.startswith("encoder") else f"{duration / best['seconds']:.1f}"
-        clips = f"{best['clips_per_second']:.0f}" if "clips_per_second" in best else ""
-        print(f"{name:<20} {best['seconds']:>8.2f} {realtime:>12} {clips:>9} {best['peak_rss_mb']:>12.0f}")
+        rows.append(
+            {
+                "case": name,
+                "seconds": f"{best['seconds']:.2f}",
+                "x real-time": "" if name.startswith("encoder") else f"{duration / best['seconds']:.1f}",
+                "clips/s": f"{best['clips_per_second']:.0f}" if "clips_per_second" in best else "",
+                "peak RSS MB": f"{best['peak_rss_mb']:.0f}",
+            }
+        )
+    print_table(rows)
 
 
 if __name__ == "__main__":

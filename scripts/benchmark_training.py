@@ -12,12 +12,11 @@ toy moments (``sgdetr_hf.data.synthetic``) so that every loss branch runs.
 from __future__ import annotations
 
 import argparse
-import resource
-import time
 
 import numpy as np
 import torch
 
+from sgdetr_hf.benchmarking import measure, peak_rss_mib
 from sgdetr_hf.configuration_sgdetr import SGDetrConfig
 from sgdetr_hf.data import MomentRetrievalCollator, ToyGroundingTask, ToyTaskConfig
 from sgdetr_hf.modeling_sgdetr import SGDetrForMomentRetrieval
@@ -73,19 +72,10 @@ def main() -> None:
         optimizer.zero_grad()
 
     model.train()
-    for _ in range(args.warmup):
-        step()
-    cuda = accelerator.device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(args.steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    steps = measure(step, args.steps, args.warmup, accelerator.device)
+    seconds, cpu_seconds = steps.total, sum(steps.cpu_seconds)
 
+    cuda = accelerator.device.type == "cuda"
     device = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"device: {device}, mixed precision: {accelerator.mixed_precision}, parameters: {params:.2f} M")
@@ -99,8 +89,8 @@ def main() -> None:
             f"process CPU time: {cpu_seconds / args.steps * 1e3:.0f} ms/step ({samples / cpu_seconds:.2f} samples per CPU-second)"
         )
     if cuda:
-        print(f"peak GPU memory (allocated): {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
-    print(f"peak host memory (max RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
+        print(f"peak GPU memory (allocated): {steps.peak_memory_mib:.0f} MiB")
+    print(f"peak host memory (max RSS): {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,4 @@
-import importlib.util
 import json
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -8,14 +6,7 @@ import pytest
 from huggingface_hub import DatasetCard
 from safetensors.numpy import save_file
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts_testing import load_script
 
 
 def _save(folder, kind, key, name, array):
@@ -56,8 +47,8 @@ def test_build_benchmark_dataset_script(tmp_path, capsys):
     argv = ["--dataset", "charades-sta", "--split", f"train={annotations}", "--features", str(features)]
     output = tmp_path / "out"
     with pytest.raises(ValueError, match=r"missing features for 1 videos \['BBB'\]"):
-        _script("build_benchmark_dataset").main(argv + ["--output", str(output)])
-    _script("build_benchmark_dataset").main(argv + ["--output", str(output), "--skip-missing"])
+        load_script("build_benchmark_dataset").main(argv + ["--output", str(output)])
+    load_script("build_benchmark_dataset").main(argv + ["--output", str(output), "--skip-missing"])
     assert json.loads(capsys.readouterr().out)["missing_videos"] == ["BBB"]
     rows = datasets.load_dataset(str(output), "charades-sta", split="train", cache_dir=str(tmp_path / "c"))
     assert list(rows["qid"]) == ["0", "1"] and rows[1]["relevant_clip_ids"] == [
@@ -94,7 +85,7 @@ def test_build_intervid_mr_script(tmp_path, capsys):
     source = tmp_path / "flt.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in flt))
     work, features = tmp_path / "work", tmp_path / "features"
-    script = _script("build_intervid_mr")
+    script = load_script("build_intervid_mr")
     script.main(["filter", "--input", str(source), "--output", str(work)])
     assert json.loads(capsys.readouterr().out) == {"kept": 2, "dropped": {"blacklist": 1}}
     captions = [json.loads(line) for line in (work / "captions.jsonl").read_text().splitlines()]

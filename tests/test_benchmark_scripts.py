@@ -1,0 +1,133 @@
+"""Smoke runs of scripts/benchmark_*.py at their smallest sizes: they run and report every measure.
+
+The fast cases call each script in this process, with one torch thread (two threads spin against
+each other on a shared 2-core machine). The ``slow`` case runs benchmark_processor.py from the command
+line: its decord cases patch the video module for their whole (fresh) process.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from scripts_testing import SCRIPTS, load_script
+
+
+def _run_main(monkeypatch, name, *args):
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *args])
+    return load_script(name).main()
+
+
+def _table(output: str) -> list[dict[str, str]]:
+    """The rows of the Markdown table in ``output``, by column name."""
+    lines = [line for line in output.splitlines() if line.startswith("| ")]
+    split = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return [dict(zip(split[0], cells)) for cells in split[2:]]  # split[1]: the --- line
+
+
+def _number(text: str) -> float:
+    return float(text.split()[0].replace(",", ""))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_benchmark_data(monkeypatch, capsys):
+    _run_main(monkeypatch, "benchmark_data", "--videos", "32", "--batches", "2")
+    rows = {row["measure"]: _number(row["value"]) for row in _table(capsys.readouterr().out)}
+    assert list(rows) == [
+        "build (annotations + features -> Parquet + card), rows/s",
+        "fetch + collate, batch 32, batches/s",
+        "DataLoader (shuffle, 0 workers), batch 32, batches/s",
+        "peak RSS, MiB",
+    ]
+    assert all(value > 0 for value in rows.values())
+
+
+def test_benchmark_metrics(monkeypatch, capsys, shared_data):
+    assert _run_main(monkeypatch, "benchmark_metrics", "--repeats", "1") == 0
+    output = capsys.readouterr().out
+    assert "queries: 1550" in output and "compute " in output and "read + compute " in output
+    assert "official: not run" in output
+
+
+def test_benchmark_model_rows():
+    benchmark = load_script("benchmark_model")
+    shape = dict(batch=2, clips=16, tokens=8, device="cpu", dtype="float32", warmup=1, repeats=2)
+    inference = benchmark.benchmark_row("inference", **shape)
+    training = benchmark.benchmark_row("training", **shape)
+    assert inference["queries_per_s"] == pytest.approx(2 / (inference["forward_ms"] / 1000))
+    assert 0 < inference["queries_per_s_with_postprocess"] < inference["queries_per_s"]
+    assert training["samples_per_s"] == pytest.approx(2 / (training["step_ms"] / 1000))
+    assert min(inference["peak_memory_mb"], training["peak_memory_mb"]) > 100  # the process's RSS
+    printed = benchmark.table_row(training)
+    assert printed["time per batch"] == f"{training['step_ms']:.1f} ms"
+    assert printed["throughput"].endswith(" samples/s") and printed["peak memory"].endswith(" MiB")
+
+
+def test_benchmark_pipeline(monkeypatch, capsys):
+    _run_main(monkeypatch, "benchmark_pipeline", "--minutes", "0.5", "--queries", "1", "2", "--repeats", "1")
+    rows = _table(capsys.readouterr().out)
+    assert [(row["video"], row["queries"], row["windows"]) for row in rows] == [
+        ("0.5m", "1", "1"),
+        ("0.5m", "2", "1"),
+    ]
+    for row in rows:
+        assert _number(row["video-min/s"]) == pytest.approx(0.5 / _number(row["median s"]), rel=0.05, abs=0.1)
+
+
+def test_benchmark_training(monkeypatch, capsys):
+    _run_main(
+        monkeypatch, "benchmark_training",
+        "--batch-size", "2", "--num-clips", "16", "--num-tokens", "8", "--dim", "32", "--steps", "2",
+        "--warmup", "1",
+    )  # fmt: skip
+    output = capsys.readouterr().out
+    assert "shape: batch 2, L=16, N=8, d=32" in output
+    for measure in ("samples/s", "process CPU time:", "peak host memory (max RSS):"):
+        assert measure in output
+
+
+def test_benchmark_processor_cases(tmp_path):
+    benchmark = load_script("benchmark_processor")
+    video = str(benchmark.generate_video(tmp_path / "video.mp4", duration=1.0))
+    plain, processed = benchmark.plain_pyav(video), benchmark.processor_case(video, "pyav")
+    assert plain["frames"] > 0 and processed["clips"] > 0
+    assert plain["seconds"] > 0 and processed["seconds"] > 0
+    encoder = benchmark.encoder_case("tiny")
+    assert encoder["clips_per_second"] == pytest.approx(32 * 20 / encoder["seconds"])
+
+
+def test_benchmark_data_layouts(tmp_path):
+    benchmark = load_script("benchmark_data")
+    rows = [benchmark.run_layout(layout, 20, 1.8, tmp_path, 2) for layout in ("rows", "join")]
+    assert [(row["layout"], row["queries"], row["videos"]) for row in rows] == [
+        ("rows", 36, 20),
+        ("join", 36, 20),
+    ]
+    # the join layout stores each video's features once, not once per query
+    assert rows[1]["parquet_mib"] < rows[0]["parquet_mib"]
+    assert all(row["batches_per_s"] > 0 and row["peak_rss_mib"] > 100 for row in rows)
+
+
+@pytest.mark.slow
+def test_benchmark_processor_one_process_per_case(tmp_path):
+    """The command line, as a user runs it: every case (decord's too) in a fresh process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, str(SCRIPTS / "benchmark_processor.py"), "--duration", "1", "--repeats", "1"]
+    done = subprocess.run(
+        command + ["--video", str(tmp_path / "v.mp4")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = {row["case"]: row for row in _table(done.stdout) if row["seconds"][0].isdigit()}
+    expected = ["pyav-plain", "processor-pyav", "processor-decord", "decord-in-process", "encoder-tiny"]
+    assert list(measured) == expected + ["encoder-1b"] * torch.cuda.is_available()
+    assert all(_number(row["peak RSS MB"]) > 100 for row in measured.values())
+    assert _number(measured["encoder-tiny"]["clips/s"]) > 0

@@ -1,0 +1,70 @@
+"""The benchmark scripts' shared helper: the timed calls, peak memory, the Markdown table and the JSON file."""
+
+import json
+import math
+import time
+
+import pytest
+
+from sgdetr_hf.benchmarking import Measurement, measure, peak_rss_mib, print_table, write_json
+
+
+def test_measure_runs_the_warmup_untimed_then_times_each_repeat():
+    calls = []
+
+    def sleep_longer_each_call() -> int:
+        calls.append(len(calls))
+        time.sleep(0.01 * len(calls))  # 10, 20, ... 70 ms
+        return len(calls)
+
+    timing = measure(sleep_longer_each_call, repeats=5, warmup=2)
+    assert len(calls) == 7 and timing.result == 7
+    assert len(timing.seconds) == len(timing.cpu_seconds) == 5
+    # the timed calls are the 3rd to 7th: 30 to 70 ms of sleep (and a little more on a busy machine)
+    assert all(0.01 * n <= s < 0.01 * n + 0.5 for n, s in zip(range(3, 8), timing.seconds))
+    assert timing.best == min(timing.seconds) <= timing.median <= max(timing.seconds)
+    assert timing.total == pytest.approx(sum(timing.seconds))
+    assert sum(timing.cpu_seconds) < 0.5 * timing.total  # sleeping costs no CPU time
+    assert timing.peak_memory_mib == pytest.approx(peak_rss_mib(), abs=1.0)  # off CUDA: the process RSS
+
+
+def test_measure_counts_cpu_time_and_rejects_bad_counts():
+    def spin() -> None:
+        end = time.process_time() + 0.02
+        while time.process_time() < end:
+            pass
+
+    timing = measure(spin, repeats=2)
+    assert all(c >= 0.02 for c in timing.cpu_seconds)
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        measure(spin, repeats=0)
+    with pytest.raises(ValueError, match="warmup >= 0"):
+        measure(spin, warmup=-1)
+
+
+def test_median_of_an_even_count_is_the_mean_of_the_middle_two():
+    timing = Measurement(seconds=(4.0, 1.0, 3.0, 2.0), cpu_seconds=(0.0,) * 4, peak_memory_mib=0.0)
+    assert (timing.best, timing.median, timing.total) == (1.0, 2.5, 10.0)
+
+
+def test_peak_rss_is_the_kernel_high_water_mark():
+    with open("/proc/self/status") as status:
+        high_water_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    assert peak_rss_mib() == pytest.approx(high_water_kib / 1024, abs=1.0)
+    assert peak_rss_mib(include_children=True) >= peak_rss_mib()
+
+
+def test_print_table_is_markdown_with_the_first_row_keys_as_columns(capsys):
+    print_table([{"case": "a", "seconds": "1.50"}, {"case": "b"}])
+    assert capsys.readouterr().out == "| case | seconds |\n| --- | --- |\n| a | 1.50 |\n| b |  |\n"
+    with pytest.raises(ValueError, match="at least one row"):
+        print_table([])
+
+
+def test_write_json_is_strict_and_atomic(tmp_path):
+    path = write_json(tmp_path / "out" / "rows.json", [{"mode": "inference", "ms": 1.25}])
+    assert json.loads(path.read_text()) == [{"mode": "inference", "ms": 1.25}]
+    assert path.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(ValueError, match="Out of range float"):
+        write_json(tmp_path / "nan.json", {"ms": math.nan})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # neither a file nor a temporary left
