@@ -101,3 +101,17 @@ def test_save_load_and_auto_config(tmp_path):
     }
     assert loaded.use_hybrid_detector is False and loaded.fusion_mode == "detr" and loaded.clip_length == 1.0
     assert isinstance(AutoConfig.for_model("sg-detr"), SGDetrConfig)
+
+
+def test_unknown_keys_warn_with_the_closest_field_and_another_model_type_is_refused(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        config = SGDetrConfig(num_querys=10)
+    assert "unknown key 'num_querys'" in caplog.text and "did you mean 'num_queries'?" in caplog.text
+    assert config.num_queries == 25  # the typo changed nothing, which is why it warns
+    other = SGDetrConfig().to_dict()
+    other["model_type"] = "internvideo2"
+    (tmp_path / "config.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="model_type='internvideo2', but SGDetrConfig expects 'sg-detr'"):
+        SGDetrConfig.from_pretrained(tmp_path)

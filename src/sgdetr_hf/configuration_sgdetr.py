@@ -10,6 +10,8 @@ This file is shipped to the Hub as remote code: it imports nothing from the pack
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 
 from transformers import PreTrainedConfig
@@ -27,6 +29,10 @@ _RENAMED_SWITCHES = {
 }
 #: Keys of release-0.1 configs that are dropped: the loss no longer owns a seeded generator.
 _REMOVED_KEYS = ("saliency_pair_seed",)
+#: Keys transformers itself writes into or passes with a config that are not fields of ours.
+_HUB_KEYS = frozenset(
+    {"auto_map", "custom_pipelines", "model_type", "name_or_path", "transformers_version", "torch_dtype"}
+)
 
 
 class SGDetrConfig(PreTrainedConfig):
@@ -207,6 +213,7 @@ class SGDetrConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self._map_release_0_1_keys(kwargs)
+        self._check_unknown_keys(kwargs)
         self.pyramid_strides = list(self.pyramid_strides)
         self.atss_delta_stds = list(self.atss_delta_stds)
         self.wbf_weights = list(self.wbf_weights)
@@ -214,6 +221,23 @@ class SGDetrConfig(PreTrainedConfig):
             self.fusion_mode = "wbf" if self.use_hybrid_detector else "detr"
         super().__post_init__(**kwargs)
         self.validate_sgdetr()
+
+    def _check_unknown_keys(self, kwargs: dict) -> None:
+        """A config of another model is an error; a misspelled or unknown key is a warning naming the closest
+        field (transformers keeps unknown keys as plain attributes, so a typo would otherwise do nothing)."""
+        model_type = kwargs.get("model_type", self.model_type)
+        if model_type != self.model_type:
+            raise ValueError(
+                f"this config has model_type={model_type!r}, but SGDetrConfig expects {self.model_type!r}: the "
+                "folder holds another model (e.g. an InternVideo2 encoder); pass the SG-DETR model folder"
+            )
+        fields = [field.name for field in dataclasses.fields(self)]
+        for key in sorted(kwargs):
+            if key in _HUB_KEYS or key.startswith("_"):
+                continue
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            logger.warning_once(f"SGDetrConfig: unknown key {key!r} is kept but used by nothing{hint}")
 
     def _map_release_0_1_keys(self, kwargs: dict) -> None:
         """Turn the keys of release-0.1 configs into today's fields (removing them from ``kwargs``)."""
