@@ -166,6 +166,10 @@ def test_write_predictions_jsonl(tmp_path, tiny_outputs):
     with pytest.raises(ValueError, match="qid"):
         write_qvhighlights_predictions(path, [{"pred_relevant_windows": []}])
     assert path.read_text().splitlines() == lines  # a failed write leaves the old file
+    with pytest.raises(ValueError, match=r"record 0 \(qid 0\).*NaN or Infinity"):
+        write_qvhighlights_predictions(path, [{**records[0], "pred_saliency_scores": [math.nan]}])
+    assert path.read_text().splitlines() == lines
+    assert [p.name for p in path.parent.iterdir()] == ["preds.jsonl"]
 
 
 def test_format_matches_the_official_sample(shared_data, tmp_path, tiny_outputs):

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .files import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
