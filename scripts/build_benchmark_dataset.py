@@ -5,7 +5,7 @@
         --split validation=../shared/data/qvhighlights/highlight_val_release.jsonl \\
         --features features/qvhighlights --output datasets/qvhighlights
 
-``--features`` is a folder written by ``sgdetr_hf.extract_features`` (``videos/<vid>.safetensors``,
+``--features`` is a folder written by ``sgdetr extract-features`` (``videos/<vid>.safetensors``,
 ``queries/<qid>.safetensors``). The card's prose and metadata come from ``hub/datasets/<dataset>/README.md``
 (or ``--card``); its ``configs`` and ``dataset_info`` are generated from what was built.
 Then ``datasets.load_dataset("datasets/qvhighlights", "qvhighlights")`` works offline, and

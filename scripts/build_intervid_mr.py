@@ -3,7 +3,7 @@
     # 1. filter the captions (writes OUT/captions.jsonl with a qid per caption, and OUT/caption_filter.json)
     python scripts/build_intervid_mr.py filter --input InternVid-10M-flt.jsonl --output OUT
     # 2. extract features for OUT/captions.jsonl: videos/<ytid>.safetensors (whole video, 2-s clips) and
-    #    queries/<qid>.safetensors (sgdetr_hf.extract_features)
+    #    queries/<qid>.safetensors (sgdetr extract-features)
     # 3. windows, similarities, new positives and grades, in resumable shards; then the dataset folder
     python scripts/build_intervid_mr.py generate --output OUT --features FEATS --dataset-dir datasets/intervid-mr
 
@@ -23,9 +23,10 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard
 
-from sgdetr_hf.data.builder import FeatureFolder, build_dataset, write_text_atomic
+from sgdetr_hf.data.builder import FeatureFolder, build_dataset
 from sgdetr_hf.data.intervid_mr import InterVidMRConfig, WindowFeatures, filter_captions, generate_intervid_mr
 from sgdetr_hf.data.readers import read_annotations
+from sgdetr_hf.files import atomic_write_json, atomic_write_text
 
 CARD = Path(__file__).resolve().parents[1] / "hub" / "datasets" / "intervid-mr" / "README.md"
 
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "filter":
         captions, reasons = filter_captions(read_jsonl(args.input))
-        write_text_atomic(args.output / "captions.jsonl", "".join(json.dumps(c) + "\n" for c in captions))
-        write_text_atomic(args.output / "caption_filter.json", json.dumps(dict(reasons), indent=2) + "\n")
+        atomic_write_text(args.output / "captions.jsonl", "".join(json.dumps(c) + "\n" for c in captions))
+        atomic_write_json(args.output / "caption_filter.json", dict(reasons))
         print(json.dumps({"kept": len(captions), "dropped": dict(reasons)}, indent=2))
         return 0
 

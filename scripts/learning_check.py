@@ -40,9 +40,10 @@ from accelerate import Accelerator
 from sgdetr_hf.configuration_sgdetr import SGDetrConfig
 from sgdetr_hf.data.collator import MomentRetrievalCollator
 from sgdetr_hf.data.synthetic import ToyGroundingTask, ToyTaskConfig
+from sgdetr_hf.files import atomic_write_bytes, atomic_write_json
+from sgdetr_hf.metrics import format_metrics_table
 from sgdetr_hf.modeling_sgdetr import SGDetrForMomentRetrieval
-from sgdetr_hf.training.evaluation import evaluate_predictions, format_metrics_table, predict
-from sgdetr_hf.training.files import atomic_write_bytes, atomic_write_json
+from sgdetr_hf.training.evaluation import evaluate_predictions, predict
 from sgdetr_hf.training.schedule import build_warmup_multistep_scheduler
 
 logger = logging.getLogger("learning_check")

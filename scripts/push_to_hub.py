@@ -7,8 +7,7 @@ print every file and size that would go up).
     python scripts/push_to_hub.py --what metric  --repo-id ORG/sgdetr_eval --dry-run
     python scripts/push_to_hub.py --write-card-template      # refresh hub/model/README.md from model_card.md
 
-Uploading needs a token (``hf auth login`` or ``HF_TOKEN``). The logic lives in
-:mod:`sgdetr_hf.publishing`.
+Uploading needs a token (``hf auth login`` or ``HF_TOKEN``). The logic lives in ``scripts/publishing.py``.
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
-from sgdetr_hf import publishing
-from sgdetr_hf.training.files import atomic_write_text
+import publishing  # scripts/publishing.py, beside this script
+from sgdetr_hf.files import atomic_write_text
 
 logger = logging.getLogger("push_to_hub")
 

@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 from internvideo2_testing import VOCAB, tiny_config, tiny_model
 from sgdetr_hf import InternVideo2Model, SGDetrProcessor
-from sgdetr_hf.convert_internvideo2 import convert_internvideo2_checkpoint, convert_state_dict
+from sgdetr_hf.commands.convert_internvideo2 import convert_internvideo2_checkpoint, convert_state_dict
 
 
 def official_state_dict(model: InternVideo2Model) -> dict[str, torch.Tensor]:
@@ -93,7 +93,7 @@ def save_checkpoint(path, state_dict, **extra):
 
 @torch.no_grad()
 def test_conversion_reproduces_the_model(model, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="sgdetr_hf.convert_internvideo2")
+    caplog.set_level(logging.INFO, logger="sgdetr_hf.commands.convert_internvideo2")
     checkpoint = save_checkpoint(tmp_path / "release.pt", official_state_dict(model), epoch=3)
     output = convert_internvideo2_checkpoint(
         checkpoint, VOCAB, tmp_path / "out", config=tiny_config(), dtype=None

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from internvideo2_testing import save_tiny_checkpoint, write_video
 from sgdetr_hf import SGDetrFeatureExtractor
+from sgdetr_hf.commands.extract_features import extract_features, list_videos, read_queries
 from sgdetr_hf.data.builder import FeatureFolder
-from sgdetr_hf.extract_features import extract_features, list_videos, read_queries
 from sgdetr_hf.video_io_sgdetr import prefetch
 
 

@@ -1,4 +1,5 @@
-"""Post-processing: ATSS NMS, DETR/ATSS fusion, seconds, clipping, rounding, saliency, jsonl writer."""
+"""Post-processing: ATSS NMS, DETR/ATSS fusion, seconds, clipping, rounding, saliency, the processor method,
+jsonl writer."""
 
 import json
 import math
@@ -6,6 +7,7 @@ import math
 import pytest
 import torch
 
+from internvideo2_testing import tiny_processor
 from sgdetr_hf import (
     SGDetrConfig,
     SGDetrForMomentRetrieval,
@@ -126,6 +128,28 @@ def test_detr_only_model_and_bad_arguments(tiny_outputs):
         post_process_moment_retrieval(out, [10.0, 3.0], config=config)
 
 
+def test_processor_method_is_the_function(tiny_outputs):
+    config, out, _ = tiny_outputs
+    durations = [149.0, 61.3, 1.5, 16.0]
+    processor = tiny_processor()
+    expected = post_process_moment_retrieval(out, durations, top_k=5, config=config, fusion_mode="detr")
+    got = processor.post_process_moment_retrieval(out, durations, top_k=5, config=config, fusion_mode="detr")
+    assert got == expected and len(got) == 4
+
+
+def test_processor_method_counts_in_its_own_clips(tiny_outputs):
+    # Without a config, the windows are in the seconds of the processor's clips (1 s here, not the default 2 s).
+    _, out, _ = tiny_outputs
+    one_second = tiny_processor(clip_length=1.0).post_process_moment_retrieval(out, None, top_k=3)
+    assert one_second == post_process_moment_retrieval(out, None, top_k=3, clip_length=1.0)
+    two_seconds = post_process_moment_retrieval(out, None, top_k=3)
+    for short, long in zip(one_second, two_seconds):
+        _close(
+            [w[:2] for w in short["pred_relevant_windows"]],
+            [[s / 2, e / 2] for s, e, _ in long["pred_relevant_windows"]],
+        )
+
+
 def test_write_predictions_jsonl(tmp_path, tiny_outputs):
     config, out, _ = tiny_outputs
     results = post_process_moment_retrieval(out, [149.0, 61.3, 1.5, 16.0], config=config)
@@ -142,6 +166,10 @@ def test_write_predictions_jsonl(tmp_path, tiny_outputs):
     with pytest.raises(ValueError, match="qid"):
         write_qvhighlights_predictions(path, [{"pred_relevant_windows": []}])
     assert path.read_text().splitlines() == lines  # a failed write leaves the old file
+    with pytest.raises(ValueError, match=r"record 0 \(qid 0\).*NaN or Infinity"):
+        write_qvhighlights_predictions(path, [{**records[0], "pred_saliency_scores": [math.nan]}])
+    assert path.read_text().splitlines() == lines
+    assert [p.name for p in path.parent.iterdir()] == ["preds.jsonl"]
 
 
 def test_format_matches_the_official_sample(shared_data, tmp_path, tiny_outputs):

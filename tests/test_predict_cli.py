@@ -9,7 +9,7 @@ from transformers import pipeline
 
 from internvideo2_testing import write_video
 from pipeline_testing import save_tiny_model_repo
-from sgdetr_hf.cli import COMMANDS, main
+from sgdetr_hf.commands import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -85,13 +85,3 @@ def test_bad_inputs_give_the_pipeline_message(repo, video_file, tmp_path, capsys
     assert "not 'video_features'" in capsys.readouterr().err
     assert main(["predict", str(video_file), " ", "--model", str(repo)]) == 2
     assert "query 0 must be a non-empty string" in capsys.readouterr().err
-
-
-def test_help_lists_every_subcommand(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
-    listing = capsys.readouterr().out
-    assert "predict" in COMMANDS
-    for name in COMMANDS:
-        assert f"    {name}" in listing

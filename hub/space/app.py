@@ -18,7 +18,7 @@ import gradio as gr
 from transformers import pipeline
 
 from sgdetr_hf import VideoMomentRetrievalPipeline
-from sgdetr_hf.publishing import DEFAULT_MODEL_REPO
+from sgdetr_hf.hub_ids import DEFAULT_MODEL_REPO
 from sgdetr_hf.visualization import plot_timeline
 
 TABLE_HEADERS = ["query", "rank", "start (s)", "end (s)", "score"]

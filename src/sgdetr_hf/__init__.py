@@ -10,10 +10,11 @@ __version__ = "0.1.0"
 from .configuration_internvideo2 import InternVideo2Config, InternVideo2TextConfig, InternVideo2VisionConfig
 from .configuration_sgdetr import SGDetrConfig
 from .feature_extraction_sgdetr import SGDetrFeatureExtractor
+from .files import write_qvhighlights_predictions
 from .modeling_internvideo2 import InternVideo2Model, InternVideo2TextModel, InternVideo2VisionModel
 from .modeling_sgdetr import SGDetrForMomentRetrieval, SGDetrModel, SGDetrOutput
 from .pipeline_sgdetr import VideoMomentRetrievalPipeline
-from .postprocessing_sgdetr import post_process_moment_retrieval, write_qvhighlights_predictions
+from .postprocessing_sgdetr import post_process_moment_retrieval
 from .processing_sgdetr import SGDetrProcessor
 from .video_processing_sgdetr import SGDetrVideoProcessor
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .training.files import atomic_write_text
+from .files import atomic_write_text
 
 
 @dataclasses.dataclass(frozen=True)

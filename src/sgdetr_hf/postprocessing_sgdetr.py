@@ -13,15 +13,14 @@
 Spans are converted with ``T_b = L_b * clip_length`` (the frame used in training, §1.4). The batch work is
 vectorised; the only loops are the greedy NMS / fusion over ranked candidates and the final conversion of
 each sample to Python lists.
+
+The processor exposes it as ``SGDetrProcessor.post_process_moment_retrieval``. Hub remote code: it returns
+plain lists and writes no file (``sgdetr_hf.write_qvhighlights_predictions`` writes the JSON Lines).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -188,38 +187,4 @@ def post_process_moment_retrieval(
     return results
 
 
-def write_qvhighlights_predictions(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
-    """Write predictions as QVHighlights JSON Lines (one object per query), atomically.
-
-    Each record needs ``qid`` and ``pred_relevant_windows``; ``query``, ``vid`` and ``pred_saliency_scores`` are
-    written when present (Charades / TACoS files have no saliency). The file is written to a temporary file in
-    the same folder and renamed, so a reader never sees a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i, record in enumerate(records):
-        if "qid" not in record or "pred_relevant_windows" not in record:
-            raise ValueError(
-                f"record {i} needs 'qid' and 'pred_relevant_windows', got keys {sorted(record)}."
-            )
-        ordered = {key: record[key] for key in ("qid", "query", "vid") if key in record}
-        ordered["pred_relevant_windows"] = [[float(x) for x in w] for w in record["pred_relevant_windows"]]
-        if "pred_saliency_scores" in record:
-            ordered["pred_saliency_scores"] = [float(x) for x in record["pred_saliency_scores"]]
-        ordered.update({k: v for k, v in record.items() if k not in ordered})
-        lines.append(json.dumps(ordered))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + ("\n" if lines else ""))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-__all__ = ["post_process_moment_retrieval", "write_qvhighlights_predictions"]
+__all__ = ["post_process_moment_retrieval"]

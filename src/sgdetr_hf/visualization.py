@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .training.files import atomic_write_bytes
+from .files import atomic_write_bytes
 
 PREDICTION_COLOR = "tab:orange"
 TRUTH_COLOR = "tab:green"

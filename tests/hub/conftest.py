@@ -1,9 +1,9 @@
 """Fixtures of the Hub tests: a tiny trained-format model folder and the model repository built from it."""
 
 import pytest
+from release_scripts import publishing
 
 from pipeline_testing import save_tiny_model_repo
-from sgdetr_hf import publishing
 
 
 @pytest.fixture(scope="session")

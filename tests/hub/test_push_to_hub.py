@@ -1,23 +1,16 @@
 """Publishing: the model card, the repository folders, the upload plan, and the upload calls (mocked)."""
 
-import importlib.util
 import json
 from unittest import mock
 
 import pytest
 from huggingface_hub import HfApi, ModelCard, SpaceCard
-
-from sgdetr_hf import publishing
-
-SCRIPT = publishing.SOURCE_ROOT / "scripts" / "push_to_hub.py"
+from release_scripts import load_script, publishing
 
 
 @pytest.fixture(scope="module")
 def push_script():
-    spec = importlib.util.spec_from_file_location("push_to_hub", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("push_to_hub")
 
 
 @pytest.fixture

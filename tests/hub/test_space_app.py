@@ -13,8 +13,7 @@ import shutil
 import socket
 
 import pytest
-
-from sgdetr_hf import publishing
+from release_scripts import publishing
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [

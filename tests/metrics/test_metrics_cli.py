@@ -7,8 +7,9 @@ import logging
 import pytest
 from metrics_testing import CHARADES_PREDICTIONS, CHARADES_REFERENCES, QVH_REFERENCE, qvh_prediction
 
-from sgdetr_hf.cli import COMMANDS
-from sgdetr_hf.metrics import cli, compute_metrics
+from sgdetr_hf.commands import COMMANDS
+from sgdetr_hf.commands import evaluate as evaluate_command
+from sgdetr_hf.metrics import compute_metrics
 
 
 def write_jsonl(path, rows):
@@ -18,8 +19,8 @@ def write_jsonl(path, rows):
 
 def run_evaluate(*argv):
     parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    return cli.run(parser.parse_args(argv))
+    evaluate_command.add_arguments(parser)
+    return evaluate_command.run(parser.parse_args(argv))
 
 
 def test_evaluate_prints_table_and_writes_json(tmp_path, capsys):
@@ -67,4 +68,4 @@ def test_evaluate_errors_name_the_file_and_line(tmp_path, caplog, capsys):
 
 def test_evaluate_is_a_sgdetr_command():
     module, help_text = COMMANDS["evaluate"]
-    assert module == "sgdetr_hf.metrics.cli" and help_text
+    assert module == "sgdetr_hf.commands.evaluate" and help_text

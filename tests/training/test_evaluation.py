@@ -2,7 +2,8 @@
 
 import pytest
 
-from sgdetr_hf.training.evaluation import evaluate_predictions, format_metrics_table
+from sgdetr_hf.metrics import format_metrics_table
+from sgdetr_hf.training.evaluation import evaluate_predictions
 
 REFERENCES = [
     {"qid": 1, "duration": 150.0, "relevant_windows": [[10.0, 20.0]], "relevant_clip_ids": [5, 6],

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from sgdetr_hf.training.commands import model_config_keys
+from sgdetr_hf.commands.train import model_config_keys
 from sgdetr_hf.training.recipe import (
     DATASET_MAIN_METRICS,
     available_recipes,

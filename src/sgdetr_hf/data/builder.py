@@ -41,9 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +58,8 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
+from .._deprecation import moved_names
+from ..files import atomic_output, atomic_write_text
 from .schema import ANNOTATION_COLUMNS, annotation_features, video_features_features
 
 logger = logging.getLogger(__name__)
@@ -208,35 +208,11 @@ def write_parquet_shard(path: Path, columns: Mapping[str, Any], features: datase
         for name, feature in features.items()
     ]
     table = pa.Table.from_arrays(arrays, names=list(features)).cast(schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        # Dictionary encoding and min/max statistics of float16 feature columns cost ~8x the CPU of the
-        # whole write and save nothing (measured); the small annotation columns keep both.
-        small_columns = [
-            name for name, feature in features.items() if not isinstance(feature, datasets.Array2D)
-        ]
+    # Dictionary encoding and min/max statistics of float16 feature columns cost ~8x the CPU of the
+    # whole write and save nothing (measured); the small annotation columns keep both.
+    small_columns = [name for name, feature in features.items() if not isinstance(feature, datasets.Array2D)]
+    with atomic_output(path) as temporary:
         pq.write_table(table, temporary, use_dictionary=small_columns, write_statistics=small_columns)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _shard_ranges(sizes: np.ndarray, max_shard_bytes: int) -> list[np.ndarray]:
@@ -296,7 +272,7 @@ def _update_card(
     body = card_body if card_body is not None else (card.text if card else "")
     if not body.strip():
         body = f"\n# {name}\n\nBuilt with `sgdetr_hf.data.build_dataset`.\n"
-    write_text_atomic(readme, f"---\n{card_data.to_yaml()}\n---\n{body.lstrip(chr(10)).rstrip()}\n")
+    atomic_write_text(readme, f"---\n{card_data.to_yaml()}\n---\n{body.lstrip(chr(10)).rstrip()}\n")
 
 
 def build_dataset(
@@ -426,3 +402,6 @@ def build_dataset(
     )
     report.seconds = time.perf_counter() - start
     return report
+
+
+__getattr__ = moved_names(globals(), {"write_text_atomic": "sgdetr_hf.files:atomic_write_text"})

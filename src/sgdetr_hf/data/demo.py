@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .builder import ArrayFeatures, BuildReport, build_dataset, write_text_atomic
+from ..files import atomic_write_text
+from .builder import ArrayFeatures, BuildReport, build_dataset
 from .readers import read_annotations
 from .schema import ANNOTATION_COLUMNS, num_clips
 from .synthetic import PlantedQuery, ToyGroundingTask, ToyTaskConfig
@@ -185,7 +186,7 @@ def build_demo_dataset(
         card_body=card,
         card_metadata=metadata,
     )
-    write_text_atomic(
+    atomic_write_text(
         Path(output_dir) / "LICENSE.md", "Annotations: QVHighlights, CC BY-NC-SA 4.0. Features: synthetic.\n"
     )
     return report

@@ -47,7 +47,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .builder import FeatureSource, write_text_atomic
+from ..files import atomic_write_json, atomic_write_text
+from .builder import FeatureSource
 from .schema import binary_clip_saliency
 
 logger = logging.getLogger(__name__)
@@ -441,7 +442,7 @@ def generate_intervid_mr(
                 continue
             rows, stats = _run_shard(part, features, durations, config, progress)
             lines = [json.dumps(row) for row in rows] + [json.dumps({"_stats": asdict(stats)})]
-            write_text_atomic(path, "\n".join(lines) + "\n")
+            atomic_write_text(path, "\n".join(lines) + "\n")
     return _finalise(output_dir, count, len(captions), caption_reasons or {}, config)
 
 
@@ -475,7 +476,7 @@ def _finalise(
     for row in rows:
         splits["validation" if row["vid"].rsplit("_", 2)[0] in validation_videos else "train"].append(row)
     for split, split_rows in splits.items():
-        write_text_atomic(output_dir / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in split_rows))
+        atomic_write_text(output_dir / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in split_rows))
 
     reasons = Counter()
     for shard in stats:
@@ -497,7 +498,7 @@ def _finalise(
         "mean_coverage": float(coverage.mean()) if coverage.size else 0.0,
         "config": asdict(config),
     }
-    write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(output_dir / "summary.json", summary)
     _plot_window_lengths(lengths, output_dir / "window_lengths.png")
     dropped = sum(reasons.values()) / max(1, num_captions)
     if dropped > 0.3:

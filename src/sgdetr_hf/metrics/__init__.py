@@ -8,7 +8,7 @@ The plain function API is the primary one::
     metrics["brief"]["MR-full-mAP"]
 
 The same code is an ``evaluate`` module (``evaluate.load(str(EVALUATE_MODULE_PATH))``) and the command
-``sgdetr evaluate``. The logic lives once, in ``sgdetr_eval/mr_hd_metrics.py``: that folder is also the
+``sgdetr evaluate``; :func:`format_metrics_table` prints the ``brief`` metrics for every command. The logic lives once, in ``sgdetr_eval/mr_hd_metrics.py``: that folder is also the
 metric's Hub repository, so it must not import this package.
 """
 
@@ -30,6 +30,7 @@ from .sgdetr_eval.mr_hd_metrics import (
     read_jsonl,
     write_json,
 )
+from .table import format_metrics_table
 
 #: The ``evaluate`` module folder (``evaluate.load(str(EVALUATE_MODULE_PATH))``); uploaded as the metric Space.
 EVALUATE_MODULE_PATH = Path(__file__).resolve().parent / "sgdetr_eval"
@@ -47,6 +48,7 @@ __all__ = [
     "evaluate_tacos",
     "evaluate_tvsum",
     "evaluate_youtube_highlights",
+    "format_metrics_table",
     "parse_jsonl",
     "read_jsonl",
     "write_json",

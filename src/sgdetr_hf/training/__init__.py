@@ -1,7 +1,8 @@
 """Training SG-DETR with Accelerate: recipes, the loop, resumable checkpoints and evaluation.
 
-This sub-package is never shipped as Hub remote code. Entry points: ``scripts/train.py`` and
-``scripts/evaluate.py`` (over :mod:`.commands`); from Python::
+This sub-package is never shipped as Hub remote code. Entry points: ``sgdetr train`` and
+``sgdetr evaluate-model`` (:mod:`sgdetr_hf.commands`, also ``scripts/train.py`` and ``scripts/evaluate.py``);
+from Python::
 
     from sgdetr_hf.training import load_recipe, train
 

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

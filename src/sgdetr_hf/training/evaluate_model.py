@@ -13,13 +13,12 @@ from typing import Any
 
 import torch
 
+from ..files import atomic_write_json, write_qvhighlights_predictions
 from ..modeling_sgdetr import SGDetrForMomentRetrieval
-from ..postprocessing_sgdetr import write_qvhighlights_predictions
 from ..visualization import plot_timeline
 from .data import build_collator, check_matches_data, dataset_properties, load_split
 from .distributed import build_accelerator
 from .evaluation import evaluate_predictions, predict, references_of
-from .files import atomic_write_json
 from .recipe import TrainingRecipe
 
 logger = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .._deprecation import moved_names
 from ..metrics import compute_metrics
 from ..postprocessing_sgdetr import post_process_moment_retrieval
 
@@ -90,9 +91,4 @@ def evaluate_predictions(
     return compute_metrics(dataset_name, predictions, references)
 
 
-def format_metrics_table(brief: Mapping[str, float], title: str = "metric") -> str:
-    """A two-column plain-text table of the ``brief`` metrics, for the console."""
-    width = max([len(title), *map(len, brief)])
-    lines = [f"{title:<{width}}  value", f"{'-' * width}  -----"]
-    lines += [f"{key:<{width}}  {value:6.2f}" for key, value in brief.items()]
-    return "\n".join(lines)
+__getattr__ = moved_names(globals(), {"format_metrics_table": "sgdetr_hf.metrics:format_metrics_table"})

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .files import atomic_write_text
+from ..files import atomic_write_text
 
 RECIPE_PACKAGE = "sgdetr_hf.training.recipes"
 

@@ -1,0 +1,270 @@
+"""``sgdetr extract-features`` (also ``scripts/extract_features.py``): InternVideo2 features for a folder or
+list of videos (and their queries) into a feature folder.
+
+Output (the ``FeatureFolder`` format read by ``sgdetr_hf.data.builder``)::
+
+    <output>/videos/<vid>.safetensors    "video_features" (L, d_v), "clip_timestamps" (L, 2) float64 seconds;
+                                         metadata: clip_length, frames_per_clip, duration, feature, model, source
+    <output>/queries/<qid>.safetensors   "text_features" (N, d_t) with [CLS] and [SEP] rows, no padding;
+                                         metadata: query, feature, max_query_length, model
+
+``<vid>`` is the video file's name without extension; queries come from QVHighlights-style JSON Lines
+annotations (``qid``, ``query``). Every file is written atomically, so a run can be killed and restarted:
+finished files are skipped (after checking they were made with the same settings). Work is split across
+processes with Accelerate, e.g. ``accelerate launch --multi_gpu --num_processes 8 scripts/extract_features.py``.
+A video that cannot be decoded is logged, listed in ``<output>/failed_videos.txt`` and skipped.
+"""
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from accelerate.utils import gather_object
+from safetensors import safe_open
+from safetensors.torch import save
+from tqdm.auto import tqdm
+
+from ..feature_extraction_sgdetr import TEXT_FEATURES, VIDEO_FEATURES, SGDetrFeatureExtractor
+from ..files import atomic_write_bytes, atomic_write_text
+from ..training.distributed import build_accelerator, process_group_teardown
+from ..video_io_sgdetr import BACKENDS
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
+STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def list_videos(sources: list[str]) -> dict[str, Path]:
+    """``vid -> path`` for video files, folders (their video files, not recursive) and ``.txt`` lists of paths.
+
+    Raises:
+        ValueError: a missing source, or two files with the same ``vid`` (file name without extension).
+    """
+    paths: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            paths += sorted(p for p in source.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+        elif source.suffix == ".txt" and source.is_file():
+            lines = source.read_text().splitlines()
+            paths += [
+                (source.parent / line.strip()) for line in lines if line.strip() and not line.startswith("#")
+            ]
+        elif source.is_file():
+            paths.append(source)
+        else:
+            raise ValueError(f"video source not found: {source}")
+    videos: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in videos and videos[path.stem] != path:
+            raise ValueError(f"two videos share the id {path.stem!r}: {videos[path.stem]} and {path}")
+        videos[path.stem] = path
+    return videos
+
+
+def read_queries(annotation_files: list[str]) -> dict[str, str]:
+    """``qid -> query`` from JSON Lines annotations (QVHighlights format)."""
+    queries: dict[str, str] = {}
+    for file in annotation_files:
+        with open(file, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if "qid" not in row or "query" not in row:
+                    raise ValueError(f"{file}:{number} has no 'qid' or 'query' field")
+                queries[str(row["qid"])] = row["query"]
+    return queries
+
+
+def _settings(extractor: SGDetrFeatureExtractor, model_name: str) -> dict[str, dict[str, str]]:
+    """Metadata that must match for an existing file to count as finished (safetensors metadata is str -> str)."""
+    video_processor = extractor.processor.video_processor
+    common = {"model": model_name}
+    return {
+        "videos": {
+            **common,
+            "feature": extractor.video_feature,
+            "clip_length": str(video_processor.clip_length),
+            "frames_per_clip": str(video_processor.frames_per_clip),
+        },
+        "queries": {
+            **common,
+            "feature": extractor.text_feature,
+            "max_query_length": str(extractor.processor.max_query_length),
+        },
+    }
+
+
+def _is_finished(path: Path, settings: dict[str, str]) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(path, framework="pt") as file:
+            metadata = file.metadata() or {}
+    except Exception:  # a damaged file is redone
+        return False
+    stale = {key: (metadata.get(key), value) for key, value in settings.items() if metadata.get(key) != value}
+    if stale:
+        raise ValueError(
+            f"{path} was extracted with other settings {stale} (found, wanted); use another --output or --overwrite"
+        )
+    return True
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    atomic_write_bytes(
+        path, save({key: value.contiguous() for key, value in tensors.items()}, metadata=metadata)
+    )
+
+
+def extract_features(
+    extractor: SGDetrFeatureExtractor,
+    videos: dict[str, Path],
+    queries: dict[str, str],
+    output_dir: str | Path,
+    model_name: str = "",
+    storage_dtype: torch.dtype = torch.float16,
+    query_batch_size: int = 256,
+    overwrite: bool = False,
+    accelerator=None,
+) -> list[str]:
+    """Write the feature files of ``videos`` and ``queries`` that are not there yet.
+
+    Args:
+        extractor: model + processor, on this process's device.
+        videos: ``vid -> path``; queries: ``qid -> text``.
+        storage_dtype: dtype of the stored features.
+        accelerator: splits the work across processes (``None``: this process does everything).
+
+    Returns:
+        The ids of the videos this process could not decode.
+    """
+    output_dir = Path(output_dir)
+    settings = _settings(extractor, model_name)
+    is_main = accelerator is None or accelerator.is_local_main_process
+
+    def todo(kind: str, ids: list[str]) -> list[str]:
+        folder = output_dir / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        return [i for i in ids if overwrite or not _is_finished(folder / f"{i}.safetensors", settings[kind])]
+
+    if is_main:  # temporary files of an interrupted run
+        for leftover in output_dir.glob("*/.*.safetensors.*.tmp"):
+            leftover.unlink()
+    pending_queries, pending_videos = todo("queries", sorted(queries)), todo("videos", sorted(videos))
+    if accelerator is not None:
+        # Every process must see the same to-do lists before anyone writes, or the split would differ.
+        accelerator.wait_for_everyone()
+        with accelerator.split_between_processes(pending_queries) as share:
+            pending_queries = list(share)
+        with accelerator.split_between_processes(pending_videos) as share:
+            pending_videos = list(share)
+
+    for start in tqdm(range(0, len(pending_queries), query_batch_size), desc="queries", disable=not is_main):
+        qids = pending_queries[start : start + query_batch_size]
+        encoded = extractor.encode_queries([queries[qid] for qid in qids])
+        for qid, rows in zip(qids, encoded.unpadded()):
+            metadata = {**settings["queries"], "query": queries[qid]}
+            _write(
+                output_dir / "queries" / f"{qid}.safetensors",
+                {"text_features": rows.to(storage_dtype)},
+                metadata,
+            )
+
+    failed = []
+    for vid in tqdm(pending_videos, desc="videos", disable=not is_main):
+        try:
+            encoded = extractor.encode_video(videos[vid])
+        except ValueError as error:  # undecodable video: record it and go on
+            logger.error("skipping %s: %s", vid, error)
+            failed.append(vid)
+            continue
+        duration = float(encoded.clip_timestamps[-1, 1])
+        metadata = {**settings["videos"], "duration": str(duration), "source": str(videos[vid])}
+        tensors = {
+            "video_features": encoded.features.to(storage_dtype),
+            "clip_timestamps": encoded.clip_timestamps,
+        }
+        _write(output_dir / "videos" / f"{vid}.safetensors", tensors, metadata)
+    return failed
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="converted InternVideo2 folder (convert_internvideo2_checkpoint)"
+    )
+    parser.add_argument(
+        "--videos", nargs="*", default=[], help="video files, folders of videos, .txt lists of paths"
+    )
+    parser.add_argument("--annotations", nargs="*", default=[], help="JSON Lines with qid and query fields")
+    parser.add_argument("--output", required=True, help="feature folder (videos/ and queries/ inside)")
+    parser.add_argument(
+        "--clip-length", type=float, help="clip length in seconds (default: the processor's, 2)"
+    )
+    parser.add_argument("--frames-per-clip", type=int, help="frames per clip (default: the processor's, 4)")
+    parser.add_argument(
+        "--max-query-length", type=int, help="tokens per query (default: the processor's, 40)"
+    )
+    parser.add_argument("--backend", choices=BACKENDS, help="video decoder (default: the processor's, pyav)")
+    parser.add_argument("--video-feature", choices=VIDEO_FEATURES, default="projected")
+    parser.add_argument("--text-feature", choices=TEXT_FEATURES, default="projected")
+    parser.add_argument("--clips-per-batch", type=int, default=32, help="clips per vision-tower forward pass")
+    parser.add_argument(
+        "--dtype", choices=sorted(STORAGE_DTYPES), default="float16", help="stored feature dtype"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="redo files that already exist")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.videos and not args.annotations:
+        raise ValueError("nothing to extract: give --videos and/or --annotations")
+    videos, queries = list_videos(args.videos), read_queries(args.annotations)
+    accelerator = build_accelerator(args.output, mixed_precision="no", log_with=None)
+    video_settings = {
+        key: value
+        for key, value in (
+            ("clip_length", args.clip_length),
+            ("frames_per_clip", args.frames_per_clip),
+            ("backend", args.backend),
+        )
+        if value is not None
+    }
+    with process_group_teardown():
+        extractor = SGDetrFeatureExtractor.from_pretrained(
+            args.model,
+            device=accelerator.device,
+            max_query_length=args.max_query_length,
+            video_processor_kwargs=video_settings,
+            video_feature=args.video_feature,
+            text_feature=args.text_feature,
+            clips_per_batch=args.clips_per_batch,
+        )
+        failed = extract_features(
+            extractor,
+            videos,
+            queries,
+            args.output,
+            model_name=os.path.basename(os.path.normpath(args.model)),
+            storage_dtype=STORAGE_DTYPES[args.dtype],
+            overwrite=args.overwrite,
+            accelerator=accelerator,
+        )
+        failed = sorted(gather_object(failed))
+        if accelerator.is_main_process:
+            failure_list = Path(args.output) / "failed_videos.txt"
+            if failed:
+                atomic_write_text(failure_list, "\n".join(failed) + "\n")
+            else:
+                failure_list.unlink(missing_ok=True)
+            print(
+                f"{len(videos) - len(failed)}/{len(videos)} videos and {len(queries)} queries in {args.output}"
+            )
+        accelerator.wait_for_everyone()
+    return 1 if failed else 0
+
+
+__all__ = ["extract_features", "list_videos", "read_queries"]

@@ -1,0 +1,140 @@
+"""``sgdetr predict``: the moments of a video that match text queries, as a table, JSON and a timeline PNG.
+
+    sgdetr predict video.mp4 "a man rides a bike" "a dog runs" --model DIR_OR_ID --plot timeline.png
+    sgdetr predict features.safetensors "a man rides a bike" --json moments.json
+
+``VIDEO`` is a video file (decoded and encoded once by the model's InternVideo2 encoder) or a
+``.safetensors`` file of pre-extracted clip features (key ``video_features``, as written by
+``sgdetr extract-features``). The table lists, per query, the best windows in seconds and their scores;
+``--json`` writes the pipeline's output and ``--plot`` draws each query's saliency curve with the top windows
+shaded (and ``--ground-truth`` windows, when given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..files import atomic_write_json
+from ..hub_ids import DEFAULT_MODEL_REPO
+
+logger = logging.getLogger(__name__)
+
+PLOTTED_WINDOWS = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", type=Path, help="video file, or .safetensors file of clip features")
+    parser.add_argument("queries", nargs="+", help="one or more text queries")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL_REPO, help=f"model folder or Hub id (default: {DEFAULT_MODEL_REPO})"
+    )
+    parser.add_argument(
+        "--encoder", help="InternVideo2 encoder folder or Hub id (default: the model's encoder/)"
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="windows per query (default: 5)")
+    parser.add_argument(
+        "--window-overlap",
+        type=float,
+        default=1 / 3,
+        help="overlap of consecutive windows on videos longer than the training length (default: 1/3)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device, e.g. cuda:0 (default: GPU if available)"
+    )
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write the predictions as JSON")
+    parser.add_argument("--plot", type=Path, metavar="OUT.png", help="write the timeline plot (PNG)")
+    parser.add_argument(
+        "--ground-truth",
+        nargs=2,
+        type=float,
+        action="append",
+        metavar=("START", "END"),
+        help="a true window in seconds, drawn on the plot of every query (repeatable)",
+    )
+
+
+def load_video_input(path: Path) -> str | dict[str, Any]:
+    """The pipeline input for ``path``: the video path, or the features of a ``.safetensors`` file."""
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file: give a video file or a .safetensors file of clip features")
+    if path.suffix != ".safetensors":
+        return str(path)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path)
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a readable safetensors file ({error})") from None
+    if "video_features" not in tensors:
+        raise ValueError(
+            f"{path} holds {sorted(tensors)}, not 'video_features' (L, d): use extract-features output"
+        )
+    return {"video_features": tensors["video_features"]}
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """One block per query: rank, start, end (seconds) and score of each window."""
+    lines = []
+    for result in results:
+        lines += [
+            f'query: "{result["query"]}"',
+            f"  {'rank':>4}  {'start (s)':>10}  {'end (s)':>10}  {'score':>7}",
+        ]
+        lines += [
+            f"  {rank:>4}  {start:>10.2f}  {end:>10.2f}  {score:>7.4f}"
+            for rank, (start, end, score) in enumerate(result["pred_relevant_windows"], start=1)
+        ]
+        if not result["pred_relevant_windows"]:
+            lines.append("  (no window)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers import pipeline
+
+    from ..pipeline_sgdetr import VideoMomentRetrievalPipeline
+
+    truth = [list(window) for window in args.ground_truth or []]
+    problem = None
+    if args.top_k < 1:
+        problem = f"--top-k must be >= 1, got {args.top_k}"
+    elif any(not 0 <= start < end for start, end in truth):
+        problem = f"every --ground-truth window needs 0 <= START < END seconds, got {truth}"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        video = load_video_input(args.video)
+        retriever = pipeline(
+            "video-moment-retrieval",
+            model=args.model,
+            pipeline_class=VideoMomentRetrievalPipeline,
+            encoder=args.encoder,
+            device=args.device,
+        )
+        results = retriever(
+            video, queries=list(args.queries), top_k=args.top_k, window_overlap=args.window_overlap
+        )
+    except (ValueError, OSError) as error:  # bad input, unreadable video, model not found
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    if args.json:
+        atomic_write_json(args.json, results)
+        logger.info("wrote %s", args.json)
+    if args.plot:
+        from ..visualization import plot_timeline
+
+        plot_timeline(
+            [{**result, "relevant_windows": truth} for result in results],
+            args.plot,
+            clip_length=results[0]["clip_length"],
+            top_k=min(PLOTTED_WINDOWS, args.top_k),
+        )
+        logger.info("wrote %s", args.plot)
+    return 0

@@ -1,0 +1,74 @@
+"""The ``sgdetr`` command: every sub-command is there, options and recipe overrides reach the right place,
+usage errors exit with 2, and building the parser leaves the heavy modules unimported."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sgdetr_hf.commands import COMMANDS, main
+
+EXPECTED = {
+    "train",
+    "evaluate-model",
+    "evaluate",
+    "predict",
+    "demo",
+    "extract-features",
+    "convert-internvideo2",
+}
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    listing = capsys.readouterr().out
+    assert set(COMMANDS) == EXPECTED
+    for name in COMMANDS:
+        assert f"    {name}" in listing
+
+
+def test_train_takes_recipe_overrides_and_the_log_level_on_either_side(capsys):
+    argv = ["train", "--recipe", "demo", "--epochs", "3", "--model.hidden_size", "64", "--print-recipe"]
+    assert main(["--log-level", "WARNING", *argv]) == 0
+    recipe = yaml.safe_load(capsys.readouterr().out)
+    assert recipe["epochs"] == 3 and recipe["model"]["hidden_size"] == 64
+    assert main([*argv, "--log-level", "WARNING"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == recipe
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--recipe", "demo", "--no_such_key", "1"], "no_such_key"),
+        (["train", "--recipe", "demo", "--model.no_such_size", "1"], "no_such_size"),
+        (["demo", "--top-k", "3", "--bogus"], "unrecognized arguments: --bogus"),
+        (["evaluate-model", "--model", "m", "--dataset", "d", "--output-dir", "o"], "--dataset-config is required"),
+        (
+            ["evaluate-model", "--model", "m", "--dataset", "d", "--output-dir", "o", "--dataset-config", "c",
+             "--dataset-name", "qvhighlights", "--top-k", "0"],
+            "--batch-size and --top-k must be >= 1",
+        ),
+    ],
+)  # fmt: skip
+def test_usage_errors_exit_with_2_and_the_subcommand_usage(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith(f"usage: sgdetr {argv[0]}")
+
+
+def test_building_the_parser_leaves_training_and_plotting_unimported():
+    script = (
+        "import sys\n"
+        "from sgdetr_hf.commands import build_parser\n"
+        "build_parser()\n"
+        "heavy = ['sgdetr_hf.training.trainer', 'sgdetr_hf.training.evaluate_model', 'sgdetr_hf.visualization']\n"
+        "print([name for name in heavy if name in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"
