@@ -93,7 +93,7 @@ def encoder_case(config_name: str) -> dict:
 
     from sgdetr_hf import InternVideo2Config, InternVideo2Model
 
-    if config_name == "tiny":  # shared/design/internvideo2.md section 13
+    if config_name == "tiny":  # the test suite's tiny encoder
         vision = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=279)
         vision |= dict(image_size=16, patch_size=4, pooler_num_attention_heads=4, pooler_output_size=32)
         text = dict(

@@ -4,7 +4,7 @@ Release code, used by ``scripts/push_to_hub.py``: it reads ``hub/`` and ``model_
 checkout, so it is not part of the installed package (which keeps only :data:`DEFAULT_MODEL_REPO`, in
 ``sgdetr_hf.hub_ids``).
 
-Publishing is split in two (``shared/design/hf-conventions.md`` §8):
+Publishing is split in two:
 
 - **build**: write the complete repository as a local folder, exactly as it will look on the Hub
   (:func:`build_model_repo`, :func:`build_space_repo`; the dataset and metric folders are built by their

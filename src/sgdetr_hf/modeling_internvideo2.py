@@ -1,7 +1,7 @@
 """Native InternVideo2 Stage-2 video and text encoders.
 
-A re-implementation of the inference path of the public InternVideo2 Stage2-1B release
-(``shared/design/internvideo2.md``):
+A re-implementation of the inference path of the public InternVideo2 Stage2-1B release (OpenGVLab/InternVideo,
+``InternVideo2/multi_modality``):
 
     clip [B, T, 3, 224, 224] --vision tower--> tokens [B, 1 + 256 T, 1408] --attention pooler--> [B, 768]
         --visual_projection--> [B, 512]

@@ -1,4 +1,4 @@
-"""From SG-DETR outputs to QVHighlights-style predictions (design §4).
+"""From SG-DETR outputs to QVHighlights-style predictions (paper §3.5-3.6 and §4.4: S_det, WBF).
 
 ``post_process_moment_retrieval`` turns a batch of [`SGDetrOutput`] into one dict per query:
 

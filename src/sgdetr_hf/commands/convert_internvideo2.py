@@ -3,7 +3,7 @@ InternVideo2 Stage-2 checkpoint into a native ``InternVideo2Model`` folder.
 
 The release ships one torch pickle (``InternVideo2-stage2_1b-224p-f4.pt``, bf16, ~2.8 GB) whose
 state dict sits under ``module`` (DeepSpeed) or ``model``. This module maps its keys to the native
-names (``shared/design/internvideo2.md`` section 9), drops the training-only parts (distillation
+names (the table in :func:`convert_state_dict`), drops the training-only parts (distillation
 heads, text fusion layers, MLM / matching heads), checks every key and shape against the native
 config and writes:
 

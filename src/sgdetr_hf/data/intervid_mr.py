@@ -1,4 +1,4 @@
-"""InterVid-MR generation (paper §4.3.2, eq. 16-18; sg-detr.md §6): pre-training data from InternVid captions.
+"""InterVid-MR generation (paper §4.3.2, eq. 16-18): pre-training data from InternVid captions.
 
 Two stages, because features are only worth extracting for the captions that survive filtering:
 
@@ -11,14 +11,14 @@ Two stages, because features are only worth extracting for the captions that sur
    positive intervals and the grades 1-4 (eq. 18), written as QVHighlights-format rows in resumable
    JSON Lines shards, plus ``summary.json`` and ``window_lengths.png``.
 
-Caption filter rules (sg-detr.md §6 step 1; a caption is dropped by the first rule that fires, and the
+Caption filter rules (§4.3.2 step 1; a caption is dropped by the first rule that fires, and the
 reason is counted):
 
 - ``word_count``: fewer than 3 or more than 40 words;
 - ``characters``: under 90 % letters / spaces / basic punctuation, or a URL, ``@`` or ``#``;
 - ``repetition``: unique-word ratio under 0.5, or a word repeated 3+ times in a row;
 - ``content_words``: fewer than two distinct content words (alphabetic, 3+ letters, not a function
-  word). This replaces the design's "no noun or no verb by a POS tagger" rule: no English tagger installs
+  word). This replaces a "no noun or no verb by a POS tagger" rule: no English tagger installs
   offline from a package registry (NLTK's and spaCy's models are separate downloads), and LLM captions such
   as "a close up of a plate of food" are good queries without a verb;
 - ``blacklist``: black / blank / white / dark / blurry screens or frames, text / words / logo / title /
@@ -26,7 +26,7 @@ reason is counted):
 - ``duplicate``: a caption already seen in the same video (the first is kept), and every copy of a caption
   that appears more than 3 times in one video (templated text).
 
-Deviation from sg-detr.md §6 step 3: the window start is a multiple of the clip length (2 s) rather than
+Deviation from §4.3.2: the window start is a multiple of the clip length (2 s) rather than
 any integer, so a window's clip features are rows of the whole-video features; when no aligned start
 keeps the interval inside the window, the interval is clipped to it (by less than one clip).
 """
@@ -74,7 +74,7 @@ _TIMESTAMP = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
 
 @dataclass(frozen=True)
 class InterVidMRConfig:
-    """Every threshold of the generation (defaults: sg-detr.md §6)."""
+    """Every threshold of the generation (defaults: paper §4.3.2)."""
 
     clip_length: float = 2.0
     max_window: float = 150.0

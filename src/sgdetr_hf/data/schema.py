@@ -24,7 +24,7 @@ Per-clip highlight targets (``saliency_scores`` summed over annotators), all on 
 
 - QVHighlights / InterVid-MR: the three annotators' 0..4 scores (InterVid-MR: ``[g, g, g]`` for grade g).
 - Charades-STA / TACoS: binary ``[[1.0]]`` for each clip that lies more than half inside a window
-  (paper §4.4), or, when no clip does, the clip holding the window centre (sg-detr.md §1.5).
+  (paper §4.4), or, when no clip does, the clip holding the window centre.
 - TVSum: one column ``sum_annotators(score - 1) / 80 * 12`` (CG-DETR's rescaling of its 20 x 1..5 scores).
 - YouTube Highlights: binary ``[[1.0]]`` for clips labelled 1.
 
@@ -55,7 +55,7 @@ ANNOTATION_COLUMNS = (
     "label",
 )
 
-#: Datasets (config names) the builder knows, with their clip length in seconds (sg-detr.md §0).
+#: Datasets (config names) the builder knows, with their clip length in seconds.
 CLIP_LENGTHS = {
     "qvhighlights": 2.0,
     "charades-sta": 1.0,
@@ -131,7 +131,7 @@ def binary_clip_saliency(windows: np.ndarray, clip_length: float, num_clips: int
 
     Returns:
         (R,) int64 sorted relevant clip ids. When no clip passes the overlap rule for a window (a window
-        shorter than half a clip), the clip that holds that window's centre is used (sg-detr.md §1.5).
+        shorter than half a clip), the clip that holds that window's centre is used.
     """
     windows = np.asarray(windows, dtype=np.float64).reshape(-1, 2)
     clip_start = np.arange(num_clips, dtype=np.float64) * clip_length

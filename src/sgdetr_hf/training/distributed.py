@@ -57,7 +57,7 @@ def build_accelerator(
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
         # torchrun / accelerate launch --multi_gpu on a CPU-only machine without ACCELERATE_USE_CPU: every
-        # process would silently train the whole model alone (shared/design/hf-conventions.md §7.3).
+        # process would silently train the whole model alone.
         raise RuntimeError(
             f"launched with WORLD_SIZE={launched} processes but accelerate sees 1 (no GPU?): every process "
             "would train alone. On CPU-only machines set ACCELERATE_USE_CPU=1, e.g. "
@@ -71,7 +71,7 @@ def process_group_teardown() -> Iterator[None]:
     """Destroy the default process group on the way out, also after an error.
 
     A multi-process run that exits with the group alive can abort in a C++ destructor
-    ("terminate called without an active exception", shared/design/hf-conventions.md §7.3).
+    ("terminate called without an active exception").
     """
     try:
         yield

@@ -29,7 +29,7 @@ def evaluate_model(
 ) -> dict[str, Any] | None:
     """Predict ``recipe.eval_split`` of ``recipe.dataset_path`` with the model at ``model_path``.
 
-    Writes into ``recipe.output_dir``: ``predictions_<split>.jsonl`` (sg-detr.md §4.5),
+    Writes into ``recipe.output_dir``: ``predictions_<split>.jsonl`` (QVHighlights JSON Lines),
     ``metrics_<split>.json`` (unless ``predict_only``) and ``plots/<qid>.png`` for the first
     ``num_plots`` queries. Collective: every process of the launch calls it.
 

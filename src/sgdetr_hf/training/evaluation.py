@@ -31,7 +31,7 @@ REFERENCE_COLUMNS = (
 def predict(
     model, dataloader, accelerator, top_k: int = 10, description: str = "evaluating"
 ) -> list[dict[str, Any]]:
-    """Prediction rows (sg-detr.md §4.5) for every sample of ``dataloader``, on every process.
+    """Prediction rows (the QVHighlights JSON Lines format) for every sample of ``dataloader``, on every process.
 
     ``dataloader`` is prepared by ``accelerator`` and yields the collator's batches (model inputs,
     ``labels`` and ``meta``). Each process predicts its share; ``gather_for_metrics`` returns all

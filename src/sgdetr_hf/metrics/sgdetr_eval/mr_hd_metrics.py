@@ -1,7 +1,6 @@
 """Moment retrieval (MR) and highlight detection (HD) metrics, vectorised with numpy.
 
-The single implementation of every metric of the project (``shared/design/metrics.md`` is the
-specification):
+The single implementation of every metric of the project, equal to the official evaluation code:
 
 - QVHighlights: the official Moment-DETR ``standalone_eval`` metric set and JSON layout (MR R1 and mAP
   per IoU threshold 0.5:0.05:0.95 for the full/long/middle/short buckets, HL mAP and Hit@1 for the
