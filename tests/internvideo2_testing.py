@@ -1,5 +1,5 @@
 """Helpers shared by the InternVideo2 / processor tests: videos whose frames carry their own index, and a
-tiny InternVideo2 configuration (shared/design/internvideo2.md section 13)."""
+tiny InternVideo2 configuration."""
 
 from fractions import Fraction
 from pathlib import Path

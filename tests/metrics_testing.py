@@ -1,4 +1,4 @@
-"""Hand-checkable rows shared by the metric tests (shared/design/metrics.md §8)."""
+"""Hand-checkable rows shared by the metric tests."""
 
 import copy
 

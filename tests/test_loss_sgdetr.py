@@ -1,7 +1,7 @@
 """Tests of the SG-DETR objective: every term against numbers computed by hand with plain ``math``.
 
 The hand computations below use Python floats and loops only; they share nothing with the vectorised
-implementation except the definitions of paper eq. 11-15 and shared/design/sg-detr.md §3.
+implementation except the definitions of paper eq. 11-15.
 """
 
 from __future__ import annotations

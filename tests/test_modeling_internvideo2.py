@@ -1,4 +1,5 @@
-"""The native InternVideo2 encoders against the spec (shared/design/internvideo2.md), on a tiny config."""
+"""The native InternVideo2 encoders against an independent re-implementation of the official release, on a
+tiny config."""
 
 import math
 

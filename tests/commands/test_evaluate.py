@@ -5,8 +5,8 @@ import json
 import logging
 
 import pytest
-from metrics_testing import CHARADES_PREDICTIONS, CHARADES_REFERENCES, QVH_REFERENCE, qvh_prediction
 
+from metrics_testing import CHARADES_PREDICTIONS, CHARADES_REFERENCES, QVH_REFERENCE, qvh_prediction
 from sgdetr_hf.commands import COMMANDS
 from sgdetr_hf.commands import evaluate as evaluate_command
 from sgdetr_hf.metrics import compute_metrics

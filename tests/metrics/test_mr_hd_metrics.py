@@ -1,5 +1,5 @@
 """The numpy metrics: official QVHighlights conformance, hand-computed cases for every dataset, edge
-cases and bad input (shared/design/metrics.md §8). "Official" below means Moment-DETR's standalone_eval
+cases and bad input. "Official" below means Moment-DETR's standalone_eval
 (QVHighlights, Charades-STA / TACoS via CG-DETR's copy) or lighthouse's highlight AP (YouTube, TVSum);
 every QVHighlights case here was also checked against the official code outside the repository."""
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import sgdetr_hf.metrics
 from metrics_testing import (
     ASCENDING,
     CHARADES_PREDICTIONS,
@@ -22,8 +24,6 @@ from metrics_testing import (
     highlight_rows,
     qvh_prediction,
 )
-
-import sgdetr_hf.metrics
 from sgdetr_hf.metrics import compute_metrics, parse_jsonl, read_jsonl, write_json
 
 CONFORMANCE = "qvhighlights_eval_conformance"
