@@ -141,8 +141,6 @@ def model_config(settings: CheckSettings, task: ToyGroundingTask) -> SGDetrConfi
         input_dropout=settings.input_dropout,
         clip_length=task.config.clip_length,
         max_num_clips=settings.num_clips,
-        # the toy windows lie on the clip grid, as QVHighlights' do: round predictions to it (sg-detr.md §4.4)
-        window_round_seconds=task.config.clip_length,
     )
 
 
@@ -205,7 +203,10 @@ def train_and_evaluate(settings: CheckSettings, shuffled: bool) -> dict[str, Any
             window_losses.append(outputs.loss.item())
             step += 1
             if step % settings.eval_every == 0 or step == settings.steps:
-                predictions = predict(model, eval_batches, accelerator, description="held-out")
+                # the toy windows lie on the clip grid, as QVHighlights' do: round predictions to it (§4.4)
+                predictions = predict(
+                    model, eval_batches, accelerator, round_to=task.config.clip_length, description="held-out"
+                )
                 metrics = evaluate_predictions("qvhighlights", predictions, references)["brief"]
                 point = {"step": step, "train_loss": float(np.mean(window_losses)), "mAP": metrics[MAP_KEY]}
                 point.update({name: metrics[key] for name, key in CURVE_KEYS.items()})

@@ -32,32 +32,20 @@ def test_defaults_follow_the_design():
     assert (c.lambda_l1, c.lambda_giou, c.lambda_ce, c.lambda_centerness, c.lambda_iou) == (10, 1, 5, 1, 1)
     assert (c.saliency_margin, c.rank_contrastive_tau, c.eos_coef) == (0.2, 0.5, 0.1)
     assert (c.matcher_cost_class, c.matcher_cost_l1, c.matcher_cost_giou) == (4, 10, 1)
-    assert (c.atss_pre_nms_topk, c.atss_nms_iou, c.atss_post_nms_topk) == (100, 0.6, 25)
-    assert (c.wbf_iou_thr, c.wbf_weights, c.num_output_windows, c.fusion_mode) == (
-        0.55,
-        [1.0, 1.0],
-        10,
-        "wbf",
-    )
     assert c.use_sgca and c.use_iou_scoring and c.use_global_saliency and c.use_hybrid_detector
     assert c.video_input_dim == 514 and c.num_pyramid_levels == 5
-
-
-def test_the_hybrid_detector_switch_sets_the_fusion_mode():
-    assert SGDetrConfig(use_hybrid_detector=False).fusion_mode == "detr"
-    assert SGDetrConfig().fusion_mode == "wbf"
-    with pytest.raises(ValueError, match="fusion_mode"):
-        SGDetrConfig(use_hybrid_detector=False, fusion_mode="wbf")
 
 
 def test_release_0_1_configs_still_load(tmp_path, caplog):
     """The finer switches of release 0.1 map to their Table 2 switch; the loss's old seed is dropped."""
     old = SGDetrConfig(use_hybrid_detector=False, use_iou_scoring=False).to_dict()
     old.update(use_atss=False, use_atss_positive_queries=False, use_iou_head=False, saliency_pair_seed=3)
+    old.update(fusion_mode="detr", window_round_seconds=2.0, wbf_weights=[1.0, 1.0], num_output_windows=10)
     (tmp_path / "config.json").write_text(json.dumps(old))
     loaded = AutoConfig.from_pretrained(tmp_path)
-    assert not loaded.use_hybrid_detector and not loaded.use_iou_scoring and loaded.fusion_mode == "detr"
-    assert not any(hasattr(loaded, key) for key in ("use_atss", "use_iou_head", "saliency_pair_seed"))
+    assert not loaded.use_hybrid_detector and not loaded.use_iou_scoring
+    dropped = ("use_atss", "use_iou_head", "saliency_pair_seed", "fusion_mode", "window_round_seconds")
+    assert not any(hasattr(loaded, key) for key in dropped)
     assert "use_atss" not in loaded.to_dict()
     with pytest.raises(ValueError, match="use_atss=False contradicts use_hybrid_detector=True"):
         SGDetrConfig(use_atss=False)
@@ -76,10 +64,7 @@ def test_release_0_1_configs_still_load(tmp_path, caplog):
         ({"pyramid_strides": [1, 3, 9]}, "pyramid_strides"),
         ({"group_norm_groups": 7}, "group_norm_groups"),
         ({"det_score_alpha": 1.5}, "det_score_alpha"),
-        ({"wbf_iou_thr": 2.0}, "wbf_iou_thr"),
-        ({"wbf_weights": [1.0]}, "wbf_weights"),
         ({"lambda_l1": -1.0}, "lambda_l1"),
-        ({"fusion_mode": "max"}, "fusion_mode"),
         ({"use_sgca": "yes"}, "use_sgca"),
         ({"local_saliency_space": "input"}, "local_saliency_space"),
         ({"eos_coef": float("nan")}, "eos_coef"),
@@ -99,7 +84,7 @@ def test_save_load_and_auto_config(tmp_path):
     assert {k: v for k, v in loaded.to_dict().items() if k not in drop} == {
         k: v for k, v in c.to_dict().items() if k not in drop
     }
-    assert loaded.use_hybrid_detector is False and loaded.fusion_mode == "detr" and loaded.clip_length == 1.0
+    assert loaded.use_hybrid_detector is False and loaded.clip_length == 1.0
     assert isinstance(AutoConfig.for_model("sg-detr"), SGDetrConfig)
 
 

@@ -126,6 +126,36 @@ def test_detr_only_model_and_bad_arguments(tiny_outputs):
         post_process_moment_retrieval(out, [10.0, -1.0, 3.0, 4.0], config=config)
     with pytest.raises(ValueError, match="one value per sample"):
         post_process_moment_retrieval(out, [10.0, 3.0], config=config)
+    # the fusion mode follows the outputs: WBF with the ATSS head, the DETR windows without it
+    assert post_process_moment_retrieval(no_atss, None) == post_process_moment_retrieval(
+        no_atss, None, fusion_mode="detr"
+    )
+    assert post_process_moment_retrieval(out, None) == post_process_moment_retrieval(
+        out, None, fusion_mode="wbf"
+    )
+    for bad, message in (
+        (dict(wbf_weights=(1.0,)), "wbf_weights"),
+        (dict(atss_nms_iou=1.5), "atss_nms_iou"),
+        (dict(atss_post_nms_topk=0), "atss_post_nms_topk"),
+        (dict(round_to=0.0), "round_to"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            post_process_moment_retrieval(out, None, **bad)
+
+
+def test_post_processing_settings_change_the_windows(tiny_outputs):
+    """The §4.4 settings are arguments: a stricter NMS / fewer ATSS candidates / DETR-only weights change the
+    fused windows, the defaults reproduce the paper's values."""
+    config, out, _ = tiny_outputs
+    default = post_process_moment_retrieval(out, None, config=config)
+    explicit = post_process_moment_retrieval(
+        out, None, config=config, atss_pre_nms_topk=100, atss_nms_iou=0.6, atss_post_nms_topk=25,
+        wbf_iou_thr=0.55, wbf_weights=(1.0, 1.0), wbf_skip_thr=0.0,
+    )  # fmt: skip
+    assert default == explicit
+    for settings in (dict(atss_post_nms_topk=1), dict(wbf_weights=(1.0, 1e-6)), dict(wbf_iou_thr=0.05)):
+        changed = post_process_moment_retrieval(out, None, config=config, **settings)
+        assert changed != default, settings
 
 
 def test_processor_method_is_the_function(tiny_outputs):

@@ -19,7 +19,6 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-_FUSION_MODES = ("wbf", "detr", "atss")
 _LOCAL_SALIENCY_SPACES = ("hidden",)
 #: Keys of configs written by release 0.1 that no longer exist: each finer switch became its Table 2 switch.
 _RENAMED_SWITCHES = {
@@ -27,8 +26,12 @@ _RENAMED_SWITCHES = {
     "use_atss_positive_queries": "use_hybrid_detector",
     "use_iou_head": "use_iou_scoring",
 }
-#: Keys of release-0.1 configs that are dropped: the loss no longer owns a seeded generator.
-_REMOVED_KEYS = ("saliency_pair_seed",)
+#: Keys of release-0.1 configs that are dropped: the loss no longer owns a seeded generator, and the
+#: post-processing settings are arguments of ``post_process_moment_retrieval``.
+_REMOVED_KEYS = (
+    "saliency_pair_seed", "atss_pre_nms_topk", "atss_nms_iou", "atss_post_nms_topk", "wbf_iou_thr",
+    "wbf_weights", "wbf_skip_thr", "num_output_windows", "fusion_mode", "window_round_seconds",
+)  # fmt: skip
 #: Keys transformers itself writes into or passes with a config that are not fields of ours.
 _HUB_KEYS = frozenset(
     {"auto_map", "custom_pipelines", "model_type", "name_or_path", "transformers_version", "torch_dtype"}
@@ -85,17 +88,6 @@ class SGDetrConfig(PreTrainedConfig):
             embedding (half of them flip, as in DINO).
         det_score_alpha (`float`, defaults to 0.5): ``alpha`` of eq. 10, ``S_det = p^alpha * IoU^(1-alpha)``.
 
-    Post-processing (§4.4)
-        atss_pre_nms_topk (`int`, defaults to 100), atss_nms_iou (`float`, defaults to 0.6) and
-            atss_post_nms_topk (`int`, defaults to 25): the ATSS proposals kept before and after 1-D NMS.
-        wbf_iou_thr (`float`, defaults to 0.55): IoU above which weighted span fusion merges two windows.
-        wbf_weights (`list[float]`, defaults to `[1.0, 1.0]`): WBF weights of the (DETR, ATSS) windows.
-        wbf_skip_thr (`float`, defaults to 0.0): windows scoring below it are left out of WBF.
-        num_output_windows (`int`, defaults to 10): windows returned per query.
-        fusion_mode (`str`, defaults to `"wbf"` with the hybrid detector, else `"detr"`): ``"wbf"`` fuses the
-            DETR and ATSS windows, ``"detr"`` / ``"atss"`` keep one head's windows.
-        window_round_seconds (`float`, *optional*): round window endpoints to this grid (QVHighlights: 2.0).
-
     Training objective (§3.7, eq. 11-15)
         lambda_l1 (`float`, defaults to 10), lambda_giou (1), lambda_ce (5), lambda_centerness (1),
             lambda_iou (1): weights of the span L1, GIoU, classification (and ATSS focal), centerness and
@@ -124,9 +116,12 @@ class SGDetrConfig(PreTrainedConfig):
         use_dn (`bool`, defaults to `True`): DINO denoising queries.
         use_alignment (`bool`, defaults to `True`): the moment encoder and eq. 14.
 
+    Post-processing settings (fusion mode, NMS, WBF, rounding, windows per query; §4.4) are arguments of
+    ``post_process_moment_retrieval``, not model fields.
+
     Configs of release 0.1 still load: ``use_atss`` / ``use_atss_positive_queries`` / ``use_iou_head`` map to
-    their Table 2 switch (a value that contradicts it is an error) and ``saliency_pair_seed`` is dropped, with
-    one warning.
+    their Table 2 switch (a value that contradicts it is an error); ``saliency_pair_seed`` and the
+    post-processing keys are dropped; one warning.
     """
 
     model_type = "sg-detr"
@@ -168,16 +163,6 @@ class SGDetrConfig(PreTrainedConfig):
     dn_box_noise_scale: float | int = 0.4
     dn_label_noise_ratio: float | int = 0.5
     det_score_alpha: float | int = 0.5
-    # post-processing
-    atss_pre_nms_topk: int = 100
-    atss_nms_iou: float | int = 0.6
-    atss_post_nms_topk: int = 25
-    wbf_iou_thr: float | int = 0.55
-    wbf_weights: list[float | int] | tuple[float | int, ...] = (1.0, 1.0)
-    wbf_skip_thr: float | int = 0.0
-    num_output_windows: int = 10
-    fusion_mode: str | None = None
-    window_round_seconds: float | int | None = None
     # training objective
     lambda_l1: float | int = 10.0
     lambda_giou: float | int = 1.0
@@ -216,9 +201,6 @@ class SGDetrConfig(PreTrainedConfig):
         self._check_unknown_keys(kwargs)
         self.pyramid_strides = list(self.pyramid_strides)
         self.atss_delta_stds = list(self.atss_delta_stds)
-        self.wbf_weights = list(self.wbf_weights)
-        if self.fusion_mode is None:
-            self.fusion_mode = "wbf" if self.use_hybrid_detector else "detr"
         super().__post_init__(**kwargs)
         self.validate_sgdetr()
 
@@ -251,10 +233,10 @@ class SGDetrConfig(PreTrainedConfig):
                     f"switch no longer exists; set {switch}={value!r} to get that model"
                 )
         if found:
-            switches = sorted({_RENAMED_SWITCHES[k] for k in found if k in _RENAMED_SWITCHES})
             logger.warning_once(
-                f"SGDetrConfig: {found} are release-0.1 keys (now the Table 2 switches {switches}); save the "
-                "config again to drop them"
+                f"SGDetrConfig: {found} are release-0.1 keys (finer switches are now the Table 2 switches, "
+                "post-processing settings arguments of post_process_moment_retrieval); save the config again "
+                "to drop them"
             )
 
     # ------------------------------------------------------------------ validation
@@ -361,25 +343,6 @@ class SGDetrConfig(PreTrainedConfig):
         _float("dn_label_noise_ratio", 0.0, 1.0)
         _float("det_score_alpha", 0.0, 1.0)
 
-        _int("atss_pre_nms_topk", 1)
-        _float("atss_nms_iou", 0.0, 1.0)
-        _int("atss_post_nms_topk", 1)
-        _float("wbf_iou_thr", 0.0, 1.0)
-        if len(self.wbf_weights) != 2 or any(
-            isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in self.wbf_weights
-        ):
-            raise ValueError(
-                f"SGDetrConfig.wbf_weights must be two numbers > 0 (DETR, ATSS), got {self.wbf_weights!r}"
-            )
-        _float("wbf_skip_thr", 0.0, 1.0)
-        _int("num_output_windows", 1)
-        if self.window_round_seconds is not None:
-            _float("window_round_seconds", 0.0, low_open=True)
-        if self.fusion_mode not in _FUSION_MODES:
-            raise ValueError(
-                f"SGDetrConfig.fusion_mode must be one of {_FUSION_MODES}, got {self.fusion_mode!r}"
-            )
-
         for name in (
             "lambda_l1", "lambda_giou", "lambda_ce", "lambda_centerness", "lambda_iou", "lambda_detr",
             "lambda_atss", "lambda_hl", "lambda_aux", "lambda_dn", "lambda_atss_queries", "lambda_selector",
@@ -398,11 +361,6 @@ class SGDetrConfig(PreTrainedConfig):
             "use_hybrid_detector", "use_negative_pairs", "use_dn", "use_alignment",
         ):  # fmt: skip
             _bool(name)
-        if self.fusion_mode in ("wbf", "atss") and not self.use_hybrid_detector:
-            raise ValueError(
-                f"SGDetrConfig.fusion_mode={self.fusion_mode!r} needs the ATSS head (use_hybrid_detector=True); "
-                "use fusion_mode='detr'"
-            )
 
     # ------------------------------------------------------------------ derived values
     @property

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .postprocessing_sgdetr import post_process_moment_retrieval
+from .postprocessing_sgdetr import DEFAULT_TOP_K, post_process_moment_retrieval
 from .spans import nms_1d
 
 
@@ -192,7 +192,7 @@ def retrieve_moments(
     num_windows, window = windows.shape
     window_offsets = windows[:, 0].to(torch.float32) * clip_length  # (W,) seconds
     window_durations = (duration - window_offsets).clamp(max=window * clip_length)
-    per_window_k = max(top_k, config.num_output_windows) if num_windows > 1 else top_k
+    per_window_k = max(top_k, DEFAULT_TOP_K) if num_windows > 1 else top_k
 
     # (window, query) pairs, query-major: pair p = q * W + w
     pair_window = torch.arange(num_windows).repeat(num_queries)

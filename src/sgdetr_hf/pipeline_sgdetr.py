@@ -32,6 +32,7 @@ from transformers import Pipeline
 
 from .feature_extraction_sgdetr import SGDetrFeatureExtractor
 from .long_video_sgdetr import retrieve_moments
+from .postprocessing_sgdetr import DEFAULT_TOP_K
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class VideoMomentRetrievalPipeline(Pipeline):
     - ``queries``: one string or a list of strings;
     - ``text_features``: instead of (or along with, as labels) ``queries``: a list of ``(N_q, d_t)`` token
       features or a padded ``(Q, N, d_t)`` array with ``text_mask`` ``(Q, N)``;
-    - ``top_k`` (default ``config.num_output_windows``): windows per query;
+    - ``top_k`` (default 10): windows per query;
     - ``window_overlap`` (default 1/3): overlap of consecutive windows on long videos, a fraction;
     - ``window_batch_size`` (default 64): (window, query) pairs per forward pass.
 
@@ -277,7 +278,7 @@ class VideoMomentRetrievalPipeline(Pipeline):
             model_inputs["text_features"].to(dtype),
             model_inputs["text_mask"],
             duration=model_inputs["duration"],
-            top_k=top_k or self.model.config.num_output_windows,
+            top_k=top_k or DEFAULT_TOP_K,
             window_overlap=window_overlap,
             window_batch_size=window_batch_size,
         )

@@ -6,11 +6,12 @@
   ``[0, duration]`` with ``start < end``. Candidates: the DETR queries scored by ``S_det`` and the ATSS anchors
   scored by ``sqrt(sigmoid(cls) * sigmoid(ctr))`` (top-100 -> 1-D NMS at 0.6 -> top-25), merged by 1-D
   weighted span fusion (``fusion_mode="wbf"``, the default with the ATSS head), or one head alone
-  (``"detr"`` / ``"atss"``).
+  (``"detr"`` / ``"atss"``). These settings (paper §4.4) are arguments of the post-processing, not of the
+  model: the same weights can be post-processed either way.
 - ``pred_saliency_scores``: one raw score per real clip (``S_global``, or ``S_local`` without the global
   saliency module), in clip order.
 
-Spans are converted with ``T_b = L_b * clip_length`` (the frame used in training, §1.4). The batch work is
+Spans are converted with ``T_b = L_b * clip_length`` (the frame the model is trained in). The batch work is
 vectorised; the only loops are the greedy NMS / fusion over ranked candidates and the final conversion of
 each sample to Python lists.
 
@@ -30,6 +31,9 @@ from .configuration_sgdetr import SGDetrConfig
 from .spans import nms_1d, span_cw_to_se, weighted_span_fusion
 
 _DEFAULTS = SGDetrConfig()
+#: Windows returned per query (the QVHighlights evaluator reads 10).
+DEFAULT_TOP_K = 10
+_FUSION_MODES = ("wbf", "detr", "atss")
 
 
 def _get(outputs: Any, name: str) -> Any:
@@ -49,7 +53,9 @@ def _as_batch_vector(values: Any, batch: int, name: str, device: torch.device) -
     return t
 
 
-def _atss_candidates(outputs: Any, cfg: SGDetrConfig) -> tuple[Tensor, Tensor, Tensor]:
+def _atss_candidates(
+    outputs: Any, pre_nms_topk: int, nms_iou: float, post_nms_topk: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """ATSS top-``pre`` anchors by ``sqrt(sigmoid(z) * sigmoid(u))`` -> NMS -> top-``post``: spans (start, end),
     scores and validity, each ``(B, post)``."""
     logits, centerness, spans = (
@@ -60,12 +66,12 @@ def _atss_candidates(outputs: Any, cfg: SGDetrConfig) -> tuple[Tensor, Tensor, T
     mask = _get(outputs, "anchor_mask")
     scores = torch.sqrt(torch.sigmoid(logits.float()) * torch.sigmoid(centerness.float()))
     scores = scores.masked_fill(~mask.bool(), -1.0)
-    pre = min(cfg.atss_pre_nms_topk, scores.shape[1])
+    pre = min(pre_nms_topk, scores.shape[1])
     top_scores, index = scores.topk(pre, dim=1)
     top_spans = span_cw_to_se(spans.float().gather(1, index[..., None].expand(-1, -1, 2))).clamp(0.0, 1.0)
     valid = top_scores >= 0
-    keep = nms_1d(top_spans, top_scores, valid, cfg.atss_nms_iou)
-    post = min(cfg.atss_post_nms_topk, pre)
+    keep = nms_1d(top_spans, top_scores, valid, nms_iou)
+    post = min(post_nms_topk, pre)
     kept_scores, order = top_scores.masked_fill(~keep, -1.0).topk(post, dim=1)
     return top_spans.gather(1, order[..., None].expand(-1, -1, 2)), kept_scores.clamp_min(0), kept_scores >= 0
 
@@ -86,12 +92,18 @@ def post_process_moment_retrieval(
     outputs: Any,
     durations: Sequence[float] | Tensor | None,
     video_mask: Tensor | None = None,
-    top_k: int = 10,
+    top_k: int = DEFAULT_TOP_K,
     *,
     config: SGDetrConfig | None = None,
-    fusion_mode: str | None = None,
     clip_length: float | None = None,
+    fusion_mode: str | None = None,
     round_to: float | None = None,
+    atss_pre_nms_topk: int = 100,
+    atss_nms_iou: float = 0.6,
+    atss_post_nms_topk: int = 25,
+    wbf_iou_thr: float = 0.55,
+    wbf_weights: Sequence[float] = (1.0, 1.0),
+    wbf_skip_thr: float = 0.0,
 ) -> list[dict[str, list]]:
     """Windows in seconds and per-clip saliency for every query of the batch.
 
@@ -100,25 +112,43 @@ def post_process_moment_retrieval(
         durations: ``(B,)`` video durations in seconds (windows are clipped to them); None: ``L_b * clip_length``.
         video_mask: ``(B, L)`` 1 = real clip; defaults to ``outputs.video_mask``.
         top_k: windows per query (the QVHighlights evaluator reads 10).
-        config: the model's config (``model.config``): clip length, NMS / fusion settings, rounding. Without it
-            the defaults of ``SGDetrConfig()`` are used (2-second clips).
-        fusion_mode: ``"wbf"``, ``"detr"`` or ``"atss"``; default ``config.fusion_mode``.
+        config: the model's config (``model.config``), for its clip length (without it: 2-second clips).
         clip_length: seconds per clip; default ``config.clip_length``.
-        round_to: round window endpoints to multiples of this many seconds (QVHighlights: 2.0; §4.4); a window
-            that collapses is widened by one step. Default ``config.window_round_seconds`` (None = no rounding).
+        fusion_mode: ``"wbf"`` (weighted span fusion of the DETR and ATSS windows), ``"detr"`` or ``"atss"``
+            (one head alone); default ``"wbf"`` when the outputs have the ATSS head, else ``"detr"``.
+        round_to: round window endpoints to multiples of this many seconds (the QVHighlights evaluation: 2.0);
+            a window that collapses is widened by one step. None: no rounding.
+        atss_pre_nms_topk, atss_nms_iou, atss_post_nms_topk: ATSS candidates kept before 1-D NMS, its IoU
+            threshold and the candidates kept after it (§4.4: 100, 0.6, 25).
+        wbf_iou_thr, wbf_weights, wbf_skip_thr: weighted span fusion's merge IoU, the (DETR, ATSS) weights
+            and the score below which a window is left out (0.55, (1, 1), 0).
     Returns:
         B dicts ``{"pred_relevant_windows": [[start, end, score], ...], "pred_saliency_scores": [...]}``; windows
         are best first, inside ``[0, duration]`` with ``start < end``; scores rounded to 4 decimals.
     """
-    cfg = config or _DEFAULTS
-    mode = fusion_mode or cfg.fusion_mode
-    clip_length = float(clip_length if clip_length is not None else cfg.clip_length)
-    round_to = round_to if round_to is not None else cfg.window_round_seconds
-    if mode not in ("wbf", "detr", "atss"):
-        raise ValueError(f"fusion_mode must be 'wbf', 'detr' or 'atss', got {mode!r}.")
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive int, got {top_k!r}.")
+    clip_length = float(clip_length if clip_length is not None else (config or _DEFAULTS).clip_length)
     has_atss = _get(outputs, "atss_logits") is not None
+    mode = fusion_mode or ("wbf" if has_atss else "detr")
+    if mode not in _FUSION_MODES:
+        raise ValueError(f"fusion_mode must be 'wbf', 'detr' or 'atss', got {mode!r}.")
+    for name, value in (
+        ("top_k", top_k),
+        ("atss_pre_nms_topk", atss_pre_nms_topk),
+        ("atss_post_nms_topk", atss_post_nms_topk),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    for name, value in (
+        ("atss_nms_iou", atss_nms_iou),
+        ("wbf_iou_thr", wbf_iou_thr),
+        ("wbf_skip_thr", wbf_skip_thr),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value!r}.")
+    if len(wbf_weights) != 2 or not all(w > 0 for w in wbf_weights):
+        raise ValueError(f"wbf_weights must be two numbers > 0 (DETR, ATSS), got {wbf_weights!r}.")
+    if round_to is not None and not round_to > 0:
+        raise ValueError(f"round_to must be None or > 0 seconds, got {round_to!r}.")
     if mode != "detr" and not has_atss:
         raise ValueError(f"fusion_mode={mode!r} needs ATSS outputs; this model has no ATSS head, use 'detr'.")
 
@@ -140,7 +170,9 @@ def post_process_moment_retrieval(
         windows = detr_spans.gather(1, order[..., None].expand(-1, -1, 2))
         conf, valid = scores.gather(1, order), detr_valid
     else:
-        atss_spans, atss_scores, atss_valid = _atss_candidates(outputs, cfg)
+        atss_spans, atss_scores, atss_valid = _atss_candidates(
+            outputs, atss_pre_nms_topk, atss_nms_iou, atss_post_nms_topk
+        )
         if mode == "atss":
             windows, conf, valid = atss_spans, atss_scores, atss_valid
         else:
@@ -153,9 +185,9 @@ def post_process_moment_retrieval(
                 torch.cat((scores, atss_scores), 1),
                 model_index,
                 torch.cat((detr_valid, atss_valid), 1),
-                cfg.wbf_weights,
-                cfg.wbf_iou_thr,
-                cfg.wbf_skip_thr,
+                list(wbf_weights),
+                wbf_iou_thr,
+                wbf_skip_thr,
             )
     k = min(top_k, windows.shape[1])
     windows, conf, valid = windows[:, :k], conf[:, :k], valid[:, :k]
@@ -187,4 +219,4 @@ def post_process_moment_retrieval(
     return results
 
 
-__all__ = ["post_process_moment_retrieval"]
+__all__ = ["DEFAULT_TOP_K", "post_process_moment_retrieval"]

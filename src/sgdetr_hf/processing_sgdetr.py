@@ -9,7 +9,7 @@ from transformers import ProcessorMixin
 from transformers.image_processing_utils import BatchFeature
 from transformers.video_processing_utils import VideoProcessorMixin
 
-from .postprocessing_sgdetr import post_process_moment_retrieval
+from .postprocessing_sgdetr import DEFAULT_TOP_K, post_process_moment_retrieval
 from .video_processing_sgdetr import SGDetrVideoProcessor
 
 logger = logging.getLogger(__name__)
@@ -132,31 +132,23 @@ class SGDetrProcessor(ProcessorMixin):
         outputs,
         durations=None,
         video_mask=None,
-        top_k: int = 10,
+        top_k: int = DEFAULT_TOP_K,
         *,
         config=None,
-        fusion_mode: str | None = None,
         clip_length: float | None = None,
-        round_to: float | None = None,
+        **settings,
     ) -> list[dict[str, list]]:
         """Windows in seconds (best first) and per-clip saliency for every query of a batch of model outputs.
 
-        The function :func:`~sgdetr_hf.post_process_moment_retrieval` (see it for the arguments and the
-        result), with one default of the processor's own: without ``config`` or ``clip_length``, clips last
-        as long as this processor cuts them (``video_processor.clip_length``). Pass the model's config
-        (``model.config``) for its fusion, NMS and rounding settings.
+        The function :func:`~sgdetr_hf.post_process_moment_retrieval` (see it for the arguments, the fusion /
+        NMS / rounding ``settings`` and the result), with one default of the processor's own: without
+        ``config`` or ``clip_length``, clips last as long as this processor cuts them
+        (``video_processor.clip_length``).
         """
         if clip_length is None and config is None:
             clip_length = self.video_processor.clip_length
         return post_process_moment_retrieval(
-            outputs,
-            durations,
-            video_mask,
-            top_k,
-            config=config,
-            fusion_mode=fusion_mode,
-            clip_length=clip_length,
-            round_to=round_to,
+            outputs, durations, video_mask, top_k, config=config, clip_length=clip_length, **settings
         )
 
     @property

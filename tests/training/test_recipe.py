@@ -66,10 +66,9 @@ def test_overrides_both_styles_and_yaml_values():
     assert recipe.model == {
         "clip_length": 2.0,
         "max_num_clips": 75,
-        "window_round_seconds": 2.0,
         "hidden_size": 64,
     }
-    assert recipe.select_best is True
+    assert recipe.select_best is True and recipe.window_round_seconds == 2.0
 
 
 def test_int_given_for_a_float_is_accepted_and_null_clears():

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         f"input: {args.num_clips} clips x {config.video_feature_dim} (video, {duration:g} s), "
         f"{args.num_tokens} tokens x {config.text_feature_dim} (query); synthetic features, seed {args.seed}"
     )
-    print(f"top {args.top_k} windows [start_s, end_s, score] ({config.fusion_mode} fusion of DETR and ATSS):")
+    print(f"top {args.top_k} windows [start_s, end_s, score] (weighted span fusion of DETR and ATSS):")
     for start, end, score in prediction["pred_relevant_windows"]:
         print(f"  [{start:7.2f}, {end:7.2f}]  {score:.4f}")
     saliency = prediction["pred_saliency_scores"]

@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, help="where predictions_<split>.jsonl and metrics go")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--top-k", type=int, default=10, help="windows per query (default: 10)")
+    parser.add_argument(
+        "--round-seconds",
+        type=float,
+        help="round window endpoints to this grid, e.g. 2 for QVHighlights (default: the model's training "
+        "recipe's window_round_seconds, else none)",
+    )
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N queries")
     parser.add_argument(
         "--predict-only", action="store_true", help="no metrics (e.g. a split without labels)"
@@ -38,12 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _recipe_defaults(model: str) -> dict:
-    """``dataset_config``/``dataset_name``/``domain`` of the recipe a local model was trained with, if any."""
+    """``dataset_config``/``dataset_name``/``domain``/``window_round_seconds`` of the recipe a local model was
+    trained with, if any."""
     path = Path(model) / "training_recipe.yaml"
     if not path.is_file():
         return {}
     values = yaml.safe_load(path.read_text()) or {}
-    return {k: values[k] for k in ("dataset_config", "dataset_name", "domain") if values.get(k) is not None}
+    keys = ("dataset_config", "dataset_name", "domain", "window_round_seconds")
+    return {k: values[k] for k in keys if values.get(k) is not None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,14 +65,22 @@ def run(args: argparse.Namespace) -> int:
         "dataset_config": args.dataset_config or defaults.get("dataset_config"),
         "dataset_name": args.dataset_name or defaults.get("dataset_name"),
         "domain": args.domain or defaults.get("domain"),
+        "window_round_seconds": (
+            args.round_seconds if args.round_seconds is not None else defaults.get("window_round_seconds")
+        ),
     }
     for key in ("dataset_config", "dataset_name"):
         if settings[key] is None:
             raise CommandLineError(
                 f"--{key.replace('_', '-')} is required: {args.model} has no training_recipe.yaml to take it from"
             )
-    if args.batch_size < 1 or args.top_k < 1 or args.plot < 0:
-        raise CommandLineError("--batch-size and --top-k must be >= 1 and --plot >= 0")
+    if (
+        args.batch_size < 1
+        or args.top_k < 1
+        or args.plot < 0
+        or (args.round_seconds is not None and args.round_seconds <= 0)
+    ):
+        raise CommandLineError("--batch-size and --top-k must be >= 1, --plot >= 0 and --round-seconds > 0")
     try:
         recipe = TrainingRecipe(
             name="evaluate",

@@ -52,7 +52,14 @@ def evaluate_model(
         dataset, batch_size=recipe.micro_batch_size, collate_fn=build_collator(config, recipe.seed)
     )
     model, loader = accelerator.prepare(model, loader)
-    predictions = predict(model, loader, accelerator, recipe.eval_top_k, description=f"predicting {split}")
+    predictions = predict(
+        model,
+        loader,
+        accelerator,
+        recipe.eval_top_k,
+        recipe.window_round_seconds,
+        description=f"predicting {split}",
+    )
 
     metrics = None
     if accelerator.is_main_process:

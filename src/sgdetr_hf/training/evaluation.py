@@ -29,14 +29,19 @@ REFERENCE_COLUMNS = (
 
 @torch.no_grad()
 def predict(
-    model, dataloader, accelerator, top_k: int = 10, description: str = "evaluating"
+    model,
+    dataloader,
+    accelerator,
+    top_k: int = 10,
+    round_to: float | None = None,
+    description: str = "evaluating",
 ) -> list[dict[str, Any]]:
     """Prediction rows (the QVHighlights JSON Lines format) for every sample of ``dataloader``, on every process.
 
     ``dataloader`` is prepared by ``accelerator`` and yields the collator's batches (model inputs,
     ``labels`` and ``meta``). Each process predicts its share; ``gather_for_metrics`` returns all
     rows in dataset order with the padding duplicates of the last batch removed, so every sample
-    appears exactly once.
+    appears exactly once. ``round_to``: round window endpoints to this grid in seconds (QVHighlights: 2).
 
     Returns:
         one dict per sample: ``qid``, ``vid``, ``query``, ``pred_relevant_windows`` ([[start_s, end_s,
@@ -57,7 +62,7 @@ def predict(
             text_mask=batch["text_mask"],
         )
         predictions = post_process_moment_retrieval(
-            outputs, meta["duration"], batch["video_mask"], top_k=top_k, config=config
+            outputs, meta["duration"], batch["video_mask"], top_k=top_k, config=config, round_to=round_to
         )
         for prediction, qid, vid, query in zip(predictions, meta["qid"], meta["vid"], meta["query"]):
             prediction.update(qid=qid, vid=vid, query=query)

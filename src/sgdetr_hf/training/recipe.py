@@ -72,6 +72,7 @@ class TrainingRecipe:
     main_metric: str = "MR-full-mAP"  # key of the metrics' "brief" section; higher is better
     select_best: bool = True  # False: keep the last evaluated model (pre-training, Charades-STA)
     eval_top_k: int = 10  # predicted windows kept per query
+    window_round_seconds: float | None = None  # round predicted windows to this grid (QVHighlights: 2 s)
     output_dir: str = "outputs/run"
     save_every_steps: int = 0  # 0: resumable state only at each epoch end
     checkpoints_total_limit: int = 2  # resumable states kept on disk

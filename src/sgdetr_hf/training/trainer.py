@@ -260,7 +260,9 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Metrics of the current model on the evaluation split, identical on every process."""
         recipe = self.recipe
-        predictions = predict(self.model, self.eval_loader, self.accelerator, recipe.eval_top_k)
+        predictions = predict(
+            self.model, self.eval_loader, self.accelerator, recipe.eval_top_k, recipe.window_round_seconds
+        )
         outcome: dict[str, Any] | Exception | None = None
         if self.accelerator.is_main_process:
             try:
