@@ -1,18 +1,20 @@
 """Learning check: SG-DETR learns the SYNTHETIC toy grounding task, and does not learn shuffled labels.
 
-Runs with the same model, data order and seed, trained on CPU:
+Trains with the project's :class:`~sgdetr_hf.training.trainer.Trainer` (same model, data order and seed
+for every run) on a ``datasets`` folder built from the toy task:
 
 - ``real``: the toy task's training split (:mod:`sgdetr_hf.data.synthetic`);
 - ``shuffled`` (full check only): the same videos and queries with the annotations (windows and saliency)
   moved to other samples, so that the features carry no information about the labels.
 
-Each run is evaluated on the held-out validation split with the QVHighlights metric
-(:func:`sgdetr_hf.metrics.compute_metrics`). The real run's final predictions are also scored against
-the held-out annotations moved to other samples: the chance level of that very model (what it gets
-for knowing only where windows usually are). The full check passes when the real run reaches MR
-mAP@avg >= 60 while the shuffled run and the chance level stay below 10; the quick check (under a
-minute, for the test suite) trains the real run only, with lower bars. Results (``results.json``) and
-the learning curves (``learning_curve.png``) are written to ``--output-dir``.
+The Trainer evaluates each run on the held-out validation split with the QVHighlights metric
+(:func:`sgdetr_hf.metrics.compute_metrics`) every ``eval_every`` steps. The real run's final predictions
+are also scored against the held-out annotations moved to other samples: the chance level of that very
+model (what it gets for knowing only where windows usually are). The full check passes when the real run
+reaches MR mAP@avg >= 60 while the shuffled run and the chance level stay below 10; the quick check (under
+a minute, for the test suite) trains the real run only, with lower bars. Results (``results.json``) and
+the learning curves (``learning_curve.png``) are written to ``--output-dir``; the data and the runs'
+folders are temporary.
 
     python scripts/learning_check.py --output-dir runs/learning_check          # full check, minutes
     python scripts/learning_check.py --output-dir /tmp/lc --quick              # < 1 minute, lower bars
@@ -24,10 +26,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import logging
-import resource
+import math
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,18 +37,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 
-from sgdetr_hf.configuration_sgdetr import SGDetrConfig
-from sgdetr_hf.data.collator import MomentRetrievalCollator
+from sgdetr_hf.benchmarking import peak_rss_mib
+from sgdetr_hf.data.builder import ArrayFeatures, build_dataset
 from sgdetr_hf.data.synthetic import ToyGroundingTask, ToyTaskConfig
-from sgdetr_hf.files import atomic_write_bytes, atomic_write_json
+from sgdetr_hf.files import atomic_write_json
 from sgdetr_hf.metrics import format_metrics_table
-from sgdetr_hf.modeling_sgdetr import SGDetrForMomentRetrieval
 from sgdetr_hf.training.evaluation import evaluate_predictions, predict
-from sgdetr_hf.training.schedule import build_warmup_multistep_scheduler
-
-logger = logging.getLogger("learning_check")
+from sgdetr_hf.training.recipe import TrainingRecipe
+from sgdetr_hf.training.trainer import Trainer
+from sgdetr_hf.visualization import plot_learning_curves
 
 #: Annotation columns moved to other samples by the shuffled-labels control and the chance level.
 LABEL_COLUMNS = ("relevant_windows", "relevant_clip_ids", "saliency_scores")
@@ -126,11 +126,12 @@ def toy_task(settings: CheckSettings) -> ToyGroundingTask:
     )
 
 
-def model_config(settings: CheckSettings, task: ToyGroundingTask) -> SGDetrConfig:
-    """A narrow SG-DETR with every part of the full model (all Table 2 switches on)."""
-    return SGDetrConfig(
-        video_feature_dim=task.config.video_dim,
-        text_feature_dim=task.config.text_dim,
+def model_overrides(settings: CheckSettings, task: ToyGroundingTask) -> dict[str, Any]:
+    """A narrow SG-DETR with every part of the full model (all Table 2 switches on).
+
+    The recipe's ``model`` section: the Trainer takes the feature widths and the clip length from the data.
+    """
+    return dict(
         hidden_size=settings.hidden_size,
         num_encoder_layers=settings.num_encoder_layers,
         num_decoder_layers=settings.num_decoder_layers,
@@ -139,7 +140,6 @@ def model_config(settings: CheckSettings, task: ToyGroundingTask) -> SGDetrConfi
         group_norm_groups=8,
         num_queries=10,
         input_dropout=settings.input_dropout,
-        clip_length=task.config.clip_length,
         max_num_clips=settings.num_clips,
     )
 
@@ -155,114 +155,112 @@ def shuffle_labels(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]
     return [{**row, **{column: rows[j][column] for column in LABEL_COLUMNS}} for row, j in zip(rows, source)]
 
 
-def train_and_evaluate(settings: CheckSettings, shuffled: bool) -> dict[str, Any]:
-    """Train one run and evaluate it on the held-out split every ``eval_every`` steps.
-
-    Returns:
-        ``{"curve": [{"step", "train_loss", "mAP", "R1@0.7", "HL-mAP"}, ...], "metrics": {...},
-        "chance_mAP": float, "seconds": float}``: the training loss is averaged over the steps since the
-        previous evaluation; ``metrics`` are the final QVHighlights brief metrics on the held-out split and
-        ``chance_mAP`` the final predictions' MR mAP@avg against the held-out labels of other samples.
-    """
-    torch.manual_seed(settings.seed)
+def build_toy_dataset(settings: CheckSettings, folder: Path) -> None:
+    """The toy task as a ``datasets`` folder with one config per run: ``real`` and (``train_shuffled``)
+    ``shuffled``, whose training annotations are moved to other samples; both share the validation split."""
     task = toy_task(settings)
     train_rows = task.samples(settings.train_samples, "train")
-    if shuffled:
-        train_rows = shuffle_labels(train_rows, settings.seed)
     eval_rows = task.samples(settings.eval_samples, "validation")
-    collator = MomentRetrievalCollator(seed=settings.seed)
-    eval_batches = [collator(eval_rows[i : i + 32]) for i in range(0, len(eval_rows), 32)]
-    references = [{k: v for k, v in row.items() if not k.endswith("_features")} for row in eval_rows]
-
-    model = SGDetrForMomentRetrieval(model_config(settings, task))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
-    # the paper's schedule shape (sg-detr.md §5.1): warm-up, then halve at 2/3 and 5/6 of training
-    milestones = [round(settings.steps * 2 / 3), round(settings.steps * 5 / 6)]
-    scheduler = build_warmup_multistep_scheduler(optimizer, 45, 0.001, milestones, 0.5)
-    accelerator = Accelerator(cpu=True)
-    order = torch.Generator().manual_seed(settings.seed)
-
-    curve, window_losses, step, start = [], [], 0, time.perf_counter()
-    model.train()
-    while step < settings.steps:
-        permutation = torch.randperm(len(train_rows), generator=order).tolist()
-        for first in range(0, len(permutation) - settings.batch_size + 1, settings.batch_size):  # drop_last
-            batch = collator([train_rows[i] for i in permutation[first : first + settings.batch_size]])
-            outputs = model(
-                batch["video_features"],
-                batch["video_mask"],
-                batch["text_features"],
-                batch["text_mask"],
-                labels=batch["labels"],
-            )
-            optimizer.zero_grad(set_to_none=True)
-            outputs.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            window_losses.append(outputs.loss.item())
-            step += 1
-            if step % settings.eval_every == 0 or step == settings.steps:
-                # the toy windows lie on the clip grid, as QVHighlights' do: round predictions to it (§4.4)
-                predictions = predict(
-                    model, eval_batches, accelerator, round_to=task.config.clip_length, description="held-out"
-                )
-                metrics = evaluate_predictions("qvhighlights", predictions, references)["brief"]
-                point = {"step": step, "train_loss": float(np.mean(window_losses)), "mAP": metrics[MAP_KEY]}
-                point.update({name: metrics[key] for name, key in CURVE_KEYS.items()})
-                curve.append(point)
-                logger.info("%s labels, %s", "shuffled" if shuffled else "real", point)
-                window_losses = []
-            if step == settings.steps:
-                break
-    chance = evaluate_predictions("qvhighlights", predictions, shuffle_labels(references, settings.seed))
-    seconds = time.perf_counter() - start
-    return {"curve": curve, "metrics": metrics, "chance_mAP": chance["brief"][MAP_KEY], "seconds": seconds}
-
-
-def plot_learning_curves(results: dict[str, dict[str, Any]], settings: CheckSettings, path: Path) -> None:
-    """Training loss and held-out MR mAP@avg against the step, for every run, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, (loss_axis, map_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, run in results.items():
-        steps = [point["step"] for point in run["curve"]]
-        loss_axis.plot(steps, [point["train_loss"] for point in run["curve"]], marker="o", label=name)
-        map_axis.plot(steps, [point["mAP"] for point in run["curve"]], marker="o", label=name)
-    map_axis.axhline(settings.min_real_map, color="green", linestyle="--", linewidth=1, label="real: pass >=")
-    map_axis.axhline(
-        settings.max_chance_map, color="red", linestyle="--", linewidth=1, label="chance: pass <"
+    features = ArrayFeatures(
+        {row["vid"]: row["video_features"] for row in train_rows + eval_rows},
+        {row["qid"]: row["text_features"] for row in train_rows + eval_rows},
     )
-    map_axis.plot(  # the real run's final predictions against other samples' labels
-        [settings.steps],
-        [results["real"]["chance_mAP"]],
-        marker="x",
-        color="black",
-        linestyle="",
-        label="chance",
+    build_dataset(folder, "real", {"train": train_rows, "validation": eval_rows}, features)
+    if settings.train_shuffled:
+        shuffled = shuffle_labels(train_rows, settings.seed)
+        build_dataset(folder, "shuffled", {"train": shuffled, "validation": eval_rows}, features)
+
+
+def check_recipe(settings: CheckSettings, run: str, data_dir: Path, output_dir: Path) -> TrainingRecipe:
+    """The training recipe of one run: ``settings.steps`` steps, evaluated every ``settings.eval_every``."""
+    epochs = settings.steps / (settings.train_samples // settings.batch_size)
+    return TrainingRecipe(
+        name=f"learning-check-{run}",
+        dataset_path=str(data_dir),
+        dataset_config=run,
+        epochs=math.ceil(epochs),
+        max_steps=settings.steps,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        weight_decay=1e-4,
+        # the paper's schedule shape (§4.4): warm-up, then halve at about 2/3 and 5/6 of
+        # training (recipe milestones are whole epochs)
+        warmup_iters=45,
+        warmup_factor=0.001,
+        milestones=[max(1, round(epochs * 2 / 3)), max(1, round(epochs * 5 / 6))],
+        gamma=0.5,
+        max_grad_norm=1.0,
+        mixed_precision="no",
+        seed=settings.seed,
+        eval_every_steps=settings.eval_every,
+        logging_steps=settings.eval_every,  # so that each curve point's loss is the mean since the last one
+        main_metric=MAP_KEY,
+        select_best=False,
+        # the toy windows lie on the clip grid, as QVHighlights' do: round predictions to it (§4.4)
+        window_round_seconds=toy_task(settings).config.clip_length,
+        output_dir=str(output_dir),
+        checkpoints_total_limit=1,
+        model=model_overrides(settings, toy_task(settings)),
     )
-    loss_axis.set(
-        xlabel="training step", ylabel="training loss (eq. 15)", yscale="log", title="training loss"
+
+
+def train_and_evaluate(
+    settings: CheckSettings, run: str, data_dir: Path, output_dir: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train one run with the Trainer, which evaluates it on the held-out split every ``eval_every`` steps.
+
+    Returns:
+        ``({"curve": [{"step", "train_loss", "mAP", "R1@0.7", "HL-mAP"}, ...], "metrics": {...},
+        "chance_mAP": float, "seconds": float}, history)``: the training loss is averaged over the steps
+        since the previous evaluation; ``metrics`` are the final QVHighlights brief metrics on the held-out
+        split and ``chance_mAP`` the final predictions' MR mAP@avg against the held-out labels of other
+        samples; ``history`` is the Trainer's (loss, lr and evaluation records).
+    """
+    start = time.perf_counter()
+    trainer = Trainer(check_recipe(settings, run, data_dir, output_dir))
+    trainer.run()
+    history = trainer.state.history
+    losses = {record["step"]: record["loss"] for record in history if "loss" in record}
+    evaluations = [record for record in history if "eval" in record]
+    curve = [
+        {
+            "step": record["step"],
+            "train_loss": losses[record["step"]],
+            "mAP": record["eval"][MAP_KEY],
+            **{name: record["eval"][key] for name, key in CURVE_KEYS.items()},
+        }
+        for record in evaluations
+    ]
+    recipe = trainer.recipe
+    predictions = predict(
+        trainer.model,
+        trainer.eval_loader,
+        trainer.accelerator,
+        recipe.eval_top_k,
+        recipe.window_round_seconds,
     )
-    map_axis.set(xlabel="training step", ylabel="MR mAP@avg (%)", ylim=(0, 100), title="held-out MR mAP@avg")
-    for axis in (loss_axis, map_axis):
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.suptitle("SG-DETR on the SYNTHETIC toy grounding task (CPU)")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    chance = evaluate_predictions(
+        "qvhighlights", predictions, shuffle_labels(trainer.references, settings.seed)
+    )
+    result = {
+        "curve": curve,
+        "metrics": evaluations[-1]["eval"],
+        "chance_mAP": chance["brief"][MAP_KEY],
+        "seconds": time.perf_counter() - start,
+    }
+    return result, history
 
 
 def run_check(settings: CheckSettings, output_dir: Path) -> dict[str, Any]:
     """The runs, the verdict, ``results.json`` and ``learning_curve.png`` in ``output_dir``."""
     names = ("real", "shuffled") if settings.train_shuffled else ("real",)
-    results = {name: train_and_evaluate(settings, shuffled=name == "shuffled") for name in names}
+    with tempfile.TemporaryDirectory(prefix="learning-check-") as workdir:
+        build_toy_dataset(settings, Path(workdir) / "data")
+        outcomes = {
+            name: train_and_evaluate(settings, name, Path(workdir) / "data", Path(workdir) / name)
+            for name in names
+        }
+    results = {name: result for name, (result, _) in outcomes.items()}
     scores = {"real_mAP": results["real"]["metrics"][MAP_KEY], "chance_mAP": results["real"]["chance_mAP"]}
     if settings.train_shuffled:
         scores["shuffled_mAP"] = results["shuffled"]["metrics"][MAP_KEY]
@@ -273,12 +271,21 @@ def run_check(settings: CheckSettings, output_dir: Path) -> dict[str, Any]:
         "passed": passed,
         **scores,
         "settings": dataclasses.asdict(settings),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "torch_threads": torch.get_num_threads(),
         "runs": results,
     }
     atomic_write_json(output_dir / "results.json", summary)
-    plot_learning_curves(results, settings, output_dir / "learning_curve.png")
+    histories = {name: history for name, (_, history) in outcomes.items()}
+    # the real run's final predictions against other samples' labels
+    histories["chance"] = [{"step": settings.steps, "eval": {MAP_KEY: scores["chance_mAP"]}}]
+    plot_learning_curves(
+        histories,
+        output_dir / "learning_curve.png",
+        MAP_KEY,
+        reference_lines={"real: pass >=": settings.min_real_map, "chance: pass <": settings.max_chance_map},
+        title="SG-DETR on the SYNTHETIC toy grounding task",
+    )
     return summary
 
 
@@ -292,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override the number of training steps")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # seven lines per epoch-end checkpoint
 
     settings = dataclasses.replace(QUICK_SETTINGS if args.quick else CheckSettings(), seed=args.seed)
     if args.steps is not None:

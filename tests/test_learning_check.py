@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "learning_check.py"
+from scripts_testing import load_script
 
 
 @pytest.fixture(scope="module")
 def learning_check():
-    spec = importlib.util.spec_from_file_location("learning_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script is executed
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    return load_script("learning_check")
 
 
 def test_shuffled_labels_move_annotations_and_keep_features(learning_check):
@@ -59,6 +51,10 @@ def test_quick_check_separates_learning_from_chance(learning_check, tmp_path):
     assert results["passed"] is True and "shuffled_mAP" not in results
     assert results["real_mAP"] >= settings.min_real_map > settings.max_chance_map > results["chance_mAP"]
     curve = results["runs"]["real"]["curve"]
-    assert [point["step"] for point in curve][-1] == settings.steps
+    # the Trainer evaluates every eval_every steps, the last at the end of training
+    assert [point["step"] for point in curve] == list(
+        range(settings.eval_every, settings.steps + 1, settings.eval_every)
+    )
     assert curve[-1]["train_loss"] < curve[0]["train_loss"]
+    assert curve[-1]["mAP"] == results["real_mAP"] > curve[0]["mAP"]
     assert (tmp_path / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

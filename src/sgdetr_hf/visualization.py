@@ -119,42 +119,85 @@ def plot_timeline(
     return _save_png(timeline_figure(predictions, clip_length, top_k), path, dpi)
 
 
-def learning_curves_figure(history: Sequence[Mapping[str, Any]], metric: str) -> Figure:
+def learning_curves_figure(
+    history: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]],
+    metric: str,
+    *,
+    reference_lines: Mapping[str, float] | None = None,
+    title: str | None = None,
+) -> Figure:
     """The figure of :func:`plot_learning_curves`: loss and lr (left), ``metric`` (right) per optimizer step."""
-    train = [r for r in history if "loss" in r]
-    evals = [r for r in history if metric in r.get("eval", {})]
-    if not train and not evals:
+    runs = dict(history) if isinstance(history, Mapping) else {"": history}
+    trains = {name: [r for r in records if "loss" in r] for name, records in runs.items()}
+    evals = {name: [r for r in records if metric in r.get("eval", {})] for name, records in runs.items()}
+    if not any(trains.values()) and not any(evals.values()):
         raise ValueError("the history holds no training loss and no evaluation to plot")
     figure = Figure(figsize=(11, 3.5), layout="constrained")
     loss_axes, metric_axes = figure.subplots(1, 2)
-    if train:
-        steps = [r["step"] for r in train]
-        loss_axes.plot(steps, [r["loss"] for r in train], color="tab:red", label="training loss")
+    lr_axes = loss_axes.twinx() if any(trains.values()) else None
+    single = len(runs) == 1
+    for index, (name, train) in enumerate(trains.items()):
+        # one colour per run on both panels; a single run keeps red loss and grey lr
+        color, suffix = f"C{index}", f" ({name})" if name else ""
+        if train:
+            steps = [r["step"] for r in train]
+            loss_color, lr_color = ("tab:red", "tab:gray") if single else (color, color)
+            loss_axes.plot(
+                steps, [r["loss"] for r in train], color=loss_color, label=f"training loss{suffix}"
+            )
+            lr_axes.plot(
+                steps,
+                [r["lr"] for r in train],
+                color=lr_color,
+                linestyle="--",
+                label=f"learning rate{suffix}",
+            )
+        if evals[name]:
+            metric_axes.plot(
+                [r["step"] for r in evals[name]],
+                [r["eval"][metric] for r in evals[name]],
+                marker="o",
+                color=color,
+                label=name or metric,
+            )
+    if lr_axes is not None:
         loss_axes.set_yscale("log")
-        lr_axes = loss_axes.twinx()
-        lr_axes.plot(steps, [r["lr"] for r in train], color="tab:gray", linestyle="--", label="learning rate")
         lr_axes.set_ylabel("learning rate")
         loss_axes.legend(handles=loss_axes.get_lines() + lr_axes.get_lines(), loc="upper right", fontsize=8)
     loss_axes.set_xlabel("optimizer step")
     loss_axes.set_ylabel("loss")
-    if evals:
-        metric_axes.plot([r["step"] for r in evals], [r["eval"][metric] for r in evals], marker="o")
+    for index, (label, value) in enumerate((reference_lines or {}).items()):
+        metric_axes.axhline(value, color=f"C{len(runs) + index}", linestyle="--", linewidth=1, label=label)
+    if not single or reference_lines:
+        metric_axes.legend(fontsize=8)
     metric_axes.set_xlabel("optimizer step")
     metric_axes.set_ylabel(metric)
     metric_axes.set_title(f"evaluation: {metric}", fontsize=10)
     metric_axes.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
     return figure
 
 
 def plot_learning_curves(
-    history: Sequence[Mapping[str, Any]], path: str | Path, metric: str, dpi: int = 120
+    history: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | Path,
+    metric: str,
+    dpi: int = 120,
+    *,
+    reference_lines: Mapping[str, float] | None = None,
+    title: str | None = None,
 ) -> Path:
     """Learning-curve PNG: training loss and learning rate against the optimizer step, and ``metric`` per evaluation.
 
     Args:
         history: records as kept in ``TrainerState.history``: training records carry ``step``,
             ``loss`` and ``lr``; evaluation records carry ``step`` and ``eval`` (the metrics' brief).
+            Several runs: a mapping of run name -> records, each run in its own colour.
         path: where to write the PNG (atomically).
         metric: the key of ``eval`` to plot (the recipe's main metric).
+        reference_lines: label -> value of ``metric`` drawn as horizontal lines (e.g. pass bars).
+        title: the figure's title.
     """
-    return _save_png(learning_curves_figure(history, metric), path, dpi)
+    figure = learning_curves_figure(history, metric, reference_lines=reference_lines, title=title)
+    return _save_png(figure, path, dpi)

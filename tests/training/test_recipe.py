@@ -102,6 +102,8 @@ def test_misspelled_model_key_lists_the_config_keys():
         ({"milestones": 5}, "milestones must be a list"),
         ({"milestones": [10, 5]}, "milestones must be increasing"),
         ({"epochs": 0}, "epochs must be >= 1"),
+        ({"max_steps": -1}, "max_steps must be >= 0"),
+        ({"eval_every_steps": -100}, "eval_every_steps must be >= 0"),
         (
             {"batch_size": 10, "gradient_accumulation_steps": 4},
             "must be divisible by gradient_accumulation_steps",

@@ -77,3 +77,40 @@ def test_learning_curves(tmp_path):
         assert image.format == "PNG"
     with pytest.raises(ValueError, match="no training loss and no evaluation"):
         plot_learning_curves([], tmp_path / "none.png", "MR-full-mAP")
+
+
+def test_learning_curves_of_several_runs_with_reference_lines(tmp_path):
+    runs = {
+        "real": [
+            {"step": 10, "lr": 1e-3, "loss": 8.0},
+            {"step": 10, "eval": {"MR-full-mAP": 20.0}},
+            {"step": 20, "lr": 5e-4, "loss": 4.0},
+            {"step": 20, "eval": {"MR-full-mAP": 40.0}},
+        ],
+        "shuffled": [{"step": 20, "lr": 5e-4, "loss": 9.0}, {"step": 20, "eval": {"MR-full-mAP": 2.0}}],
+        "chance": [{"step": 20, "eval": {"MR-full-mAP": 5.0}}],  # an evaluation only
+    }
+    figure = learning_curves_figure(
+        runs, "MR-full-mAP", reference_lines={"pass >=": 30.0, "chance: pass <": 10.0}, title="toy"
+    )
+    loss_axes, metric_axes, lr_axes = figure.axes
+    assert [line.get_label() for line in loss_axes.get_lines()] == [
+        "training loss (real)",
+        "training loss (shuffled)",
+    ]
+    assert [list(line.get_ydata()) for line in lr_axes.get_lines()] == [[1e-3, 5e-4], [5e-4]]
+    curves, bars = metric_axes.get_lines()[:3], metric_axes.get_lines()[3:]
+    assert [(line.get_label(), list(line.get_ydata())) for line in curves] == [
+        ("real", [20.0, 40.0]),
+        ("shuffled", [2.0]),
+        ("chance", [5.0]),
+    ]
+    assert [(line.get_label(), line.get_ydata()[0]) for line in bars] == [
+        ("pass >=", 30.0),
+        ("chance: pass <", 10.0),
+    ]
+    # one colour per run on both panels
+    assert loss_axes.get_lines()[1].get_color() == curves[1].get_color() != curves[0].get_color()
+    assert figure.get_suptitle() == "toy"
+    with Image.open(plot_learning_curves(runs, tmp_path / "runs.png", "MR-full-mAP", title="toy")) as image:
+        assert image.format == "PNG"

@@ -53,6 +53,7 @@ class TrainingRecipe:
     num_workers: int = 0  # DataLoader worker processes per training process
     # -- optimisation (paper §4.4, sg-detr.md §5.1)
     epochs: int = 150
+    max_steps: int = 0  # > 0: stop after this many optimizer steps instead (the last epoch may end early)
     batch_size: int = 128  # global batch per optimizer step, summed over processes and accumulation steps
     gradient_accumulation_steps: int = 1
     learning_rate: float = 5e-4
@@ -69,6 +70,7 @@ class TrainingRecipe:
     seed: int = 42
     # -- evaluation and checkpoints
     eval_every_epochs: int = 1
+    eval_every_steps: int = 0  # > 0: evaluate every this many optimizer steps instead, and at the end
     main_metric: str = "MR-full-mAP"  # key of the metrics' "brief" section; higher is better
     select_best: bool = True  # False: keep the last evaluated model (pre-training, Charades-STA)
     eval_top_k: int = 10  # predicted windows kept per query
@@ -108,6 +110,8 @@ class TrainingRecipe:
         for key in (
             "warmup_iters",
             "weight_decay",
+            "max_steps",
+            "eval_every_steps",
             "save_every_steps",
             "num_workers",
             "checkpoints_total_limit",

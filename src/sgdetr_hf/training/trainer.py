@@ -2,8 +2,9 @@
 
 Data flow: ``datasets`` folder or Hub repo -> :class:`~sgdetr_hf.data.MomentRetrievalDataset` ->
 :class:`~sgdetr_hf.data.MomentRetrievalCollator` -> ``model(..., labels)`` -> loss -> AdamW step with
-the WarmupMultiStepLR schedule. Every ``eval_every_epochs`` the model predicts the evaluation split,
-the metrics module scores it, and the best model (by the recipe's main metric) is saved.
+the WarmupMultiStepLR schedule. Every ``eval_every_epochs`` (or ``eval_every_steps``) the model predicts
+the evaluation split, the metrics module scores it, and the best model (by the recipe's main metric) is
+saved. Training lasts ``epochs``, or ``max_steps`` optimizer steps when set.
 
 Processes: the DataLoader batch is the recipe's global batch, split across processes
 (``split_batches``), so 1 or 8 processes see the same samples per optimizer step, and the schedule
@@ -150,6 +151,8 @@ class Trainer:
             **loader_options,
         )  # fmt: skip
         self.steps_per_epoch = math.ceil(len(train_loader) / recipe.gradient_accumulation_steps)
+        self.total_steps = recipe.max_steps or self.steps_per_epoch * recipe.epochs
+        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)  # the last one may be cut short
         optimizer = torch.optim.AdamW(
             model.parameters(),
             lr=recipe.learning_rate,
@@ -241,20 +244,28 @@ class Trainer:
                 continue
             state.global_step += 1
             progress.update(1)
-            if state.global_step % recipe.logging_steps == 0:
+            last_step = state.global_step == self.total_steps
+            fraction = epoch + (batch_index + 1) / len(self.train_loader)
+            # The last step logs too, so that the loss of a last, shorter interval is not lost.
+            if state.global_step % recipe.logging_steps == 0 or last_step:
                 terms = meter.read()
                 lr = self.scheduler.get_last_lr()[0]
                 accelerator.log(
                     {**{f"train/{k}": v for k, v in terms.items()}, "train/lr": lr}, step=state.global_step
                 )
                 progress.set_postfix(loss=f"{terms['loss']:.3f}")
-                fraction = epoch + (batch_index + 1) / len(self.train_loader)
                 state.history.append(
                     {"step": state.global_step, "epoch": fraction, "lr": lr, "loss": terms["loss"]}
                 )
+            # The last step's evaluation is the end of training's (_end_of_epoch).
+            every_steps = recipe.eval_every_steps and state.global_step % recipe.eval_every_steps == 0
+            if self.eval_loader is not None and every_steps and not last_step:
+                self._evaluate_and_select(fraction)
             if recipe.save_every_steps and state.global_step % recipe.save_every_steps == 0:
                 state.epoch, state.batches_done = epoch, batch_index + 1
                 self.checkpoints.save(state)
+            if last_step:
+                break
 
     # ---------------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, Any]:
@@ -293,29 +304,37 @@ class Trainer:
             extra_files={"training_recipe.yaml": recipe_text},
         )
 
+    def _evaluate_and_select(self, epoch: float) -> dict[str, Any]:
+        """Evaluate, record the metrics (tracker and history) and save the model when it is the best yet."""
+        recipe, state = self.recipe, self.state
+        metrics = self.evaluate()
+        brief = metrics["brief"]
+        self.accelerator.log({f"eval/{k}": v for k, v in brief.items()}, step=state.global_step)
+        state.history.append({"step": state.global_step, "epoch": epoch, "eval": brief})
+        score = brief[recipe.main_metric]
+        logger.info("epoch %g (step %d): %s = %.2f", epoch, state.global_step, recipe.main_metric, score)
+        if recipe.select_best and (state.best_metric is None or score > state.best_metric):
+            state.best_metric, state.best_step = score, state.global_step
+            self.save_model(self.best_dir, metrics)
+        return metrics
+
     def _end_of_epoch(self, epoch: int) -> None:
         """Evaluate when due, keep the best and the final model, then save the resumable state."""
         recipe, state = self.recipe, self.state
         state.epoch, state.batches_done = epoch + 1, 0
-        last_epoch = epoch + 1 == recipe.epochs
+        last_epoch = epoch + 1 == self.num_epochs
+        every_epochs = not recipe.eval_every_steps and (epoch + 1) % recipe.eval_every_epochs == 0
         metrics = None
-        if self.eval_loader is not None and ((epoch + 1) % recipe.eval_every_epochs == 0 or last_epoch):
-            metrics = self.evaluate()
-            brief = metrics["brief"]
-            self.accelerator.log({f"eval/{k}": v for k, v in brief.items()}, step=state.global_step)
-            state.history.append({"step": state.global_step, "epoch": epoch + 1, "eval": brief})
-            score = brief[recipe.main_metric]
-            logger.info("epoch %d: %s = %.2f", epoch + 1, recipe.main_metric, score)
-            if recipe.select_best and (state.best_metric is None or score > state.best_metric):
-                state.best_metric, state.best_step = score, state.global_step
-                self.save_model(self.best_dir, metrics)
+        if self.eval_loader is not None and (every_epochs or last_epoch):
+            # a fraction when max_steps cut the last epoch short
+            metrics = self._evaluate_and_select(state.global_step / self.steps_per_epoch)
         if last_epoch:  # before the last checkpoint, so that a crash never leaves a run without it
             self.save_model(self.final_dir, metrics)
         self.checkpoints.save(state)
 
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> TrainingResult:
-        """Train from the current state to the recipe's last epoch; return the selected model."""
+        """Train from the current state to the end of the recipe; return the selected model."""
         accelerator, recipe = self.accelerator, self.recipe
         if accelerator.is_main_process:
             save_recipe(recipe, self.output_dir / "recipe.yaml")
@@ -324,19 +343,19 @@ class Trainer:
         }
         accelerator.init_trackers(recipe.name, config=hyper_parameters)
         logger.info(
-            "training on %d samples: %d steps/epoch x %d epochs, %d process(es) x %d samples per forward",
-            len(self.train_set), self.steps_per_epoch, recipe.epochs, accelerator.num_processes,
+            "training on %d samples: %d steps (%d/epoch), %d process(es) x %d samples per forward",
+            len(self.train_set), self.total_steps, self.steps_per_epoch, accelerator.num_processes,
             recipe.micro_batch_size // accelerator.num_processes,
         )  # fmt: skip
         meter = _LossMeter()
         progress = tqdm(
-            total=self.steps_per_epoch * recipe.epochs,
+            total=self.total_steps,
             initial=self.state.global_step,
             desc="training",
             disable=not accelerator.is_local_main_process,
         )
         try:
-            for epoch in range(self.state.epoch, recipe.epochs):
+            for epoch in range(self.state.epoch, self.num_epochs):
                 self._train_epoch(epoch, meter, progress)
                 self._end_of_epoch(epoch)
         except torch.OutOfMemoryError as error:

@@ -1,0 +1,51 @@
+"""The Trainer in this process: training for a number of steps, evaluating every N steps."""
+
+import json
+
+import pytest
+
+from sgdetr_hf.data.demo import build_demo_dataset
+from sgdetr_hf.training.recipe import load_recipe
+from sgdetr_hf.training.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo")
+    build_demo_dataset(folder, num_train=12, num_validation=5)
+    return folder
+
+
+def test_max_steps_cuts_the_last_epoch_and_eval_every_steps_records_each_evaluation(demo_data, tmp_path):
+    """12 samples in batches of 4: 3 steps per epoch, so 5 steps end one step into the second epoch."""
+    overrides = {
+        "dataset_path": str(demo_data), "output_dir": str(tmp_path), "batch_size": 4, "max_steps": 5,
+        "eval_every_steps": 2, "logging_steps": 2, "milestones": [1], "checkpoints_total_limit": 1,
+        "model.hidden_size": 32, "model.ffn_dim": 64, "model.num_dn_groups": 1,
+    }  # fmt: skip
+    trainer = Trainer(load_recipe("demo", overrides))
+    result = trainer.run()
+    assert (trainer.steps_per_epoch, trainer.total_steps, trainer.num_epochs, result.global_step) == (
+        3,
+        5,
+        2,
+        5,
+    )
+    history = trainer.state.history
+    # steps 2 and 4, and the last step for the loss of its shorter interval
+    assert [record["step"] for record in history if "loss" in record] == [2, 4, 5]
+    evaluations = [record for record in history if "eval" in record]
+    assert [(record["step"], record["epoch"]) for record in evaluations] == [
+        (2, pytest.approx(2 / 3)),
+        (4, pytest.approx(4 / 3)),
+        (5, pytest.approx(5 / 3)),  # the end of training, once
+    ]
+    scores = [record["eval"]["MR-full-mAP"] for record in evaluations]
+    assert result.model_dir == tmp_path / "best_model" and result.metrics["brief"]["MR-full-mAP"] == max(
+        scores
+    )
+    final = json.loads((tmp_path / "final_model" / "eval_results.json").read_text())
+    assert final["brief"] == evaluations[-1]["eval"]
+    (checkpoint,) = (tmp_path / "checkpoints").iterdir()
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert (checkpoint.name, state["epoch"], state["batches_done"]) == ("step_00000005", 2, 0)  # done
