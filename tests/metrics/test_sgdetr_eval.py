@@ -10,6 +10,7 @@ import sys
 import pytest
 from evaluate.loading import get_imports, load
 from huggingface_hub import metadata_load
+
 from metrics_testing import (
     ASCENDING,
     CHARADES_PREDICTIONS,
@@ -22,7 +23,6 @@ from metrics_testing import (
     highlight_rows,
     qvh_prediction,
 )
-
 from sgdetr_hf.metrics import EVALUATE_MODULE_PATH, compute_metrics, read_jsonl
 from sgdetr_hf.metrics.sgdetr_eval import mr_hd_metrics
 
