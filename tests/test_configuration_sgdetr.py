@@ -41,10 +41,12 @@ def test_release_0_1_configs_still_load(tmp_path, caplog):
     old = SGDetrConfig(use_hybrid_detector=False, use_iou_scoring=False).to_dict()
     old.update(use_atss=False, use_atss_positive_queries=False, use_iou_head=False, saliency_pair_seed=3)
     old.update(fusion_mode="detr", window_round_seconds=2.0, wbf_weights=[1.0, 1.0], num_output_windows=10)
+    old.update(max_text_tokens=40)  # the query cap is the processor's
     (tmp_path / "config.json").write_text(json.dumps(old))
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert not loaded.use_hybrid_detector and not loaded.use_iou_scoring
     dropped = ("use_atss", "use_iou_head", "saliency_pair_seed", "fusion_mode", "window_round_seconds")
+    dropped += ("max_text_tokens",)
     assert not any(hasattr(loaded, key) for key in dropped)
     assert "use_atss" not in loaded.to_dict()
     with pytest.raises(ValueError, match="use_atss=False contradicts use_hybrid_detector=True"):

@@ -114,7 +114,7 @@ def test_default_conversion_stores_bfloat16_and_the_processor(model, tmp_path):
     with safe_open(output / "model.safetensors", framework="pt") as weights:
         assert {weights.get_slice(key).get_dtype() for key in weights.keys()} == {"BF16"}  # noqa: SIM118
     processor = SGDetrProcessor.from_pretrained(output)
-    assert processor.max_query_length == 40 and processor.tokenizer.model_max_length == 40
+    assert processor.max_query_length == 32 and processor.tokenizer.model_max_length == 32
     assert processor.tokenizer("A man rides a bike")["input_ids"] == [3, 11, 14, 25, 11, 22, 4]
 
 

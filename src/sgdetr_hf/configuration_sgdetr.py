@@ -26,11 +26,13 @@ _RENAMED_SWITCHES = {
     "use_atss_positive_queries": "use_hybrid_detector",
     "use_iou_head": "use_iou_scoring",
 }
-#: Keys of release-0.1 configs that are dropped: the loss no longer owns a seeded generator, and the
-#: post-processing settings are arguments of ``post_process_moment_retrieval``.
+#: Keys of release-0.1 configs that are dropped: the loss no longer owns a seeded generator, the
+#: post-processing settings are arguments of ``post_process_moment_retrieval`` and the query-token cap is the
+#: processor's ``max_query_length`` (the recipes' ``max_query_tokens``).
 _REMOVED_KEYS = (
     "saliency_pair_seed", "atss_pre_nms_topk", "atss_nms_iou", "atss_post_nms_topk", "wbf_iou_thr",
     "wbf_weights", "wbf_skip_thr", "num_output_windows", "fusion_mode", "window_round_seconds",
+    "max_text_tokens",
 )  # fmt: skip
 #: Keys transformers itself writes into or passes with a config that are not fields of ours.
 _HUB_KEYS = frozenset(
@@ -50,9 +52,10 @@ class SGDetrConfig(PreTrainedConfig):
             each clip (Moment-DETR), so the projection sees where a clip lies in its video.
         clip_length (`float`, defaults to 2.0): seconds per clip; converts normalised spans to seconds
             (2 for QVHighlights / TACoS / TVSum, 1 for Charades-STA).
-        max_num_clips (`int`, defaults to 75): clip cap applied by the data pipeline (QVHighlights: 75). The
-            model accepts any number of clips: its positions are normalised by the valid length.
-        max_text_tokens (`int`, defaults to 32): token cap applied by the data pipeline (TACoS: 64).
+        max_num_clips (`int`, defaults to 75): the model's training window in clips (QVHighlights: 75): the data
+            pipeline caps training videos at it, and longer videos are retrieved in overlapping windows of it
+            (``long_video_sgdetr``). The model itself accepts any number of clips: positions are normalised by
+            the valid length.
 
     Encoder (§3.2-3.4)
         hidden_size (`int`, defaults to 256): width ``d`` of every attention block.
@@ -133,7 +136,6 @@ class SGDetrConfig(PreTrainedConfig):
     use_tef: bool = True
     clip_length: float | int = 2.0
     max_num_clips: int = 75
-    max_text_tokens: int = 32
     # encoder
     hidden_size: int = 256
     num_attention_heads: int = 8
@@ -287,7 +289,6 @@ class SGDetrConfig(PreTrainedConfig):
         _int("num_decoder_layers", 1)
         _int("num_queries", 1)
         _int("max_num_clips", 1)
-        _int("max_text_tokens", 1)
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"SGDetrConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "

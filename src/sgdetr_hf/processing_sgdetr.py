@@ -12,6 +12,9 @@ from transformers.video_processing_utils import VideoProcessorMixin
 from .postprocessing_sgdetr import DEFAULT_TOP_K, post_process_moment_retrieval
 from .video_processing_sgdetr import SGDetrVideoProcessor
 
+#: Tokens per query, [CLS] and [SEP] included (Moment-DETR / CG-DETR's 32; the TACoS recipe uses 64).
+DEFAULT_MAX_QUERY_TOKENS = 32
+
 logger = logging.getLogger(__name__)
 
 
@@ -23,13 +26,17 @@ class SGDetrProcessor(ProcessorMixin):
     Args:
         video_processor ([`SGDetrVideoProcessor`]): the video side.
         tokenizer ([`BertTokenizer`]): WordPiece tokenizer over the bert-large-uncased vocabulary. Build one
-            offline with `BertTokenizer(vocab="vocab.txt", model_max_length=40)` (transformers 5 ignores
+            offline with `BertTokenizer(vocab="vocab.txt", model_max_length=32)` (transformers 5 ignores
             `vocab_file=`).
-        max_query_length (`int`, defaults to 40): queries are truncated to this many tokens (with [CLS] and
-            [SEP]), with a warning; 40 is the InternVideo2 release's evaluation setting.
+        max_query_length (`int`, defaults to 32): queries are truncated to this many tokens (with [CLS] and
+            [SEP]), with a warning. The one query-length cap of the project: training recipes cap their token
+            features at the same number (`max_query_tokens`, 64 for TACoS) and save the processor with it,
+            so a model sees at inference the query length it was trained on.
     """
 
-    def __init__(self, video_processor=None, tokenizer=None, max_query_length: int = 40, **kwargs):
+    def __init__(
+        self, video_processor=None, tokenizer=None, max_query_length: int = DEFAULT_MAX_QUERY_TOKENS, **kwargs
+    ):
         if max_query_length < 3:
             raise ValueError(
                 f"max_query_length must leave room for [CLS] word [SEP] (>= 3), got {max_query_length}"

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
+from internvideo2_testing import tiny_processor
 from sgdetr_hf.data.demo import build_demo_dataset
+from sgdetr_hf.processing_sgdetr import SGDetrProcessor
 from sgdetr_hf.training.recipe import load_recipe
 from sgdetr_hf.training.trainer import Trainer
 
@@ -49,3 +51,21 @@ def test_max_steps_cuts_the_last_epoch_and_eval_every_steps_records_each_evaluat
     (checkpoint,) = (tmp_path / "checkpoints").iterdir()
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert (checkpoint.name, state["epoch"], state["batches_done"]) == ("step_00000005", 2, 0)  # done
+
+
+def test_the_recipe_query_cap_applies_to_the_collator_and_the_saved_processor(demo_data, tmp_path):
+    """One query-length cap: the collator trims token features to it and the processor saved with the model
+    tokenises raw queries to it, whatever the processor folder said."""
+    tiny_processor().save_pretrained(tmp_path / "processor")  # max_query_length: the default, 32
+    overrides = {
+        "dataset_path": str(demo_data), "output_dir": str(tmp_path / "run"), "batch_size": 4, "max_steps": 1,
+        "max_query_tokens": 5, "processor_path": str(tmp_path / "processor"),
+        "model.hidden_size": 32, "model.ffn_dim": 64, "model.num_dn_groups": 1,
+    }  # fmt: skip
+    trainer = Trainer(load_recipe("demo", overrides))
+    batch = next(iter(trainer.train_loader))
+    assert batch["text_features"].shape[1] == 5 and trainer.collator.max_text_tokens == 5
+    result = trainer.run()
+    saved = SGDetrProcessor.from_pretrained(result.model_dir)
+    assert saved.max_query_length == 5
+    assert saved(text="a man rides a bike along the beach at dawn")["input_ids"].shape[-1] == 5

@@ -26,6 +26,7 @@ import torch
 
 from ..configuration_internvideo2 import InternVideo2Config
 from ..modeling_internvideo2 import InternVideo2Model, interpolate_position_table
+from ..processing_sgdetr import DEFAULT_MAX_QUERY_TOKENS
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def convert_internvideo2_checkpoint(
     config: InternVideo2Config | None = None,
     num_frames: int | None = None,
     dtype: torch.dtype | None = torch.bfloat16,
-    max_query_length: int = 40,
+    max_query_length: int = DEFAULT_MAX_QUERY_TOKENS,
     allow_unsafe_pickle: bool = False,
 ) -> Path:
     """Official checkpoint + BERT ``vocab.txt`` -> a folder with the native model and its processor.
@@ -213,7 +214,7 @@ def convert_internvideo2_checkpoint(
         num_frames: frames per clip to build the model for (default: the config's, 4); the position table is
             resampled when it differs from the checkpoint's.
         dtype: weights dtype on disk (default bf16, as released; ``None`` keeps the checkpoint's).
-        max_query_length: tokenizer and processor maximum query length in tokens (the release uses 40).
+        max_query_length: tokenizer and processor maximum query length in tokens (the training recipes' cap).
         allow_unsafe_pickle: see [`load_official_checkpoint`].
 
     Returns:
@@ -259,7 +260,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config.json of another InternVideo2 size (default: Stage2-1B)")
     parser.add_argument("--num-frames", type=int, help="frames per clip to build the model for (default 4)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="weights dtype on disk")
-    parser.add_argument("--max-query-length", type=int, default=40, help="tokenizer maximum length")
+    parser.add_argument(
+        "--max-query-length",
+        type=int,
+        default=DEFAULT_MAX_QUERY_TOKENS,
+        help=f"tokens per query (default: {DEFAULT_MAX_QUERY_TOKENS}, the training recipes' cap; TACoS: 64)",
+    )
     parser.add_argument(
         "--allow-unsafe-pickle", action="store_true", help="fall back to a full unpickle (trusted files only)"
     )

@@ -206,9 +206,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--clip-length", type=float, help="clip length in seconds (default: the processor's, 2)"
     )
     parser.add_argument("--frames-per-clip", type=int, help="frames per clip (default: the processor's, 4)")
-    parser.add_argument(
-        "--max-query-length", type=int, help="tokens per query (default: the processor's, 40)"
-    )
+    parser.add_argument("--max-query-length", type=int, help="tokens per query (default: the processor's)")
     parser.add_argument("--backend", choices=BACKENDS, help="video decoder (default: the processor's, pyav)")
     parser.add_argument("--video-feature", choices=VIDEO_FEATURES, default="projected")
     parser.add_argument("--text-feature", choices=TEXT_FEATURES, default="projected")

@@ -85,11 +85,11 @@ def check_matches_data(values: Mapping[str, Any], properties: Mapping[str, Any],
         raise ValueError(f"{what} does not fit the dataset: {', '.join(conflicts)}")
 
 
-def build_collator(config, seed: int) -> MomentRetrievalCollator:
-    """The collator for a model config: its clip, token and ground-truth-window caps."""
+def build_collator(config, seed: int, max_query_tokens: int) -> MomentRetrievalCollator:
+    """The collator for a model config (its clip and ground-truth-window caps) and the recipe's query cap."""
     return MomentRetrievalCollator(
         max_clips=config.max_num_clips,
-        max_text_tokens=config.max_text_tokens,
+        max_text_tokens=max_query_tokens,
         max_windows=config.max_gt_windows,
         num_margin_pairs=config.num_saliency_pairs,
         seed=seed,

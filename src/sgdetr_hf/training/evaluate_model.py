@@ -49,7 +49,9 @@ def evaluate_model(
         dataset = load_split(recipe, split, recipe.max_eval_samples)
     check_matches_data(config.to_dict(), dataset_properties(dataset), f"model {model_path}")
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=recipe.micro_batch_size, collate_fn=build_collator(config, recipe.seed)
+        dataset,
+        batch_size=recipe.micro_batch_size,
+        collate_fn=build_collator(config, recipe.seed, recipe.max_query_tokens),
     )
     model, loader = accelerator.prepare(model, loader)
     predictions = predict(

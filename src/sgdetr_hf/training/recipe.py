@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..files import atomic_write_text
+from ..processing_sgdetr import DEFAULT_MAX_QUERY_TOKENS
 
 RECIPE_PACKAGE = "sgdetr_hf.training.recipes"
 
@@ -74,6 +75,7 @@ class TrainingRecipe:
     main_metric: str = "MR-full-mAP"  # key of the metrics' "brief" section; higher is better
     select_best: bool = True  # False: keep the last evaluated model (pre-training, Charades-STA)
     eval_top_k: int = 10  # predicted windows kept per query
+    max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS  # token cap of the collator and the saved processor
     window_round_seconds: float | None = None  # round predicted windows to this grid (QVHighlights: 2 s)
     output_dir: str = "outputs/run"
     save_every_steps: int = 0  # 0: resumable state only at each epoch end

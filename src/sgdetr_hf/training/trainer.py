@@ -139,11 +139,13 @@ class Trainer:
                 f"{recipe.micro_batch_size} (training drops incomplete batches): lower --batch_size"
             )
         model = build_model(recipe, dataset_properties(self.train_set))
-        self.collator = build_collator(model.config, recipe.seed)
-        # Saved next to the model so that the folder also serves raw videos (pipeline, Space).
-        self.processor = (
-            SGDetrProcessor.from_pretrained(recipe.processor_path) if recipe.processor_path else None
-        )
+        self.collator = build_collator(model.config, recipe.seed, recipe.max_query_tokens)
+        # Saved next to the model so that the folder also serves raw videos (pipeline, Space), with the
+        # query-length cap of the training data: the model then sees at inference what it was trained on.
+        self.processor = None
+        if recipe.processor_path:
+            self.processor = SGDetrProcessor.from_pretrained(recipe.processor_path)
+            self.processor.max_query_length = recipe.max_query_tokens
         loader_options = {"num_workers": recipe.num_workers, "pin_memory": torch.cuda.is_available()}
         # drop_last: every step sees the recipe's batch, and in-batch negative pairs need 2+ samples.
         train_loader = torch.utils.data.DataLoader(
@@ -173,7 +175,7 @@ class Trainer:
                 torch.utils.data.DataLoader(
                     self.eval_set,
                     recipe.micro_batch_size,
-                    collate_fn=build_collator(model.config, recipe.seed),
+                    collate_fn=build_collator(model.config, recipe.seed, recipe.max_query_tokens),
                     **loader_options,
                 )  # fmt: skip
             )
@@ -301,6 +303,7 @@ class Trainer:
             self.model,
             destination,
             metrics,
+            processor=self.processor,
             extra_files={"training_recipe.yaml": recipe_text},
         )
 
