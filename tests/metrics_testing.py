@@ -33,7 +33,7 @@ def clip_scores(num_clips, default=0.0, **clips):
     return scores
 
 
-# Charades-STA (metrics.md §8.3): four queries, one GT window each.
+# Charades-STA: four queries, one GT window each.
 CHARADES_REFERENCES = [
     {"qid": 10, "query": "a", "duration": 30.96, "vid": "A", "relevant_windows": [[24.3, 30.4]]},
     {"qid": 11, "query": "b", "duration": 33.67, "vid": "B", "relevant_windows": [[0.0, 6.9]]},

@@ -14,6 +14,7 @@ Deprecated shims (one release) import the new location and are the only exceptio
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,24 @@ def test_remote_code_is_what_save_pretrained_copies(tmp_path):
     copied = {path.stem for path in (tmp_path / "repo").glob("*.py")}
     assert copied == REMOTE_CODE
     assert json.loads((tmp_path / "repo" / "config.json").read_text())["auto_map"]
+
+
+def test_the_readme_module_table_matches_the_tree():
+    """Every module and sub-package of the layering has a row in the README's table, in its layer, and the
+    table names nothing the tree lacks."""
+    readme = (PACKAGE_DIR.parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| layer | module (`src/sgdetr_hf/`) | what |", 1)[1].split("\n\n", 1)[0]
+    rows, row_layer = {}, None
+    for line in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        row_layer = cells[0] or row_layer
+        for name in re.findall(r"`([\w/]+?)(?:\.py|/)`", cells[1]):
+            rows[PACKAGE if name == "__init__" else name] = row_layer
+    placed = {name for members in LAYERS for name in members if name != "_deprecation"}
+    assert set(rows) == placed, f"README table vs LAYERS: {sorted(set(rows) ^ placed)}"
+    readme_layers = list(dict.fromkeys(rows.values()))
+    for name, readme_layer in rows.items():
+        (index,) = [i for i, members in enumerate(LAYERS) if name in members]
+        assert readme_layers.index(readme_layer) == index, (
+            f"{name} is in layer {index + 1}, not {readme_layer}"
+        )

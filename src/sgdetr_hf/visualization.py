@@ -1,6 +1,6 @@
 """Plots: the timeline of one or more queries (saliency, predicted and true moments) and learning curves.
 
-Both functions take plain data (the prediction JSON Lines format of sg-detr.md §4.5 and the
+Both functions take plain data (the prediction JSON Lines format of ``sgdetr_hf.metrics`` and the
 training history of :class:`~sgdetr_hf.training.checkpointing.TrainerState`), draw with
 matplotlib's object API (no pyplot global state, no display needed) and write PNGs atomically.
 """

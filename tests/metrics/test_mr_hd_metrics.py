@@ -82,7 +82,7 @@ def test_official_sample_derived_inputs(official_sample):
 
 
 # ------------------------------------------------------------------------------- hand-checked MR cases
-# (R1@0.5, R1@0.7, mAP@0.5, mAP@0.75, full mAP, short mAP, middle mAP, long mAP); metrics.md §8.2.
+# (R1@0.5, R1@0.7, mAP@0.5, mAP@0.75, full mAP, short mAP, middle mAP, long mAP).
 MR_CASES = {
     "tied scores keep list order, FP first": (
         [[100, 110, 0.5], [40, 80, 0.5]],
@@ -186,7 +186,7 @@ def test_duplicate_prediction_rows_pool_windows_for_map_and_use_the_last_row_for
 
 
 # ------------------------------------------------------------------------------- hand-checked HL cases
-# mAP / Hit1 for Fair, Good, VeryGood; metrics.md §8.2 (N = 75 clips).
+# mAP / Hit1 for Fair, Good, VeryGood (N = 75 clips).
 HL_CASES = {
     "per-annotator AP": (
         clip_scores(75, c20=5.0, c21=4.0, c22=3.0, c23=2.0, c24=1.0),

@@ -13,7 +13,7 @@ from sgdetr_hf.training.recipe import (
 )
 
 PAPER_RECIPES = {
-    # name: (epochs, global batch, milestones in epochs, main metric)  -- paper §4.4, sg-detr.md §5.2
+    # name: (epochs, global batch, milestones in epochs, main metric)  -- paper §4.4
     "qvhighlights": (150, 128, [100, 125], "MR-full-mAP"),
     "charades_sta": (100, 64, [67, 83], "MR-full-R1@0.7"),
     "tacos": (120, 32, [80, 100], "MR-full-R1@0.7"),
@@ -41,7 +41,7 @@ def test_paper_hyper_parameters(name):
         milestones,
         metric,
     )
-    # Common to all (paper §4.4 and sg-detr.md §5.1).
+    # Common to all (paper §4.4).
     assert recipe.learning_rate == 5e-4
     assert recipe.weight_decay == 0.1
     assert (recipe.warmup_iters, recipe.warmup_factor, recipe.gamma) == (45, 0.001, 0.5)

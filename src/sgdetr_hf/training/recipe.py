@@ -52,7 +52,7 @@ class TrainingRecipe:
     max_train_samples: int | None = None  # debugging: keep the first N training rows
     max_eval_samples: int | None = None
     num_workers: int = 0  # DataLoader worker processes per training process
-    # -- optimisation (paper §4.4, sg-detr.md §5.1)
+    # -- optimisation (paper §4.4)
     epochs: int = 150
     max_steps: int = 0  # > 0: stop after this many optimizer steps instead (the last epoch may end early)
     batch_size: int = 128  # global batch per optimizer step, summed over processes and accumulation steps
