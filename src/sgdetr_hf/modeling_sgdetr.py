@@ -17,14 +17,18 @@ Shipped to the Hub as remote code: flat module, sibling imports only as ``from .
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
@@ -41,6 +45,19 @@ from .layers_sgdetr import (
 from .loss_sgdetr import moment_retrieval_loss
 from .spans import sine_embedding
 from .targets_sgdetr import SGDetrTargets, prepare_targets
+
+logger = logging.getLogger(__name__)
+
+#: The pipeline every saved model folder advertises in ``config.json`` (``custom_pipelines``, as
+#: ``Pipeline.save_pretrained`` writes it) and ships the code of, so that
+#: ``pipeline(model=folder, trust_remote_code=True)`` works on any folder a model is saved to.
+PIPELINE_TASK = "video-moment-retrieval"
+PIPELINE_MODULE = "pipeline_sgdetr"
+PIPELINE_INFO = {
+    "impl": f"{PIPELINE_MODULE}.VideoMomentRetrievalPipeline",
+    "pt": ["AutoModel"],
+    "type": "multimodal",
+}
 
 # saliency logit given to padded clips: sigmoid() is exactly 0 there
 PADDING_SALIENCY = -1e4
@@ -575,6 +592,27 @@ class SGDetrForMomentRetrieval(SGDetrPreTrainedModel):
         # a function of (config, outputs, targets): the objective holds no state a checkpoint could miss
         self.loss_function = moment_retrieval_loss
         self.post_init()
+
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs) -> None:
+        """``PreTrainedModel.save_pretrained``, plus what makes the folder a pipeline repository: the
+        ``custom_pipelines`` entry of ``config.json`` and the pipeline's modules (copied as files from beside
+        this one: the model does not import them). A model loaded as remote code from a repository without
+        the pipeline's modules saves a model-only folder, with a warning."""
+        pipeline_file = Path(__file__).with_name(f"{PIPELINE_MODULE}.py")
+        if pipeline_file.is_file():
+            self.config.custom_pipelines = {PIPELINE_TASK: dict(PIPELINE_INFO)}
+        else:
+            logger.warning(
+                "%s is not beside %s: %s is saved without the pipeline (load it with the sgdetr_hf package "
+                "installed to save a pipeline-ready folder)",
+                pipeline_file.name,
+                Path(__file__).name,
+                save_directory,
+            )
+        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process and pipeline_file.is_file():
+            for source in [pipeline_file, *map(Path, get_relative_import_files(str(pipeline_file)))]:
+                shutil.copyfile(source, Path(save_directory) / source.name)
 
     @can_return_tuple
     def forward(

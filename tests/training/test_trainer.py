@@ -3,6 +3,8 @@
 import json
 
 import pytest
+import torch
+from transformers import pipeline
 
 from internvideo2_testing import tiny_processor
 from sgdetr_hf.data.demo import build_demo_dataset
@@ -69,3 +71,7 @@ def test_the_recipe_query_cap_applies_to_the_collator_and_the_saved_processor(de
     saved = SGDetrProcessor.from_pretrained(result.model_dir)
     assert saved.max_query_length == 5
     assert saved(text="a man rides a bike along the beach at dawn")["input_ids"].shape[-1] == 5
+    # and the folder is a pipeline repository as written (on features: the run has no encoder)
+    retriever = pipeline(model=str(result.model_dir), trust_remote_code=True)
+    (answer,) = retriever({"video_features": torch.randn(30, 64)}, text_features=torch.randn(1, 6, 64))
+    assert 1 <= len(answer["pred_relevant_windows"]) <= 10 and len(answer["pred_saliency_scores"]) == 30
