@@ -113,7 +113,7 @@ class SGDetrFeatureExtractor:
 
         The device, the folder's config, processor and weights files are checked before the encoder is built, so
         a wrong folder (e.g. an SG-DETR model's) fails at once with a
-        :class:`~loading_sgdetr.CheckpointError` (a ``ValueError``) naming the file, not after minutes.
+        :class:`~loading_sgdetr.CheckpointError` naming the file, not after minutes.
 
         Args:
             device: default CUDA when available, else CPU.

@@ -45,10 +45,14 @@ PROCESSOR_FOLDER = (
 _LISTED_KEYS = 5  # weight names quoted in an error; the rest are counted
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Exception):
     """A model or processor folder (or Hub repository) that cannot give what it is loaded as: a file missing or
     unreadable, another model's config, weights that do not match the model. The message names the folder or
-    file and what was expected."""
+    file and what was expected.
+
+    Not a ``ValueError`` (nor an ``OSError``): ``pipeline(model=folder)`` catches those from ``from_pretrained``
+    to try other classes, then raises one ``ValueError`` holding every traceback as text; this one reaches the
+    caller as it is."""
 
 
 def _location(path: str | os.PathLike, subfolder: str = "") -> str:

@@ -376,7 +376,7 @@ class InternVideo2PreTrainedModel(PreTrainedModel):
         """``PreTrainedModel.from_pretrained``, strict: a folder without ``config.json``, of another model or with
         weights that are not readable safetensors is refused before anything is built; weights missing from the
         file (which would stay random), unexpected or mismatched raise :class:`~loading_sgdetr.CheckpointError`
-        (a ``ValueError``), unless ``allow_missing_weights=True``."""
+        unless ``allow_missing_weights=True``."""
         return from_pretrained_checked(
             super().from_pretrained,
             pretrained_model_name_or_path,

@@ -350,7 +350,7 @@ class SGDetrPreTrainedModel(PreTrainedModel):
     ):
         """``PreTrainedModel.from_pretrained``, strict: the folder's weights must be readable safetensors (a pickle
         is never loaded) and hold exactly this model's weights; missing, unexpected or mismatched ones raise
-        :class:`~loading_sgdetr.CheckpointError` (a ``ValueError``), unless ``allow_missing_weights=True``
+        :class:`~loading_sgdetr.CheckpointError`, unless ``allow_missing_weights=True``
         (fine-tuning with new heads: those start freshly initialised, with a warning)."""
         return from_pretrained_checked(
             super().from_pretrained,
