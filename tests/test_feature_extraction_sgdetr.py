@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from internvideo2_testing import save_tiny_checkpoint, write_video
 from pipeline_testing import save_tiny_model_repo
 from sgdetr_hf import SGDetrFeatureExtractor
+from sgdetr_hf.commands import main
 from sgdetr_hf.commands.extract_features import extract_features, list_videos, read_queries
 from sgdetr_hf.data.builder import FeatureFolder
 from sgdetr_hf.loading_sgdetr import CheckpointError
@@ -93,6 +94,23 @@ def test_a_wrong_encoder_folder_is_refused_before_the_encoder_is_built(tmp_path,
     monkeypatch.setattr(InternVideo2Model, "__init__", lambda *a, **k: pytest.fail("the encoder was built"))
     with pytest.raises(CheckpointError, match=f"{folder}.*{message}.*convert-internvideo2"):
         SGDetrFeatureExtractor.from_pretrained(folder)
+
+
+def test_extract_features_refuses_an_sgdetr_folder_as_the_encoder_in_one_line(tmp_path, video, capsys):
+    repo = save_tiny_model_repo(tmp_path / "repo")
+    argv = [
+        "extract-features",
+        "--model",
+        str(repo),
+        "--videos",
+        str(video),
+        "--output",
+        str(tmp_path / "out"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"error: {repo}/config.json has model_type='sg-detr'")
 
 
 def test_a_device_this_torch_cannot_use_is_refused(checkpoint, monkeypatch):
