@@ -112,7 +112,9 @@ class VideoMomentRetrievalPipeline(Pipeline):
       optionally the per-input ``queries`` / ``text_features`` / ``text_mask``;
     - ``queries``: one string or a list of strings;
     - ``text_features``: instead of (or along with, as labels) ``queries``: a list of ``(N_q, d_t)`` token
-      features or a padded ``(Q, N, d_t)`` array with ``text_mask`` ``(Q, N)``;
+      features (with, optionally, ``text_mask``: one ``(N_q,)`` 0/1 or bool mask per query) or a padded
+      ``(Q, N, d_t)`` array with ``text_mask`` ``(Q, N)``; tensors of any float dtype (bf16 included) are cast
+      to the model's;
     - ``top_k`` (default 10): windows per query;
     - ``window_overlap`` (default 1/3): overlap of consecutive windows on long videos, a fraction;
     - ``window_batch_size`` (default 64): (window, query) pairs per forward pass.
