@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from internvideo2_testing import save_tiny_checkpoint
 from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval
@@ -24,6 +25,26 @@ def save_tiny_model_repo(directory: Path, seed: int = 0, **config) -> Path:
     SGDetrForMomentRetrieval(SGDetrConfig(**{**TINY_SGDETR, **config})).eval().save_pretrained(directory)
     save_tiny_checkpoint(directory / "encoder")
     return directory
+
+
+def edit_weights(folder: Path, drop: int = 0, add: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """Rewrite ``folder/model.safetensors`` without its first ``drop`` tensors (by name) and with ``add``; returns
+    the names dropped. A model folder with a weight missing or unexpected, as a bad edit or export leaves it."""
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    dropped = sorted(tensors)[:drop]
+    kept = {name: tensor for name, tensor in tensors.items() if name not in dropped}
+    save_file({**kept, **(add or {})}, path, metadata={"format": "pt"})
+    return dropped
+
+
+def damage_file(path: Path, how: str) -> Path:
+    """Make ``path`` a ``"zero-byte"`` file, ``"truncated"`` to half its size, or with a ``"bad-header"`` (its
+    8-byte header length overwritten), as interrupted downloads and disk errors leave files."""
+    data = path.read_bytes()
+    damaged = {"zero-byte": b"", "truncated": data[: len(data) // 2], "bad-header": b"\xff" * 8 + data[8:]}
+    path.write_bytes(damaged[how])
+    return path
 
 
 class ToyConcepts:

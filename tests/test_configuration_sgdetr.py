@@ -7,6 +7,7 @@ from transformers import AutoConfig
 
 import sgdetr_hf  # noqa: F401  (registers the Auto classes)
 from sgdetr_hf import SGDetrConfig
+from sgdetr_hf.loading_sgdetr import CheckpointError
 
 
 def test_defaults_follow_the_design():
@@ -100,5 +101,9 @@ def test_unknown_keys_warn_with_the_closest_field_and_another_model_type_is_refu
     other = SGDetrConfig().to_dict()
     other["model_type"] = "internvideo2"
     (tmp_path / "config.json").write_text(json.dumps(other))
-    with pytest.raises(ValueError, match="model_type='internvideo2', but SGDetrConfig expects 'sg-detr'"):
+    with pytest.raises(
+        CheckpointError, match="model_type='internvideo2', but SGDetrConfig expects 'sg-detr'"
+    ):
         SGDetrConfig.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model_type='internvideo2', but SGDetrConfig expects 'sg-detr'"):
+        SGDetrConfig.from_dict(other)

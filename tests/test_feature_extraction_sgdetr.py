@@ -12,9 +12,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from internvideo2_testing import save_tiny_checkpoint, write_video
+from pipeline_testing import save_tiny_model_repo
 from sgdetr_hf import SGDetrFeatureExtractor
+from sgdetr_hf.commands import main
 from sgdetr_hf.commands.extract_features import extract_features, list_videos, read_queries
 from sgdetr_hf.data.builder import FeatureFolder
+from sgdetr_hf.loading_sgdetr import CheckpointError
+from sgdetr_hf.modeling_internvideo2 import InternVideo2Model
 from sgdetr_hf.video_io_sgdetr import prefetch
 
 
@@ -73,6 +77,46 @@ def test_charades_clip_length_and_query_length_overrides(checkpoint, video):
     assert extractor.encode_queries("a man rides a big red bike").mask.sum().item() == 5
     with pytest.raises(ValueError, match="exceeds the text encoder"):
         SGDetrFeatureExtractor.from_pretrained(checkpoint, max_query_length=65)
+
+
+@pytest.mark.parametrize("wrong", ["an SG-DETR folder", "no config.json", "no tokenizer"])
+def test_a_wrong_encoder_folder_is_refused_before_the_encoder_is_built(tmp_path, wrong, monkeypatch):
+    repo = save_tiny_model_repo(tmp_path / "repo")
+    folder = {"an SG-DETR folder": repo}.get(wrong, repo / "encoder")
+    (folder / {"no config.json": "config.json", "no tokenizer": "tokenizer.json"}.get(wrong, "none")).unlink(
+        missing_ok=True
+    )
+    message = {
+        "an SG-DETR folder": "model_type='sg-detr', but InternVideo2Config expects 'internvideo2'",
+        "no config.json": "has no config.json",
+        "no tokenizer": "has no tokenizer vocabulary",
+    }[wrong]
+    monkeypatch.setattr(InternVideo2Model, "__init__", lambda *a, **k: pytest.fail("the encoder was built"))
+    with pytest.raises(CheckpointError, match=f"{folder}.*{message}.*convert-internvideo2"):
+        SGDetrFeatureExtractor.from_pretrained(folder)
+
+
+def test_extract_features_refuses_an_sgdetr_folder_as_the_encoder_in_one_line(tmp_path, video, capsys):
+    repo = save_tiny_model_repo(tmp_path / "repo")
+    argv = [
+        "extract-features",
+        "--model",
+        str(repo),
+        "--videos",
+        str(video),
+        "--output",
+        str(tmp_path / "out"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"error: {repo}/config.json has model_type='sg-detr'")
+
+
+def test_a_device_this_torch_cannot_use_is_refused(checkpoint, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device cuda:0 asked for"):
+        SGDetrFeatureExtractor.from_pretrained(checkpoint, device="cuda:0")
 
 
 def test_prefetch_keeps_order_and_reraises():

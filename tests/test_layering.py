@@ -25,7 +25,14 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "src" / "sgdetr_hf"
 PACKAGE = PACKAGE_DIR.name
 
 REMOTE_LAYERS = [
-    {"configuration_sgdetr", "configuration_internvideo2", "spans", "layers_sgdetr", "targets_sgdetr"},
+    {
+        "configuration_sgdetr",
+        "configuration_internvideo2",
+        "loading_sgdetr",
+        "spans",
+        "layers_sgdetr",
+        "targets_sgdetr",
+    },
     {"modeling_sgdetr", "detector_sgdetr", "loss_sgdetr", "modeling_internvideo2"},
     {
         "postprocessing_sgdetr",

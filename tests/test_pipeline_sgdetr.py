@@ -10,6 +10,7 @@ from transformers import pipeline
 from internvideo2_testing import write_video
 from pipeline_testing import ToyConcepts, save_tiny_model_repo, train_toy_model
 from sgdetr_hf import VideoMomentRetrievalPipeline, post_process_moment_retrieval
+from sgdetr_hf.loading_sgdetr import CheckpointError
 from sgdetr_hf.long_video_sgdetr import (
     fuse_window_saliency,
     fuse_window_spans,
@@ -153,6 +154,81 @@ def test_input_forms_agree(retriever):
     assert (
         len(retriever([{"video_features": video}, {"video_features": video[:5]}], text_features=texts)) == 2
     )
+
+
+def _same_answers(got, expected):
+    for one, other in zip(got, expected, strict=True):
+        np.testing.assert_allclose(one["pred_relevant_windows"], other["pred_relevant_windows"], atol=1e-5)
+        assert one["pred_saliency_scores"] == pytest.approx(other["pred_saliency_scores"], abs=1e-5)
+
+
+def test_text_mask_with_a_list_of_features_masks_each_query(retriever):
+    video, texts = _features(20, num_tokens=(4, 6))
+    reference = retriever({"video_features": video}, text_features=[texts[0][:3], texts[1][:5]], top_k=3)
+    masks = [[1, 1, 1, 0], [True, True, True, True, True, False]]  # a 0/1 list and a bool list
+    _same_answers(
+        retriever({"video_features": video}, text_features=texts, text_mask=masks, top_k=3), reference
+    )
+    # a (Q, N) mask of one length for queries of one length, as JSON sends it
+    equal = [texts[0], texts[1][:4]]
+    padded_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    _same_answers(
+        retriever(
+            {"video_features": video, "text_features": equal, "text_mask": padded_mask.tolist()}, top_k=3
+        ),
+        retriever({"video_features": video}, text_features=[texts[0][:3], texts[1][:4]], top_k=3),
+    )
+
+
+def test_bf16_features_are_cast_to_the_models_dtype(retriever):
+    video, texts = _features(20, num_tokens=(4, 6))
+    video, texts = video.bfloat16(), [t.bfloat16() for t in texts]
+    reference = retriever(
+        {"video_features": video.float()}, text_features=[t.float() for t in texts], top_k=3
+    )
+    _same_answers(retriever({"video_features": video}, text_features=texts, top_k=3), reference)
+    padded = torch.nn.utils.rnn.pad_sequence(texts, batch_first=True)
+    mask = torch.tensor([[True] * 4 + [False] * 2, [True] * 6])
+    _same_answers(
+        retriever({"video_features": video}, text_features=padded, text_mask=mask, top_k=3), reference
+    )
+
+
+def test_bad_masks_are_refused_with_the_reason(retriever, video_file):
+    video, texts = _features(10, num_tokens=(4, 6))
+    cases = [
+        ({"text_features": texts, "text_mask": [[1, 1, 1, 1]]}, "text_mask has 1 masks for 2 text_features"),
+        (
+            {"text_features": texts, "text_mask": [[1, 1, 1], [1] * 6]},
+            r"text_mask\[0\] must have one 0/1 entry per",
+        ),
+        ({"text_features": texts, "text_mask": [[1, 0.5, 1, 1], [1] * 6]}, "only 0/1 or True/False.*got 0.5"),
+        ({"text_features": texts, "text_mask": [[0] * 4, [1] * 6]}, r"text_mask\[0\] has no 1"),
+        ({"text_features": texts, "text_mask": 1}, "one 0/1 mask per query"),
+        ({"text_features": torch.stack([texts[1]] * 2), "text_mask": [[0.5] * 6] * 2}, "got 0.5"),
+        (
+            {"text_features": torch.stack([texts[1]] * 2), "text_mask": [[1] * 6, [0] * 6]},
+            "text_mask has no 1",
+        ),
+        ({"queries": "a dog", "text_mask": [[1, 1]]}, "text_mask goes with text_features"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            retriever({"video_features": video}, **kwargs)
+    with pytest.raises(ValueError, match="got 0.5"):
+        retriever({"video_features": video, "video_mask": [1] * 9 + [0.5]}, text_features=texts)
+    with pytest.raises(ValueError, match="video_mask goes with video_features"):
+        retriever({"video": str(video_file), "video_mask": [1, 1, 1, 1]}, queries="a dog")
+
+
+def test_a_wrong_encoder_folder_or_device_is_refused_naming_it(repo, monkeypatch):
+    with pytest.raises(
+        CheckpointError, match=f"{repo}/config.json has model_type='sg-detr', but InternVideo2Config"
+    ):
+        pipeline("video-moment-retrieval", model=str(repo), encoder=str(repo))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device cuda:0 asked for, but this torch"):
+        pipeline("video-moment-retrieval", model=str(repo), device="cuda:0")
 
 
 def test_long_features_use_windows(retriever):

@@ -13,6 +13,7 @@ from transformers import AutoProcessor, BertTokenizer
 
 from internvideo2_testing import VOCAB, read_index, save_tiny_checkpoint, tiny_processor, write_video
 from sgdetr_hf import SGDetrProcessor
+from sgdetr_hf.loading_sgdetr import CheckpointError
 
 
 def test_tokenizer_built_from_the_vocab_file_knows_its_words():
@@ -144,3 +145,37 @@ def test_hub_remote_code_without_the_package_or_torchvision(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code OK" in result.stdout
+
+
+def test_a_folder_without_processor_files_is_an_error_not_a_default_processor(tmp_path):
+    with pytest.raises(CheckpointError, match=f"{tmp_path} has no processor_config.json"):
+        SGDetrProcessor.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("vocabulary", ["tokenizer.json", "vocab.txt"])
+def test_a_folder_without_its_tokenizer_vocabulary_is_an_error_not_all_unk(tmp_path, vocabulary):
+    tiny_processor().save_pretrained(tmp_path)
+    if (
+        vocabulary == "vocab.txt"
+    ):  # the WordPiece vocabulary instead of tokenizer.json loads the same tokenizer
+        (tmp_path / "tokenizer.json").unlink()
+        (tmp_path / "vocab.txt").write_text(VOCAB.read_text())
+        expected = tiny_processor().tokenize_queries("the dog")["input_ids"]
+        assert torch.equal(
+            SGDetrProcessor.from_pretrained(tmp_path).tokenize_queries("the dog")["input_ids"], expected
+        )
+    (tmp_path / vocabulary).unlink()
+    with pytest.raises(
+        CheckpointError, match=r"has no tokenizer vocabulary \(tokenizer.json, or vocab.txt\)"
+    ):
+        SGDetrProcessor.from_pretrained(tmp_path)
+
+
+def test_an_unknown_video_processor_key_names_the_file(tmp_path):
+    tiny_processor().save_pretrained(tmp_path)
+    config_file = tmp_path / "processor_config.json"
+    config = json.loads(config_file.read_text())
+    config["video_processor"]["clip_lenght"] = 1.0
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=rf"{config_file}: video_processor: .*\['clip_lenght'\]"):
+        SGDetrProcessor.from_pretrained(tmp_path)

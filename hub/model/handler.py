@@ -10,7 +10,8 @@ Request::
     {"inputs": {"video": "<base64 of a video file>",        # or "video_features": [[...], ...]
                 "video_mask": [1, 1, ...],                  # optional, with video_features
                 "queries": ["a man rides a bike", ...],     # one string or a list
-                "text_features": [[[...]], ...]},           # optional, instead of query strings
+                "text_features": [[[...]], ...],            # optional, instead of query strings
+                "text_mask": [[1, 1, 0], ...]},             # optional, one 0/1 mask per text_features entry
      "parameters": {"top_k": 5, "window_overlap": 0.33}}    # optional
 
 A raw video body (``inputs`` as bytes, e.g. ``Content-Type: video/mp4``) works too, with the queries in

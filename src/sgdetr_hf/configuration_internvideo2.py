@@ -5,7 +5,11 @@ video tower (40 blocks of width 1408, 4 frames of 224 x 224 per clip) and the fi
 its BERT-large text tower, both projected into a shared 512-d video-text space.
 """
 
+import os
+
 from transformers import BertConfig, PreTrainedConfig
+
+from .loading_sgdetr import INTERNVIDEO2_FOLDER, check_config_dict
 
 _SUPPORTED_VISION_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")
 
@@ -133,6 +137,16 @@ class InternVideo2Config(PreTrainedConfig):
     projection_dim: int = 512
     temperature_init: float | int = 0.07
     initializer_range: float | int = 0.02
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        # transformers returns an empty dict for a folder without config.json, which would build the default
+        # 1B encoder with random weights (minutes, 6 GB), as would an SG-DETR folder's config: refuse both
+        # here, before anything is built.
+        folder = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder", ""))
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        check_config_dict(config_dict, folder.rstrip(os.sep), cls, INTERNVIDEO2_FOLDER)
+        return config_dict, kwargs
 
 
 __all__ = ["InternVideo2Config", "InternVideo2TextConfig", "InternVideo2VisionConfig"]

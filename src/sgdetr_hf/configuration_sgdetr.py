@@ -5,7 +5,7 @@ values (§4.4) as defaults. Typed fields (transformers 5's dataclass configs); t
 cross-field rules are checked in one place, :meth:`SGDetrConfig.validate_sgdetr`, which raises ``ValueError``
 naming the field and the allowed range.
 
-This file is shipped to the Hub as remote code: it imports nothing from the package.
+This file is shipped to the Hub as remote code: it imports only its sibling ``loading_sgdetr``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 
 from transformers import PreTrainedConfig
 from transformers.utils import logging
+
+from .loading_sgdetr import SGDETR_FOLDER, check_config_dict
 
 logger = logging.get_logger(__name__)
 
@@ -197,6 +200,15 @@ class SGDetrConfig(PreTrainedConfig):
     use_negative_pairs: bool = True
     use_dn: bool = True
     use_alignment: bool = True
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        # transformers returns an empty dict for a folder without config.json, i.e. a default SG-DETR with
+        # random weights; refuse it (and another model's config) here, where the folder is known.
+        folder = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder", ""))
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        check_config_dict(config_dict, folder.rstrip(os.sep), cls, SGDETR_FOLDER)
+        return config_dict, kwargs
 
     def __post_init__(self, **kwargs):
         self._map_release_0_1_keys(kwargs)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from transformers.image_processing_utils import BatchFeature
 
+from .configuration_internvideo2 import InternVideo2Config
+from .loading_sgdetr import resolve_device
 from .modeling_internvideo2 import InternVideo2Model
 from .processing_sgdetr import SGDetrProcessor
 from .video_io_sgdetr import prefetch
@@ -109,6 +111,10 @@ class SGDetrFeatureExtractor:
     ) -> "SGDetrFeatureExtractor":
         """Load a converted InternVideo2 folder (model + processor).
 
+        The device, the folder's config, processor and weights files are checked before the encoder is built, so
+        a wrong folder (e.g. an SG-DETR model's) fails at once with a
+        :class:`~loading_sgdetr.CheckpointError` naming the file, not after minutes.
+
         Args:
             device: default CUDA when available, else CPU.
             dtype: default bfloat16 on GPU (the release's inference dtype), float32 on CPU.
@@ -116,12 +122,12 @@ class SGDetrFeatureExtractor:
             video_processor_kwargs: override video processor settings, e.g. `{"clip_length": 1.0}` (Charades-STA).
             kwargs: see the class arguments.
         """
-        device = torch.device(
-            device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        device = resolve_device(device)
         dtype = dtype if dtype is not None else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        model = InternVideo2Model.from_pretrained(path, dtype=dtype).to(device)
+        # The small files first (config.json and its model_type, the processor), then the large model.
+        config = InternVideo2Config.from_pretrained(path)
         processor = SGDetrProcessor.from_pretrained(path)
+        model = InternVideo2Model.from_pretrained(path, config=config, dtype=dtype).to(device)
         video_settings = {**processor.video_processor.to_dict(), **(video_processor_kwargs or {})}
         video_settings.pop("video_processor_type")
         processor = SGDetrProcessor(

@@ -30,6 +30,7 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_internvideo2 import InternVideo2Config, InternVideo2TextConfig, InternVideo2VisionConfig
+from .loading_sgdetr import INTERNVIDEO2_FOLDER, from_pretrained_checked
 
 
 def sincos_1d(positions: np.ndarray, width: int) -> np.ndarray:
@@ -367,6 +368,23 @@ class InternVideo2PreTrainedModel(PreTrainedModel):
     _no_split_modules = ["InternVideo2VisionEmbeddings", "InternVideo2VisionLayer", "BertLayer"]
     _supports_sdpa = True
     _can_record_outputs = {"hidden_states": InternVideo2VisionLayer, "attentions": InternVideo2Attention}
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *model_args, allow_missing_weights: bool = False, **kwargs
+    ):
+        """``PreTrainedModel.from_pretrained``, strict: a folder without ``config.json``, of another model or with
+        weights that are not readable safetensors is refused before anything is built; weights missing from the
+        file (which would stay random), unexpected or mismatched raise :class:`~loading_sgdetr.CheckpointError`
+        unless ``allow_missing_weights=True``."""
+        return from_pretrained_checked(
+            super().from_pretrained,
+            pretrained_model_name_or_path,
+            *model_args,
+            expected_folder=INTERNVIDEO2_FOLDER,
+            allow_missing_weights=allow_missing_weights,
+            **kwargs,
+        )
 
     def _init_weights(self, module: nn.Module):
         super()._init_weights(module)

@@ -42,6 +42,7 @@ from .layers_sgdetr import (
     SGDetrQueryEmbedding,
     SGDetrZeroInitLinear,
 )
+from .loading_sgdetr import SGDETR_FOLDER, from_pretrained_checked
 from .loss_sgdetr import moment_retrieval_loss
 from .spans import sine_embedding
 from .targets_sgdetr import SGDetrTargets, prepare_targets
@@ -359,6 +360,23 @@ class SGDetrPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SGDetrSGCALayer", "SGDetrEncoderLayer", "SGDetrDecoderLayer"]
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *model_args, allow_missing_weights: bool = False, **kwargs
+    ):
+        """``PreTrainedModel.from_pretrained``, strict: the folder's weights must be readable safetensors (a pickle
+        is never loaded) and hold exactly this model's weights; missing, unexpected or mismatched ones raise
+        :class:`~loading_sgdetr.CheckpointError`, unless ``allow_missing_weights=True``
+        (fine-tuning with new heads: those start freshly initialised, with a warning)."""
+        return from_pretrained_checked(
+            super().from_pretrained,
+            pretrained_model_name_or_path,
+            *model_args,
+            expected_folder=SGDETR_FOLDER,
+            allow_missing_weights=allow_missing_weights,
+            **kwargs,
+        )
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialisation by module type (``transformers.initialization`` helpers, so loaded weights stay):

@@ -31,6 +31,7 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import Pipeline
 
 from .feature_extraction_sgdetr import SGDetrFeatureExtractor
+from .loading_sgdetr import resolve_device
 from .long_video_sgdetr import retrieve_moments
 from .postprocessing_sgdetr import DEFAULT_TOP_K
 
@@ -41,13 +42,17 @@ _INPUT_KEYS = {"video", "video_features", "video_mask", "duration", "queries", "
 
 
 def _as_float_tensor(value: Any, name: str, ndim: int) -> torch.Tensor:
-    """A float32 tensor of rank ``ndim`` from a tensor, array or nested list; ``ValueError`` otherwise."""
-    try:
-        tensor = torch.as_tensor(
-            np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value), dtype=torch.float32
-        )
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an array of numbers, got {type(value).__name__}") from None
+    """A float32 tensor of rank ``ndim`` from a tensor (any real dtype: bf16 / fp16 features are cast here, and
+    to the model's dtype in ``_forward``), an array or a nested list; ``ValueError`` otherwise."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise ValueError(f"{name} must hold real numbers, got a {value.dtype} tensor")
+        tensor = value.detach().to("cpu", torch.float32)
+    else:
+        try:
+            tensor = torch.as_tensor(np.asarray(value), dtype=torch.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an array of numbers, got {type(value).__name__}") from None
     if tensor.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(tensor.shape)}")
     if not torch.isfinite(tensor).all():
@@ -55,15 +60,31 @@ def _as_float_tensor(value: Any, name: str, ndim: int) -> torch.Tensor:
     return tensor
 
 
-def _valid_length(mask: torch.Tensor, name: str, length: int) -> int:
-    """Number of leading valid entries of a 0/1 right-padding mask of ``length`` entries."""
-    if tuple(mask.shape) != (length,):
-        raise ValueError(f"{name} must have one 0/1 entry per row ({length}), got shape {tuple(mask.shape)}")
-    valid = int(mask.sum())
-    if not ((mask == 0) | (mask == 1)).all() or valid == 0 or not bool((mask[:valid] == 1).all()):
+def _as_mask(value: Any, name: str, shape: tuple[int, ...], entry: str) -> torch.Tensor:
+    """An int64 0/1 mask of ``shape`` from 0/1 numbers or booleans (a tensor, an array or a nested list), with
+    at least one 1 per row; ``ValueError`` naming what is wrong otherwise (a value such as 0.5 is not rounded)."""
+    mask = _as_float_tensor(value, name, len(shape))
+    if tuple(mask.shape) != shape:
         raise ValueError(
-            f"{name} must be 1 for the valid rows first, then 0 for padding, with at least one 1"
+            f"{name} must have one 0/1 entry per {entry}, shape {shape}, got {tuple(mask.shape)}"
         )
+    other = (mask != 0) & (mask != 1)
+    if other.any():
+        raise ValueError(
+            f"{name} must hold only 0/1 or True/False (1 = valid), got {mask[other][0].item():g}"
+        )
+    if not mask.reshape(-1, shape[-1]).any(-1).all():
+        raise ValueError(
+            f"{name} has no 1: every {'row' if len(shape) > 1 else 'input'} needs a valid {entry}"
+        )
+    return mask.long()
+
+
+def _valid_length(mask: torch.Tensor, name: str) -> int:
+    """Number of leading valid entries of a 0/1 right-padding mask."""
+    valid = int(mask.sum())
+    if not bool((mask[:valid] == 1).all()):
+        raise ValueError(f"{name} must be 1 for the valid rows first, then 0 for padding (right padding)")
     return valid
 
 
@@ -91,7 +112,9 @@ class VideoMomentRetrievalPipeline(Pipeline):
       optionally the per-input ``queries`` / ``text_features`` / ``text_mask``;
     - ``queries``: one string or a list of strings;
     - ``text_features``: instead of (or along with, as labels) ``queries``: a list of ``(N_q, d_t)`` token
-      features or a padded ``(Q, N, d_t)`` array with ``text_mask`` ``(Q, N)``;
+      features (with, optionally, ``text_mask``: one ``(N_q,)`` 0/1 or bool mask per query) or a padded
+      ``(Q, N, d_t)`` array with ``text_mask`` ``(Q, N)``; tensors of any float dtype (bf16 included) are cast
+      to the model's;
     - ``top_k`` (default 10): windows per query;
     - ``window_overlap`` (default 1/3): overlap of consecutive windows on long videos, a fraction;
     - ``window_batch_size`` (default 64): (window, query) pairs per forward pass.
@@ -111,6 +134,10 @@ class VideoMomentRetrievalPipeline(Pipeline):
     def __init__(
         self, *args, encoder: SGDetrFeatureExtractor | str | os.PathLike | bool | None = None, **kwargs
     ):
+        if (
+            kwargs.get("device") is not None
+        ):  # a ValueError saying why, not torch's error from model.to(device)
+            resolve_device(kwargs["device"])
         super().__init__(*args, **kwargs)
         self.encoder = None if encoder is False else self._load_encoder(encoder)
 
@@ -201,14 +228,16 @@ class VideoMomentRetrievalPipeline(Pipeline):
         if ("video" in inputs) == ("video_features" in inputs):
             raise ValueError("give exactly one of a video (file path) or video_features (L, d_v)")
         if "video" in inputs:
+            if "video_mask" in inputs:
+                raise ValueError("video_mask goes with video_features; a video file has no padding to mask")
             video = self._require_encoder("a video file").encode_video(inputs["video"])
             return video.features, float(video.clip_timestamps[-1, 1])
         features = _as_float_tensor(inputs["video_features"], "video_features", 2)
         if features.shape[0] == 0:
             raise ValueError("video_features has no clip (shape (0, d)); a video needs at least one clip")
         if "video_mask" in inputs:
-            mask = _as_float_tensor(inputs["video_mask"], "video_mask", 1)
-            features = features[: _valid_length(mask, "video_mask", features.shape[0])]
+            mask = _as_mask(inputs["video_mask"], "video_mask", (features.shape[0],), "clip")
+            features = features[: _valid_length(mask, "video_mask")]
         duration = inputs.get("duration")
         if duration is not None and not (isinstance(duration, (int, float)) and duration > 0):
             raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
@@ -219,6 +248,10 @@ class VideoMomentRetrievalPipeline(Pipeline):
         if text_features is None:
             if queries is None:
                 raise ValueError("no query: pass queries='...' (or text_features)")
+            if text_mask is not None:
+                raise ValueError(
+                    "text_mask goes with text_features; query strings are masked by the tokenizer"
+                )
             encoded = self._require_encoder("encoding query strings").encode_queries(queries)
             return encoded.features, encoded.mask, queries
         if isinstance(text_features, (list, tuple)):
@@ -226,21 +259,32 @@ class VideoMomentRetrievalPipeline(Pipeline):
             if not rows or any(len(r) == 0 for r in rows):
                 raise ValueError("text_features needs one non-empty (N_q, d_t) array per query")
             features = pad_sequence(rows, batch_first=True)
-            mask = pad_sequence([torch.ones(len(r)) for r in rows], batch_first=True)
+            if text_mask is None:
+                masks = [torch.ones(len(r), dtype=torch.long) for r in rows]
+            else:  # one (N_q,) mask per query (a list, or a (Q, N) array when the queries are of one length)
+                if isinstance(text_mask, (str, bytes)) or not hasattr(text_mask, "__len__"):
+                    raise ValueError(
+                        f"text_mask must be one 0/1 mask per query, got {type(text_mask).__name__}"
+                    )
+                if len(text_mask) != len(rows):
+                    raise ValueError(
+                        f"text_mask has {len(text_mask)} masks for {len(rows)} text_features; give one per query"
+                    )
+                masks = [
+                    _as_mask(m, f"text_mask[{i}]", (len(r),), "token")
+                    for i, (m, r) in enumerate(zip(text_mask, rows))
+                ]
+            mask = pad_sequence(masks, batch_first=True)
         else:
             features = _as_float_tensor(text_features, "text_features", 3)
             if text_mask is None:
-                mask = torch.ones(features.shape[:2])
+                mask = torch.ones(features.shape[:2], dtype=torch.long)
             else:
-                mask = _as_float_tensor(text_mask, "text_mask", 2)
-                if mask.shape != features.shape[:2]:
-                    raise ValueError(
-                        f"text_mask must have shape {tuple(features.shape[:2])}, got {tuple(mask.shape)}"
-                    )
+                mask = _as_mask(text_mask, "text_mask", tuple(features.shape[:2]), "token")
         if queries is not None and len(queries) != len(features):
             raise ValueError(f"{len(queries)} queries but {len(features)} text_features; give one per query")
         labels = queries or [f"query {i}" for i in range(len(features))]
-        return features, mask.long(), labels
+        return features, mask, labels
 
     def preprocess(self, inputs, queries=None, text_features=None, text_mask=None) -> dict[str, Any]:
         if isinstance(inputs, (str, os.PathLike)):

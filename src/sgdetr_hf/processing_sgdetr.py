@@ -9,6 +9,7 @@ from transformers import ProcessorMixin
 from transformers.image_processing_utils import BatchFeature
 from transformers.video_processing_utils import VideoProcessorMixin
 
+from .loading_sgdetr import PROCESSOR_FOLDER, CheckpointError
 from .postprocessing_sgdetr import DEFAULT_TOP_K, post_process_moment_retrieval
 from .video_processing_sgdetr import SGDetrVideoProcessor
 
@@ -62,10 +63,30 @@ class SGDetrProcessor(ProcessorMixin):
         # the trust-remote-code question where the package is not installed.
         from transformers import BertTokenizer
 
-        video_kwargs = dict((processor_dict or {}).get("video_processor", {}))
+        # transformers hands an empty dict for a folder without processor_config.json, and builds a tokenizer
+        # of the special tokens alone without a vocabulary: both would run, with default video settings and
+        # every word an [UNK]. Refuse them, naming the file.
+        where = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        where = where.rstrip(os.sep)
+        if not processor_dict or "video_processor" not in processor_dict:
+            raise CheckpointError(
+                f"{where} has no processor_config.json with the video settings: expected {PROCESSOR_FOLDER}"
+            )
+        video_kwargs = dict(processor_dict["video_processor"])
         video_kwargs.pop("video_processor_type", None)
+        try:
+            video_processor = SGDetrVideoProcessor(**video_kwargs)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"{os.path.join(where, 'processor_config.json')}: video_processor: {error}"
+            ) from None
         tokenizer = BertTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        return [SGDetrVideoProcessor(**video_kwargs), tokenizer]
+        if len(tokenizer.get_vocab()) <= len(set(tokenizer.all_special_tokens)):
+            raise CheckpointError(
+                f"{where} has no tokenizer vocabulary (tokenizer.json, or vocab.txt): every word would be "
+                f"[UNK]; expected {PROCESSOR_FOLDER}"
+            )
+        return [video_processor, tokenizer]
 
     def tokenize_queries(self, text: str | list[str]) -> BatchFeature:
         """Tokenise one or more queries, padded to the longest.

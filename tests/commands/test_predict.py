@@ -1,6 +1,7 @@
 """``sgdetr predict``: the moments table, the JSON file, the timeline PNG, and clear errors."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from safetensors.torch import save_file
 from transformers import pipeline
 
 from internvideo2_testing import write_video
-from pipeline_testing import save_tiny_model_repo
+from pipeline_testing import damage_file, edit_weights, save_tiny_model_repo
 from sgdetr_hf.commands import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -85,3 +86,58 @@ def test_bad_inputs_give_the_pipeline_message(repo, video_file, tmp_path, capsys
     assert "not 'video_features'" in capsys.readouterr().err
     assert main(["predict", str(video_file), " ", "--model", str(repo)]) == 2
     assert "query 0 must be a non-empty string" in capsys.readouterr().err
+
+
+@pytest.fixture
+def damaged_repo(repo, tmp_path):
+    """A copy of the tiny repository for a test to damage."""
+    return shutil.copytree(repo, tmp_path / "repo")
+
+
+def _damage(folder, damage):
+    if damage == "a missing weight":
+        return edit_weights(folder, drop=1)[0]
+    if damage == "pickle only":
+        (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+        return "only pickled weights (pytorch_model.bin)"
+    if damage == "no config.json":
+        (folder / "config.json").unlink()
+        return f"{folder} has no config.json"
+    return f"{damage_file(folder / 'model.safetensors', damage)} is not a readable safetensors file"
+
+
+def _error_line(capsys) -> str:
+    """The last line on stderr (transformers' progress bars come before it); no traceback anywhere."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+DAMAGES = ["a missing weight", "pickle only", "zero-byte", "truncated", "bad-header"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_model_folder_is_a_one_line_error(damaged_repo, video_file, damage, capsys):
+    named = _damage(damaged_repo, damage)
+    assert main(["predict", str(video_file), "a dog", "--model", str(damaged_repo)]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("error: ") and named in line
+
+
+@pytest.mark.parametrize("damage", [*DAMAGES, "no config.json", "an SG-DETR folder"])
+def test_a_wrong_or_damaged_encoder_is_a_one_line_error(damaged_repo, video_file, damage, capsys):
+    if damage == "an SG-DETR folder":
+        encoder, named = damaged_repo, "model_type='sg-detr', but InternVideo2Config expects 'internvideo2'"
+    else:
+        encoder = damaged_repo / "encoder"
+        named = _damage(encoder, damage)
+    argv = ["predict", str(video_file), "a dog", "--model", str(damaged_repo), "--encoder", str(encoder)]
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert line.startswith("error: ") and named in line
+
+
+def test_a_cuda_device_without_cuda_is_a_one_line_error(repo, video_file, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["predict", str(video_file), "a dog", "--model", str(repo), "--device", "cuda:0"]) == 2
+    assert _error_line(capsys).startswith("error: device cuda:0 asked for, but this torch")

@@ -18,6 +18,8 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from pipeline_testing import damage_file, edit_weights, save_tiny_model_repo
+from sgdetr_hf.commands import main
 from sgdetr_hf.configuration_sgdetr import SGDetrConfig
 from sgdetr_hf.data.demo import build_demo_dataset
 from sgdetr_hf.modeling_sgdetr import SGDetrForMomentRetrieval
@@ -207,3 +209,18 @@ def test_init_from_fine_tunes_the_given_weights(data, single_run, tmp_path):
     start, end = load_file(single_run / "best_model" / "model.safetensors"), _weights(tmp_path)
     assert all(torch.allclose(end[name], start[name], rtol=0, atol=1e-6) for name in start)
     assert (tmp_path / "final_model" / "training_recipe.yaml").read_text().count("init_from:") == 1
+
+
+@pytest.mark.parametrize("damage", ["a missing weight", "truncated"])
+def test_evaluate_model_refuses_a_damaged_model_in_one_line(tmp_path, damage, capsys):
+    model = save_tiny_model_repo(tmp_path / "model")
+    named = (
+        edit_weights(model, drop=1)[0]
+        if damage == "a missing weight"
+        else f"{damage_file(model / 'model.safetensors', damage)} is not a readable safetensors file"
+    )
+    argv = ["evaluate-model", "--model", str(model), "--dataset", str(tmp_path / "data"), "--dataset-config",
+            "demo", "--dataset-name", "qvhighlights", "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: ") and named in err

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ import torch
 from transformers import pipeline
 
 from internvideo2_testing import write_video
+from pipeline_testing import edit_weights
 
 
 def _load_handler_class(repo):
@@ -58,6 +60,17 @@ def test_features_request_matches_the_pipeline(handler, built_model_repo):
     assert [len(r["pred_relevant_windows"]) for r in answer["results"]] == [3, 3]
 
 
+def test_a_text_mask_in_json_masks_the_tokens(handler):
+    mask = [[1, 1, 1, 0, 0], [True] * 5]
+    masked = _call(
+        handler, {"inputs": {"video_features": FEATURES, "text_features": TEXT, "text_mask": mask}}
+    )
+    trimmed = _call(
+        handler, {"inputs": {"video_features": FEATURES, "text_features": [TEXT[0][:3], TEXT[1]]}}
+    )
+    assert masked == trimmed and "error" not in masked
+
+
 def test_video_request_base64_and_raw_body(handler, video_bytes):
     encoded = base64.b64encode(video_bytes).decode()
     answer = _call(
@@ -95,6 +108,18 @@ def test_video_request_base64_and_raw_body(handler, video_bytes):
         ),
         ({"inputs": {"video_features": FEATURES, "queries": [""]}}, "non-empty string"),
         ({"inputs": {"video_features": [[0.0] * 8], "text_features": TEXT}}, "feature dim 8"),
+        (
+            {"inputs": {"video_features": FEATURES, "text_features": TEXT, "text_mask": [[1] * 5]}},
+            "text_mask has 1 masks for 2 text_features",
+        ),
+        (
+            {"inputs": {"video_features": FEATURES, "text_features": TEXT, "text_mask": [[1] * 4, [1] * 5]}},
+            r"text_mask\[0\] must have one 0/1 entry per token, shape \(5,\), got \(4,\)",
+        ),
+        (
+            {"inputs": {"video_features": FEATURES, "text_features": TEXT, "text_mask": [[0.5] * 5] * 2}},
+            "only 0/1 or True/False",
+        ),
     ],
 )
 def test_bad_requests_get_a_json_error(handler, request_, message):
@@ -152,3 +177,14 @@ def test_handler_runs_without_the_package(built_model_repo, handler, tmp_path):
     good, bad = json.loads(answers.read_text())
     assert good == _call(handler, request)
     assert bad["error_type"] == "ValueError" and "feature dim 1" in bad["error"]
+
+
+@pytest.mark.parametrize("folder", ["", "encoder"])
+def test_a_repository_with_a_missing_weight_does_not_start(built_model_repo, tmp_path, folder):
+    """The endpoint must not serve a model (or encoder) with a randomly initialised head: the handler refuses to
+    start, with the repository's own (remote-code) CheckpointError naming the weight."""
+    repo = shutil.copytree(built_model_repo, tmp_path / "repo")
+    (dropped,) = edit_weights(repo / folder, drop=1)
+    with pytest.raises(Exception, match=f"1 missing, randomly initialised \\({dropped}\\)") as error:
+        _load_handler_class(repo)(path=str(repo))
+    assert type(error.value).__name__ == "CheckpointError" and "Traceback" not in str(error.value)

@@ -15,6 +15,9 @@ import socket
 import pytest
 from release_scripts import publishing
 
+from pipeline_testing import edit_weights
+from sgdetr_hf.loading_sgdetr import CheckpointError
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -51,6 +54,13 @@ def test_moments_table_rounds_and_ranks(app):
         ["a", 2, 0.0, 2.0, 0.5],
         ["b", 1, 3.0, 4.0, 0.25],
     ]
+
+
+def test_a_model_with_a_missing_weight_is_not_served(app, tiny_model_dir, tmp_path):
+    repo = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (dropped,) = edit_weights(repo, drop=1)
+    with pytest.raises(CheckpointError, match=f"1 missing, randomly initialised \\({dropped}\\)"):
+        app.build_demo(str(repo))
 
 
 def _free_port() -> int:

@@ -7,10 +7,13 @@ import torch
 from transformers import pipeline
 
 from internvideo2_testing import tiny_processor
+from pipeline_testing import edit_weights
+from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval
 from sgdetr_hf.data.demo import build_demo_dataset
+from sgdetr_hf.loading_sgdetr import CheckpointError
 from sgdetr_hf.processing_sgdetr import SGDetrProcessor
 from sgdetr_hf.training.recipe import load_recipe
-from sgdetr_hf.training.trainer import Trainer
+from sgdetr_hf.training.trainer import Trainer, build_model
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +78,20 @@ def test_the_recipe_query_cap_applies_to_the_collator_and_the_saved_processor(de
     retriever = pipeline(model=str(result.model_dir), trust_remote_code=True)
     (answer,) = retriever({"video_features": torch.randn(30, 64)}, text_features=torch.randn(1, 6, 64))
     assert 1 <= len(answer["pred_relevant_windows"]) <= 10 and len(answer["pred_saliency_scores"]) == 30
+
+
+def test_init_from_a_folder_lacking_a_weight_needs_allow_missing_weights(tmp_path):
+    """Fine-tuning starts from every weight of init_from; a weight the folder lacks (a new head) would start
+    random, so it is an error unless the recipe says allow_missing_weights (--allow-missing-weights)."""
+    data = {"video_feature_dim": 16, "text_feature_dim": 16, "clip_length": 2.0}
+    recipe = load_recipe("demo", {"init_from": str(tmp_path), "model.num_dn_groups": 1})
+    SGDetrForMomentRetrieval(SGDetrConfig(**recipe.model, **data)).save_pretrained(tmp_path)
+    (dropped,) = edit_weights(tmp_path, drop=1)
+    with pytest.raises(CheckpointError, match=rf"1 missing, randomly initialised \({dropped}\)"):
+        build_model(recipe, data)
+    allowed = load_recipe(
+        "demo", {"init_from": str(tmp_path), "allow_missing_weights": True, "model.num_dn_groups": 1}
+    )
+    assert isinstance(build_model(allowed, data), SGDetrForMomentRetrieval)
+    with pytest.raises(ValueError, match="allow_missing_weights applies to the weights of init_from"):
+        load_recipe("demo", {"allow_missing_weights": True})

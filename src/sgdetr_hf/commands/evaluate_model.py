@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -55,6 +56,7 @@ def _recipe_defaults(model: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..loading_sgdetr import CheckpointError
     from ..metrics import format_metrics_table
     from ..training.distributed import process_group_teardown
     from ..training.evaluate_model import evaluate_model
@@ -95,7 +97,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CommandLineError(str(error)) from None
     with process_group_teardown():
-        metrics = evaluate_model(args.model, recipe, predict_only=args.predict_only, num_plots=args.plot)
+        try:
+            metrics = evaluate_model(args.model, recipe, predict_only=args.predict_only, num_plots=args.plot)
+        # A model folder that cannot give the model (which file, what was expected), or none there: no trace.
+        except (CheckpointError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if metrics is not None and int(os.environ.get("RANK", "0")) == 0:
         print(format_metrics_table(metrics["brief"], f"{recipe.dataset_name} {args.split}"))
     return 0

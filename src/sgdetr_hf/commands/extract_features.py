@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..feature_extraction_sgdetr import TEXT_FEATURES, VIDEO_FEATURES, SGDetrFeatureExtractor
 from ..files import atomic_write_bytes, atomic_write_text
+from ..loading_sgdetr import CheckpointError
 from ..training.distributed import build_accelerator, process_group_teardown
 from ..video_io_sgdetr import BACKENDS
 
@@ -232,15 +234,19 @@ def run(args: argparse.Namespace) -> int:
         if value is not None
     }
     with process_group_teardown():
-        extractor = SGDetrFeatureExtractor.from_pretrained(
-            args.model,
-            device=accelerator.device,
-            max_query_length=args.max_query_length,
-            video_processor_kwargs=video_settings,
-            video_feature=args.video_feature,
-            text_feature=args.text_feature,
-            clips_per_batch=args.clips_per_batch,
-        )
+        try:
+            extractor = SGDetrFeatureExtractor.from_pretrained(
+                args.model,
+                device=accelerator.device,
+                max_query_length=args.max_query_length,
+                video_processor_kwargs=video_settings,
+                video_feature=args.video_feature,
+                text_feature=args.text_feature,
+                clips_per_batch=args.clips_per_batch,
+            )
+        except CheckpointError as error:  # not an InternVideo2 folder, or a damaged one: which file, no trace
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         failed = extract_features(
             extractor,
             videos,

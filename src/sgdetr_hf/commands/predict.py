@@ -97,6 +97,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
+    from ..loading_sgdetr import CheckpointError
     from ..pipeline_sgdetr import VideoMomentRetrievalPipeline
 
     truth = [list(window) for window in args.ground_truth or []]
@@ -120,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         results = retriever(
             video, queries=list(args.queries), top_k=args.top_k, window_overlap=args.window_overlap
         )
-    except (ValueError, OSError) as error:  # bad input, unreadable video, model not found
+    # bad input, unreadable video, model not found, a model or encoder folder that cannot give the model
+    except (ValueError, OSError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_table(results))

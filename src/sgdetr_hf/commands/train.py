@@ -55,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--init-from", help="fine-tune: a model folder or Hub id whose weights initialise the model"
     )
+    parser.add_argument(
+        "--allow-missing-weights",
+        action="store_true",
+        help="with --init-from: weights the model has and the folder lacks (new heads) start fresh, weights the "
+        "folder has and the model lacks are dropped, with a warning (default: an error)",
+    )
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
 
 
@@ -67,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         overrides = parse_override_tokens(args.overrides)
         if args.init_from:
             overrides["init_from"] = args.init_from
+        if args.allow_missing_weights:
+            overrides["allow_missing_weights"] = True
         recipe = load_recipe(args.recipe, overrides, valid_model_keys=model_config_keys())
     except ValueError as error:
         raise CommandLineError(str(error)) from None

@@ -82,6 +82,9 @@ class TrainingRecipe:
     checkpoints_total_limit: int = 2  # resumable states kept on disk
     logging_steps: int = 10  # optimizer steps between tracker logs
     init_from: str | None = None  # fine-tune: model folder or Hub id whose weights initialise the model
+    allow_missing_weights: bool = (
+        False  # init_from may lack new heads' weights (they start fresh) or hold extra ones
+    )
     processor_path: str | None = None  # processor folder or Hub id saved next to the best model
     # -- model: SGDetrConfig overrides (keys of SGDetrConfig)
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -126,6 +129,10 @@ class TrainingRecipe:
             raise ValueError(f"milestones must be increasing epoch numbers >= 1, got {self.milestones}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.allow_missing_weights and not self.init_from:
+            raise ValueError(
+                "allow_missing_weights applies to the weights of init_from, and init_from is not set"
+            )
         if self.batch_size % self.gradient_accumulation_steps:
             raise ValueError(
                 f"batch_size={self.batch_size} is the global batch per optimizer step and must be divisible "

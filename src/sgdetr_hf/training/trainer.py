@@ -62,7 +62,9 @@ def build_model(recipe: TrainingRecipe, data_properties: dict[str, Any]) -> SGDe
     overrides = {**recipe.model, **data_properties}
     if recipe.init_from:
         logger.info("initialising every weight from %s", recipe.init_from)
-        return SGDetrForMomentRetrieval.from_pretrained(recipe.init_from, **overrides)
+        return SGDetrForMomentRetrieval.from_pretrained(
+            recipe.init_from, allow_missing_weights=recipe.allow_missing_weights, **overrides
+        )
     return SGDetrForMomentRetrieval(SGDetrConfig(**overrides))
 
 
