@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -152,3 +153,26 @@ def test_handler_runs_without_the_package(built_model_repo, handler, tmp_path):
     good, bad = json.loads(answers.read_text())
     assert good == _call(handler, request)
     assert bad["error_type"] == "ValueError" and "feature dim 1" in bad["error"]
+
+
+def test_nan_weights_are_a_json_error_not_a_nan_answer(built_model_repo, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    repo = shutil.copytree(built_model_repo, tmp_path / "corrupt")
+    weights = load_file(repo / "model.safetensors")
+    weights["sg_detr.video_projection.linear1.weight"][0, 0] = float("nan")
+    save_file(weights, repo / "model.safetensors", metadata={"format": "pt"})
+    answer = _load_handler_class(repo)(path=str(repo))(
+        {"inputs": {"video_features": FEATURES, "text_features": TEXT}}
+    )
+    assert answer["error_type"] == "ValueError" and "hold NaN or Inf" in answer["error"]
+    json.dumps(answer, allow_nan=False)  # what the endpoint sends is strict JSON
+
+
+def test_errors_do_not_name_the_servers_temporary_files(handler, tmp_path):
+    broken = base64.b64encode(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4).decode()
+    answer = _call(handler, {"inputs": {"video": broken, "queries": "a dog"}})
+    assert answer["error_type"] == "ValueError" and "the uploaded video" in answer["error"]
+    assert tempfile.gettempdir() not in answer["error"] and "/video" not in answer["error"], answer["error"]
