@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from internvideo2_testing import save_tiny_checkpoint, tiny_model, tiny_processor, write_video
 from sgdetr_hf import SGDetrFeatureExtractor
+from sgdetr_hf.commands import main
 from sgdetr_hf.commands.extract_features import (
     extract_features,
     list_videos,
@@ -232,6 +234,22 @@ def test_resume_is_keyed_on_what_made_the_features_not_the_folder_name(tmp_path,
         extract_features(charades, videos, queries, output)
     with pytest.raises(ValueError, match=r"storage_dtype: torch\.float16 -> torch\.float32"):
         extract_features(extractors[1], videos, queries, output, storage_dtype=torch.float32)
+
+
+def test_the_command_refuses_another_encoders_folder_with_exit_code_2(tmp_path, video, capsys):
+    first, second = save_tiny_checkpoint(tmp_path / "a" / "encoder"), tmp_path / "b" / "encoder"
+    tiny_model(seed=1).save_pretrained(second)
+    tiny_processor().save_pretrained(second)
+    output = tmp_path / "features"
+    assert (
+        main(["extract-features", "--model", str(first), "--videos", str(video), "--output", str(output)])
+        == 0
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main(["extract-features", "--model", str(second), "--videos", str(video), "--output", str(output)])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert re.search(r"error: .*features holds features of another encoder .*weights_sha256: ", error), error
 
 
 def test_files_of_an_older_version_are_refused(tmp_path, video, extractor):

@@ -9,7 +9,8 @@ encoded by InternVideo2, SG-DETR, post-processing, JSON, plot, the endpoint hand
                                                ``auto_map`` and ``custom_pipelines``
     OUTPUT/*.py                                the remote code (``pipeline(model=OUTPUT, trust_remote_code=True)``)
     OUTPUT/encoder/                            a tiny InternVideo2 (16 x 16 frames, 16-d projections) and its
-                                               processor: 2-s clips, a BERT WordPiece ``vocab.txt`` of 92 words
+                                               processor: 2-s clips, a BERT WordPiece tokenizer of the 92 entries
+                                               of :data:`TINY_VOCAB`
 
 The test suite builds its tiny models and folders with the same functions (``tests/*_testing.py``).
 """

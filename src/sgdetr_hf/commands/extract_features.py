@@ -46,6 +46,7 @@ from ..feature_extraction_sgdetr import TEXT_FEATURES, VIDEO_FEATURES, SGDetrFea
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, strict_json
 from ..training.distributed import build_accelerator, process_group_teardown
 from ..video_io_sgdetr import BACKENDS
+from . import CommandLineError
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,10 @@ def read_queries(annotation_files: list[str]) -> dict[str, str]:
     return queries
 
 
+class OtherFeaturesError(ValueError):
+    """The output folder holds features made by another encoder or with other settings."""
+
+
 FINGERPRINT_FILE = "fingerprint.json"
 #: Video processor settings that do not change the frames: the decoders return bit-identical frames.
 _FRAME_NEUTRAL_SETTINGS = ("backend", "video_processor_type")
@@ -126,7 +131,8 @@ def feature_fingerprints(extractor: SGDetrFeatureExtractor, storage_dtype: torch
     """What determines the stored features, per kind (``"videos"``, ``"queries"``); JSON-ready."""
     model = extractor.model
     common = {
-        "encoder_config": _without_private_keys(model.config.to_dict()),
+        # to_diff_dict: the model's own settings, not generic defaults (a transformers upgrade may add some)
+        "encoder_config": _without_private_keys(model.config.to_diff_dict()),
         "weights_sha256": weights_checksum(model),
         "encoder_dtype": str(model.dtype),
         "storage_dtype": str(storage_dtype),
@@ -193,7 +199,7 @@ def _folder_is_keyed(output_dir: Path, fingerprints: dict[str, dict], overwrite:
         return False
     changes = _differences(stored, fingerprints)
     shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
-    raise ValueError(
+    raise OtherFeaturesError(
         f"{output_dir} holds features of another encoder or other settings ({shown}; stored -> this run): "
         "use another --output, or --overwrite to recompute every file with this encoder"
     )
@@ -218,7 +224,7 @@ def _is_finished(path: Path, digest: str, folder_is_keyed: bool) -> bool:
         if "fingerprint" not in metadata
         else "by another encoder or with other settings"
     )
-    raise ValueError(
+    raise OtherFeaturesError(
         f"{path} was extracted {made_by}: use another --output, or --overwrite to recompute every file"
     )
 
@@ -380,16 +386,19 @@ def run(args: argparse.Namespace) -> int:
             text_feature=args.text_feature,
             clips_per_batch=args.clips_per_batch,
         )
-        failed = extract_features(
-            extractor,
-            videos,
-            queries,
-            args.output,
-            model_name=os.path.basename(os.path.normpath(args.model)),
-            storage_dtype=STORAGE_DTYPES[args.dtype],
-            overwrite=args.overwrite,
-            accelerator=accelerator,
-        )
+        try:
+            failed = extract_features(
+                extractor,
+                videos,
+                queries,
+                args.output,
+                model_name=os.path.basename(os.path.normpath(args.model)),
+                storage_dtype=STORAGE_DTYPES[args.dtype],
+                overwrite=args.overwrite,
+                accelerator=accelerator,
+            )
+        except OtherFeaturesError as error:  # --output or --model is not what the user meant: a usage error
+            raise CommandLineError(str(error)) from None
         failed = sorted(gather_object(failed))
         if accelerator.is_main_process:
             failure_list = Path(args.output) / "failed_videos.txt"
@@ -404,4 +413,11 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-__all__ = ["extract_features", "feature_fingerprints", "list_videos", "read_queries", "weights_checksum"]
+__all__ = [
+    "OtherFeaturesError",
+    "extract_features",
+    "feature_fingerprints",
+    "list_videos",
+    "read_queries",
+    "weights_checksum",
+]
