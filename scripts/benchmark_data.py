@@ -28,6 +28,7 @@ from sgdetr_hf.data import MomentRetrievalCollator, ToyGroundingTask, ToyTaskCon
 from sgdetr_hf.data.builder import ArrayFeatures, build_dataset, write_parquet_shard
 from sgdetr_hf.data.dataset import load_moment_retrieval, rows_from_arrow
 from sgdetr_hf.data.schema import ANNOTATION_COLUMNS, annotation_features
+from sgdetr_hf.files import strict_json
 
 
 class RandomFeatures(ArrayFeatures):
@@ -181,7 +182,7 @@ def main() -> None:
         result = run_layout(
             args.layout, args.videos, args.queries_per_video, Path(args.workdir), args.batches
         )
-        print(json.dumps(result))
+        print(strict_json(result))
     else:
         results = []
         with tempfile.TemporaryDirectory() as workdir:

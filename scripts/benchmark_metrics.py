@@ -56,7 +56,7 @@ for _ in range(int(repeats)):
     seconds.append(time.perf_counter() - start)
 with open("/proc/self/status") as status:
     peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-print(json.dumps({"seconds": seconds, "metrics": metrics, "peak_mib": peak_kib / 1024}))
+print(json.dumps({"seconds": seconds, "metrics": metrics, "peak_mib": peak_kib / 1024}, allow_nan=False))
 """
 
 

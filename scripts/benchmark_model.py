@@ -26,6 +26,7 @@ import torch
 
 from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval, post_process_moment_retrieval
 from sgdetr_hf.benchmarking import measure, print_table, write_json
+from sgdetr_hf.files import strict_json
 
 
 def _inputs(batch: int, clips: int, tokens: int, config: SGDetrConfig, device: str, seed: int = 0):
@@ -144,7 +145,7 @@ def main() -> int:
 
     if args.one:
         spec = json.loads(args.one)
-        print(json.dumps(benchmark_row(**spec, device=args.device, dtype=dtype)))
+        print(strict_json(benchmark_row(**spec, device=args.device, dtype=dtype)))
         return 0
 
     plan = [
@@ -169,14 +170,14 @@ def main() -> int:
                 "--dtype",
                 dtype,
                 "--one",
-                json.dumps(spec),
+                strict_json(spec),
             ]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             row = json.loads(
                 subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
             )
         rows.append(row)
-        print(json.dumps(row), file=sys.stderr)
+        print(strict_json(row), file=sys.stderr)
 
     name = (
         torch.cuda.get_device_name()

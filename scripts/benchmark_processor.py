@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sgdetr_hf.benchmarking import measure, peak_rss_mib, print_table
+from sgdetr_hf.files import strict_json
 
 
 def generate_video(path: Path, duration: float, fps: int = 25, size: tuple[int, int] = (1280, 720)) -> Path:
@@ -166,7 +167,7 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)
         # include_children: decord's crash-isolating decoding process is part of the case
         print(
-            json.dumps({**CASES[args.case](args.video), "peak_rss_mb": peak_rss_mib(include_children=True)})
+            strict_json({**CASES[args.case](args.video), "peak_rss_mb": peak_rss_mib(include_children=True)})
         )
         return
 

@@ -15,7 +15,6 @@ Then ``datasets.load_dataset("datasets/qvhighlights", "qvhighlights")`` works of
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from huggingface_hub import DatasetCard
 from sgdetr_hf.data.builder import FeatureFolder, build_dataset
 from sgdetr_hf.data.readers import read_annotations
 from sgdetr_hf.data.schema import CLIP_LENGTHS
+from sgdetr_hf.files import strict_json
 
 HUB_CARDS = Path(__file__).resolve().parents[1] / "hub" / "datasets"
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         card_body=card_body,
         card_metadata=metadata,
     )
-    print(json.dumps({k: v for k, v in vars(report).items() if k != "files"}, indent=2))
+    print(strict_json({k: v for k, v in vars(report).items() if k != "files"}, indent=2))
     return 0
 
 

@@ -26,7 +26,7 @@ from huggingface_hub import DatasetCard
 from sgdetr_hf.data.builder import FeatureFolder, build_dataset
 from sgdetr_hf.data.intervid_mr import InterVidMRConfig, WindowFeatures, filter_captions, generate_intervid_mr
 from sgdetr_hf.data.readers import read_annotations
-from sgdetr_hf.files import atomic_write_json, atomic_write_text
+from sgdetr_hf.files import atomic_write_json, atomic_write_jsonl, strict_json
 
 CARD = Path(__file__).resolve().parents[1] / "hub" / "datasets" / "intervid-mr" / "README.md"
 
@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "filter":
         captions, reasons = filter_captions(read_jsonl(args.input))
-        atomic_write_text(args.output / "captions.jsonl", "".join(json.dumps(c) + "\n" for c in captions))
+        atomic_write_jsonl(args.output / "captions.jsonl", captions)
         atomic_write_json(args.output / "caption_filter.json", dict(reasons))
-        print(json.dumps({"kept": len(captions), "dropped": dict(reasons)}, indent=2))
+        print(strict_json({"kept": len(captions), "dropped": dict(reasons)}, indent=2))
         return 0
 
     config = InterVidMRConfig(
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         shard_size=args.shard_size,
         caption_reasons=json.loads((args.output / "caption_filter.json").read_text()),
     )
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    print(strict_json({k: v for k, v in summary.items() if k != "config"}, indent=2))
     if args.dataset_dir:
         splits = {
             split: read_annotations(args.output / f"{split}.jsonl", "intervid-mr")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             card_body=card.text if card else None,
             card_metadata=metadata,
         )
-        print(json.dumps({k: v for k, v in vars(report).items() if k != "files"}, indent=2))
+        print(strict_json({k: v for k, v in vars(report).items() if k != "files"}, indent=2))
     return 0
 
 

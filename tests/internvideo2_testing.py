@@ -1,5 +1,5 @@
-"""Helpers shared by the InternVideo2 / processor tests: videos whose frames carry their own index, and a
-tiny InternVideo2 configuration."""
+"""Helpers shared by the InternVideo2 / processor tests: videos whose frames carry their own index, and the
+tiny InternVideo2 of :mod:`sgdetr_hf.tiny_repo`."""
 
 from fractions import Fraction
 from pathlib import Path
@@ -7,14 +7,17 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from transformers import BertTokenizer
 
-from sgdetr_hf.configuration_internvideo2 import InternVideo2Config
-from sgdetr_hf.modeling_internvideo2 import InternVideo2Model
-from sgdetr_hf.processing_sgdetr import SGDetrProcessor
-from sgdetr_hf.video_processing_sgdetr import IMAGENET_MEAN, IMAGENET_STD, SGDetrVideoProcessor
+from sgdetr_hf.tiny_repo import (
+    TINY_VOCAB,
+    save_tiny_encoder,
+    tiny_internvideo2_config,
+    tiny_internvideo2_model,
+)
+from sgdetr_hf.tiny_repo import tiny_processor as tiny_processor  # re-exported for the tests
+from sgdetr_hf.video_processing_sgdetr import IMAGENET_MEAN, IMAGENET_STD
 
-VOCAB = Path(__file__).parent / "fixtures" / "vocab.txt"
+VOCAB = TINY_VOCAB
 INDEX_BITS = 9  # frames 0..511 can be painted
 
 
@@ -70,57 +73,7 @@ def write_video(
     return Path(path)
 
 
-def tiny_config(num_frames: int = 4, vocab_size: int = 92, **vision_overrides) -> InternVideo2Config:
-    return InternVideo2Config(
-        vision_config=dict(
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=279,  # int(64 * 48 / 11), the 1B model's MLP ratio
-            image_size=16,
-            patch_size=4,
-            num_frames=num_frames,
-            pooler_num_attention_heads=4,
-            pooler_output_size=32,
-            **vision_overrides,
-        ),
-        text_config=dict(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        ),
-        projection_dim=16,
-    )
-
-
-def tiny_model(num_frames: int = 4, seed: int = 0, **vision_overrides) -> InternVideo2Model:
-    """A random tiny model with unit-scale weights (1/sqrt(fan-in)) and randomised LayerScales and norms, so
-    that every part of every block moves the output (the default init is near identity at this size)."""
-    torch.manual_seed(seed)
-    model = InternVideo2Model(tiny_config(num_frames, **vision_overrides)).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lambda1" in name or "norm" in name.lower():
-                parameter.uniform_(0.5, 1.5)
-            elif parameter.ndim >= 2 and "embeddings" not in name:
-                parameter.normal_(0, parameter[0].numel() ** -0.5)
-            elif name.endswith("bias"):
-                parameter.normal_(0, 0.1)
-    return model
-
-
-def tiny_processor(**video_kwargs) -> SGDetrProcessor:
-    """The test vocabulary's tokenizer and a video processor at the tiny model's 16 x 16 resolution."""
-    tokenizer = BertTokenizer(vocab=str(VOCAB), model_max_length=40)
-    video_processor = SGDetrVideoProcessor(**{"size": {"height": 16, "width": 16}, **video_kwargs})
-    return SGDetrProcessor(video_processor, tokenizer)
-
-
-def save_tiny_checkpoint(directory: Path, **video_kwargs) -> Path:
-    """A converted-style folder (model + processor) for the tiny model."""
-    tiny_model().save_pretrained(directory)
-    tiny_processor(**video_kwargs).save_pretrained(directory)
-    return directory
+# The tiny encoder is the package's own (``sgdetr build-tiny-repo`` builds the same), under the tests' names.
+tiny_config = tiny_internvideo2_config
+tiny_model = tiny_internvideo2_model
+save_tiny_checkpoint = save_tiny_encoder

@@ -7,24 +7,21 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from internvideo2_testing import save_tiny_checkpoint
 from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval
 from sgdetr_hf.data import MomentRetrievalCollator, PlantedQuery, ToyGroundingTask, ToyTaskConfig
+from sgdetr_hf.tiny_repo import TINY_SGDETR_CONFIG, save_tiny_encoder, tiny_sgdetr_model
 
-#: Tiny SG-DETR matching the tiny InternVideo2 (16-d projected features).
-TINY_SGDETR = dict(
-    video_feature_dim=16, text_feature_dim=16, hidden_size=32, num_attention_heads=4, ffn_dim=64,
-    group_norm_groups=8, num_queries=5, num_pooling_layers=1, num_sgca_layers=1, num_encoder_layers=1,
-    num_decoder_layers=1,
-)  # fmt: skip
+TINY_SGDETR = TINY_SGDETR_CONFIG
 
 
 def save_tiny_model_repo(directory: Path, seed: int = 0, **config) -> Path:
-    """A random tiny SG-DETR in ``directory`` with a random tiny InternVideo2 encoder in ``directory/encoder``."""
-    torch.manual_seed(seed)
-    SGDetrForMomentRetrieval(SGDetrConfig(**{**TINY_SGDETR, **config})).eval().save_pretrained(directory)
-    save_tiny_checkpoint(directory / "encoder")
-    return directory
+    """A random tiny SG-DETR in ``directory`` with a random tiny InternVideo2 encoder in ``directory/encoder``,
+    in the format ``sgdetr train`` writes (``save_pretrained``: no ``custom_pipelines``, so the installed
+    pipeline class loads it without ``trust_remote_code``). ``sgdetr build-tiny-repo``
+    (:func:`sgdetr_hf.tiny_repo.build_tiny_repo`) writes the release format from the same models."""
+    tiny_sgdetr_model(seed, **config).save_pretrained(directory)
+    save_tiny_encoder(Path(directory) / "encoder")
+    return Path(directory)
 
 
 def edit_weights(folder: Path, drop: int = 0, add: dict[str, torch.Tensor] | None = None) -> list[str]:

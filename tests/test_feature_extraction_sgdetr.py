@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -9,13 +10,18 @@ import threading
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from internvideo2_testing import save_tiny_checkpoint, write_video
+from internvideo2_testing import save_tiny_checkpoint, tiny_model, tiny_processor, write_video
 from pipeline_testing import save_tiny_model_repo
 from sgdetr_hf import SGDetrFeatureExtractor
 from sgdetr_hf.commands import main
-from sgdetr_hf.commands.extract_features import extract_features, list_videos, read_queries
+from sgdetr_hf.commands.extract_features import (
+    extract_features,
+    list_videos,
+    read_queries,
+    weights_checksum,
+)
 from sgdetr_hf.data.builder import FeatureFolder
 from sgdetr_hf.loading_sgdetr import CheckpointError
 from sgdetr_hf.modeling_internvideo2 import InternVideo2Model
@@ -180,8 +186,9 @@ def test_feature_folder_is_complete_resumable_and_readable_by_the_builder(extrac
     assert extract_features(extractor, videos, queries, output, model_name="tiny") == ["broken"]
     assert {path: path.stat().st_mtime_ns for path in output.glob("*/*.safetensors")} == written
     assert not list(output.glob("*/.*.tmp"))
-    with pytest.raises(ValueError, match="other settings"):
-        extract_features(extractor, videos, queries, output, model_name="another-model")
+    # the same encoder under another folder name is the same features: nothing is redone
+    assert extract_features(extractor, videos, queries, output, model_name="another-name") == ["broken"]
+    assert {path: path.stat().st_mtime_ns for path in output.glob("*/*.safetensors")} == written
 
 
 def test_bad_sources(tmp_path, video):
@@ -218,3 +225,95 @@ def test_two_processes_share_the_work(checkpoint, corpus, tmp_path):
         "vid_b.safetensors",
     ]
     assert result.stderr.count("skipping broken") == 1  # each video went to exactly one process
+
+
+# ------------------------------------------------------------------ resuming keyed on a fingerprint
+def _mtimes(folder):
+    return {path.name: path.stat().st_mtime_ns for path in folder.glob("*/*.safetensors")}
+
+
+def test_resume_is_keyed_on_what_made_the_features_not_the_folder_name(tmp_path, video):
+    """Two different tiny encoders, both saved as ``encoder/``: the second never passes for the first."""
+    first, second = save_tiny_checkpoint(tmp_path / "a" / "encoder"), tmp_path / "b" / "encoder"
+    tiny_model(seed=1).save_pretrained(second)
+    tiny_processor().save_pretrained(second)
+    extractors = [SGDetrFeatureExtractor.from_pretrained(path) for path in (first, second)]
+    videos, queries, output = {"clip": video}, {"q1": "a man rides a bike"}, tmp_path / "features"
+    assert extract_features(extractors[0], videos, queries, output, model_name="encoder") == []
+    stored = json.loads((output / "fingerprint.json").read_text())
+    assert stored["videos"]["weights_sha256"] == weights_checksum(extractors[0].model)
+    assert stored["videos"]["video_processor"]["clip_length"] == 2.0 and stored["queries"]["max_query_length"]
+    old_video = (output / "videos" / "clip.safetensors").read_bytes()
+
+    with pytest.raises(
+        ValueError, match=r"features of another encoder .*weights_sha256: \w+\.\.\. -> \w+\.\.\..*--overwrite"
+    ):
+        extract_features(extractors[1], videos, queries, output, model_name="encoder")
+
+    extract_features(extractors[1], videos, queries, output, model_name="encoder", overwrite=True)
+    torch.testing.assert_close(
+        load_file(output / "videos" / "clip.safetensors")["video_features"],
+        extractors[1].encode_video(video).features.half(),
+    )
+    assert json.loads((output / "fingerprint.json").read_text())["videos"][
+        "weights_sha256"
+    ] == weights_checksum(extractors[1].model)
+    # an --overwrite run killed half-way leaves files of the old encoder: resuming without --overwrite redoes them
+    (output / "videos" / "clip.safetensors").write_bytes(old_video)
+    before = _mtimes(output)
+    extract_features(extractors[1], videos, queries, output, model_name="encoder")
+    after = _mtimes(output)
+    assert (
+        after["q1.safetensors"] == before["q1.safetensors"]
+        and after["clip.safetensors"] != before["clip.safetensors"]
+    )
+    torch.testing.assert_close(
+        load_file(output / "videos" / "clip.safetensors")["video_features"],
+        extractors[1].encode_video(video).features.half(),
+    )
+
+    charades = SGDetrFeatureExtractor.from_pretrained(second, video_processor_kwargs={"clip_length": 1.0})
+    with pytest.raises(ValueError, match=r"video_processor\.clip_length: 2\.0 -> 1\.0"):
+        extract_features(charades, videos, queries, output)
+    with pytest.raises(ValueError, match=r"storage_dtype: torch\.float16 -> torch\.float32"):
+        extract_features(extractors[1], videos, queries, output, storage_dtype=torch.float32)
+
+
+def test_the_command_refuses_another_encoders_folder_with_exit_code_2(tmp_path, video, capsys):
+    first, second = save_tiny_checkpoint(tmp_path / "a" / "encoder"), tmp_path / "b" / "encoder"
+    tiny_model(seed=1).save_pretrained(second)
+    tiny_processor().save_pretrained(second)
+    output = tmp_path / "features"
+    assert (
+        main(["extract-features", "--model", str(first), "--videos", str(video), "--output", str(output)])
+        == 0
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main(["extract-features", "--model", str(second), "--videos", str(video), "--output", str(output)])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert re.search(r"error: .*features holds features of another encoder .*weights_sha256: ", error), error
+
+
+def test_files_of_an_older_version_are_refused(tmp_path, video, extractor):
+    output = tmp_path / "features"
+    (output / "videos").mkdir(parents=True)
+    save_file(
+        {"video_features": torch.zeros(5, 16)},
+        output / "videos" / "clip.safetensors",
+        metadata={"model": "encoder"},
+    )
+    with pytest.raises(
+        ValueError, match=r"clip\.safetensors was extracted by an older version \(no fingerprint\)"
+    ):
+        extract_features(extractor, {"clip": video}, {}, output)
+    assert not (output / "fingerprint.json").exists()
+
+
+def test_weights_checksum():
+    model = tiny_model()
+    assert weights_checksum(model) == weights_checksum(tiny_model())  # the same weights, rebuilt
+    with torch.no_grad():
+        model.text_projection.weight[0, 0] += 1e-3
+    assert weights_checksum(model) != weights_checksum(tiny_model())
+    assert weights_checksum(tiny_model().to(torch.bfloat16)) != weights_checksum(tiny_model())

@@ -2,11 +2,20 @@
 
 import json
 import math
+import re
 import stat
+from pathlib import Path
 
 import pytest
 
-from sgdetr_hf.files import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text
+from sgdetr_hf.files import (
+    atomic_output,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    strict_json,
+)
 
 
 def test_atomic_write_leaves_only_the_file(tmp_path):
@@ -33,6 +42,33 @@ def test_json_is_strict_and_a_refused_write_keeps_the_old_file(tmp_path, value):
     with pytest.raises(ValueError, match=r"cannot write .*m\.json.*NaN or Infinity"):
         atomic_write_json(path, {"loss": value})
     assert json.loads(path.read_text()) == {"ok": 1} and [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_json_lines_and_printed_json_are_strict(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    atomic_write_jsonl(path, [{"a": 1}, [2.5]])
+    assert path.read_text() == '{"a": 1}\n[2.5]\n'
+    with pytest.raises(ValueError, match=r"cannot write .*rows\.jsonl: line 2.*NaN or Infinity"):
+        atomic_write_jsonl(path, [{"a": 1}, {"b": math.nan}])
+    assert path.read_text() == '{"a": 1}\n[2.5]\n' and [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
+    assert strict_json({"a": [1, 2]}, indent=None) == '{"a": [1, 2]}'
+    with pytest.raises(ValueError, match=r"the prediction: .*NaN or Infinity"):
+        strict_json({"score": -math.inf}, "the prediction")
+
+
+def test_no_module_writes_lenient_json():
+    """Every json.dump(s) of the package, the scripts and the Hub files is strict: it goes through
+    files.strict_json, or passes allow_nan=False where the package cannot be imported."""
+    root = Path(__file__).resolve().parents[1]
+    lenient = []
+    for folder in ("src", "scripts", "hub"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if re.search(r"json\.dumps?\(", line) and "allow_nan=False" not in line:
+                    lenient.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    # compares two metric dicts as texts, writes nothing
+    allowed = "scripts/benchmark_metrics.py", "same = json.dumps(official) == json.dumps(ours)"
+    assert [entry for entry in lenient if not entry.startswith(allowed[0]) or allowed[1] not in entry] == []
 
 
 def test_a_failing_writer_removes_its_temporary_file(tmp_path):

@@ -48,7 +48,7 @@ REMOTE_CODE = set().union(*REMOTE_LAYERS)
 #: Each layer lists flat modules and sub-packages by name; ``sgdetr_hf`` is the package's ``__init__``.
 LAYERS = [
     *REMOTE_LAYERS,
-    {"files", "hub_ids", "visualization", "benchmarking", "_deprecation", "data", "metrics"},
+    {"files", "hub_ids", "visualization", "benchmarking", "tiny_repo", "_deprecation", "data", "metrics"},
     {"training"},
     {"commands"},
     {PACKAGE},

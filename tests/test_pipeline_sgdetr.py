@@ -18,6 +18,7 @@ from sgdetr_hf.long_video_sgdetr import (
     retrieve_moments,
     sliding_windows,
 )
+from sgdetr_hf.postprocessing_sgdetr import NonFiniteOutputError
 from sgdetr_hf.video_io_sgdetr import VideoDecodingError
 
 
@@ -340,3 +341,49 @@ def test_moment_at_minute_15_of_a_20_minute_video_is_found(toy):
         iou = max(0.0, min(end, 910.0) - max(start, 900.0)) / (max(end, 910.0) - min(start, 900.0))
         assert iou >= 0.5, (concept, result["pred_relevant_windows"][:3])
         assert first <= int(np.argmax(result["pred_saliency_scores"])) < first + length
+
+
+# ------------------------------------------------------------------------------ non-finite weights
+def _corrupt(folder, parameter: str):
+    """Set one element of ``parameter`` in ``folder/model.safetensors`` to NaN (a corrupted payload)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    weights[parameter].view(-1)[0] = math.nan
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_nan_weights_are_named_not_turned_into_nan_windows(tmp_path, video_file):
+    repo = save_tiny_model_repo(tmp_path / "repo")
+    _corrupt(repo, "sg_detr.video_projection.linear1.weight")
+    retriever = pipeline("video-moment-retrieval", model=str(repo))
+    video, texts = _features(10)
+    with pytest.raises(
+        NonFiniteOutputError,
+        match=r"weights of .*repo hold NaN or Inf \(sg_detr\.video_projection\.linear1\.weight\)",
+    ):
+        retriever({"video_features": video}, text_features=texts)
+
+    encoder_repo = save_tiny_model_repo(tmp_path / "encoder-repo")
+    _corrupt(encoder_repo / "encoder", "vision_model.embeddings.cls_token")
+    retriever = pipeline("video-moment-retrieval", model=str(encoder_repo))
+    with pytest.raises(
+        NonFiniteOutputError,
+        match=r"weights of .*encoder hold NaN or Inf \(vision_model\.embeddings\.cls_token\)",
+    ):
+        retriever(str(video_file), queries="a dog")
+
+
+def test_non_finite_outputs_of_finite_weights_blame_the_forward_pass(retriever, monkeypatch):
+    def overflowing_model(*args, **kwargs):
+        outputs = real_forward(*args, **kwargs)
+        outputs.det_scores = torch.full_like(outputs.det_scores, math.inf)
+        return outputs
+
+    real_forward = retriever.model.forward
+    monkeypatch.setattr(retriever.model, "forward", overflowing_model)
+    video, texts = _features(10)
+    with pytest.raises(
+        NonFiniteOutputError, match=r"det_scores \(10 of 10 values\).*overflowed in torch.float32"
+    ):
+        retriever({"video_features": video}, text_features=texts)

@@ -14,6 +14,7 @@ from sgdetr_hf import (
     post_process_moment_retrieval,
     write_qvhighlights_predictions,
 )
+from sgdetr_hf.postprocessing_sgdetr import NonFiniteOutputError
 
 
 def _close(got, want, abs=1e-5):
@@ -214,3 +215,25 @@ def test_format_matches_the_official_sample(shared_data, tmp_path, tiny_outputs)
     assert list(written) == list(sample)
     assert len(written["pred_saliency_scores"]) == len(sample["pred_saliency_scores"]) == 75
     assert all(len(w) == 3 and w[0] % 2 == 0 and w[1] % 2 == 0 for w in written["pred_relevant_windows"])
+
+
+@pytest.mark.parametrize("name", ["pred_spans", "det_scores", "atss_logits", "atss_spans", "global_saliency"])
+def test_non_finite_outputs_are_refused_not_turned_into_windows(name):
+    outputs = _hand_outputs()
+    outputs[name].view(-1)[1] = math.nan
+    with pytest.raises(
+        NonFiniteOutputError,
+        match=rf"NaN or Inf in {name if name != 'global_saliency' else 'saliency'} \(1 of",
+    ):
+        post_process_moment_retrieval(outputs, [19.0])
+
+
+def test_what_post_processing_does_not_read_may_be_anything():
+    outputs = _hand_outputs()
+    outputs["video_mask"] = torch.tensor([[True] * 8 + [False] * 2])
+    outputs["global_saliency"][0, 9] = -math.inf  # a padding clip
+    outputs["anchor_mask"] = torch.tensor([[True, True, False]])
+    outputs["atss_logits"][0, 2] = math.nan  # a padding anchor
+    (prediction,) = post_process_moment_retrieval(outputs, [16.0])
+    assert len(prediction["pred_saliency_scores"]) == 8
+    json.dumps(prediction, allow_nan=False)

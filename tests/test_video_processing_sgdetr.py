@@ -295,3 +295,48 @@ def test_a_hung_decoder_is_stopped(tmp_path, monkeypatch):
         with pytest.raises(VideoDecodingError, match=r"hung for 0 s while reading .*ok\.mp4"):
             list(decoder.iter_frames(np.arange(10), 4))
         assert decoder._worker.process.poll() is not None  # stopped, not left behind
+
+
+# ------------------------------------------------------- a valid file one backend cannot read
+VALID_FILES_DECORD_CANNOT_READ = {
+    "72-px-wide": dict(size=(72, 48)),
+    "2x2": dict(size=(2, 2)),
+    "gif": dict(size=(32, 32), codec="gif", pix_fmt="rgb8", fps=10),
+}
+
+
+@pytest.mark.parametrize("name", VALID_FILES_DECORD_CANNOT_READ)
+def test_decord_failing_on_a_valid_file_says_so_and_suggests_pyav(tmp_path, name):
+    pytest.importorskip(
+        "decord", reason="decord is not installed: the message logic is tested without it below"
+    )
+    path = write_video(
+        tmp_path / f"valid.{'gif' if name == 'gif' else 'mp4'}", 20, **VALID_FILES_DECORD_CANNOT_READ[name]
+    )
+    assert read_index(processor(backend="pyav")(path)["pixel_values"]).shape == (1, 4)  # the file is fine
+    with pytest.raises(
+        VideoDecodingError,
+        match=r"decord cannot (open|decode) .*valid\.\w+ \(.*\), but the file is a valid video that PyAV reads: use backend='pyav'",
+    ) as error:
+        processor(backend="decord")(path)
+    assert "corrupt" not in str(error.value) and "/github/workspace" not in str(error.value)
+
+
+def test_decord_failure_messages_without_decord(tmp_path, monkeypatch):
+    """The wording of a decord failure depends on what PyAV makes of the file; no decord needed."""
+    from sgdetr_hf import video_io_sgdetr
+
+    valid, broken = write_video(tmp_path / "valid.mp4", 20), tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    reason = RuntimeError("[18:52:25] /github/workspace/src/runtime/ndarray.cc:171: Check failed: sizes")
+    message = str(video_io_sgdetr._decord_failure(str(valid), reason, "decode"))
+    assert message == (
+        f"decord cannot decode {valid} (Check failed: sizes), but the file is a valid video that PyAV reads: "
+        "use backend='pyav' (decord fails on some valid files, e.g. 72-px-wide frames and GIFs)"
+    )
+    message = str(video_io_sgdetr._decord_failure(str(broken), reason, "open"))
+    assert message.startswith(f"{broken} is corrupt or truncated: decord cannot open it (Check failed")
+    assert message.endswith("PyAV cannot read it either")
+    monkeypatch.setattr(video_io_sgdetr, "av", None)  # PyAV not installed: nothing to ask
+    message = str(video_io_sgdetr._decord_failure(str(valid), reason, "open"))
+    assert "corrupt or one decord cannot decode" in message and "pip install av" in message

@@ -43,6 +43,17 @@ def _error(message: str, error_type: str = "ValueError") -> dict[str, str]:
     return {"error": message, "error_type": error_type}
 
 
+def _without_upload_path(message: str, upload: str | None) -> str:
+    """``message`` with the server-side temporary file of the upload replaced by words: the client sent
+    bytes, and the server's folders are none of its business."""
+    if upload is None:
+        return message
+    for path in dict.fromkeys((upload, os.path.realpath(upload))):  # /tmp may be a symlink (macOS)
+        message = message.replace(path, "the uploaded video")
+        message = message.replace(os.path.dirname(path), "<upload folder>")
+    return message
+
+
 def _decode_video(value: Any) -> bytes:
     """Video bytes from raw bytes or a base64 string."""
     if isinstance(value, (bytes, bytearray)):
@@ -89,20 +100,22 @@ class EndpointHandler:
         self.pipeline = pipeline(model=path or ".", trust_remote_code=True, device=device)
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        upload = None  # the request's video as a file on this server; never named in an answer
         try:
             inputs, parameters = _parse(data)
             if "video" in inputs:
                 # The video decoders read files: keep the upload in a temporary one for this request.
                 with tempfile.TemporaryDirectory() as folder:
-                    video_path = os.path.join(folder, "video")
-                    with open(video_path, "wb") as file:
+                    upload = os.path.join(folder, "video")
+                    with open(upload, "wb") as file:
                         file.write(inputs["video"])
-                    results = self.pipeline({**inputs, "video": video_path}, **parameters)
+                    results = self.pipeline({**inputs, "video": upload}, **parameters)
             else:
                 results = self.pipeline(inputs, **parameters)
         except ValueError as error:
-            return _error(str(error))
+            return _error(_without_upload_path(str(error), upload))
         except Exception as error:  # the endpoint must answer JSON, never a stack trace
-            logger.exception("SG-DETR request failed")
-            return _error(f"the request could not be processed: {error}", type(error).__name__)
+            logger.exception("SG-DETR request failed")  # the server's log keeps the paths
+            message = _without_upload_path(str(error), upload)
+            return _error(f"the request could not be processed: {message}", type(error).__name__)
         return {"results": results if isinstance(results, list) else [results]}

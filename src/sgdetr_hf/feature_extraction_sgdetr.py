@@ -20,6 +20,7 @@ from transformers.image_processing_utils import BatchFeature
 from .configuration_internvideo2 import InternVideo2Config
 from .loading_sgdetr import resolve_device
 from .modeling_internvideo2 import InternVideo2Model
+from .postprocessing_sgdetr import NonFiniteOutputError, describe_non_finite_weights, non_finite_parameters
 from .processing_sgdetr import SGDetrProcessor
 from .video_io_sgdetr import prefetch
 from .video_processing_sgdetr import SGDetrVideoProcessor
@@ -137,6 +138,18 @@ class SGDetrFeatureExtractor:
         )
         return cls(model, processor, **kwargs)
 
+    def _check_finite(self, features: torch.Tensor, what: str) -> torch.Tensor:
+        """``features``, or ``NonFiniteOutputError`` naming the encoder's broken weights (NaN is no feature)."""
+        if bool(torch.isfinite(features).all()):
+            return features
+        broken = non_finite_parameters(self.model)
+        if broken:
+            raise NonFiniteOutputError(describe_non_finite_weights(broken, self.model.name_or_path))
+        raise NonFiniteOutputError(
+            f"the InternVideo2 encoder gave NaN or Inf {what} with finite weights: the forward pass overflowed "
+            f"in {self.model.dtype}; run the encoder in float32 (dtype=torch.float32)"
+        )
+
     @property
     def device(self) -> torch.device:
         return self.model.device
@@ -164,7 +177,7 @@ class SGDetrFeatureExtractor:
             ).pooler_output
         else:
             features = self.model.vision_model(pixel_values, interpolate_pos_encoding=True).pooler_output
-        return features.float().cpu()
+        return self._check_finite(features.float().cpu(), "clip features")
 
     @torch.inference_mode()
     def encode_video(
@@ -196,7 +209,9 @@ class SGDetrFeatureExtractor:
         outputs = self.model.get_text_features(tokens["input_ids"], attention_mask=tokens["attention_mask"])
         features = outputs.token_embeds if self.text_feature == "projected" else outputs.last_hidden_state
         mask = tokens["attention_mask"]
-        return QueryFeatures((features * mask[..., None]).float().cpu(), mask.long().cpu())
+        features, mask = (features * mask[..., None]).float().cpu(), mask.long().cpu()
+        self._check_finite(features[mask.bool()], "query token features")
+        return QueryFeatures(features, mask)
 
     def __call__(
         self,

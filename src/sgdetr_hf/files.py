@@ -55,7 +55,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _strict_json(obj: Any, what: str, **dumps_options: Any) -> str:
+def strict_json(obj: Any, what: str = "value", **dumps_options: Any) -> str:
+    """``json.dumps(obj, allow_nan=False, **dumps_options)`` whose error names ``what``: the one JSON encoder
+    of the package, for files and for JSON printed to the console alike.
+
+    Raises:
+        ValueError: ``obj`` holds NaN or Infinity. TypeError: ``obj`` holds something JSON cannot encode.
+    """
     try:
         return json.dumps(obj, allow_nan=False, **dumps_options)
     except ValueError as error:  # "Out of range float values are not JSON compliant"
@@ -68,7 +74,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Pat
     Raises:
         ValueError: ``obj`` holds NaN or Infinity. TypeError: ``obj`` holds something JSON cannot encode.
     """
-    return atomic_write_text(path, _strict_json(obj, f"cannot write {path}", indent=indent) + "\n")
+    return atomic_write_text(path, strict_json(obj, f"cannot write {path}", indent=indent) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
+    """Write ``rows`` as JSON Lines (one strict JSON value per line) to ``path`` atomically."""
+    lines = [strict_json(row, f"cannot write {path}: line {number}") for number, row in enumerate(rows, 1)]
+    return atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def write_qvhighlights_predictions(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
@@ -88,7 +100,7 @@ def write_qvhighlights_predictions(path: str | os.PathLike, records: Iterable[Ma
         if "pred_saliency_scores" in record:
             ordered["pred_saliency_scores"] = [float(x) for x in record["pred_saliency_scores"]]
         ordered.update({k: v for k, v in record.items() if k not in ordered})
-        lines.append(_strict_json(ordered, f"record {i} (qid {record['qid']})"))
+        lines.append(strict_json(ordered, f"record {i} (qid {record['qid']})"))
     return atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
@@ -96,6 +108,8 @@ __all__ = [
     "atomic_output",
     "atomic_write_bytes",
     "atomic_write_json",
+    "atomic_write_jsonl",
     "atomic_write_text",
+    "strict_json",
     "write_qvhighlights_predictions",
 ]

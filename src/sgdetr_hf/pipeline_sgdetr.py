@@ -33,7 +33,12 @@ from transformers import Pipeline
 from .feature_extraction_sgdetr import SGDetrFeatureExtractor
 from .loading_sgdetr import resolve_device
 from .long_video_sgdetr import retrieve_moments
-from .postprocessing_sgdetr import DEFAULT_TOP_K
+from .postprocessing_sgdetr import (
+    DEFAULT_TOP_K,
+    NonFiniteOutputError,
+    describe_non_finite_weights,
+    non_finite_parameters,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -316,16 +321,29 @@ class VideoMomentRetrievalPipeline(Pipeline):
         self, model_inputs, top_k=None, window_overlap=1 / 3, window_batch_size=64
     ) -> dict[str, Any]:
         dtype = self.model.dtype
-        results = retrieve_moments(
-            self.model,
-            model_inputs["video_features"].to(dtype),
-            model_inputs["text_features"].to(dtype),
-            model_inputs["text_mask"],
-            duration=model_inputs["duration"],
-            top_k=top_k or DEFAULT_TOP_K,
-            window_overlap=window_overlap,
-            window_batch_size=window_batch_size,
-        )
+        try:
+            results = retrieve_moments(
+                self.model,
+                model_inputs["video_features"].to(dtype),
+                model_inputs["text_features"].to(dtype),
+                model_inputs["text_mask"],
+                duration=model_inputs["duration"],
+                top_k=top_k or DEFAULT_TOP_K,
+                window_overlap=window_overlap,
+                window_batch_size=window_batch_size,
+            )
+        except NonFiniteOutputError as error:
+            # The inputs were checked finite (or came from the encoder, which checks its outputs): say
+            # whether the weights are to blame, which is only worth the scan once something went wrong.
+            broken = non_finite_parameters(self.model)
+            if broken:
+                raise NonFiniteOutputError(
+                    describe_non_finite_weights(broken, self.model.name_or_path)
+                ) from None
+            raise NonFiniteOutputError(
+                f"{error}. The weights and inputs are finite, so the forward pass overflowed in {dtype}: "
+                "run the model in float32"
+            ) from None
         return {"results": results, "queries": model_inputs["queries"], "single": model_inputs["single"]}
 
     def postprocess(self, model_outputs) -> dict[str, Any] | list[dict[str, Any]]:

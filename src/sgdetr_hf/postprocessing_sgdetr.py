@@ -21,6 +21,7 @@ plain lists and writes no file (``sgdetr_hf.write_qvhighlights_predictions`` wri
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,48 @@ def _get(outputs: Any, name: str) -> Any:
     if isinstance(outputs, Mapping):
         return outputs.get(name)
     return getattr(outputs, name, None)
+
+
+class NonFiniteOutputError(ValueError):
+    """Model outputs hold NaN or Inf: the model's weights or its inputs are not finite (a corrupted
+    checkpoint, features of a broken encoder) or the forward pass overflowed (e.g. in float16)."""
+
+
+def non_finite_parameters(module: torch.nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``module`` that hold NaN or Inf (a corrupted checkpoint)."""
+    tensors = itertools.chain(module.named_parameters(), module.named_buffers())
+    return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def describe_non_finite_weights(names: Sequence[str], source: str) -> str:
+    """A sentence naming the non-finite weights of ``source`` (a folder or Hub id) and what to do."""
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (
+        f"the weights of {source or 'the model'} hold NaN or Inf ({shown}): the checkpoint is corrupt; "
+        "download or convert it again, or retrain"
+    )
+
+
+def _check_finite(outputs: Any, mask: Tensor, saliency: Tensor) -> None:
+    """Refuse NaN / Inf in the outputs post-processing reads (padding clips and anchors are not read)."""
+    read = {"pred_spans": _get(outputs, "pred_spans"), "det_scores": _get(outputs, "det_scores")}
+    if _get(outputs, "atss_logits") is not None:
+        anchors = _get(outputs, "anchor_mask").bool()
+        read.update(
+            {name: _get(outputs, name)[anchors] for name in ("atss_logits", "atss_centerness", "atss_spans")}
+        )
+    read["saliency"] = saliency[mask.to(saliency.device)]
+    bad = [
+        f"{name} ({int((~torch.isfinite(values)).sum())} of {values.numel()} values)"
+        for name, values in read.items()
+        if not bool(torch.isfinite(values).all())
+    ]
+    if bad:
+        raise NonFiniteOutputError(
+            f"the model's outputs hold NaN or Inf in {', '.join(bad)}: its weights or its input features are "
+            "not finite (a corrupted checkpoint?), or the forward pass overflowed; check "
+            "sgdetr_hf.postprocessing_sgdetr.non_finite_parameters(model) and the features"
+        )
 
 
 def _as_batch_vector(values: Any, batch: int, name: str, device: torch.device) -> Tensor:
@@ -125,6 +168,9 @@ def post_process_moment_retrieval(
     Returns:
         B dicts ``{"pred_relevant_windows": [[start, end, score], ...], "pred_saliency_scores": [...]}``; windows
         are best first, inside ``[0, duration]`` with ``start < end``; scores rounded to 4 decimals.
+
+    Raises:
+        NonFiniteOutputError: the outputs hold NaN or Inf (never turned into windows: NaN is not JSON).
     """
     clip_length = float(clip_length if clip_length is not None else (config or _DEFAULTS).clip_length)
     has_atss = _get(outputs, "atss_logits") is not None
@@ -162,6 +208,11 @@ def post_process_moment_retrieval(
     lengths = mask.sum(1)
     extent = lengths.float() * clip_length  # T_b
     duration = extent if durations is None else _as_batch_vector(durations, batch, "durations", device)
+
+    saliency = _get(outputs, "global_saliency")
+    if saliency is None:
+        saliency = _get(outputs, "local_saliency")
+    _check_finite(outputs, mask, saliency)
 
     detr_spans = span_cw_to_se(spans).clamp(0.0, 1.0)
     detr_valid = torch.ones_like(scores, dtype=torch.bool)
@@ -201,10 +252,6 @@ def post_process_moment_retrieval(
         end = torch.minimum(torch.round(end / round_to) * round_to, duration[:, None])
     start, end = _fix_degenerate(start, end, duration[:, None].expand_as(start), step)
 
-    saliency = _get(outputs, "global_saliency")
-    if saliency is None:
-        saliency = _get(outputs, "local_saliency")
-
     rows_start, rows_end = start.tolist(), end.tolist()
     rows_conf, rows_valid = torch.round(conf.clamp_min(0) * 1e4).div(1e4).tolist(), valid.tolist()
     rows_saliency, rows_len = saliency.float().tolist(), lengths.tolist()
@@ -219,4 +266,10 @@ def post_process_moment_retrieval(
     return results
 
 
-__all__ = ["DEFAULT_TOP_K", "post_process_moment_retrieval"]
+__all__ = [
+    "DEFAULT_TOP_K",
+    "NonFiniteOutputError",
+    "describe_non_finite_weights",
+    "non_finite_parameters",
+    "post_process_moment_retrieval",
+]

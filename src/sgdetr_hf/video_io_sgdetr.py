@@ -18,13 +18,17 @@ best of 3): the whole processor (decode, resize, normalise) ran at 19x real-time
 decord in this process (its native threads overlap decoding with our resizing) and 17x with decord
 isolated in a child process (frames cross a pipe), the only safe way to run decord on untrusted files;
 peak memory was 0.87, 1.02 and 0.86 GB. decord also failed on some frame widths (72 px:
-"DECORDArrayCopyFromTo: The size must exactly match") and has no wheels for Linux aarch64 or Apple Silicon.
+"DECORDArrayCopyFromTo: The size must exactly match"; 2x2 frames, GIFs) and has no wheels for Linux aarch64
+or Apple Silicon. So a file decord cannot read is tried with PyAV before it is called corrupt, and the
+error says which backend reads it. A PyAV failure needs no such check: decord decodes with the same
+FFmpeg libraries, so a file FFmpeg cannot read, decord cannot either.
 """
 
 import contextlib
 import itertools
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -269,6 +273,39 @@ class PyAVDecoder(VideoDecoder):
         self._container.close()
 
 
+def _pyav_reads(path: str) -> bool | None:
+    """Whether PyAV opens ``path`` and decodes its first and last frames (None: PyAV is not installed)."""
+    if av is None:
+        return None
+    try:
+        with PyAVDecoder(path, num_threads=1) as decoder:
+            last = decoder.metadata.num_frames - 1
+            return sum(len(batch) for batch in decoder.iter_frames(np.array([0, last]), 2)) == 2
+    except VideoDecodingError:
+        return False
+
+
+def _decord_failure(path: str, error: Exception, action: str) -> VideoDecodingError:
+    """The error for a file decord could not ``action`` ("open" or "decode"). decord fails on some valid
+    files (72-px-wide or 2x2 frames, GIFs), so PyAV is asked before the file is called corrupt."""
+    # decord prefixes its messages with "[hh:mm:ss] /path/of/its/source.cc:123: ": noise to a user
+    reason = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", str(error)).strip()
+    readable = _pyav_reads(path)
+    if readable:
+        return VideoDecodingError(
+            f"decord cannot {action} {path} ({reason}), but the file is a valid video that PyAV reads: "
+            "use backend='pyav' (decord fails on some valid files, e.g. 72-px-wide frames and GIFs)"
+        )
+    if readable is None:
+        return VideoDecodingError(
+            f"decord cannot {action} {path} ({reason}): the file is corrupt or one decord cannot decode "
+            "(it fails on some valid files); install PyAV (pip install av) and use backend='pyav'"
+        )
+    return VideoDecodingError(
+        f"{path} is corrupt or truncated: decord cannot {action} it ({reason}) and PyAV cannot read it either"
+    )
+
+
 class DecordDecoder(VideoDecoder):
     """decord ``VideoReader`` in this process; ``get_batch`` per batch of frames (never ``seek``/``next``,
     which return wrong frames). Prefer the isolated form ([`IsolatedDecoder`]) for untrusted files."""
@@ -288,7 +325,7 @@ class DecordDecoder(VideoDecoder):
             stamps = self._reader.get_frame_timestamp(np.arange(num_frames)) if num_frames else None
             height, width = self._reader[0].shape[:2] if num_frames else (0, 0)
         except Exception as error:  # decord raises RuntimeError or its own DECORDError(Exception)
-            raise VideoDecodingError(f"cannot read {self.path} as a video (decord): {error}") from error
+            raise _decord_failure(self.path, error, "open") from error
         if not num_frames:
             raise VideoDecodingError(f"{self.path} has no video frames")
         times = stamps[:, 0] - stamps[0, 0]
@@ -301,7 +338,7 @@ class DecordDecoder(VideoDecoder):
             try:
                 frames = self._reader.get_batch(unique.tolist()).asnumpy()
             except Exception as error:
-                raise VideoDecodingError(f"{self.path} is corrupt or truncated (decord): {error}") from error
+                raise _decord_failure(self.path, error, "decode") from error
             yield frames[inverse]
 
     def close(self) -> None:

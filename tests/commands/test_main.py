@@ -17,6 +17,7 @@ EXPECTED = {
     "demo",
     "extract-features",
     "convert-internvideo2",
+    "build-tiny-repo",
 }
 
 

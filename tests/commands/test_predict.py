@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import pipeline
 
 from internvideo2_testing import write_video
@@ -141,3 +141,16 @@ def test_a_cuda_device_without_cuda_is_a_one_line_error(repo, video_file, monkey
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["predict", str(video_file), "a dog", "--model", str(repo), "--device", "cuda:0"]) == 2
     assert _error_line(capsys).startswith("error: device cuda:0 asked for, but this torch")
+
+
+def test_nan_weights_are_an_error_not_a_nan_json(tmp_path, capsys):
+    repo = save_tiny_model_repo(tmp_path / "corrupt")
+    weights = load_file(repo / "model.safetensors")
+    weights["sg_detr.video_projection.linear1.weight"][0, 0] = float("nan")  # a corrupted payload
+    save_file(weights, repo / "model.safetensors", metadata={"format": "pt"})
+    features, out_json = tmp_path / "video.safetensors", tmp_path / "moments.json"
+    save_file({"video_features": torch.randn(10, 16)}, features)
+    assert main(["predict", str(features), "a dog", "--model", str(repo), "--json", str(out_json)]) == 2
+    error = capsys.readouterr().err
+    assert "\nerror: the weights of" in f"\n{error}" and "sg_detr.video_projection.linear1.weight" in error
+    assert "the checkpoint is corrupt" in error and not out_json.exists()

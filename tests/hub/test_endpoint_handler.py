@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -188,3 +189,26 @@ def test_a_repository_with_a_missing_weight_does_not_start(built_model_repo, tmp
     with pytest.raises(Exception, match=f"1 missing, randomly initialised \\({dropped}\\)") as error:
         _load_handler_class(repo)(path=str(repo))
     assert type(error.value).__name__ == "CheckpointError" and "Traceback" not in str(error.value)
+
+
+def test_nan_weights_are_a_json_error_not_a_nan_answer(built_model_repo, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    repo = shutil.copytree(built_model_repo, tmp_path / "corrupt")
+    weights = load_file(repo / "model.safetensors")
+    weights["sg_detr.video_projection.linear1.weight"][0, 0] = float("nan")
+    save_file(weights, repo / "model.safetensors", metadata={"format": "pt"})
+    answer = _load_handler_class(repo)(path=str(repo))(
+        {"inputs": {"video_features": FEATURES, "text_features": TEXT}}
+    )
+    assert answer["error_type"] == "ValueError" and "hold NaN or Inf" in answer["error"]
+    json.dumps(answer, allow_nan=False)  # what the endpoint sends is strict JSON
+
+
+def test_errors_do_not_name_the_servers_temporary_files(handler, tmp_path):
+    broken = base64.b64encode(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4).decode()
+    answer = _call(handler, {"inputs": {"video": broken, "queries": "a dog"}})
+    assert answer["error_type"] == "ValueError" and "the uploaded video" in answer["error"]
+    assert tempfile.gettempdir() not in answer["error"] and "/video" not in answer["error"], answer["error"]

@@ -481,6 +481,9 @@ def test_write_json_is_atomic_and_indented(tmp_path):
         write_json(path, {"bad": object()})
     assert json.loads(path.read_text()) == {"brief": {"a": 2.5}}  # a failed write leaves the old file
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
+    with pytest.raises(ValueError, match=r"cannot write .*metrics\.json.*NaN or Infinity"):
+        write_json(path, {"brief": {"a": float("nan")}})  # strict JSON: NaN is not JSON
+    assert json.loads(path.read_text()) == {"brief": {"a": 2.5}}
 
 
 def test_metrics_package_imports_no_torch():

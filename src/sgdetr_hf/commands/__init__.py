@@ -46,6 +46,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "sgdetr_hf.commands.convert_internvideo2",
         "official InternVideo2 checkpoint -> native",
     ),
+    "build-tiny-repo": (
+        "sgdetr_hf.commands.build_tiny_repo",
+        "a complete tiny model repository with RANDOM weights, for integration tests",
+    ),
 }
 
 

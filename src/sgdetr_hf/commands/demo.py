@@ -7,7 +7,8 @@ the output format and the end-to-end path (features -> model -> post-processing)
 from __future__ import annotations
 
 import argparse
-import json
+
+from ..files import strict_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         outputs = model(video, torch.ones(1, args.num_clips), text, torch.ones(1, args.num_tokens))
     prediction = post_process_moment_retrieval(outputs, [duration], top_k=args.top_k, config=config)[0]
     if args.json:
-        print(json.dumps(prediction))
+        print(strict_json(prediction))
         return 0
     params = sum(p.numel() for p in model.parameters())
     print(f"SG-DETR (default config, {params / 1e6:.2f} M parameters, random seeded weights: not trained)")

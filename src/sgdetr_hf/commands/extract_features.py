@@ -8,19 +8,34 @@ Output (the ``FeatureFolder`` format read by ``sgdetr_hf.data.builder``)::
     <output>/queries/<qid>.safetensors   "text_features" (N, d_t) with [CLS] and [SEP] rows, no padding;
                                          metadata: query, feature, max_query_length, model
 
+    <output>/fingerprint.json            what determines the features, per kind (see below)
+
 ``<vid>`` is the video file's name without extension; queries come from QVHighlights-style JSON Lines
 annotations (``qid``, ``query``). Every file is written atomically, so a run can be killed and restarted:
-finished files are skipped (after checking they were made with the same settings). Work is split across
-processes with Accelerate, e.g. ``accelerate launch --multi_gpu --num_processes 8 scripts/extract_features.py``.
-A video that cannot be decoded is logged, listed in ``<output>/failed_videos.txt`` and skipped.
+finished files are skipped. Work is split across processes with Accelerate, e.g.
+``accelerate launch --multi_gpu --num_processes 8 scripts/extract_features.py``. A video that cannot be
+decoded is logged, listed in ``<output>/failed_videos.txt`` and skipped.
+
+A file counts as finished only when it was made by the same features: its metadata ``fingerprint`` is the
+SHA-256 of everything that determines them (:func:`feature_fingerprints`: the encoder's config, a checksum
+of its weights, the dtype it ran in, the video processor's settings (clip length, frames, size...) or the
+tokenizer's vocabulary and query length, the feature kind and the stored dtype), not the name of the encoder's
+folder: two encoders both saved as ``encoder/`` are told apart, and the same encoder moved elsewhere is not.
+``fingerprint.json`` keeps those components beside the outputs. A folder made by other features is
+refused, not recomputed: the job is resumable, so a mismatch almost always means a wrong ``--model`` or
+``--output``, and recomputing would silently throw away (or, if interrupted, mix into the folder) the
+finished features; ``--overwrite`` recomputes every file with this encoder and re-keys the folder to it (an
+interrupted ``--overwrite`` run then resumes without it, redoing the files of the old encoder).
 """
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate.utils import gather_object
@@ -29,10 +44,11 @@ from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from ..feature_extraction_sgdetr import TEXT_FEATURES, VIDEO_FEATURES, SGDetrFeatureExtractor
-from ..files import atomic_write_bytes, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, strict_json
 from ..loading_sgdetr import CheckpointError
 from ..training.distributed import build_accelerator, process_group_teardown
 from ..video_io_sgdetr import BACKENDS
+from . import CommandLineError
 
 logger = logging.getLogger(__name__)
 
@@ -82,26 +98,118 @@ def read_queries(annotation_files: list[str]) -> dict[str, str]:
     return queries
 
 
-def _settings(extractor: SGDetrFeatureExtractor, model_name: str) -> dict[str, dict[str, str]]:
-    """Metadata that must match for an existing file to count as finished (safetensors metadata is str -> str)."""
-    video_processor = extractor.processor.video_processor
-    common = {"model": model_name}
-    return {
+class OtherFeaturesError(ValueError):
+    """The output folder holds features made by another encoder or with other settings."""
+
+
+FINGERPRINT_FILE = "fingerprint.json"
+#: Video processor settings that do not change the frames: the decoders return bit-identical frames.
+_FRAME_NEUTRAL_SETTINGS = ("backend", "video_processor_type")
+
+
+def weights_checksum(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state dict (every name, dtype, shape and byte), one tensor on the CPU at a time,
+    so a 1B-parameter model on a GPU needs no second copy in memory."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _without_private_keys(config: Any) -> Any:
+    """A config dict without the keys that say where it was loaded from or by which version, not what it is."""
+    if isinstance(config, dict):
+        return {
+            key: _without_private_keys(value)
+            for key, value in config.items()
+            if not str(key).startswith("_") and key not in ("transformers_version", "torch_dtype", "dtype")
+        }
+    return config
+
+
+def feature_fingerprints(extractor: SGDetrFeatureExtractor, storage_dtype: torch.dtype) -> dict[str, dict]:
+    """What determines the stored features, per kind (``"videos"``, ``"queries"``); JSON-ready."""
+    model = extractor.model
+    common = {
+        # to_diff_dict: the model's own settings, not generic defaults (a transformers upgrade may add some)
+        "encoder_config": _without_private_keys(model.config.to_diff_dict()),
+        "weights_sha256": weights_checksum(model),
+        "encoder_dtype": str(model.dtype),
+        "storage_dtype": str(storage_dtype),
+    }
+    video_processor = extractor.processor.video_processor.to_dict()
+    tokenizer = extractor.processor.tokenizer
+    vocabulary = strict_json(sorted(tokenizer.get_vocab().items()))
+    fingerprints = {
         "videos": {
             **common,
-            "feature": extractor.video_feature,
-            "clip_length": str(video_processor.clip_length),
-            "frames_per_clip": str(video_processor.frames_per_clip),
+            "video_feature": extractor.video_feature,
+            "video_processor": {
+                key: value for key, value in video_processor.items() if key not in _FRAME_NEUTRAL_SETTINGS
+            },
         },
         "queries": {
             **common,
-            "feature": extractor.text_feature,
-            "max_query_length": str(extractor.processor.max_query_length),
+            "text_feature": extractor.text_feature,
+            "max_query_length": extractor.processor.max_query_length,
+            "tokenizer": {
+                "class": type(tokenizer).__name__,
+                "vocabulary_sha256": hashlib.sha256(vocabulary.encode()).hexdigest(),
+                "do_lower_case": getattr(tokenizer, "do_lower_case", None),
+            },
         },
     }
+    # as read back from fingerprint.json (JSON has string keys and lists, not tuples)
+    return json.loads(strict_json(fingerprints))
 
 
-def _is_finished(path: Path, settings: dict[str, str]) -> bool:
+def _digest(fingerprint: dict) -> str:
+    return hashlib.sha256(strict_json(fingerprint, sort_keys=True).encode()).hexdigest()
+
+
+def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """``key: stored -> current`` for every leaf that differs (long values shortened)."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        return [
+            line
+            for key in sorted(set(stored) | set(current), key=str)
+            for line in _differences(stored.get(key), current.get(key), f"{prefix}{key}.")
+        ]
+    if stored == current:
+        return []
+    shown = [str(value) if len(str(value)) <= 16 else f"{str(value)[:12]}..." for value in (stored, current)]
+    return [f"{prefix[:-1]}: {shown[0]} -> {shown[1]}"]
+
+
+def _folder_is_keyed(output_dir: Path, fingerprints: dict[str, dict], overwrite: bool) -> bool:
+    """Whether ``output_dir/fingerprint.json`` holds ``fingerprints``. Another fingerprint is refused
+    (``ValueError`` listing what differs) unless ``overwrite``."""
+    path = output_dir / FINGERPRINT_FILE
+    if not path.is_file():
+        return False
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error}); restore it, or recompute with --overwrite"
+        ) from None
+    if stored == fingerprints:
+        return True
+    if overwrite:
+        return False
+    changes = _differences(stored, fingerprints)
+    shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+    raise OtherFeaturesError(
+        f"{output_dir} holds features of another encoder or other settings ({shown}; stored -> this run): "
+        "use another --output, or --overwrite to recompute every file with this encoder"
+    )
+
+
+def _is_finished(path: Path, digest: str, folder_is_keyed: bool) -> bool:
+    """Whether ``path`` holds features made with the fingerprint ``digest``; a damaged file is not. A file
+    of other features is redone in a folder keyed to these (an interrupted --overwrite run), else refused."""
     if not path.is_file():
         return False
     try:
@@ -109,12 +217,18 @@ def _is_finished(path: Path, settings: dict[str, str]) -> bool:
             metadata = file.metadata() or {}
     except Exception:  # a damaged file is redone
         return False
-    stale = {key: (metadata.get(key), value) for key, value in settings.items() if metadata.get(key) != value}
-    if stale:
-        raise ValueError(
-            f"{path} was extracted with other settings {stale} (found, wanted); use another --output or --overwrite"
-        )
-    return True
+    if metadata.get("fingerprint") == digest:
+        return True
+    if folder_is_keyed:
+        return False
+    made_by = (
+        "by an older version (no fingerprint)"
+        if "fingerprint" not in metadata
+        else "by another encoder or with other settings"
+    )
+    raise OtherFeaturesError(
+        f"{path} was extracted {made_by}: use another --output, or --overwrite to recompute every file"
+    )
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -139,6 +253,10 @@ def extract_features(
     Args:
         extractor: model + processor, on this process's device.
         videos: ``vid -> path``; queries: ``qid -> text``.
+        model_name: written into each file's metadata, for people (the fingerprint, not it, decides whether
+            a file is finished).
+        overwrite: recompute every file, even of other features (refused without it), and key the folder to
+            these.
         storage_dtype: dtype of the stored features.
         accelerator: splits the work across processes (``None``: this process does everything).
 
@@ -146,13 +264,33 @@ def extract_features(
         The ids of the videos this process could not decode.
     """
     output_dir = Path(output_dir)
-    settings = _settings(extractor, model_name)
+    fingerprints = feature_fingerprints(extractor, storage_dtype)
+    digests = {kind: _digest(fingerprint) for kind, fingerprint in fingerprints.items()}
+    # Informational only (what made the files); the fingerprint decides whether a file is finished.
+    settings = {
+        "videos": {
+            "model": model_name,
+            "feature": extractor.video_feature,
+            "clip_length": str(extractor.processor.video_processor.clip_length),
+            "frames_per_clip": str(extractor.processor.video_processor.frames_per_clip),
+            "fingerprint": digests["videos"],
+        },
+        "queries": {
+            "model": model_name,
+            "feature": extractor.text_feature,
+            "max_query_length": str(extractor.processor.max_query_length),
+            "fingerprint": digests["queries"],
+        },
+    }
     is_main = accelerator is None or accelerator.is_local_main_process
+    keyed = _folder_is_keyed(output_dir, fingerprints, overwrite)
 
     def todo(kind: str, ids: list[str]) -> list[str]:
         folder = output_dir / kind
         folder.mkdir(parents=True, exist_ok=True)
-        return [i for i in ids if overwrite or not _is_finished(folder / f"{i}.safetensors", settings[kind])]
+        return [
+            i for i in ids if overwrite or not _is_finished(folder / f"{i}.safetensors", digests[kind], keyed)
+        ]
 
     if is_main:  # temporary files of an interrupted run
         for leftover in output_dir.glob("*/.*.safetensors.*.tmp"):
@@ -161,6 +299,9 @@ def extract_features(
     if accelerator is not None:
         # Every process must see the same to-do lists before anyone writes, or the split would differ.
         accelerator.wait_for_everyone()
+    if is_main and not keyed:  # after every process has read the old one
+        atomic_write_json(output_dir / FINGERPRINT_FILE, fingerprints)
+    if accelerator is not None:
         with accelerator.split_between_processes(pending_queries) as share:
             pending_queries = list(share)
         with accelerator.split_between_processes(pending_videos) as share:
@@ -216,7 +357,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=sorted(STORAGE_DTYPES), default="float16", help="stored feature dtype"
     )
-    parser.add_argument("--overwrite", action="store_true", help="redo files that already exist")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute every file, also those of another encoder or other settings (refused without it)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -247,16 +392,19 @@ def run(args: argparse.Namespace) -> int:
         except CheckpointError as error:  # not an InternVideo2 folder, or a damaged one: which file, no trace
             print(f"error: {error}", file=sys.stderr)
             return 2
-        failed = extract_features(
-            extractor,
-            videos,
-            queries,
-            args.output,
-            model_name=os.path.basename(os.path.normpath(args.model)),
-            storage_dtype=STORAGE_DTYPES[args.dtype],
-            overwrite=args.overwrite,
-            accelerator=accelerator,
-        )
+        try:
+            failed = extract_features(
+                extractor,
+                videos,
+                queries,
+                args.output,
+                model_name=os.path.basename(os.path.normpath(args.model)),
+                storage_dtype=STORAGE_DTYPES[args.dtype],
+                overwrite=args.overwrite,
+                accelerator=accelerator,
+            )
+        except OtherFeaturesError as error:  # --output or --model is not what the user meant: a usage error
+            raise CommandLineError(str(error)) from None
         failed = sorted(gather_object(failed))
         if accelerator.is_main_process:
             failure_list = Path(args.output) / "failed_videos.txt"
@@ -271,4 +419,11 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-__all__ = ["extract_features", "list_videos", "read_queries"]
+__all__ = [
+    "OtherFeaturesError",
+    "extract_features",
+    "feature_fingerprints",
+    "list_videos",
+    "read_queries",
+    "weights_checksum",
+]

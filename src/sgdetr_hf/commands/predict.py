@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_json
-from ..hub_ids import DEFAULT_MODEL_REPO
+from ..hub_ids import DEFAULT_MODEL_REPO, HOW_TO_GET_A_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +94,34 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
+def load_retriever(args: argparse.Namespace):
+    """The pipeline of ``--model`` / ``--encoder``. A model that cannot be loaded (the placeholder default id,
+    offline, a missing folder) or that has no encoder is a ``ValueError`` saying how to get a usable one."""
     from transformers import pipeline
 
-    from ..loading_sgdetr import CheckpointError
-    from ..pipeline_sgdetr import VideoMomentRetrievalPipeline
+    from ..pipeline_sgdetr import ENCODER_SUBFOLDER, VideoMomentRetrievalPipeline
 
+    try:
+        retriever = pipeline(
+            "video-moment-retrieval",
+            model=args.model,
+            pipeline_class=VideoMomentRetrievalPipeline,
+            encoder=args.encoder,
+            device=args.device,
+        )
+    except OSError as error:  # not a folder, not on the Hub, or offline
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot load the model {args.model!r} ({reason}); {HOW_TO_GET_A_MODEL}") from None
+    if retriever.encoder is None:
+        raise ValueError(
+            f"{args.model} has no InternVideo2 encoder (no {ENCODER_SUBFOLDER}/ folder), which predict needs to "
+            "encode the queries: pass --encoder DIR (a folder written by `sgdetr convert-internvideo2`); models "
+            "trained on pre-extracted features (./run demo, sgdetr train) have none"
+        )
+    return retriever
+
+
+def run(args: argparse.Namespace) -> int:
     truth = [list(window) for window in args.ground_truth or []]
     problem = None
     if args.top_k < 1:
@@ -109,15 +131,11 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    from ..loading_sgdetr import CheckpointError
+
     try:
         video = load_video_input(args.video)
-        retriever = pipeline(
-            "video-moment-retrieval",
-            model=args.model,
-            pipeline_class=VideoMomentRetrievalPipeline,
-            encoder=args.encoder,
-            device=args.device,
-        )
+        retriever = load_retriever(args)
         results = retriever(
             video, queries=list(args.queries), top_k=args.top_k, window_overlap=args.window_overlap
         )

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, strict_json
 from .builder import ArrayFeatures, BuildReport, build_dataset
 from .readers import read_annotations
 from .schema import ANNOTATION_COLUMNS, num_clips
@@ -85,7 +85,7 @@ def select_demo_annotations(
         path = Path(qvhighlights_dir) / _SPLIT_OF_FILE[split]
         records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         records.sort(key=lambda record: zlib.crc32(str(record["qid"]).encode()))
-        lines += [json.dumps({**record, "split": split}) for record in records[:count]]
+        lines += [strict_json({**record, "split": split}) for record in records[:count]]
     return "\n".join(lines) + "\n"
 
 

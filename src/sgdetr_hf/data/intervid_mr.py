@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..files import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json, atomic_write_jsonl
 from .builder import FeatureSource
 from .schema import binary_clip_saliency
 
@@ -441,8 +441,7 @@ def generate_intervid_mr(
                 progress.update(len(part))
                 continue
             rows, stats = _run_shard(part, features, durations, config, progress)
-            lines = [json.dumps(row) for row in rows] + [json.dumps({"_stats": asdict(stats)})]
-            atomic_write_text(path, "\n".join(lines) + "\n")
+            atomic_write_jsonl(path, [*rows, {"_stats": asdict(stats)}])
     return _finalise(output_dir, count, len(captions), caption_reasons or {}, config)
 
 
@@ -476,7 +475,7 @@ def _finalise(
     for row in rows:
         splits["validation" if row["vid"].rsplit("_", 2)[0] in validation_videos else "train"].append(row)
     for split, split_rows in splits.items():
-        atomic_write_text(output_dir / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in split_rows))
+        atomic_write_jsonl(output_dir / f"{split}.jsonl", split_rows)
 
     reasons = Counter()
     for shard in stats:

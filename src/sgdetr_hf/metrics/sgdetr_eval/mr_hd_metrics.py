@@ -810,11 +810,15 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as JSON with 4-space indentation, atomically (temporary file + ``os.replace``)."""
     path = Path(path)
+    try:  # strict JSON, as the package's files.strict_json (which this self-contained folder cannot import)
+        text = json.dumps(data, indent=4, allow_nan=False) + "\n"
+    except ValueError as error:
+        raise ValueError(f"cannot write {path}: {error} (NaN or Infinity has no JSON form)") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(json.dumps(data, indent=4) + "\n")
+            file.write(text)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
@@ -836,7 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(metrics, indent=4))
+    print(json.dumps(metrics, indent=4, allow_nan=False))
     return 0
 
 
