@@ -72,3 +72,18 @@ def test_building_the_parser_leaves_training_and_plotting_unimported():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_help_imports_no_sub_command():
+    """``sgdetr --help`` lists the sub-commands from their names alone: no module of theirs is imported."""
+    script = (
+        "import contextlib, io, sys\n"
+        "from sgdetr_hf.commands import COMMANDS, main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['--log-level', 'INFO', '--help'])\n"
+        "modules = [module for module, _ in COMMANDS.values()] + ['torch', 'transformers']\n"
+        "print([name for name in modules if name in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"
