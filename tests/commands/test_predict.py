@@ -1,6 +1,7 @@
 """``sgdetr predict``: the moments table, the JSON file, the timeline PNG, and clear errors."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -85,3 +86,18 @@ def test_bad_inputs_give_the_pipeline_message(repo, video_file, tmp_path, capsys
     assert "not 'video_features'" in capsys.readouterr().err
     assert main(["predict", str(video_file), " ", "--model", str(repo)]) == 2
     assert "query 0 must be a non-empty string" in capsys.readouterr().err
+
+
+def test_predict_says_why_a_query_gets_fewer_windows_than_top_k(repo, video_file, tmp_path, caplog):
+    out_json = tmp_path / "moments.json"
+    with caplog.at_level(logging.WARNING, logger="sgdetr_hf.commands.predict"):
+        argv = ["predict", str(video_file), "a dog", "--model", str(repo), "--top-k", "500"]
+        assert main([*argv, "--json", str(out_json)]) == 0
+    (result,) = json.loads(out_json.read_text())
+    assert result["duration"] == pytest.approx(10.0)  # the video's end: the plot's time axis stops there
+    found = len(result["pred_relevant_windows"])
+    assert 1 <= found < 500
+    (record,) = [r for r in caplog.records if "asked for" in r.getMessage()]
+    message = record.getMessage()
+    assert f"{found} window(s), not the 500 asked for (--top-k)" in message
+    assert "1-D NMS" in message and "10.0-s video (5 clips of 2 s)" in message
