@@ -45,6 +45,7 @@ def test_train_takes_recipe_overrides_and_the_log_level_on_either_side(capsys):
         (["train", "--recipe", "demo", "--no_such_key", "1"], "no_such_key"),
         (["train", "--recipe", "demo", "--model.no_such_size", "1"], "no_such_size"),
         (["demo", "--top-k", "3", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train", "--recipe", "demo", "--allow-inexact-resume"], "--allow-inexact-resume goes with --resume"),
         (["evaluate-model", "--model", "m", "--dataset", "d", "--output-dir", "o"], "--dataset-config is required"),
         (
             ["evaluate-model", "--model", "m", "--dataset", "d", "--output-dir", "o", "--dataset-config", "c",
