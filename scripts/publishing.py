@@ -7,16 +7,19 @@ checkout, so it is not part of the installed package (which keeps only :data:`DE
 Publishing is split in two:
 
 - **build**: write the complete repository as a local folder, exactly as it will look on the Hub
-  (:func:`build_model_repo`, :func:`build_space_repo`; the dataset and metric folders are built by their
-  own tools and only located here, :func:`source_folder`);
+  (:func:`build_model_repo`, :func:`build_space_repo`); a dataset folder is built by
+  ``scripts/build_benchmark_dataset.py`` and only checked here (:func:`dataset_folder`: its card's
+  ``configs`` must point at data that is there), the metric folder is located (:func:`source_folder`);
 - **upload**: :func:`upload_repo` makes two ``huggingface_hub`` calls, ``create_repo(exist_ok=True)`` and
   ``upload_folder`` (resumable, multi-commit in huggingface_hub 2.x). :func:`upload_plan` lists exactly the
   files and sizes ``upload_folder`` would send, with the same selection code
   (``huggingface_hub.utils.filter_repo_objects`` and its default ignores), for ``--dry-run``.
 
 The model card is rendered from ``model_card.md`` at the top of the source tree, a Jinja template for
-``huggingface_hub.ModelCard.from_template``: the YAML metadata (``model-index``) lists the paper's results
-with the paper as their source, and ours only when an evaluation result file is given.
+``huggingface_hub.ModelCard.from_template``. Its YAML metadata (``model-index``, which the Hub shows as this
+model's results) holds only numbers measured for the weights being published: the run's own
+``eval_results.json`` in the model folder, or a ``--results`` file; with neither, the card has no
+``model-index``. The paper's numbers are in the card's prose, labelled as the paper's.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+import yaml
+from huggingface_hub import DatasetCard, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
 from huggingface_hub.utils import filter_repo_objects
 
@@ -220,6 +224,50 @@ def load_measured_results(path: str | Path) -> ResultSet:
     )
 
 
+#: ``dataset_name`` of a training recipe -> (the dataset's name in a card, its feature dataset repository)
+RUN_DATASETS = {
+    "qvhighlights": ("QVHighlights", DEFAULT_DATASET_REPOS[0]),
+    "charades_sta": ("Charades-STA", "sgdetr-hf/charades-sta"),
+    "tacos": ("TACoS", "sgdetr-hf/tacos"),
+    "youtube_highlights": ("YouTube Highlights", "sgdetr-hf/youtube-highlights"),
+    "tvsum": ("TVSum", "sgdetr-hf/tvsum"),
+}
+RUN_RESULTS_NAME = "eval_results.json"  # written beside the weights by the trainer (save_model_dir)
+RUN_RECIPE_NAME = "training_recipe.yaml"
+
+
+def load_run_results(model_dir: str | Path) -> ResultSet | None:
+    """The evaluation that the training run saved with these weights (``eval_results.json``: the metrics
+    of the recipe's ``dataset_name`` on its ``eval_split``, from ``training_recipe.yaml`` beside it), or
+    ``None`` when the folder has none (e.g. random or converted weights)."""
+    model_dir = Path(model_dir)
+    results_path, recipe_path = model_dir / RUN_RESULTS_NAME, model_dir / RUN_RECIPE_NAME
+    if not results_path.is_file():
+        return None
+    try:
+        brief = json.loads(results_path.read_text(encoding="utf-8"))["brief"]
+        recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
+        dataset_name, split = recipe["dataset_name"], recipe["eval_split"]
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:
+        raise ValueError(
+            f"cannot tell what {results_path} measured ({type(error).__name__}: {error}): it needs the "
+            f"metrics' 'brief' and {recipe_path.name} beside it with dataset_name and eval_split, as a "
+            "training run writes them; or pass --results FILE"
+        ) from None
+    if not isinstance(brief, dict) or not brief:
+        raise ValueError(f"{results_path}: 'brief' must be a non-empty object of metric -> number")
+    # the card's metrics (METRICS) when the run has them, so that model-index stays readable
+    named = {key: float(value) for key, value in brief.items() if key in METRICS}
+    display_name, dataset_id = RUN_DATASETS.get(dataset_name, (dataset_name, dataset_name))
+    return ResultSet(
+        display_name,
+        dataset_id,
+        split,
+        named or {key: float(value) for key, value in brief.items()},
+        f"the training run's evaluation of these weights ({RUN_RESULTS_NAME})",
+    )
+
+
 def _eval_results(results: list[ResultSet]) -> list[EvalResult]:
     """One ``model-index`` entry per metric; ``MR-*`` keys are moment retrieval, ``HL-*`` highlight detection."""
     tasks = {
@@ -251,8 +299,8 @@ def _eval_results(results: list[ResultSet]) -> list[EvalResult]:
 def _measured_section(measured: ResultSet | None) -> str:
     if measured is None:
         return (
-            "Not measured yet: this checkpoint has not been evaluated by the release's evaluation script, "
-            "so no number of ours is given (the model-index metadata lists only the paper's results)."
+            "Not measured yet: these weights have not been evaluated, so the card gives no number for them "
+            "and has no model-index metadata (the paper's numbers above are the paper's, not these weights')."
         )
     rows = "\n".join(
         f"| {METRICS.get(k, MetricSpec(k, k)).name} | {v:.2f} |" for k, v in measured.metrics.items()
@@ -261,6 +309,11 @@ def _measured_section(measured: ResultSet | None) -> str:
         f"{measured.dataset_name} `{measured.split}` split, measured by {measured.source}:\n\n"
         f"| metric | value |\n|---|---|\n{rows}"
     )
+
+
+def _paper_setting_sentence(paper_setting: str) -> str:
+    sources = "; ".join(f"{r.dataset_name} {r.split}: {r.source}" for r in PAPER_RESULTS[paper_setting])
+    return f"This checkpoint follows the paper's `{paper_setting}` setting ({sources})."
 
 
 def render_model_card(
@@ -276,8 +329,10 @@ def render_model_card(
 
     Args:
         repo_id / space_id: where the model and its demo live on the Hub.
-        paper_setting: key of :data:`PAPER_RESULTS`, the paper's setting that this checkpoint reproduces.
-        measured: our evaluation of this checkpoint (``None``: the card says it was not measured).
+        paper_setting: key of :data:`PAPER_RESULTS`, the paper's setting that this checkpoint reproduces
+            (named in the card's prose, beside the paper's numbers).
+        measured: the evaluation of these weights, the card's only ``model-index`` entries (``None``: the
+            card says they were not measured and has no ``model-index``).
         dataset_ids: the feature dataset repositories it was trained on.
         model_config: the checkpoint's config (clip length, clip cap, feature sizes); defaults of
             ``SGDetrConfig`` when ``None``.
@@ -289,7 +344,6 @@ def render_model_card(
     if measured is not None and measured.source_url is None:
         # model-index wants a link with every source: ours is this repository
         measured = dataclasses.replace(measured, source_url=f"https://huggingface.co/{repo_id}")
-    results = PAPER_RESULTS[paper_setting] + ([measured] if measured else [])
     card_data = ModelCardData(
         model_name=repo_id.split("/")[-1],
         library_name="transformers",
@@ -298,7 +352,7 @@ def render_model_card(
         datasets=list(dataset_ids),
         metrics=sorted({spec.type for spec in METRICS.values()}),
         base_model=None,
-        eval_results=_eval_results(results),
+        eval_results=_eval_results([measured]) if measured else None,
     )
     clip_length = float(model_config["clip_length"])
     return ModelCard.from_template(
@@ -307,6 +361,7 @@ def render_model_card(
         repo_id=repo_id,
         space_id=space_id,
         our_results=_measured_section(measured),
+        paper_setting=_paper_setting_sentence(paper_setting),
         dataset_links=", ".join(f"[`{d}`](https://huggingface.co/datasets/{d})" for d in dataset_ids),
         clip_length=f"{clip_length:g}",
         max_num_clips=model_config["max_num_clips"],
@@ -351,7 +406,8 @@ def build_model_repo(
     Args:
         model_dir: a saved ``SGDetrForMomentRetrieval`` folder.
         encoder_dir: a converted InternVideo2 folder (``sgdetr convert-internvideo2``); default ``model_dir/encoder``.
-        repo_id, space_id, paper_setting, measured: what the model card says (:func:`render_model_card`).
+        repo_id, space_id, paper_setting, measured: what the model card says (:func:`render_model_card`);
+            ``measured`` defaults to the run's own evaluation saved with the weights (:func:`load_run_results`).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     encoder_dir = Path(encoder_dir) if encoder_dir is not None else model_dir / ENCODER_SUBFOLDER
@@ -363,6 +419,8 @@ def build_model_repo(
         raise ValueError(
             f"no InternVideo2 encoder at {encoder_dir}: pass --encoder DIR (a folder written by sgdetr convert-internvideo2)"
         )
+    if measured is None:
+        measured = load_run_results(model_dir)
     model = SGDetrForMomentRetrieval.from_pretrained(model_dir)
     build = _new_build_folder(out_dir)
     try:
@@ -412,20 +470,55 @@ def build_space_repo(
     return _replace_folder(build, out_dir)
 
 
-def source_folder(kind: str, name: str | None = None, source_root: Path = SOURCE_ROOT) -> Path:
-    """The folder that is uploaded as-is for a dataset (``hub/datasets/<name>/``, built by the data
-    tools) or the metric (``src/sgdetr_hf/metrics/sgdetr_eval/``, an ``evaluate`` module with its card and
-    Gradio app)."""
-    if kind == "dataset":
-        if not name:
-            raise ValueError("a dataset upload needs the dataset folder name under hub/datasets/")
-        folder = source_root / "hub" / "datasets" / name
-    elif kind == "metric":
-        folder = source_root / "src" / "sgdetr_hf" / "metrics" / "sgdetr_eval"
-    else:
-        raise ValueError(f"source_folder is for 'dataset' or 'metric', got {kind!r}")
+def _patterns(data_files: Any) -> list[tuple[str, str]]:
+    """``(split, path pattern)`` of a ``configs`` entry's ``data_files`` (a pattern, a list of patterns, or
+    a list of ``{split, path}`` where ``path`` is a pattern or a list)."""
+    entries = data_files if isinstance(data_files, list) else [data_files]
+    found = []
+    for entry in entries:
+        split, paths = (
+            (entry.get("split", "train"), entry.get("path")) if isinstance(entry, dict) else ("train", entry)
+        )
+        found += [(split, path) for path in (paths if isinstance(paths, list) else [paths])]
+    return found
+
+
+def dataset_folder(folder: str | Path) -> Path:
+    """``folder`` when it is a dataset repository ready to upload: a ``README.md`` whose ``configs``
+    metadata lists data files that are all there (what ``scripts/build_benchmark_dataset.py`` writes).
+    A card alone (``hub/datasets/<name>/`` holds only the cards) is refused: it would publish no data."""
+    folder = Path(folder)
+    card_path = folder / "README.md"
+    build_hint = (
+        "build the dataset folder first (scripts/build_benchmark_dataset.py --dataset NAME --split ... "
+        "--features ... --output DIR) and pass --dataset-dir DIR"
+    )
+    if not card_path.is_file():
+        raise ValueError(f"{folder} is not a dataset folder (no README.md): {build_hint}")
+    configs = DatasetCard.load(card_path).data.to_dict().get("configs") or []
+    if not configs:
+        raise ValueError(
+            f"{card_path} declares no data (no 'configs' in its metadata): it is a card alone; {build_hint}"
+        )
+    for config in configs:
+        name = config.get("config_name", "default")
+        for split, pattern in _patterns(config.get("data_files", [])):
+            if not pattern or not any(path.is_file() for path in folder.glob(pattern)):
+                raise ValueError(
+                    f"{card_path}: config {name!r}, split {split!r} lists {pattern!r}, which matches no file in "
+                    f"{folder}; {build_hint}"
+                )
+    return folder
+
+
+def source_folder(kind: str, source_root: Path = SOURCE_ROOT) -> Path:
+    """The folder that is uploaded as-is for the metric (``src/sgdetr_hf/metrics/sgdetr_eval/``, an
+    ``evaluate`` module with its card and Gradio app)."""
+    if kind != "metric":
+        raise ValueError(f"source_folder is for 'metric', got {kind!r} (a dataset: dataset_folder)")
+    folder = source_root / "src" / "sgdetr_hf" / "metrics" / "sgdetr_eval"
     if not (folder / "README.md").is_file():
-        raise ValueError(f"{folder} has no README.md: build the {kind} folder first (it must hold its card)")
+        raise ValueError(f"{folder} has no README.md: the metric folder must hold its card")
     return folder
 
 

@@ -3,9 +3,16 @@ print every file and size that would go up).
 
     python scripts/push_to_hub.py --what model   --repo-id ORG/sg-detr-qvhighlights --model runs/qvh/best
     python scripts/push_to_hub.py --what space   --repo-id ORG/sg-detr-demo --model-repo-id ORG/sg-detr-qvhighlights
-    python scripts/push_to_hub.py --what dataset --repo-id ORG/qvhighlights-features --name qvhighlights-features
+    python scripts/push_to_hub.py --what dataset --repo-id ORG/qvhighlights --dataset-dir datasets/qvhighlights
     python scripts/push_to_hub.py --what metric  --repo-id ORG/sgdetr_eval --dry-run
     python scripts/push_to_hub.py --write-card-template      # refresh hub/model/README.md from model_card.md
+
+The model and Space are built in ``--out`` (default ``build/hub/<what>`` under the current directory, never
+inside the source checkout unless you run from it). A dataset is the folder that
+``scripts/build_benchmark_dataset.py --output DIR`` wrote (Parquet shards + card, both configs of a dataset
+such as ``qvhighlights`` and ``qvhighlights-features`` in one folder); a folder without its data is refused.
+The model card's ``model-index`` holds only numbers measured for the weights published: the run's
+``eval_results.json`` in ``--model``, or ``--results``; the paper's numbers are in its prose.
 
 Uploading needs a token (``hf auth login`` or ``HF_TOKEN``). The logic lives in ``scripts/publishing.py``.
 """
@@ -30,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run", action="store_true", help="build, list the files and sizes, upload nothing"
     )
-    parser.add_argument("--out", type=Path, help="build folder (default: build/hub/<what>)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="build folder of a model or Space (default: ./build/hub/<what>, in the current directory)",
+    )
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     model = parser.add_argument_group("model")
     model.add_argument("--model", type=Path, help="saved SG-DETR model folder to publish")
@@ -44,13 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(publishing.PAPER_RESULTS),
         help="the paper's training setting this checkpoint reproduces (its numbers go in the card)",
     )
-    model.add_argument("--results", type=Path, help="JSON file of our evaluation of this checkpoint")
+    model.add_argument(
+        "--results",
+        type=Path,
+        help="JSON file of an evaluation of these weights (default: the run's MODEL/eval_results.json, if any)",
+    )
     space = parser.add_argument_group("space")
     space.add_argument(
         "--model-repo-id", default=publishing.DEFAULT_MODEL_REPO, help="model the Space serves"
     )
     dataset = parser.add_argument_group("dataset")
-    dataset.add_argument("--name", help="dataset folder under hub/datasets/")
+    dataset.add_argument(
+        "--dataset-dir",
+        type=Path,
+        help="dataset folder written by scripts/build_benchmark_dataset.py --output (Parquet + card)",
+    )
     parser.add_argument(
         "--write-card-template",
         action="store_true",
@@ -61,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_folder(args: argparse.Namespace) -> Path:
     """The local folder that holds the complete repository for ``args.what``."""
-    out = args.out or publishing.SOURCE_ROOT / "build" / "hub" / args.what
+    out = args.out or Path.cwd() / "build" / "hub" / args.what
     if args.what == "model":
         if args.model is None:
             raise ValueError("--what model needs --model DIR (a saved SG-DETR model folder)")
@@ -71,7 +90,13 @@ def build_folder(args: argparse.Namespace) -> Path:
         )
     if args.what == "space":
         return publishing.build_space_repo(out, args.model_repo_id)
-    return publishing.source_folder(args.what, args.name)
+    if args.what == "dataset":
+        if args.dataset_dir is None:
+            raise ValueError(
+                "--what dataset needs --dataset-dir DIR (a folder written by scripts/build_benchmark_dataset.py)"
+            )
+        return publishing.dataset_folder(args.dataset_dir)
+    return publishing.source_folder(args.what)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,14 +1,18 @@
 """Timeline and learning-curve plots: what is drawn where, and the PNG files."""
 
+import logging
+
 import pytest
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from sgdetr_hf import visualization
 from sgdetr_hf.visualization import (
     learning_curves_figure,
     plot_learning_curves,
     plot_timeline,
     timeline_figure,
+    window_lanes,
 )
 
 PREDICTION = {
@@ -114,3 +118,83 @@ def test_learning_curves_of_several_runs_with_reference_lines(tmp_path):
     assert figure.get_suptitle() == "toy"
     with Image.open(plot_learning_curves(runs, tmp_path / "runs.png", "MR-full-mAP", title="toy")) as image:
         assert image.format == "PNG"
+
+
+def _prediction_spans(axes):
+    """The predicted windows' rectangles: x from ``start`` to ``end``, y (axes fraction) above the truth bar."""
+    return [p for p in axes.patches if isinstance(p, Rectangle) and p.get_y() > 0.05]
+
+
+def test_a_long_query_title_is_wrapped_and_cut_and_the_png_keeps_its_width(tmp_path):
+    long_query = "a man walks his dog along the beach at sunset " * 55  # ~2,500 characters
+    title = timeline_figure({**PREDICTION, "query": long_query}).axes[0].get_title(loc="left")
+    lines = title.split("\n")
+    assert len(lines) == 2 and all(len(line) <= 90 for line in lines) and lines[-1].endswith("\u2026")
+    widths = []
+    for name, query in (("short", "a dog"), ("long", long_query)):
+        with Image.open(plot_timeline({**PREDICTION, "query": query}, tmp_path / f"{name}.png")) as image:
+            widths.append(image.width)
+    assert widths[1] <= widths[0] * 1.1  # before: 21,081 px for a 2,500-character query
+
+
+def test_overlapping_windows_are_drawn_in_separate_lanes():
+    windows = [[4.0, 10.0, 0.9], [5.0, 9.0, 0.8], [12.0, 14.0, 0.5], [6.0, 13.0, 0.4]]
+    assert window_lanes(windows) == [0, 1, 0, 2]
+    (axes,) = timeline_figure({**PREDICTION, "pred_relevant_windows": windows}, top_k=4).axes
+    bars = _prediction_spans(axes)
+    assert [(bar.get_x(), bar.get_x() + bar.get_width()) for bar in bars] == [tuple(w[:2]) for w in windows]
+    for first in range(len(bars)):
+        for second in range(first + 1, len(bars)):
+            a, b = bars[first], bars[second]
+            overlap_in_time = a.get_x() < b.get_x() + b.get_width() and b.get_x() < a.get_x() + a.get_width()
+            overlap_in_y = a.get_y() < b.get_y() + b.get_height() and b.get_y() < a.get_y() + a.get_height()
+            assert not (overlap_in_time and overlap_in_y), (first, second)
+    # the saliency curve stays below the lowest lane
+    (stairs,) = [p for p in axes.patches if not isinstance(p, Rectangle)]
+    low, high = axes.get_ylim()
+    curve_top = (max(PREDICTION["pred_saliency_scores"]) - low) / (high - low)
+    assert curve_top < min(bar.get_y() for bar in bars)
+
+
+def test_the_time_axis_ends_with_the_video():
+    # 5.3 s of video: three 2-s clips, the last one cut by the end of the video
+    short = {
+        "query": "q",
+        "pred_relevant_windows": [[0.0, 5.3, 0.9]],
+        "pred_saliency_scores": [0.1, 0.5, 0.2],
+    }
+    (axes,) = timeline_figure(short, duration=5.3).axes
+    assert axes.get_xlim() == (0.0, 5.3)
+    (stairs,) = [p for p in axes.patches if not isinstance(p, Rectangle)]
+    assert list(stairs.get_data().edges) == [0.0, 2.0, 4.0, 5.3]
+    (axes,) = timeline_figure({**short, "duration": 5.3, "relevant_windows": [[4.0, 9.0]]}).axes
+    assert axes.get_xlim() == (0.0, 5.3)
+    assert max(p.get_x() + p.get_width() for p in axes.patches if isinstance(p, Rectangle)) == 5.3
+    with pytest.raises(ValueError, match="duration must be > 0"):
+        timeline_figure(short, duration=0.0)
+
+
+def test_titles_no_installed_font_draws_say_so_instead_of_drawing_boxes(caplog, monkeypatch):
+    monkeypatch.setattr(visualization, "_UNDRAWABLE_WARNED", [])
+    arabic = "رجل يركب دراجة"  # DejaVu Sans (shipped with matplotlib) draws Arabic letters
+    (axes,) = timeline_figure({**PREDICTION, "query": arabic}).axes
+    assert axes.get_title(loc="left") == arabic
+    cjk = "一个男人骑自行车"
+    if any(ord("一") in points for points in visualization._font_characters().values()):
+        pytest.skip("a CJK font is installed here: the title is drawn with it")
+    with caplog.at_level(logging.WARNING, logger="sgdetr_hf.visualization"):
+        for _ in range(2):
+            (axes,) = timeline_figure({**PREDICTION, "query": cjk}).axes
+    assert axes.get_title(loc="left") == "????????\n(? = a character no installed font can draw)"
+    (record,) = [r for r in caplog.records if "no installed font" in r.getMessage()]  # once per process
+    assert "fonts-noto-cjk" in record.getMessage()
+
+
+def test_titles_use_an_installed_font_that_covers_them(monkeypatch):
+    default = visualization.font_manager.FontProperties(
+        family=visualization.rcParams["font.family"]
+    ).get_name()
+    fonts = {**visualization._font_characters(), "Test CJK": frozenset(map(ord, "一个男人骑自行车"))}
+    monkeypatch.setattr(visualization, "_font_characters", lambda: fonts)
+    title, families = visualization._drawable_title("a 一个男人骑自行车")
+    assert title == "a 一个男人骑自行车" and families == [default, "Test CJK"]

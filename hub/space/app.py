@@ -8,9 +8,13 @@ the Space sets it from its variables). Locally::
 
 from __future__ import annotations
 
+import atexit
+import collections
 import logging
 import os
+import shutil
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -23,6 +27,28 @@ from sgdetr_hf.visualization import plot_timeline
 
 TABLE_HEADERS = ["query", "rank", "start (s)", "end (s)", "score"]
 MAX_QUERIES = 8
+MAX_KEPT_PLOTS = 32
+
+
+class PlotFolder:
+    """The timeline PNGs: a temporary folder that keeps only the ``keep`` newest plots (Gradio copies a
+    returned file into its own cache, so an older one is never read again) and is removed when the app exits."""
+
+    def __init__(self, keep: int = MAX_KEPT_PLOTS) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="sgdetr-plots-"))
+        self.keep = keep
+        self._recent: collections.deque[Path] = collections.deque()
+        self._lock = threading.Lock()  # Gradio may run requests in threads
+        atexit.register(shutil.rmtree, self.path, ignore_errors=True)
+
+    def new_path(self) -> Path:
+        """A path for the next plot; the plots beyond the ``keep`` newest are deleted."""
+        path = self.path / f"{uuid.uuid4().hex}.png"
+        with self._lock:
+            self._recent.append(path)
+            while len(self._recent) > self.keep:
+                self._recent.popleft().unlink(missing_ok=True)
+        return path
 
 
 def parse_queries(text: str | None) -> list[str]:
@@ -49,7 +75,7 @@ def build_demo(model: str | None = None) -> gr.Blocks:
     model = model or os.environ.get("SGDETR_MODEL", DEFAULT_MODEL_REPO)
     # The installed (bundled) pipeline class, not the repository's remote code: no trust_remote_code needed.
     retriever = pipeline("video-moment-retrieval", model=model, pipeline_class=VideoMomentRetrievalPipeline)
-    plot_dir = Path(tempfile.mkdtemp(prefix="sgdetr-plots-"))
+    plots = PlotFolder()
 
     def retrieve(video_path: str | None, queries_text: str, top_k: float):
         try:
@@ -59,7 +85,7 @@ def build_demo(model: str | None = None) -> gr.Blocks:
             results = results if isinstance(results, list) else [results]
             plot = plot_timeline(
                 results,
-                plot_dir / f"{uuid.uuid4().hex}.png",
+                plots.new_path(),
                 clip_length=results[0]["clip_length"],
                 top_k=int(top_k),
             )

@@ -126,7 +126,8 @@ class VideoMomentRetrievalPipeline(Pipeline):
 
     Returns, per input, one dict per query (a dict alone when ``queries`` was a single string):
     ``query``, ``pred_relevant_windows`` (``[[start_s, end_s, score], ...]``, best first),
-    ``pred_saliency_scores`` (one raw logit per clip) and ``clip_length`` (seconds per clip).
+    ``pred_saliency_scores`` (one raw logit per clip), ``clip_length`` (seconds per clip) and ``duration``
+    (the video's length in seconds: a file's decoded end, the given ``duration``, else the last clip's end).
     Bad input raises ``ValueError`` saying what is wrong.
     """
 
@@ -344,12 +345,26 @@ class VideoMomentRetrievalPipeline(Pipeline):
                 f"{error}. The weights and inputs are finite, so the forward pass overflowed in {dtype}: "
                 "run the model in float32"
             ) from None
-        return {"results": results, "queries": model_inputs["queries"], "single": model_inputs["single"]}
+        return {
+            "results": results,
+            "queries": model_inputs["queries"],
+            "single": model_inputs["single"],
+            "duration": model_inputs["duration"],
+        }
 
     def postprocess(self, model_outputs) -> dict[str, Any] | list[dict[str, Any]]:
         clip_length = float(self.model.config.clip_length)
+        # the video's length (its decoded end, or the given duration; else the end of its last clip): plots
+        # end their time axis there
         answers = [
-            {"query": query, **result, "clip_length": clip_length}
+            {
+                "query": query,
+                **result,
+                "clip_length": clip_length,
+                "duration": float(
+                    model_outputs["duration"] or len(result["pred_saliency_scores"]) * clip_length
+                ),
+            }
             for query, result in zip(model_outputs["queries"], model_outputs["results"])
         ]
         return answers[0] if model_outputs["single"] else answers

@@ -7,13 +7,18 @@ matplotlib's object API (no pyplot global state, no display needed) and write PN
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import font_manager, rcParams
 from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
 from matplotlib.patches import Patch
 
 from .files import atomic_write_bytes
@@ -21,6 +26,15 @@ from .files import atomic_write_bytes
 PREDICTION_COLOR = "tab:orange"
 TRUTH_COLOR = "tab:green"
 SALIENCY_COLOR = "tab:blue"
+#: a query title is wrapped to this many characters per line and cut after this many lines
+TITLE_LINE_CHARS = 90
+TITLE_MAX_LINES = 2
+#: height of one lane of predicted windows, and the bottom of the saliency curve (axes fractions)
+LANE_HEIGHT = 0.1
+SALIENCY_BOTTOM = 0.08
+
+logger = logging.getLogger(__name__)
+_UNDRAWABLE_WARNED: list[bool] = []  # one warning per process about characters no font draws
 
 
 def _save_png(figure: Figure, path: str | Path, dpi: int) -> Path:
@@ -38,40 +52,135 @@ def _as_windows(value: Any, width: int, what: str) -> np.ndarray:
     return windows
 
 
-def _draw_timeline(axes, item: Mapping[str, Any], clip_length: float, top_k: int) -> None:
-    """Draw one query on ``axes``: x in seconds, saliency on the left y axis, windows as shaded spans."""
+def window_lanes(windows: np.ndarray) -> list[int]:
+    """The lane of each ``[start, end, ...]`` window, in rank order: the first lane where it overlaps no
+    better-ranked window, so that overlapping windows are drawn one above the other."""
+    lanes: list[list[tuple[float, float]]] = []
+    assigned = []
+    for start, end, *_ in windows:
+        lane = next(
+            (index for index, taken in enumerate(lanes) if all(end <= s or e <= start for s, e in taken)),
+            len(lanes),
+        )
+        if lane == len(lanes):
+            lanes.append([])
+        lanes[lane].append((start, end))
+        assigned.append(lane)
+    return assigned
+
+
+def _title_lines(text: str) -> str:
+    """``text`` wrapped to ``TITLE_LINE_CHARS`` per line, at most ``TITLE_MAX_LINES`` lines (then "…"): a
+    2,500-character query would otherwise make the PNG (saved with a tight bounding box) 20,000 px wide."""
+    lines = textwrap.wrap(" ".join(text.split()), TITLE_LINE_CHARS) or [""]
+    if len(lines) > TITLE_MAX_LINES:
+        lines = lines[:TITLE_MAX_LINES]
+        lines[-1] = lines[-1][: TITLE_LINE_CHARS - 1].rstrip() + "\u2026"
+    return "\n".join(lines)
+
+
+@functools.cache
+def _font_characters() -> dict[str, frozenset[int]]:
+    """Family name -> the code points its font draws, for every font matplotlib finds (read once). Not
+    "Last Resort" (matplotlib ships it to draw a box for every character no other font has), nor the TeX
+    math fonts (cm*, STIXNonUnicode, STIXSize*), whose character maps are not Unicode text."""
+    characters: dict[str, set[int]] = {}
+    for entry in font_manager.fontManager.ttflist:
+        if entry.name.startswith(("Last Resort", "cm", "STIXNonUnicode", "STIXSize")):
+            continue
+        try:
+            charmap = FT2Font(entry.fname).get_charmap()
+        except (OSError, RuntimeError):  # a font file matplotlib lists but FreeType cannot open
+            continue
+        characters.setdefault(entry.name, set()).update(charmap)
+    return {name: frozenset(points) for name, points in characters.items()}
+
+
+def _drawable_title(text: str) -> tuple[str, list[str]]:
+    """``(title, font families)``: the families (the default first, then fallbacks such as a CJK font when
+    one is installed) that draw the characters of ``text``. The characters that no installed font draws
+    become "?" and the title says so, and so does a warning (once per process) instead of silent boxes.
+    matplotlib ships only DejaVu, which draws Latin, Greek, Cyrillic, Arabic and Hebrew letters but no CJK;
+    matplotlib has no right-to-left layout or Arabic shaping, so Arabic letters come unjoined, left to right."""
+    default = font_manager.FontProperties(family=rcParams["font.family"]).get_name()
+    fonts = _font_characters()
+    missing = {ord(c) for c in text if not c.isspace()} - fonts.get(default, frozenset())
+    families = [default]
+    for name, points in sorted(fonts.items(), key=lambda item: -len(missing & item[1])):
+        if not missing:
+            break
+        if missing & points:
+            families.append(name)
+            missing -= points
+    if not missing:
+        return text, families
+    if not _UNDRAWABLE_WARNED:
+        _UNDRAWABLE_WARNED.append(True)
+        logger.warning(
+            "no installed font draws %d character(s) of a plot title (e.g. %r); they are drawn as '?'. "
+            "Install a font that covers them (e.g. Noto Sans CJK: apt-get install fonts-noto-cjk) and "
+            "matplotlib uses it (after removing its font cache, ~/.cache/matplotlib)",
+            len(missing),
+            "".join(chr(point) for point in sorted(missing)[:5]),
+        )
+    drawable = "".join("?" if ord(c) in missing else c for c in text)
+    return f"{drawable}\n(? = a character no installed font can draw)", families
+
+
+def _draw_timeline(
+    axes, item: Mapping[str, Any], clip_length: float, top_k: int, duration: float | None
+) -> None:
+    """Draw one query on ``axes``: x in seconds from 0 to the video's end, saliency on the y axis, the
+    predicted windows as bars in lanes at the top (overlapping windows in separate lanes), the ground truth
+    as a bar at the bottom."""
     windows = _as_windows(item.get("pred_relevant_windows"), 3, "pred_relevant_windows")[:top_k]
     truth = _as_windows(item.get("relevant_windows"), 2, "relevant_windows")
     saliency = np.asarray(item.get("pred_saliency_scores") or [], dtype=np.float64)
-    ends = [len(saliency) * clip_length, windows[:, 1].max(initial=0.0), truth[:, 1].max(initial=0.0)]
-    duration = float(item.get("duration") or max(ends) or clip_length)
+    duration = duration or item.get("duration")
+    if not duration:  # the clip grid's end: the video ends in its last clip
+        ends = [len(saliency) * clip_length, windows[:, 1].max(initial=0.0), truth[:, 1].max(initial=0.0)]
+        duration = max(ends) or clip_length
+    duration = float(duration)
 
+    lanes = window_lanes(windows)
+    num_lanes = max(lanes, default=-1) + 1
+    # y layout in axes fractions: the truth bar at the bottom, the saliency curve, the window lanes on top
+    data_top = 1.0 - LANE_HEIGHT * num_lanes - 0.03
     if len(saliency):
-        # One step per clip: clip i covers [i c, (i + 1) c).
-        edges = np.arange(len(saliency) + 1) * clip_length
+        low, high = float(saliency.min()), float(saliency.max())
+        high = high if high > low else low + 1.0
+        span = (high - low) / (data_top - SALIENCY_BOTTOM)
+        axes.set_ylim(low - SALIENCY_BOTTOM * span, low - SALIENCY_BOTTOM * span + span)
+        # One step per clip: clip i covers [i c, (i + 1) c); the last clip ends with the video.
+        edges = np.minimum(np.arange(len(saliency) + 1) * clip_length, duration)
         axes.stairs(
             saliency, edges, baseline=None, color=SALIENCY_COLOR, linewidth=1.5, label="saliency", zorder=3
         )
     axes.set_ylabel("saliency")
-    for rank, (start, end, score) in enumerate(windows):
+    for rank, ((start, end, score), lane) in enumerate(zip(windows, lanes)):
+        start, end = min(start, duration), min(end, duration)
+        top = 1.0 - LANE_HEIGHT * lane
         # Better-ranked windows are drawn more opaque.
-        axes.axvspan(start, end, color=PREDICTION_COLOR, alpha=0.45 * (1 - rank / (len(windows) + 1)), lw=0)
+        alpha = 0.9 * (1 - rank / (len(windows) + 1))
+        axes.axvspan(
+            start, end, ymin=top - 0.9 * LANE_HEIGHT, ymax=top, color=PREDICTION_COLOR, alpha=alpha, lw=0
+        )
         axes.annotate(
             f"#{rank + 1} {score:.2f}",
-            xy=((start + end) / 2, 1.0),
+            xy=((start + end) / 2, top - 0.45 * LANE_HEIGHT),
             xycoords=("data", "axes fraction"),
-            xytext=(0, -10 * (rank + 1)),
-            textcoords="offset points",
             ha="center",
-            fontsize=8,
+            va="center",
+            fontsize=7,
         )
-    # Ground truth as a bar just below the plotting area.
+    # Ground truth as a bar at the bottom of the plotting area.
     for start, end in truth:
-        axes.axvspan(start, end, ymin=0.0, ymax=0.05, color=TRUTH_COLOR, lw=0)
+        axes.axvspan(min(start, duration), min(end, duration), ymin=0.0, ymax=0.05, color=TRUTH_COLOR, lw=0)
     axes.set_xlim(0.0, duration)
     query = item.get("query")
-    axes.set_title(f"{query!s}" if query else str(item.get("qid", "")), fontsize=10, loc="left")
-    legend = [Patch(color=PREDICTION_COLOR, alpha=0.45, label=f"top-{len(windows)} predicted")]
+    title, families = _drawable_title(_title_lines(str(query)) if query else str(item.get("qid", "")))
+    axes.set_title(title, fontsize=10, loc="left", fontfamily=families)
+    legend = [Patch(color=PREDICTION_COLOR, alpha=0.9, label=f"top-{len(windows)} predicted")]
     if len(truth):
         legend.append(Patch(color=TRUTH_COLOR, label="ground truth"))
     handles, _ = axes.get_legend_handles_labels()
@@ -79,18 +188,23 @@ def _draw_timeline(axes, item: Mapping[str, Any], clip_length: float, top_k: int
 
 
 def timeline_figure(
-    predictions: Mapping[str, Any] | Sequence[Mapping[str, Any]], clip_length: float = 2.0, top_k: int = 3
+    predictions: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    clip_length: float = 2.0,
+    top_k: int = 3,
+    duration: float | None = None,
 ) -> Figure:
-    """The figure of :func:`plot_timeline`: one row of axes per query, x in seconds."""
+    """The figure of :func:`plot_timeline`: one row of axes per query, x in seconds, 10 inches wide."""
     items = [predictions] if isinstance(predictions, Mapping) else list(predictions)
     if not items:
         raise ValueError("plot_timeline needs at least one prediction")
-    if clip_length <= 0 or top_k < 1:
-        raise ValueError(f"clip_length must be > 0 and top_k >= 1, got {clip_length} and {top_k}")
+    if clip_length <= 0 or top_k < 1 or (duration is not None and duration <= 0):
+        raise ValueError(
+            f"clip_length and duration must be > 0 and top_k >= 1, got {clip_length}, {duration} and {top_k}"
+        )
     figure = Figure(figsize=(10, 2.6 * len(items)), layout="constrained")
     axes_list = figure.subplots(len(items), 1, squeeze=False)[:, 0]
     for axes, item in zip(axes_list, items):
-        _draw_timeline(axes, item, clip_length, top_k)
+        _draw_timeline(axes, item, clip_length, top_k, duration)
     axes_list[-1].set_xlabel("time (s)")
     return figure
 
@@ -101,6 +215,7 @@ def plot_timeline(
     clip_length: float = 2.0,
     top_k: int = 3,
     dpi: int = 120,
+    duration: float | None = None,
 ) -> Path:
     """Timeline PNG: per query, the saliency curve, the ``top_k`` predicted windows and the ground truth.
 
@@ -111,12 +226,14 @@ def plot_timeline(
             ``relevant_windows`` ([[start_s, end_s], ...] ground truth), ``duration`` (seconds).
         path: where to write the PNG (atomically).
         clip_length: seconds per saliency value.
-        top_k: predicted windows shaded, labelled ``#rank score``.
+        top_k: predicted windows drawn, labelled ``#rank score``; overlapping ones in separate lanes.
+        duration: the video's length in seconds, the end of the x axis (default: each prediction's
+            ``duration``, else the end of its last clip).
 
     Returns:
         ``path``.
     """
-    return _save_png(timeline_figure(predictions, clip_length, top_k), path, dpi)
+    return _save_png(timeline_figure(predictions, clip_length, top_k, duration), path, dpi)
 
 
 def learning_curves_figure(

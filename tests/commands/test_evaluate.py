@@ -3,6 +3,8 @@
 import argparse
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 
@@ -69,3 +71,30 @@ def test_evaluate_errors_name_the_file_and_line(tmp_path, caplog, capsys):
 def test_evaluate_is_a_sgdetr_command():
     module, help_text = COMMANDS["evaluate"]
     assert module == "sgdetr_hf.commands.evaluate" and help_text
+
+
+HEAVY_MODULES = ("torch", "transformers", "accelerate", "datasets", "matplotlib")
+
+
+def test_sgdetr_evaluate_imports_neither_torch_nor_transformers(tmp_path):
+    """``sgdetr evaluate`` (and its ``--help``) must cost what the numpy-only metric script costs: a fresh
+    interpreter runs the command and reports which heavy modules it imported."""
+    predictions = write_jsonl(tmp_path / "preds.jsonl", CHARADES_PREDICTIONS)
+    annotations = write_jsonl(tmp_path / "gt.jsonl", CHARADES_REFERENCES)
+    script = (
+        "import contextlib, io, json, sys\n"
+        "from sgdetr_hf.commands import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    code = main(sys.argv[1:])\n"
+        "    try:\n"
+        "        main(['evaluate', '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        f"print(json.dumps([code, [name for name in {HEAVY_MODULES!r} if name in sys.modules]]))\n"
+    )
+    argv = ["--predictions", predictions, "--annotations", annotations, "--dataset", "charades_sta"]
+    done = subprocess.run(
+        [sys.executable, "-c", script, "evaluate", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == [0, []]

@@ -46,6 +46,7 @@ def test_train_takes_recipe_overrides_and_the_log_level_on_either_side(capsys):
         (["train", "--recipe", "demo", "--no_such_key", "1"], "no_such_key"),
         (["train", "--recipe", "demo", "--model.no_such_size", "1"], "no_such_size"),
         (["demo", "--top-k", "3", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train", "--recipe", "demo", "--allow-inexact-resume"], "--allow-inexact-resume goes with --resume"),
         (["evaluate-model", "--model", "m", "--dataset", "d", "--output-dir", "o"], "--dataset-config is required"),
         (
             ["evaluate-model", "--model", "m", "--dataset", "d", "--output-dir", "o", "--dataset-config", "c",
@@ -71,5 +72,20 @@ def test_building_the_parser_leaves_training_and_plotting_unimported():
         "print([name for name in heavy if name in sys.modules])\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_help_imports_no_sub_command():
+    """``sgdetr --help`` lists the sub-commands from their names alone: no module of theirs is imported."""
+    script = (
+        "import contextlib, io, sys\n"
+        "from sgdetr_hf.commands import COMMANDS, main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['--log-level', 'INFO', '--help'])\n"
+        "modules = [module for module, _ in COMMANDS.values()] + ['torch', 'transformers']\n"
+        "print([name for name in modules if name in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "[]"

@@ -1,6 +1,7 @@
 """``sgdetr predict``: the moments table, the JSON file, the timeline PNG, and clear errors."""
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -154,3 +155,18 @@ def test_nan_weights_are_an_error_not_a_nan_json(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "\nerror: the weights of" in f"\n{error}" and "sg_detr.video_projection.linear1.weight" in error
     assert "the checkpoint is corrupt" in error and not out_json.exists()
+
+
+def test_predict_says_why_a_query_gets_fewer_windows_than_top_k(repo, video_file, tmp_path, caplog):
+    out_json = tmp_path / "moments.json"
+    with caplog.at_level(logging.WARNING, logger="sgdetr_hf.commands.predict"):
+        argv = ["predict", str(video_file), "a dog", "--model", str(repo), "--top-k", "500"]
+        assert main([*argv, "--json", str(out_json)]) == 0
+    (result,) = json.loads(out_json.read_text())
+    assert result["duration"] == pytest.approx(10.0)  # the video's end: the plot's time axis stops there
+    found = len(result["pred_relevant_windows"])
+    assert 1 <= found < 500
+    (record,) = [r for r in caplog.records if "asked for" in r.getMessage()]
+    message = record.getMessage()
+    assert f"{found} window(s), not the 500 asked for (--top-k)" in message
+    assert "1-D NMS" in message and "10.0-s video (5 clips of 2 s)" in message

@@ -6,6 +6,7 @@ validation queries, batch 4 (6 optimizer steps per epoch), 2 epochs, a 32-wide S
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,6 +138,20 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(data, single_run, 
     for name in uninterrupted:
         assert torch.equal(resumed[name], uninterrupted[name]), name
     assert _losses(tmp_path) == _losses(single_run)
+
+
+def test_resume_refuses_a_tampered_rng_file_with_a_one_line_error(data, single_run, tmp_path):
+    checkpoint = tmp_path / "checkpoints" / "step_00000002"
+    shutil.copytree(single_run / "checkpoints" / "step_00000002", checkpoint)
+    (checkpoint / "random_states_0.pkl").write_bytes(b"tampered")
+    command = [sys.executable, "scripts/train.py", *_args(data, tmp_path), "--resume", str(checkpoint)]
+    result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    # before: accelerate skipped the file ("Could not load random states", at INFO) and training went on
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert f"error: cannot resume {checkpoint} exactly: random_states_0.pkl is not the file saved" in line
+    assert "--allow-inexact-resume" in line and "Traceback" not in result.stderr
+    assert not (tmp_path / "final_model").exists()
 
 
 # The random and in-batch parts of the objective (dropout, denoising noise, in-batch negatives, the

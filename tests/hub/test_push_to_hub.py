@@ -1,6 +1,7 @@
 """Publishing: the model card, the repository folders, the upload plan, and the upload calls (mocked)."""
 
 import json
+import shutil
 from unittest import mock
 
 import pytest
@@ -27,23 +28,20 @@ def test_template_card_is_up_to_date():
     assert current == expected, "regenerate with: python scripts/push_to_hub.py --write-card-template"
 
 
-def test_card_metadata_lists_the_papers_results_as_the_papers():
+def test_a_card_without_a_measurement_has_no_model_index_and_the_papers_numbers_in_its_prose():
     card = ModelCard(str(publishing.render_model_card(repo_id="org/sg-detr-x", space_id="org/demo")))
     data = card.data
     assert data.library_name == "transformers" and "custom_code" in data.tags
     assert data.datasets == list(publishing.DEFAULT_DATASET_REPOS) and data.pipeline_tag is None
-    results = {(r.dataset_split, r.metric_name): r for r in data.eval_results}
-    assert results[("test", "MR mAP (avg over IoU 0.5:0.95)")].metric_value == 54.1  # paper Table 3
-    assert results[("validation", "HD HIT@1 (>= Very Good)")].metric_value == 71.47  # paper Table 1
-    assert all(
-        r.source_name.startswith("SG-DETR paper") and r.source_url == publishing.PAPER_URL
-        for r in data.eval_results
-    )
+    # before: the paper's 12 numbers were this checkpoint's model-index, even for random weights
+    assert not data.eval_results and "model-index" not in str(card).split("---")[1]
+    assert "| QVHighlights test (Table 3) | 72.2 | 56.6 | 73.2 | 55.8 | 54.1 | 43.76 | 69.13 |" in card.text
+    assert "These numbers are **the paper's**" in card.text and "`qvhighlights` setting" in card.text
     assert "Not measured yet" in card.text and "org/sg-detr-x" in card.text and "spaces/org/demo" in card.text
     assert "{{" not in card.text  # every template variable was filled
 
 
-def test_measured_results_are_added_apart_from_the_papers(tmp_path):
+def _results_file(tmp_path):
     path = tmp_path / "results.json"
     path.write_text(
         json.dumps(
@@ -56,14 +54,39 @@ def test_measured_results_are_added_apart_from_the_papers(tmp_path):
             }
         )
     )
-    card = ModelCard(str(publishing.render_model_card(measured=publishing.load_measured_results(path))))
-    ours = [r for r in card.data.eval_results if not r.source_name.startswith("SG-DETR paper")]
-    assert {(r.metric_name, r.metric_value, r.task_type) for r in ours} == {
+    return path
+
+
+def test_the_model_index_holds_only_the_measured_numbers(tmp_path):
+    measured = publishing.load_measured_results(_results_file(tmp_path))
+    card = ModelCard(str(publishing.render_model_card(measured=measured)))
+    assert {(r.metric_name, r.metric_value, r.task_type) for r in card.data.eval_results} == {
         ("MR mAP (avg over IoU 0.5:0.95)", 41.2, "video-moment-retrieval"),
         ("HD HIT@1 (>= Very Good)", 60.0, "highlight-detection"),
     }
+    assert all(r.source_name == "scripts/evaluate.py on this checkpoint" for r in card.data.eval_results)
     assert "| MR mAP (avg over IoU 0.5:0.95) | 41.20 |" in card.text and "Not measured yet" not in card.text
-    assert len(card.data.eval_results) == len(ours) + 12  # the paper's 12 numbers are still there
+    assert "| 54.1 |" in card.text  # the paper's numbers stay, in the prose
+
+
+def test_a_model_build_takes_the_model_index_from_the_runs_eval_results(tiny_model_dir, tmp_path):
+    run = tmp_path / "best_model"
+    shutil.copytree(tiny_model_dir, run)
+    assert publishing.load_run_results(run) is None  # random weights: nothing measured
+    brief = {"MR-full-mAP": 12.5, "MR-full-R1@0.5": 20.0, "MR-short-mAP": 3.0}
+    (run / "eval_results.json").write_text(json.dumps({"brief": brief, "num_predictions": 150}))
+    (run / "training_recipe.yaml").write_text("dataset_name: qvhighlights\neval_split: validation\n")
+    card = ModelCard.load(publishing.build_model_repo(run, tmp_path / "out", repo_id="me/run") / "README.md")
+    assert {
+        (r.dataset_name, r.dataset_split, r.metric_name, r.metric_value) for r in card.data.eval_results
+    } == {
+        ("QVHighlights", "validation", "MR mAP (avg over IoU 0.5:0.95)", 12.5),
+        ("QVHighlights", "validation", "MR R1@0.5", 20.0),
+    }
+    assert all(r.source_url == "https://huggingface.co/me/run" for r in card.data.eval_results)
+    (run / "training_recipe.yaml").unlink()
+    with pytest.raises(ValueError, match="cannot tell what .*eval_results.json measured"):
+        publishing.load_run_results(run)
 
 
 @pytest.mark.parametrize(
@@ -215,7 +238,6 @@ def test_dry_run_lists_every_file_and_uploads_nothing(
     [
         (["--what", "space", "--repo-id", "org/demo"], "space repo org/demo:"),
         (["--what", "metric", "--repo-id", "org/sgdetr_eval"], "space repo org/sgdetr_eval:"),
-        (["--what", "dataset", "--repo-id", "org/qvh", "--name", "qvhighlights"], "dataset repo org/qvh:"),
     ],
 )
 def test_dry_run_of_the_other_repos(push_script, tmp_path, capsys, no_hub_calls, argv, first_line):
@@ -238,11 +260,65 @@ def test_upload_through_the_script(push_script, tmp_path, capsys, monkeypatch):
     [
         ["--what", "model", "--repo-id", "org/m"],  # no --model
         ["--what", "model"],  # no --repo-id
-        ["--what", "dataset", "--repo-id", "org/d"],  # no --name
-        ["--what", "dataset", "--repo-id", "org/d", "--name", "no-such-dataset"],
+        ["--what", "dataset", "--repo-id", "org/d"],  # no --dataset-dir
+        ["--what", "dataset", "--repo-id", "org/d", "--dataset-dir", "no-such-dataset"],
+        # the card alone, without its data (before: published as the dataset)
+        [
+            "--what",
+            "dataset",
+            "--repo-id",
+            "org/d",
+            "--dataset-dir",
+            str(publishing.SOURCE_ROOT / "hub/datasets/qvhighlights"),
+        ],
     ],
 )
 def test_script_errors_are_usage_errors(push_script, argv, no_hub_calls, capsys):
     with pytest.raises(SystemExit) as exit_info:
         push_script.main(argv)
     assert exit_info.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def _dataset_folder(root, with_data=True):
+    """A folder as scripts/build_benchmark_dataset.py writes it: the card's configs and their Parquet shards."""
+    (root / "qvhighlights").mkdir(parents=True)
+    (root / "qvhighlights-features").mkdir()
+    (root / "README.md").write_text(
+        "---\nconfigs:\n- config_name: qvhighlights\n  data_files:\n  - split: validation\n"
+        "    path: qvhighlights/validation-*\n- config_name: qvhighlights-features\n  data_files:\n"
+        "  - split: validation\n    path: qvhighlights-features/validation-*\n---\n# QVHighlights\n"
+    )
+    (root / "qvhighlights" / "validation-00000-of-00001.parquet").write_bytes(b"PAR1")
+    if with_data:
+        (root / "qvhighlights-features" / "validation-00000-of-00001.parquet").write_bytes(b"PAR1")
+    return root
+
+
+def test_a_dataset_is_published_with_its_data_and_refused_without(
+    push_script, tmp_path, capsys, no_hub_calls
+):
+    folder = _dataset_folder(tmp_path / "qvh")
+    assert (
+        push_script.main(
+            ["--what", "dataset", "--repo-id", "org/qvh", "--dataset-dir", str(folder), "--dry-run"]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert printed.startswith("dataset repo org/qvh: 3 files")
+    assert "qvhighlights-features/validation-00000-of-00001.parquet" in printed
+    incomplete = _dataset_folder(tmp_path / "incomplete", with_data=False)
+    with pytest.raises(
+        ValueError, match="config 'qvhighlights-features', split 'validation' .* matches no file"
+    ):
+        publishing.dataset_folder(incomplete)
+    with pytest.raises(ValueError, match="declares no data"):
+        publishing.dataset_folder(publishing.SOURCE_ROOT / "hub" / "datasets" / "qvhighlights")
+
+
+def test_the_default_build_folder_is_under_the_current_directory(
+    push_script, tmp_path, monkeypatch, no_hub_calls
+):
+    monkeypatch.chdir(tmp_path)
+    assert push_script.main(["--what", "space", "--repo-id", "org/demo", "--dry-run"]) == 0
+    assert (tmp_path / "build" / "hub" / "space" / "app.py").is_file()  # before: SOURCE_ROOT/build/hub/space

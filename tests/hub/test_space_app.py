@@ -121,3 +121,14 @@ def test_space_in_a_real_browser(app, tiny_model_dir, shared_data, tmp_path):
     assert screenshot.stat().st_size > 20_000
     if os.environ.get("SGDETR_UPDATE_DOCS") == "1":
         shutil.copyfile(screenshot, SCREENSHOT)
+
+
+def test_the_plot_folder_keeps_only_the_newest_plots(app):
+    plots = app.PlotFolder(keep=2)
+    written = []
+    for _ in range(5):
+        path = plots.new_path()
+        path.write_bytes(b"png")
+        written.append(path)
+    assert sorted(plots.path.iterdir()) == sorted(written[-2:])  # before: one file per request, forever
+    assert app.MAX_KEPT_PLOTS >= 8

@@ -1,5 +1,7 @@
 """Crash-safe checkpoints: folder swaps, rotation, and a save/load round trip (atomic files: test_files.py)."""
 
+import logging
+
 import pytest
 import torch
 from accelerate.state import AcceleratorState
@@ -7,6 +9,7 @@ from accelerate.state import AcceleratorState
 from sgdetr_hf.training.checkpointing import (
     TRAINER_STATE_NAME,
     CheckpointManager,
+    InexactResumeError,
     TrainerState,
     recover_dir,
     replace_dir,
@@ -88,3 +91,48 @@ def test_save_rotate_and_restore_everything(accelerator, tmp_path):
 
     with pytest.raises(ValueError, match="not a complete training checkpoint"):
         manager.load(tmp_path / "checkpoints" / "step_00000005")
+
+
+@pytest.fixture
+def saved_checkpoints(accelerator, tmp_path):
+    """Two checkpoints of a tiny model, and the manager that wrote them."""
+    model = accelerator.prepare(torch.nn.Linear(3, 2))
+    manager = CheckpointManager(accelerator, tmp_path, total_limit=2)
+    first = manager.save(TrainerState(global_step=1))
+    torch.rand(7)  # the second checkpoint holds other random states
+    second = manager.save(TrainerState(global_step=2))
+    return manager, model, first, second
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda rng, other: rng.write_bytes(b"\x80\x04 not a pickle"), "is not the file saved with this checkpoint"),
+        (lambda rng, other: rng.write_bytes(other.read_bytes()), "is not the file saved with this checkpoint"),
+        (lambda rng, other: rng.unlink(), "random_states_0.pkl is missing"),
+    ],
+    ids=["garbage", "another-checkpoints-states", "missing"],
+)  # fmt: skip
+def test_a_damaged_rng_file_refuses_the_resume_unless_allowed(saved_checkpoints, damage, message, caplog):
+    manager, model, first, second = saved_checkpoints
+    damage(second / "random_states_0.pkl", first / "random_states_0.pkl")
+    # before: accelerate caught the failure, logged it at INFO and resumed with the current random state
+    with pytest.raises(InexactResumeError, match=message) as error:
+        manager.load(second)
+    assert "--allow-inexact-resume" in str(error.value) and "step_00000001" in str(error.value)
+    with caplog.at_level(logging.WARNING, logger="sgdetr_hf.training.checkpointing"):
+        assert manager.load(second, allow_inexact_resume=True).global_step == 2
+    assert "cannot resume" in caplog.text and "--allow-inexact-resume" in caplog.text
+    assert manager.load(first).global_step == 1  # an intact checkpoint still resumes
+
+
+def test_an_unreadable_rng_file_is_refused_without_a_recorded_checksum(saved_checkpoints):
+    manager, model, first, second = saved_checkpoints
+    state = TrainerState.load(second / TRAINER_STATE_NAME)
+    assert set(state.rng_state_sha256) == {"random_states_0.pkl"}
+    state.rng_state_sha256 = {}  # a checkpoint written before checksums were recorded
+    state.save(second / TRAINER_STATE_NAME)
+    assert manager.load(second).global_step == 2  # intact: resumes
+    (second / "random_states_0.pkl").write_bytes(b"tampered")
+    with pytest.raises(InexactResumeError, match="random_states_0.pkl cannot be read as random states"):
+        manager.load(second)

@@ -3,8 +3,10 @@
     sgdetr [--log-level LEVEL] COMMAND [options]     (``--log-level`` may also follow COMMAND)
 
 Each sub-command is a module of this package with ``add_arguments(parser)`` and ``run(args) -> int`` (the
-exit code); this file only wires them together. Modules import their heavy dependencies inside ``run`` where
-the arguments can be declared without them, so building the parser stays light. A module may also set
+exit code); this file only wires them together. ``main`` imports only the module of the sub-command it runs
+(``sgdetr --help`` imports none), and modules import their heavy dependencies inside ``run`` where the
+arguments can be declared without them: ``sgdetr evaluate`` never imports torch or transformers. A module
+may also set
 
 - ``PARSER_OPTIONS``: more ``argparse.ArgumentParser`` keywords for its parser (epilog, formatter, ...);
 - ``TAKES_OVERRIDES = True``: the arguments its parser does not know are handed to ``run`` as
@@ -20,7 +22,8 @@ import argparse
 import importlib
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -72,11 +75,17 @@ def configure_logging(level: str) -> None:
         datasets.disable_progress_bars()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The ``sgdetr`` parser. Every sub-command is listed, but only those in ``commands`` (default: all)
+    have their module imported and their arguments declared."""
+    declared = set(COMMANDS if commands is None else commands)
     parser = argparse.ArgumentParser(prog="sgdetr", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
+        if name not in declared:
+            subparsers.add_parser(name, help=help_text, description=help_text)
+            continue
         module = importlib.import_module(module_name)
         sub = subparsers.add_parser(
             name, help=help_text, description=help_text, **getattr(module, "PARSER_OPTIONS", {})
@@ -88,9 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_in(argv: Sequence[str]) -> str | None:
+    """The sub-command that ``argv`` runs: its first word that is not ``sgdetr``'s own option (or the value
+    of ``--log-level``); ``None`` when there is none or it names no sub-command (argparse then says so)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``sgdetr``: parse ``argv`` (default: ``sys.argv[1:]``), run the sub-command, return its exit code."""
-    args, rest = build_parser().parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = command_in(argv)
+    args, rest = build_parser([command] if command else []).parse_known_args(argv)
     module, parser = args._module, args._parser
     if getattr(module, "TAKES_OVERRIDES", False):
         args.overrides = rest

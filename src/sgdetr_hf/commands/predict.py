@@ -77,6 +77,25 @@ def load_video_input(path: Path) -> str | dict[str, Any]:
     return {"video_features": tensors["video_features"]}
 
 
+def warn_fewer_windows(results: list[dict[str, Any]], top_k: int) -> None:
+    """Say why a query got fewer windows than ``--top-k`` asked for, rather than cut the list silently."""
+    for result in results:
+        found = len(result["pred_relevant_windows"])
+        if found < top_k:
+            logger.warning(
+                'query "%s": %d window(s), not the %d asked for (--top-k): only %d distinct candidate '
+                "window(s) remain after duplicate removal (1-D NMS) and span fusion on this %.1f-s video "
+                "(%d clips of %.0f s); a short video has few distinct windows",
+                result["query"],
+                found,
+                top_k,
+                found,
+                result["duration"],
+                len(result["pred_saliency_scores"]),
+                result["clip_length"],
+            )
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
     """One block per query: rank, start, end (seconds) and score of each window."""
     lines = []
@@ -143,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    warn_fewer_windows(results, args.top_k)
     print(format_table(results))
     if args.json:
         atomic_write_json(args.json, results)

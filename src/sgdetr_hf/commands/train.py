@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import sys
 
 import yaml
 
@@ -53,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue a run: from the newest checkpoint in output_dir (no value) or from CHECKPOINT",
     )
     parser.add_argument(
+        "--allow-inexact-resume",
+        action="store_true",
+        help="with --resume: continue even when the checkpoint's random states cannot be restored "
+        "(missing, unreadable or changed random_states_*.pkl); the run then differs from an uninterrupted one",
+    )
+    parser.add_argument(
         "--init-from", help="fine-tune: a model folder or Hub id whose weights initialise the model"
     )
     parser.add_argument(
@@ -69,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training.distributed import process_group_teardown
     from ..training.trainer import train  # accelerate and the model: not needed for --help
 
+    if args.allow_inexact_resume and args.resume is None:
+        raise CommandLineError("--allow-inexact-resume goes with --resume")
     try:
         overrides = parse_override_tokens(args.overrides)
         if args.init_from:
@@ -81,8 +90,14 @@ def run(args: argparse.Namespace) -> int:
     if args.print_recipe:
         print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
         return 0
-    with process_group_teardown():
-        result = train(recipe, resume=args.resume)
+    from ..training.checkpointing import InexactResumeError
+
+    try:
+        with process_group_teardown():
+            result = train(recipe, resume=args.resume, allow_inexact_resume=args.allow_inexact_resume)
+    except InexactResumeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"\nmodel: {result.model_dir}  (steps: {result.global_step}, run folder: {result.output_dir})")
         if result.metrics is not None:

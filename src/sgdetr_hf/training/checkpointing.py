@@ -8,11 +8,18 @@ A checkpoint is written into a ``.partial-*`` folder and renamed into place only
 ``trainer_state.json`` is written last, so a crash at any moment leaves either a complete checkpoint or none.
 (``trainer_state.json`` stays our own JSON file rather than an ``accelerator.register_for_checkpointing``
 object, which accelerate would pickle and which could not mark the checkpoint complete.)
+
+Exact resume needs the RNG files: accelerate's ``load_state`` catches any failure to read them, logs it at
+INFO level and carries on with the current random state, so a damaged or replaced ``random_states_<rank>.pkl``
+would silently give another run. ``trainer_state.json`` records their SHA-256 at save time, and
+:meth:`CheckpointManager.load` checks them (and that they load as random states) before accelerate does:
+a problem is an :class:`InexactResumeError` unless ``allow_inexact_resume`` (``--allow-inexact-resume``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +34,34 @@ logger = logging.getLogger(__name__)
 
 TRAINER_STATE_NAME = "trainer_state.json"
 STEP_DIR_PATTERN = re.compile(r"^step_(\d+)$")
+#: accelerate's per-process RNG file (``RNG_STATE_NAME``) and the states it must hold to restore the run
+RNG_STATE_FILE = "random_states_{rank}.pkl"
+RNG_STATE_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
+
+
+class InexactResumeError(ValueError):
+    """A checkpoint whose random states cannot be restored: resuming it would not continue the run exactly."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def rng_state_problem(path: Path, recorded_sha256: str | None) -> str | None:
+    """Why accelerate could not restore the RNG file ``path`` (or restore other states than were saved),
+    or ``None``. Read as accelerate reads it: ``torch.load(weights_only=True)``, so nothing is executed."""
+    from accelerate.utils import load
+
+    if not path.is_file():
+        return f"{path.name} is missing"
+    if recorded_sha256 is not None and _sha256(path) != recorded_sha256:
+        return f"{path.name} is not the file saved with this checkpoint (its SHA-256 differs from {TRAINER_STATE_NAME}'s)"
+    try:
+        states = load(path)
+    except Exception as error:  # noqa: BLE001 (any failure is what accelerate would swallow)
+        return f"{path.name} cannot be read as random states ({type(error).__name__}: {str(error)[:200]})"
+    missing = [key for key in RNG_STATE_KEYS if not isinstance(states, dict) or key not in states]
+    return f"{path.name} lacks the random states {missing}" if missing else None
 
 
 def replace_dir(staged: Path, destination: Path) -> None:
@@ -71,6 +106,8 @@ class TrainerState:
     best_metric: float | None = None
     best_step: int | None = None
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: RNG file name -> SHA-256 at save time (empty in checkpoints written before it was recorded)
+    rng_state_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> TrainerState:
@@ -140,6 +177,9 @@ class CheckpointManager:
         accelerator.save_state(output_dir=str(staged), safe_serialization=True)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            state.rng_state_sha256 = {
+                path.name: _sha256(path) for path in sorted(staged.glob(RNG_STATE_FILE.format(rank="*")))
+            }
             state.save(staged / TRAINER_STATE_NAME)
             replace_dir(staged, final)
             for old in self.step_dirs()[: -self.total_limit]:
@@ -148,16 +188,41 @@ class CheckpointManager:
         logger.info("saved training state to %s", final)
         return final
 
-    def load(self, path: str | Path) -> TrainerState:
-        """Restore model, optimizer, scheduler, sampler and RNG states from ``path``; return its position."""
+    def load(self, path: str | Path, allow_inexact_resume: bool = False) -> TrainerState:
+        """Restore model, optimizer, scheduler, sampler and RNG states from ``path``; return its position.
+
+        Every process checks the RNG files of all processes first (so all take the same decision): one
+        that is missing, unreadable, or not the file saved with the checkpoint raises
+        :class:`InexactResumeError`, or only warns when ``allow_inexact_resume``.
+        """
         path = Path(path)
         if not (path / TRAINER_STATE_NAME).is_file():
             raise ValueError(
                 f"{path} is not a complete training checkpoint (no {TRAINER_STATE_NAME}); "
                 f"complete ones are the step_* folders under {self.root}"
             )
+        state = TrainerState.load(path / TRAINER_STATE_NAME)
+        names = [RNG_STATE_FILE.format(rank=rank) for rank in range(self.accelerator.num_processes)]
+        problems = [
+            problem
+            for name in names
+            if (problem := rng_state_problem(path / name, state.rng_state_sha256.get(name))) is not None
+        ]
+        if problems:
+            message = (
+                f"cannot resume {path} exactly: {'; '.join(problems)}. accelerate would skip the random "
+                "states and the run would go on with other random draws (dropout, noise, sampling) than the "
+                "uninterrupted run"
+            )
+            if not allow_inexact_resume:
+                others = [p.name for p in self.step_dirs() if p != path]
+                raise InexactResumeError(
+                    f"{message}. Restore the file, resume from another checkpoint"
+                    f"{f' ({others})' if others else ''}, or pass --allow-inexact-resume to continue anyway"
+                )
+            logger.warning("%s; continuing as --allow-inexact-resume asks", message)
         self.accelerator.load_state(str(path))
-        return TrainerState.load(path / TRAINER_STATE_NAME)
+        return state
 
 
 def save_model_dir(

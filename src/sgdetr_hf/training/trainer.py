@@ -191,10 +191,12 @@ class Trainer:
             recover_dir(self.final_dir)
 
     # ------------------------------------------------------------------------------------- resume
-    def resume(self, resume: str | None) -> None:
+    def resume(self, resume: str | None, allow_inexact_resume: bool = False) -> None:
         """Continue from a checkpoint: ``"latest"`` (in the output folder, if any) or a checkpoint path.
 
         ``None`` refuses an output folder that already holds checkpoints, so a run is never overwritten.
+        A checkpoint whose random states cannot be restored is refused unless ``allow_inexact_resume``
+        (:meth:`CheckpointManager.load`).
         """
         latest = self.checkpoints.latest()
         if resume is None:
@@ -208,7 +210,7 @@ class Trainer:
         if path is None:
             logger.info("no checkpoint in %s: starting a new run", self.output_dir)
             return
-        self.state = self.checkpoints.load(path)
+        self.state = self.checkpoints.load(path, allow_inexact_resume=allow_inexact_resume)
         logger.info(
             "resumed from %s: epoch %d, batch %d, step %d",
             path, self.state.epoch, self.state.batches_done, self.state.global_step,
@@ -378,7 +380,9 @@ class Trainer:
         return TrainingResult(self.output_dir, model_dir, metrics, self.state.global_step)
 
 
-def train(recipe: TrainingRecipe, resume: str | None = None) -> TrainingResult:
+def train(
+    recipe: TrainingRecipe, resume: str | None = None, allow_inexact_resume: bool = False
+) -> TrainingResult:
     """Train (or fine-tune, with ``recipe.init_from``) SG-DETR as the recipe says.
 
     Args:
@@ -386,10 +390,12 @@ def train(recipe: TrainingRecipe, resume: str | None = None) -> TrainingResult:
         resume: ``None`` starts a new run (an output folder that already holds checkpoints is an
             error); ``"latest"`` continues from the newest checkpoint in ``recipe.output_dir`` (or starts
             when there is none); a path continues from that checkpoint folder.
+        allow_inexact_resume: resume even when the checkpoint's random states cannot be restored (the
+            run then differs from an uninterrupted one); by default that is an ``InexactResumeError``.
 
     Returns:
         a :class:`TrainingResult`. Collective: every process of the launch calls it.
     """
     trainer = Trainer(recipe)
-    trainer.resume(resume)
+    trainer.resume(resume, allow_inexact_resume=allow_inexact_resume)
     return trainer.run()
