@@ -29,7 +29,7 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def retriever(repo):
-    return pipeline("video-moment-retrieval", model=str(repo))
+    return pipeline("video-moment-retrieval", pipeline_class=VideoMomentRetrievalPipeline, model=str(repo))
 
 
 @pytest.fixture(scope="module")
@@ -226,10 +226,20 @@ def test_a_wrong_encoder_folder_or_device_is_refused_naming_it(repo, monkeypatch
     with pytest.raises(
         CheckpointError, match=f"{repo}/config.json has model_type='sg-detr', but InternVideo2Config"
     ):
-        pipeline("video-moment-retrieval", model=str(repo), encoder=str(repo))
+        pipeline(
+            "video-moment-retrieval",
+            pipeline_class=VideoMomentRetrievalPipeline,
+            model=str(repo),
+            encoder=str(repo),
+        )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="device cuda:0 asked for, but this torch"):
-        pipeline("video-moment-retrieval", model=str(repo), device="cuda:0")
+        pipeline(
+            "video-moment-retrieval",
+            pipeline_class=VideoMomentRetrievalPipeline,
+            model=str(repo),
+            device="cuda:0",
+        )
 
 
 def test_long_features_use_windows(retriever):
@@ -295,20 +305,24 @@ def test_bad_input_raises_clear_errors(retriever, video_file):
 
 
 def test_without_encoder_videos_and_query_strings_are_refused(repo, video_file):
-    features_only = pipeline("video-moment-retrieval", model=str(repo), encoder=False)
+    features_only = pipeline(
+        "video-moment-retrieval", pipeline_class=VideoMomentRetrievalPipeline, model=str(repo), encoder=False
+    )
     assert features_only.encoder is None
     with pytest.raises(ValueError, match="needs the InternVideo2 encoder"):
         features_only(str(video_file), text_features=_features(4)[1])
     with pytest.raises(ValueError, match="needs the InternVideo2 encoder"):
         features_only({"video_features": _features(4)[0]}, queries="a dog")
     with pytest.raises(VideoDecodingError):
-        pipeline("video-moment-retrieval", model=str(repo))(str(video_file.parent), queries="a")
+        pipeline("video-moment-retrieval", pipeline_class=VideoMomentRetrievalPipeline, model=str(repo))(
+            str(video_file.parent), queries="a"
+        )
 
 
 def test_mismatched_encoder_is_refused(tmp_path):
     repo = save_tiny_model_repo(tmp_path, video_feature_dim=32)  # the tiny encoder gives 16-d features
     with pytest.raises(ValueError, match="use the matching encoder"):
-        pipeline("video-moment-retrieval", model=str(repo))
+        pipeline("video-moment-retrieval", pipeline_class=VideoMomentRetrievalPipeline, model=str(repo))
 
 
 def test_pipeline_class_is_registered():
@@ -356,7 +370,9 @@ def _corrupt(folder, parameter: str):
 def test_nan_weights_are_named_not_turned_into_nan_windows(tmp_path, video_file):
     repo = save_tiny_model_repo(tmp_path / "repo")
     _corrupt(repo, "sg_detr.video_projection.linear1.weight")
-    retriever = pipeline("video-moment-retrieval", model=str(repo))
+    retriever = pipeline(
+        "video-moment-retrieval", pipeline_class=VideoMomentRetrievalPipeline, model=str(repo)
+    )
     video, texts = _features(10)
     with pytest.raises(
         NonFiniteOutputError,
@@ -366,7 +382,9 @@ def test_nan_weights_are_named_not_turned_into_nan_windows(tmp_path, video_file)
 
     encoder_repo = save_tiny_model_repo(tmp_path / "encoder-repo")
     _corrupt(encoder_repo / "encoder", "vision_model.embeddings.cls_token")
-    retriever = pipeline("video-moment-retrieval", model=str(encoder_repo))
+    retriever = pipeline(
+        "video-moment-retrieval", pipeline_class=VideoMomentRetrievalPipeline, model=str(encoder_repo)
+    )
     with pytest.raises(
         NonFiniteOutputError,
         match=r"weights of .*encoder hold NaN or Inf \(vision_model\.embeddings\.cls_token\)",

@@ -127,8 +127,15 @@ def test_the_evaluate_module():
     assert 0 <= result["brief"]["TVSum-top5-mAP"] <= 100
 
 
+@pytest.fixture(scope="module")
+def command_folder(tmp_path_factory):
+    """One working folder for the README's commands, run in order (a later one may use an earlier's output)."""
+    return tmp_path_factory.mktemp("commands")
+
+
 @pytest.mark.parametrize("line", SGDETR_LINES)
-def test_the_sgdetr_commands(line, stand_ins, tmp_path):
+def test_the_sgdetr_commands(line, stand_ins, command_folder):
+    tmp_path = command_folder
     for placeholder, stand_in in stand_ins.items():
         line = line.replace(placeholder, stand_in)
     result = subprocess.run(

@@ -128,7 +128,9 @@ def _register_internvideo2() -> None:
 
 
 def _register_pipeline() -> None:
-    """Register the "video-moment-retrieval" task, so ``pipeline("video-moment-retrieval", model=dir)`` works."""
+    """Register the "video-moment-retrieval" task, so ``pipeline("video-moment-retrieval", model=model)`` works.
+    A saved folder names its pipeline in ``config.json`` (``custom_pipelines``), for which transformers asks for
+    ``trust_remote_code=True`` or ``pipeline_class=VideoMomentRetrievalPipeline`` (the installed code)."""
     from transformers import AutoModel
     from transformers.pipelines import PIPELINE_REGISTRY
 

@@ -11,6 +11,7 @@ from transformers import pipeline
 
 from internvideo2_testing import write_video
 from pipeline_testing import damage_file, edit_weights, save_tiny_model_repo
+from sgdetr_hf import VideoMomentRetrievalPipeline
 from sgdetr_hf.commands import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -33,9 +34,9 @@ def test_predict_prints_the_table_and_writes_json_and_plot(repo, video_file, tmp
     assert code == 0
     written = json.loads(out_json.read_text())
     # the JSON is exactly what the pipeline returns for the same call
-    expected = pipeline("video-moment-retrieval", model=str(repo))(
-        str(video_file), queries=["a man rides a bike", "a dog"], top_k=3
-    )
+    expected = pipeline(
+        "video-moment-retrieval", pipeline_class=VideoMomentRetrievalPipeline, model=str(repo)
+    )(str(video_file), queries=["a man rides a bike", "a dog"], top_k=3)
     assert written == json.loads(json.dumps(expected))
     table = capsys.readouterr().out
     assert 'query: "a man rides a bike"' in table and 'query: "a dog"' in table

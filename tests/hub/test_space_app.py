@@ -84,9 +84,11 @@ def test_space_in_a_real_browser(app, tiny_model_dir, shared_data, tmp_path):
     queries = ["a man rides a bike", "the road"]
     demo = app.build_demo(model=str(tiny_model_dir))
     expected = app.moments_table(
-        app.pipeline("video-moment-retrieval", model=str(tiny_model_dir))(
-            str(video), queries=queries, top_k=3
-        )
+        app.pipeline(
+            "video-moment-retrieval",
+            pipeline_class=app.VideoMomentRetrievalPipeline,
+            model=str(tiny_model_dir),
+        )(str(video), queries=queries, top_k=3)
     )
     demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
     try:
