@@ -5,11 +5,9 @@ video tower (40 blocks of width 1408, 4 frames of 224 x 224 per clip) and the fi
 its BERT-large text tower, both projected into a shared 512-d video-text space.
 """
 
-import os
-
 from transformers import BertConfig, PreTrainedConfig
 
-from .loading_sgdetr import INTERNVIDEO2_FOLDER, check_config_dict
+from .loading_sgdetr import INTERNVIDEO2_FOLDER, FolderCheckedConfigMixin
 
 _SUPPORTED_VISION_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")
 
@@ -117,7 +115,7 @@ class InternVideo2TextConfig(BertConfig):
     pad_token_id: int | None = 0
 
 
-class InternVideo2Config(PreTrainedConfig):
+class InternVideo2Config(FolderCheckedConfigMixin, PreTrainedConfig):
     r"""
     Configuration of [`InternVideo2Model`]: both towers plus the projections into the joint space.
 
@@ -130,6 +128,7 @@ class InternVideo2Config(PreTrainedConfig):
     """
 
     model_type = "internvideo2"
+    expected_folder = INTERNVIDEO2_FOLDER
     sub_configs_defaults = {"vision_config": InternVideo2VisionConfig, "text_config": InternVideo2TextConfig}
 
     vision_config: dict | InternVideo2VisionConfig | None = None
@@ -137,16 +136,6 @@ class InternVideo2Config(PreTrainedConfig):
     projection_dim: int = 512
     temperature_init: float | int = 0.07
     initializer_range: float | int = 0.02
-
-    @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        # transformers returns an empty dict for a folder without config.json, which would build the default
-        # 1B encoder with random weights (minutes, 6 GB), as would an SG-DETR folder's config: refuse both
-        # here, before anything is built.
-        folder = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder", ""))
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        check_config_dict(config_dict, folder.rstrip(os.sep), cls, INTERNVIDEO2_FOLDER)
-        return config_dict, kwargs
 
 
 __all__ = ["InternVideo2Config", "InternVideo2TextConfig", "InternVideo2VisionConfig"]

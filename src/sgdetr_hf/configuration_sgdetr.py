@@ -13,12 +13,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
 
 from transformers import PreTrainedConfig
 from transformers.utils import logging
 
-from .loading_sgdetr import SGDETR_FOLDER, check_config_dict
+from .loading_sgdetr import SGDETR_FOLDER, FolderCheckedConfigMixin
 
 logger = logging.get_logger(__name__)
 
@@ -43,7 +42,7 @@ _HUB_KEYS = frozenset(
 )
 
 
-class SGDetrConfig(PreTrainedConfig):
+class SGDetrConfig(FolderCheckedConfigMixin, PreTrainedConfig):
     r"""Configuration of [`SGDetrModel`] and [`SGDetrForMomentRetrieval`].
 
     Inputs and features
@@ -131,6 +130,7 @@ class SGDetrConfig(PreTrainedConfig):
     """
 
     model_type = "sg-detr"
+    expected_folder = SGDETR_FOLDER
 
     # inputs
     video_feature_dim: int = 512
@@ -200,15 +200,6 @@ class SGDetrConfig(PreTrainedConfig):
     use_negative_pairs: bool = True
     use_dn: bool = True
     use_alignment: bool = True
-
-    @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        # transformers returns an empty dict for a folder without config.json, i.e. a default SG-DETR with
-        # random weights; refuse it (and another model's config) here, where the folder is known.
-        folder = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder", ""))
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        check_config_dict(config_dict, folder.rstrip(os.sep), cls, SGDETR_FOLDER)
-        return config_dict, kwargs
 
     def __post_init__(self, **kwargs):
         self._map_release_0_1_keys(kwargs)

@@ -74,6 +74,21 @@ def check_config_dict(
         )
 
 
+class FolderCheckedConfigMixin:
+    """Config classes whose ``from_pretrained`` refuses, before anything is built, a folder without
+    ``config.json`` (transformers reads it as ``{}``: a default model with random weights) or of another
+    ``model_type``. A class sets ``expected_folder``, the folder to pass instead, for the message."""
+
+    expected_folder = "the folder of this model"
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        folder = _location(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        check_config_dict(config_dict, folder.rstrip(os.sep), cls, cls.expected_folder)
+        return config_dict, kwargs
+
+
 def check_safetensors_file(path: str | os.PathLike) -> None:
     """``path`` has a valid safetensors header that covers the whole file (catches zero-byte, truncated and
     corrupt files); reads the header only."""
@@ -221,6 +236,7 @@ def resolve_device(device: str | int | torch.device | None) -> torch.device:
 
 __all__ = [
     "CheckpointError",
+    "FolderCheckedConfigMixin",
     "check_config_dict",
     "check_safetensors_file",
     "check_weights_files",
