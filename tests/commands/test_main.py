@@ -63,29 +63,27 @@ def test_usage_errors_exit_with_2_and_the_subcommand_usage(argv, message, capsys
     assert message in err and err.startswith(f"usage: sgdetr {argv[0]}")
 
 
-def test_building_the_parser_leaves_training_and_plotting_unimported():
-    script = (
-        "import sys\n"
-        "from sgdetr_hf.commands import build_parser\n"
-        "build_parser()\n"
-        "heavy = ['sgdetr_hf.training.trainer', 'sgdetr_hf.training.evaluate_model', 'sgdetr_hf.visualization']\n"
-        "print([name for name in heavy if name in sys.modules])\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+def imported_after(script: str, modules: str) -> str:
+    """What of ``modules`` (a Python list expression) a fresh interpreter has imported after ``script``."""
+    check = f"{script}\nimport sys\nprint([name for name in {modules} if name in sys.modules])\n"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "[]"
+    return done.stdout.strip()
+
+
+def test_building_the_parser_leaves_training_and_plotting_unimported():
+    script = "from sgdetr_hf.commands import build_parser\nbuild_parser()"
+    heavy = "['sgdetr_hf.training.trainer', 'sgdetr_hf.training.evaluate_model', 'sgdetr_hf.visualization']"
+    assert imported_after(script, heavy) == "[]"
 
 
 def test_help_imports_no_sub_command():
     """``sgdetr --help`` lists the sub-commands from their names alone: no module of theirs is imported."""
     script = (
-        "import contextlib, io, sys\n"
+        "import contextlib, io\n"
         "from sgdetr_hf.commands import COMMANDS, main\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-        "    main(['--log-level', 'INFO', '--help'])\n"
-        "modules = [module for module, _ in COMMANDS.values()] + ['torch', 'transformers']\n"
-        "print([name for name in modules if name in sys.modules])\n"
+        "    main(['--log-level', 'INFO', '--help'])"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "[]"
+    modules = "[module for module, _ in COMMANDS.values()] + ['torch', 'transformers']"
+    assert imported_after(script, modules) == "[]"
