@@ -3,8 +3,10 @@
 :func:`measure` calls a function a few untimed times (warm-up: lazy initialisation, allocator and
 kernel caches), then times each of ``repeats`` calls. On CUDA it synchronises the device around the
 timed calls, so that the wall clock covers the kernels they queued, and reads the peak memory torch
-allocated during them. :func:`print_table` prints result rows as Markdown, :func:`write_json` saves
-them.
+allocated during them. :func:`measure_interleaved` times several functions in alternation (one call of
+each per round), so that machine noise hits all of them alike and their ratio is meaningful on a shared
+machine. :func:`count_ops_and_flops` counts the kernel calls and the arithmetic of a function.
+:func:`print_table` prints result rows as Markdown, :func:`write_json` saves them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from .files import atomic_write_text
 
@@ -89,6 +93,66 @@ def measure(
         cpu_seconds.append(time.process_time() - cpu_start)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mib()
     return Measurement(tuple(seconds), tuple(cpu_seconds), peak, result)
+
+
+def measure_interleaved(
+    functions: Mapping[str, Callable[[], Any]],
+    rounds: int,
+    warmup: int = 1,
+    device: str | torch.device = "cpu",
+) -> dict[str, Measurement]:
+    """Time every function of ``functions`` once per round, for ``rounds`` rounds, after ``warmup`` untimed
+    rounds: a slow spell of the machine then slows every function alike, and their ratio (best against best)
+    stays meaningful. ``peak_memory_mib`` is as in :func:`measure` (on CPU, the whole process's peak)."""
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"need rounds >= 1 and warmup >= 0, got {rounds} and {warmup}")
+    for _ in range(warmup):
+        for function in functions.values():
+            function()
+    timed = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            timed[name].append(measure(function, 1, 0, device))
+    return {
+        name: Measurement(
+            seconds=tuple(m.seconds[0] for m in runs),
+            cpu_seconds=tuple(m.cpu_seconds[0] for m in runs),
+            peak_memory_mib=max(m.peak_memory_mib for m in runs),
+            result=runs[-1].result,
+        )
+        for name, runs in timed.items()
+    }
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the ATen operators dispatched and the FLOPs of those ``torch.utils.flop_counter`` knows."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.ops += 1
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def count_ops_and_flops(function: Callable[[], Any]) -> tuple[int, int]:
+    """ATen operators and floating-point operations of one call of ``function``.
+
+    Operators: every kernel call, views included (what a launch-bound device pays per op), counted below
+    autograd and the composite decompositions. FLOPs: ``torch.utils.flop_counter``'s formulas (matmuls,
+    convolutions, attention; forward and, if ``function`` runs it, backward; element-wise ops count 0). Counted
+    with a dispatch mode of our own, not ``FlopCounterMode``, whose module tracker refuses ``no_grad`` forwards
+    that return views of parameters."""
+    with _OpCounter() as counter:
+        function()
+    return counter.ops, counter.flops
 
 
 def print_table(rows: Sequence[Mapping[str, Any]]) -> None:

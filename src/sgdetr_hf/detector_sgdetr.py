@@ -32,6 +32,8 @@ from .layers_sgdetr import (
     SGDetrMLP,
     SGDetrQueryEmbedding,
     attend,
+    conv1d_channels_last,
+    masked_group_norm,
     merge_heads,
     split_heads,
 )
@@ -258,7 +260,8 @@ def assign_atss(
 
 # ----------------------------------------------------------------------------------------------- modules
 class SGDetrPyramidNeck(nn.Module):
-    """``P1 = F_g``; ``P_{k+1} = ReLU(GN(Conv1d_{k3,s2}(P_k * mask_k)))`` (the temporal pyramid of §3.5). Works channel-first."""
+    """``P1 = F_g``; ``P_{k+1} = ReLU(GN(Conv1d_{k3,s2}(P_k)))`` with padding zeroed at every level (the temporal
+    pyramid of §3.5). Channel-last; the convolutions run as matmuls (:func:`conv1d_channels_last`)."""
 
     def __init__(self, config):
         super().__init__()
@@ -272,15 +275,15 @@ class SGDetrPyramidNeck(nn.Module):
         )
 
     def forward(self, features: Tensor, video_lengths: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """``(B, L, d)`` -> per level ``(B, d, L_k)`` features (zero at padding) and ``(B, L_k)`` masks."""
+        """``(B, L, d)`` -> per level ``(B, L_k, d)`` features (zero at padding) and ``(B, L_k)`` bool masks."""
         length = features.shape[1]
         mask = torch.arange(length, device=features.device)[None, :] < video_lengths[:, None]
-        x = features.transpose(1, 2) * mask[:, None, :].to(features.dtype)
+        x = features * mask[..., None].to(features.dtype)
         feats, masks = [x], [mask]
         for stride, conv, norm in zip(self.strides[1:], self.convs, self.norms):
-            x = conv(x)
+            x = conv1d_channels_last(x, conv.weight, conv.bias, stride=2)
             valid = torch.div(video_lengths + stride - 1, stride, rounding_mode="floor")
-            mask = torch.arange(x.shape[-1], device=x.device)[None, :] < valid[:, None]
+            mask = torch.arange(x.shape[1], device=x.device)[None, :] < valid[:, None]
             x = F.relu(norm(x, mask))
             feats.append(x)
             masks.append(mask)
@@ -289,13 +292,18 @@ class SGDetrPyramidNeck(nn.Module):
 
 class SGDetrATSSHead(nn.Module):
     """Shared 1-D ATSS head: one conv per tower (Co-DETR ``stacked_convs=1``), per-level regression scales.
-    Initialised as in ATSS: every conv N(0, 0.01), the classification bias at the prior ``cls_prior``."""
+    Initialised as in ATSS: every conv N(0, 0.01), the classification bias at the prior ``cls_prior``.
+
+    All levels run in one pass: the levels are packed into one sequence with a zero row between neighbours (the
+    kernel-3 convolutions then see exactly each level's own zero padding), the two towers are one matmul and one
+    GroupNorm call (per-level statistics), and the three output convolutions one more matmul."""
 
     cls_prior = 0.01
 
     def __init__(self, config):
         super().__init__()
         d = config.hidden_size
+        self.num_groups = config.group_norm_groups
         self.cls_conv = nn.Conv1d(d, d, 3, padding=1)
         self.cls_norm = SGDetrMaskedGroupNorm(config.group_norm_groups, d)
         self.reg_conv = nn.Conv1d(d, d, 3, padding=1)
@@ -305,17 +313,50 @@ class SGDetrATSSHead(nn.Module):
         self.ctr_out = nn.Conv1d(d, 1, 3, padding=1)
         self.scales = nn.Parameter(torch.ones(config.num_pyramid_levels))
 
+    @staticmethod
+    def _windows(rows: Tensor, positions: Tensor) -> Tensor:
+        """Kernel-3 windows of the packed ``(B, P, C)`` sequence centred at ``positions`` -> ``(B, A, C * 3)``."""
+        return rows.unfold(1, 3, 1)[:, positions - 1].flatten(2)
+
     def forward(self, feats: list[Tensor], masks: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Per level ``(B, d, L_k)`` -> logits ``(B, A)``, deltas ``(B, A, 2)``, centerness logits ``(B, A)``."""
-        logits, deltas, centerness = [], [], []
-        for level, (x, mask) in enumerate(zip(feats, masks)):
-            m = mask[:, None, :].to(x.dtype)
-            cls_feat = F.relu(self.cls_norm(self.cls_conv(x), mask)) * m
-            reg_feat = F.relu(self.reg_norm(self.reg_conv(x), mask)) * m
-            logits.append(self.cls_out(cls_feat)[:, 0])
-            deltas.append((self.reg_out(reg_feat) * self.scales[level]).transpose(1, 2))
-            centerness.append(self.ctr_out(reg_feat)[:, 0])
-        return torch.cat(logits, 1).float(), torch.cat(deltas, 1).float(), torch.cat(centerness, 1).float()
+        """Per level ``(B, L_k, d)`` -> logits ``(B, A)``, deltas ``(B, A, 2)``, centerness logits ``(B, A)``."""
+        batch, _, d = feats[0].shape
+        device = feats[0].device
+        sizes = [x.shape[1] for x in feats]
+        levels = torch.repeat_interleave(
+            torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device)
+        )
+        # packed row of anchor a: one zero row before every level, one at the end
+        positions = torch.arange(levels.shape[0], device=device) + levels + 1
+        packed_length = levels.shape[0] + len(sizes) + 1
+        gap = feats[0].new_zeros(batch, 1, d)
+        packed = torch.cat([t for x in feats for t in (gap, x)] + [gap], dim=1)
+        mask = torch.cat(masks, 1)
+
+        towers = F.linear(
+            self._windows(packed, positions),
+            torch.cat((self.cls_conv.weight, self.reg_conv.weight)).flatten(1),
+            torch.cat((self.cls_conv.bias, self.reg_conv.bias)),
+        )
+        towers = masked_group_norm(
+            towers, mask, 2 * self.num_groups,
+            torch.cat((self.cls_norm.weight, self.reg_norm.weight)),
+            torch.cat((self.cls_norm.bias, self.reg_norm.bias)),
+            self.cls_norm.eps, levels, len(sizes),
+        )  # fmt: skip
+        towers = F.relu(towers)  # zero at padding (the norm zeroes it)
+
+        # outputs: [cls | reg (2) | ctr]; cls reads the classification tower, reg and ctr the regression tower
+        zeros = self.cls_out.weight.new_zeros(1, d, 3)
+        out_weight = torch.cat((
+            torch.cat((self.cls_out.weight, zeros), 1),
+            torch.cat((zeros.expand(3, -1, -1), torch.cat((self.reg_out.weight, self.ctr_out.weight))), 1),
+        )).flatten(1)  # fmt: skip
+        out_bias = torch.cat((self.cls_out.bias, self.reg_out.bias, self.ctr_out.bias))
+        rows = towers.new_zeros(batch, packed_length, 2 * d).index_copy_(1, positions, towers)
+        out = F.linear(self._windows(rows, positions), out_weight, out_bias).float()
+        deltas = out[..., 1:3] * self.scales[levels][:, None].float()
+        return out[..., 0], deltas, out[..., 3]
 
 
 class SGDetrQuerySelector(nn.Module):
@@ -342,14 +383,16 @@ class SGDetrQuerySelector(nn.Module):
         """
         z = self.norm(self.proj(features)) * anchor_mask[..., None].to(features.dtype)
         logits = self.class_head(z).float()
-        proposals = torch.sigmoid(self.span_head(z).float() + inverse_sigmoid(clamp_spans_cw(anchors)))
         score = torch.softmax(logits, -1)[..., 0].masked_fill(~anchor_mask, -1.0)
         order = torch.sort(score, dim=1, descending=True, stable=True).indices
         # fewer candidates than queries: cycle through the ranked candidates (duplicates become background)
         num_valid = anchor_mask.sum(1, keepdim=True).clamp_min(1)
         slot = torch.arange(self.num_queries, device=features.device)[None, :] % num_valid
         index = order.gather(1, slot)
-        spans = proposals.gather(1, index[..., None].expand(-1, -1, 2))
+        # the span head runs on the K selected positions only: the others' spans would be discarded
+        selected_z = z.gather(1, index[..., None].expand(-1, -1, z.shape[-1]))
+        selected_anchors = clamp_spans_cw(anchors.gather(1, index[..., None].expand(-1, -1, 2)))
+        spans = torch.sigmoid(self.span_head(selected_z).float() + inverse_sigmoid(selected_anchors))
         proposals = SGDetrSpanPredictions(
             logits=logits.gather(1, index[..., None].expand(-1, -1, 2)), spans=spans
         )
@@ -706,7 +749,7 @@ class SGDetrHybridDetector(nn.Module):
         anchors, anchor_mask, anchor_levels = make_anchors(
             lengths, features.shape[1], cfg.pyramid_strides, cfg.anchor_scale
         )
-        flat = torch.cat(level_feats, dim=2).transpose(1, 2)  # (B, A, d)
+        flat = torch.cat(level_feats, dim=1)  # (B, A, d)
 
         atss = None
         if self.atss_head is not None:

@@ -160,8 +160,12 @@ class SGDetrFeedForward(nn.Module):
 
 
 class SGDetrMaskedGroupNorm(nn.Module):
-    """GroupNorm over ``(B, C, L)`` whose statistics use only the valid positions, so a sample gives the same
-    result alone and padded inside a batch. Padded positions are returned as zeros."""
+    """GroupNorm over channel-last ``(B, L, C)`` whose statistics use only the valid positions, so a sample gives
+    the same result alone and padded inside a batch. Padded positions are returned as zeros.
+
+    ``segment_ids`` ``(L,)`` (optional) splits the positions into ``num_segments`` runs with statistics of their
+    own: the ATSS head normalises every pyramid level separately but runs all levels in one call.
+    """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5):
         super().__init__()
@@ -170,17 +174,57 @@ class SGDetrMaskedGroupNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        batch, channels, length = x.shape
-        groups = self.num_groups
-        xg = x.float().view(batch, groups, channels // groups, length)
-        m = mask[:, None, None, :].to(xg.dtype)
-        count = (m.sum(dim=(2, 3)) * (channels // groups)).clamp_min(1.0)[..., None, None]
-        mean = (xg * m).sum(dim=(2, 3), keepdim=True) / count
-        var = (((xg - mean) * m) ** 2).sum(dim=(2, 3), keepdim=True) / count
-        y = ((xg - mean) * torch.rsqrt(var + self.eps)).view(batch, channels, length).to(x.dtype)
-        y = y * self.weight[None, :, None] + self.bias[None, :, None]
-        return y * mask[:, None, :].to(y.dtype)
+    def forward(
+        self, x: Tensor, mask: Tensor, segment_ids: Tensor | None = None, num_segments: int = 1
+    ) -> Tensor:
+        return masked_group_norm(
+            x, mask, self.num_groups, self.weight, self.bias, self.eps, segment_ids, num_segments
+        )
+
+
+def masked_group_norm(
+    x: Tensor,
+    mask: Tensor,
+    num_groups: int,
+    weight: Tensor,
+    bias: Tensor,
+    eps: float,
+    segment_ids: Tensor | None = None,
+    num_segments: int = 1,
+) -> Tensor:
+    """The function of :class:`SGDetrMaskedGroupNorm` (fp32 statistics), with ``weight`` / ``bias`` given: two
+    norms over the same positions run as one call with their groups side by side."""
+    batch, length, channels = x.shape
+    group_size = channels // num_groups
+    xg = x.float().view(batch, length, num_groups, group_size)
+    valid = mask.to(xg.dtype)
+    if segment_ids is None:
+        member = valid[..., None]  # (B, L, 1)
+    else:
+        member = valid[..., None] * F.one_hot(segment_ids, num_segments).to(xg.dtype)  # (B, L, S)
+    count = (member.sum(1) * group_size).clamp_min(1.0)[:, None, :]  # (B, 1, S)
+
+    def per_position(stat: Tensor) -> Tensor:  # (B, G, S) -> (B, L, G, 1)
+        stat = stat.transpose(1, 2)
+        stat = stat.expand(-1, length, -1) if segment_ids is None else stat[:, segment_ids]
+        return stat[..., None]
+
+    mean = torch.bmm(xg.sum(-1).transpose(1, 2), member) / count
+    centered = xg - per_position(mean)
+    var = torch.bmm(centered.square().sum(-1).transpose(1, 2), member) / count
+    y = (centered * torch.rsqrt(per_position(var) + eps)).view(batch, length, channels).to(x.dtype)
+    return torch.addcmul(bias, y, weight) * mask[..., None].to(y.dtype)
+
+
+def conv1d_channels_last(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1) -> Tensor:
+    """``F.conv1d`` with kernel ``k`` (odd), ``padding = k // 2``, on channel-last ``(B, L, C_in)`` ->
+    ``(B, ceil(L / stride), C_out)``, as one matmul over the unfolded windows (im2col). The pyramid keeps its
+    features channel-last (no transposes for the selector and the query groups), and one matmul is faster than
+    the convolution kernels for these short sequences on CPU (at batch 1 PyTorch takes a slow
+    ``_slow_conv2d`` path). ``weight`` ``(C_out, C_in, k)`` as ``nn.Conv1d`` stores it."""
+    kernel = weight.shape[-1]
+    windows = F.pad(x, (0, 0, kernel // 2, kernel // 2)).unfold(1, kernel, stride)  # (B, L_out, C_in, k)
+    return F.linear(windows.flatten(2), weight.flatten(1), bias)
 
 
 __all__ = [
@@ -191,7 +235,9 @@ __all__ = [
     "SGDetrQueryEmbedding",
     "SGDetrZeroInitLinear",
     "attend",
+    "conv1d_channels_last",
     "eager_attention_forward",
+    "masked_group_norm",
     "merge_heads",
     "split_heads",
 ]

@@ -137,25 +137,81 @@ class SGDetrOutput(ModelOutput):
 
 
 # ============================================================================================ input checks
-def _check_mask(name: str, mask: Tensor, shape: tuple[int, int], what: str) -> Tensor:
+def _check_mask_shape(name: str, mask: Tensor, shape: tuple[int, int], what: str) -> None:
+    if not isinstance(mask, Tensor):
+        raise ValueError(
+            f"{name} must be a torch.Tensor (1 = valid, 0 = padding), got {type(mask).__name__}."
+        )
     if mask.ndim != 2 or tuple(mask.shape) != shape:
         raise ValueError(
             f"{name} must have shape (batch, {what}) = {shape} to match the features, got {tuple(mask.shape)}; "
             f"pass one 0/1 entry per {what[:-1] if what.endswith('s') else what}."
         )
-    if mask.dtype != torch.bool:
-        if mask.is_floating_point() and not torch.isfinite(mask).all():
-            raise ValueError(f"{name} contains NaN or Inf; it must hold 0/1 values.")
-        if not ((mask == 0) | (mask == 1)).all():
-            raise ValueError(f"{name} must hold only 0 and 1 (1 = valid), got other values.")
-        mask = mask != 0
-    return mask
+
+
+def _as_bool(mask: Tensor) -> Tensor:
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _values_are_valid(
+    video_features: Tensor, video_mask: Tensor, text_features: Tensor, text_mask: Tensor
+) -> Tensor:
+    """One 0-dim bool tensor: every check of :func:`_raise_for_values` passes (read with a single host sync)."""
+    checks = []
+    for features, mask in ((video_features, video_mask), (text_features, text_mask)):
+        valid = _as_bool(mask)
+        if mask.dtype != torch.bool:
+            checks.append(((mask == 0) | (mask == 1)).all())  # NaN fails both
+        checks.append(valid.any(1).all())
+        checks.append((torch.isfinite(features).all(-1) | ~valid).all())
+    valid = _as_bool(video_mask)
+    right_padded = torch.arange(valid.shape[1], device=valid.device)[None, :] < valid.sum(1, keepdim=True)
+    checks.append((valid == right_padded).all())
+    return torch.stack(checks).all()
+
+
+def _raise_for_values(
+    video_features: Tensor, video_mask: Tensor, text_features: Tensor, text_mask: Tensor
+) -> None:
+    """The slow path of :func:`validate_inputs`: find what is wrong and say so."""
+    for name, mask in (("video_mask", video_mask), ("text_mask", text_mask)):
+        if mask.dtype != torch.bool:
+            if mask.is_floating_point() and not torch.isfinite(mask).all():
+                raise ValueError(f"{name} contains NaN or Inf; it must hold 0/1 values.")
+            if not ((mask == 0) | (mask == 1)).all():
+                raise ValueError(f"{name} must hold only 0 and 1 (1 = valid), got other values.")
+    vmask, tmask = _as_bool(video_mask), _as_bool(text_mask)
+    for name, mask in (("video_mask", vmask), ("text_mask", tmask)):
+        empty = (~mask.any(1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"{name} is all zero for sample(s) {empty}: every sample needs at least one valid "
+                f"{'clip' if name == 'video_mask' else 'token'}; drop those samples from the batch."
+            )
+    lengths = vmask.sum(1, keepdim=True)
+    if not torch.equal(vmask, torch.arange(vmask.shape[1], device=vmask.device)[None, :] < lengths):
+        raise ValueError(
+            "video_mask must mark the valid clips first and padding at the end (right padding), e.g. "
+            "[1, 1, 1, 0, 0]; holes or left padding are not supported."
+        )
+    for name, x, mask in (("video_features", video_features, vmask), ("text_features", text_features, tmask)):
+        bad = ~torch.isfinite(x).all(-1) & mask
+        if bad.any():
+            where = bad.nonzero()[0].tolist()
+            raise ValueError(
+                f"{name} contains NaN or Inf (first at sample {where[0]}, position {where[1]}); "
+                "check the feature extraction or replace them before calling the model."
+            )
 
 
 def validate_inputs(
     config: SGDetrConfig, video_features: Tensor, video_mask: Tensor, text_features: Tensor, text_mask: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Check shapes, dims, masks and finiteness; return the masks as bool. Raises ``ValueError``."""
+    """Check shapes, dims, masks and finiteness; return the masks as bool. Raises ``ValueError``.
+
+    The value checks (0/1 masks, a valid clip and token per sample, right padding, finite features) cost one
+    host synchronisation; under ``torch.compile`` they are skipped (shapes are still checked), so that the
+    forward compiles to one graph: check a new data source once without compiling."""
     for name, x, dim, cfg_name in (
         ("video_features", video_features, config.video_feature_dim, "video_feature_dim"),
         ("text_features", text_features, config.text_feature_dim, "text_feature_dim"),
@@ -181,33 +237,14 @@ def validate_inputs(
             f"batch sizes differ: video_features has {video_features.shape[0]} samples, text_features "
             f"{text_features.shape[0]}; pass one query per video (repeat the video for several queries)."
         )
-    if not isinstance(video_mask, Tensor) or not isinstance(text_mask, Tensor):
-        raise ValueError("video_mask and text_mask must be torch.Tensors (1 = valid, 0 = padding).")
     batch, length = video_features.shape[:2]
-    vmask = _check_mask("video_mask", video_mask, (batch, length), "clips")
-    tmask = _check_mask("text_mask", text_mask, (batch, text_features.shape[1]), "tokens")
-    for name, mask in (("video_mask", vmask), ("text_mask", tmask)):
-        empty = (~mask.any(1)).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(
-                f"{name} is all zero for sample(s) {empty}: every sample needs at least one valid "
-                f"{'clip' if name == 'video_mask' else 'token'}; drop those samples from the batch."
-            )
-    lengths = vmask.sum(1, keepdim=True)
-    if not torch.equal(vmask, torch.arange(length, device=vmask.device)[None, :] < lengths):
-        raise ValueError(
-            "video_mask must mark the valid clips first and padding at the end (right padding), e.g. "
-            "[1, 1, 1, 0, 0]; holes or left padding are not supported."
-        )
-    for name, x, mask in (("video_features", video_features, vmask), ("text_features", text_features, tmask)):
-        bad = ~torch.isfinite(x).all(-1) & mask
-        if bad.any():
-            where = bad.nonzero()[0].tolist()
-            raise ValueError(
-                f"{name} contains NaN or Inf (first at sample {where[0]}, position {where[1]}); "
-                "check the feature extraction or replace them before calling the model."
-            )
-    return vmask, tmask
+    _check_mask_shape("video_mask", video_mask, (batch, length), "clips")
+    _check_mask_shape("text_mask", text_mask, (batch, text_features.shape[1]), "tokens")
+    if not torch.compiler.is_compiling() and not bool(
+        _values_are_valid(video_features, video_mask, text_features, text_mask)
+    ):
+        _raise_for_values(video_features, video_mask, text_features, text_mask)
+    return _as_bool(video_mask), _as_bool(text_mask)
 
 
 # ============================================================================================ blocks

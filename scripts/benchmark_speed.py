@@ -1,0 +1,323 @@
+"""SG-DETR's speed relative to a stock-PyTorch DETR-family reference, measured in one interleaved run.
+
+The reference is what people build from stock PyTorch for the same task: linear input projections, an
+``nn.TransformerEncoder`` over the L + N video and text tokens and an ``nn.TransformerDecoder`` with 25 learned
+queries (d = 256, 8 heads, FFN 1024, 3 + 3 layers, the nested-tensor fast path off), linear span / class /
+saliency heads; its training objective is L1 + cross-entropy + saliency BCE on a fixed query assignment
+(no matcher). Both models see the same inputs (the QVHighlights shape by default: L = 75 clips, N = 32 tokens,
+d = 512 features).
+
+Cases: inference forward at batch 1 and ``--batch-size``; SG-DETR's post-processing (its share of the
+forward); one training step at ``--batch-size`` (forward + loss with every query group on + backward + AdamW);
+the loss with the matcher alone (its share of the step). For each: FLOPs (``torch.utils.flop_counter``), ATen
+operator count, best-of-rounds seconds, throughput and achieved GFLOP/s, and the **ratios SG-DETR / reference**
+of throughput and of achieved GFLOP/s. The two models are timed in alternation (one call each per round), so
+machine noise hits both alike: compare the ratios, not the times. Peak RSS of each model and case is measured
+in a fresh process (``--no-memory`` skips it).
+
+    python scripts/benchmark_speed.py --threads 2 --json docs/speed/cpu.json       # idle CPU, fp32
+    python scripts/benchmark_speed.py --device cuda --dtype bfloat16              # GPU
+    python scripts/benchmark_speed.py --compile                                   # torch.compile both models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval, post_process_moment_retrieval
+from sgdetr_hf.benchmarking import (
+    count_ops_and_flops,
+    measure,
+    measure_interleaved,
+    print_table,
+    write_json,
+)
+from sgdetr_hf.files import strict_json
+from sgdetr_hf.targets_sgdetr import prepare_targets
+
+logger = logging.getLogger("benchmark_speed")
+
+
+class StockDetrReference(nn.Module):
+    """The stock-PyTorch encoder-decoder described in the module docstring."""
+
+    def __init__(self, video_dim: int, text_dim: int, num_queries: int = 25, d: int = 256, layers: int = 3):
+        super().__init__()
+        self.video_projection = nn.Linear(video_dim, d)
+        self.text_projection = nn.Linear(text_dim, d)
+        encoder_layer = nn.TransformerEncoderLayer(d, 8, 4 * d, batch_first=True)
+        self.encoder = nn.TransformerEncoder(encoder_layer, layers, enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(d, 8, 4 * d, batch_first=True), layers
+        )
+        self.queries = nn.Embedding(num_queries, d)
+        self.span_head = nn.Linear(d, 2)
+        self.class_head = nn.Linear(d, 2)
+        self.saliency_head = nn.Linear(d, 1)
+
+    def forward(self, video, video_mask, text, text_mask) -> dict[str, torch.Tensor]:
+        tokens = torch.cat((self.video_projection(video), self.text_projection(text)), 1)
+        padding = torch.cat((video_mask, text_mask), 1) == 0
+        memory = self.encoder(tokens, src_key_padding_mask=padding)
+        queries = self.queries.weight[None].expand(video.shape[0], -1, -1)
+        hidden = self.decoder(queries, memory, memory_key_padding_mask=padding)
+        return {
+            "spans": self.span_head(hidden).sigmoid(),
+            "logits": self.class_head(hidden),
+            "saliency": self.saliency_head(memory[:, : video.shape[1]])[..., 0],
+        }
+
+    @staticmethod
+    def loss(outputs: dict[str, torch.Tensor], labels: list[dict]) -> torch.Tensor:
+        """Every query regresses its sample's first window; all queries are class 0; saliency > 0 is relevant."""
+        target = torch.stack([label["spans"][0] for label in labels])[:, None].expand_as(outputs["spans"])
+        classes = torch.zeros(outputs["logits"].shape[:2], dtype=torch.long, device=target.device)
+        saliency = torch.stack([label["saliency_scores"] for label in labels])
+        return (
+            F.l1_loss(outputs["spans"], target)
+            + F.cross_entropy(outputs["logits"].flatten(0, 1), classes.flatten())
+            + F.binary_cross_entropy_with_logits(outputs["saliency"], (saliency > 0).float())
+        )
+
+
+def random_inputs(
+    batch: int, clips: int, tokens: int, dim: int, device: str, seed: int = 0
+) -> list[torch.Tensor]:
+    """Features of ``batch`` videos of ``clips`` clips and queries of 8..``tokens`` tokens (the rest padding)."""
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(batch, clips, dim, generator=g)
+    text = torch.randn(batch, tokens, dim, generator=g)
+    lengths = torch.randint(min(8, tokens), tokens + 1, (batch,), generator=g)
+    text_mask = (torch.arange(tokens)[None] < lengths[:, None]).float()
+    return [x.to(device) for x in (video, torch.ones(batch, clips), text, text_mask)]
+
+
+def random_labels(batch: int, clips: int, device: str, seed: int = 0) -> list[dict]:
+    """1-3 windows per sample and 0-12 saliency on the clips inside them (as QVHighlights)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = []
+    clip_centers = (torch.arange(clips) + 0.5) / clips
+    for _ in range(batch):  # benchmark input construction, not the model
+        k = int(torch.randint(1, 4, (1,), generator=g))
+        spans = torch.stack(
+            (torch.rand(k, generator=g) * 0.6 + 0.2, torch.rand(k, generator=g) * 0.2 + 0.05), 1
+        )
+        inside = ((clip_centers[None] - spans[:, :1]).abs() < spans[:, 1:] / 2).any(0)
+        saliency = inside.float() * torch.randint(1, 13, (clips,), generator=g).float()
+        labels.append({"spans": spans.to(device), "saliency_scores": saliency.to(device)})
+    return labels
+
+
+def build_models(dim: int, device: str) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    config = SGDetrConfig(video_feature_dim=dim, text_feature_dim=dim)
+    return {
+        "sgdetr": SGDetrForMomentRetrieval(config).to(device),
+        "reference": StockDetrReference(dim, dim, config.num_queries).to(device),
+    }
+
+
+def case_functions(
+    case: str, models: dict[str, nn.Module], batch: int, args: argparse.Namespace
+) -> dict[str, Callable[[], Any]]:
+    """The callables a case times: one per model (``sgdetr`` / ``reference``), or SG-DETR's part alone."""
+    inputs = random_inputs(batch, args.clips, args.tokens, args.dim, args.device)
+    autocast = (
+        torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
+        if args.dtype == "bfloat16"
+        else nullcontext()
+    )
+    sgdetr, reference = models["sgdetr"], models["reference"]
+    forwards = {name: (torch.compile(model) if args.compile else model) for name, model in models.items()}
+
+    if case in ("inference", "postprocess"):
+        for model in models.values():
+            model.eval()
+
+        def infer(name: str, grad: bool = False) -> Callable[[], Any]:
+            def run():
+                with torch.set_grad_enabled(grad), autocast:
+                    return forwards[name](*inputs)
+
+            return run
+
+        functions = {name: infer(name) for name in models}
+        # FLOPs are counted on a forward with autograd on: without it the reference takes PyTorch's fused
+        # encoder-layer kernel, whose arithmetic torch.utils.flop_counter does not see (it is the same)
+        functions.update({f"{name}:flops": infer(name, grad=True) for name in models})
+        if case == "postprocess":
+            outputs = functions["sgdetr"]()
+            durations = [args.clips * sgdetr.config.clip_length] * batch
+            config = sgdetr.config
+            functions["postprocess"] = lambda: post_process_moment_retrieval(
+                outputs, durations, config=config
+            )
+        return functions
+
+    labels = random_labels(batch, args.clips, args.device)
+    for model in models.values():
+        model.train()
+    optimizers = {
+        name: torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+        for name, model in models.items()
+    }
+
+    def step(name: str) -> Callable[[], None]:
+        def run():
+            with autocast:
+                if name == "sgdetr":
+                    loss = forwards[name](*inputs, labels=labels).loss
+                else:
+                    loss = reference.loss(forwards[name](*inputs), labels)
+            loss.backward()
+            optimizers[name].step()
+            optimizers[name].zero_grad(set_to_none=True)
+
+        return run
+
+    functions = {name: step(name) for name in models}
+    if case == "loss":
+        with autocast:
+            outputs = sgdetr(*inputs, labels=labels)
+        video_mask = inputs[1].bool()
+        targets = prepare_targets(labels, inputs[0], video_mask, sgdetr.config.num_saliency_pairs)
+        functions["loss"] = lambda: sgdetr.loss_function(
+            sgdetr.config, outputs.encoder_outputs, outputs.detector_outputs, targets
+        )
+    return functions
+
+
+def one_model_peak_rss(case: str, model: str, batch: int, args: argparse.Namespace) -> float:
+    """Peak RSS of a fresh process that runs only ``model``'s ``case`` (two calls)."""
+    spec = strict_json({"case": case, "model": model, "batch": batch})
+    command = [sys.executable, __file__, "--memory-of", spec, "--device", args.device, "--dtype", args.dtype]
+    command += ["--threads", str(args.threads), "--clips", str(args.clips), "--tokens", str(args.tokens)]
+    command += ["--dim", str(args.dim)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.splitlines()[-1])["peak_rss_mib"]
+
+
+def run_case(case: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
+    models = build_models(args.dim, args.device)
+    functions = case_functions(case, models, batch, args)
+    unit = "queries" if case in ("inference", "postprocess") else "samples"
+    row: dict[str, Any] = {"case": case, "batch": batch, "unit": unit}
+    if case in ("postprocess", "loss"):  # SG-DETR's part against its whole
+        whole = "sgdetr"
+        timed = measure_interleaved(
+            {whole: functions[whole], case: functions[case]}, args.rounds, 1, args.device
+        )
+        row.update(
+            seconds=timed[case].best,
+            whole_seconds=timed[whole].best,
+            share_of_whole=timed[case].best / timed[whole].best,
+            aten_ops=count_ops_and_flops(functions[case])[0],
+        )
+        return row
+    timed = measure_interleaved({name: functions[name] for name in models}, args.rounds, 1, args.device)
+    for name in models:
+        ops = count_ops_and_flops(functions[name])[0]
+        flops = count_ops_and_flops(functions.get(f"{name}:flops", functions[name]))[1]
+        row[name] = {
+            "seconds": timed[name].best,
+            "median_seconds": timed[name].median,
+            f"{unit}_per_s": batch / timed[name].best,
+            "gflop_per_item": flops / batch / 1e9,
+            "achieved_gflop_per_s": flops / timed[name].best / 1e9,
+            "aten_ops": ops,
+            "peak_rss_mib": None if args.no_memory else one_model_peak_rss(case, name, batch, args),
+        }
+    sg, ref = row["sgdetr"], row["reference"]
+    row["throughput_ratio"] = sg[f"{unit}_per_s"] / ref[f"{unit}_per_s"]
+    row["flop_ratio"] = sg["gflop_per_item"] / ref["gflop_per_item"]
+    row["flop_efficiency_ratio"] = sg["achieved_gflop_per_s"] / ref["achieved_gflop_per_s"]
+    return row
+
+
+def printed_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    printed = []
+    for row in rows:
+        if "share_of_whole" in row:
+            whole = "forward" if row["case"] == "postprocess" else "training step"
+            printed.append({
+                "case": f"{row['case']} (SG-DETR), batch {row['batch']}",
+                "SG-DETR": f"{1000 * row['seconds']:.1f} ms, {row['aten_ops']} ops",
+                "reference": "",
+                "ratio": f"{100 * row['share_of_whole']:.1f}% of the {whole}",
+            })  # fmt: skip
+            continue
+        unit = row["unit"]
+        cells = {
+            name: f"{row[name][f'{unit}_per_s']:.1f} {unit}/s, {row[name]['gflop_per_item']:.2f} GFLOP, "
+            f"{row[name]['achieved_gflop_per_s']:.0f} GFLOP/s, {row[name]['aten_ops']} ops"
+            + ("" if row[name]["peak_rss_mib"] is None else f", {row[name]['peak_rss_mib']:.0f} MiB")
+            for name in ("sgdetr", "reference")
+        }
+        printed.append({
+            "case": f"{row['case']}, batch {row['batch']}",
+            "SG-DETR": cells["sgdetr"],
+            "reference": cells["reference"],
+            "ratio": f"{row['throughput_ratio']:.2f}x throughput, {row['flop_efficiency_ratio']:.2f}x GFLOP/s",
+        })  # fmt: skip
+    return printed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="bfloat16: autocast"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--clips", type=int, default=75)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--dim", type=int, default=512, help="video and text feature width")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case (best of them is kept)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models first")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-model peak-RSS processes")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: one model's case in this process
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+
+    if args.memory_of:
+        spec = json.loads(args.memory_of)
+        models = build_models(args.dim, args.device)
+        function = case_functions(spec["case"], models, spec["batch"], args)[spec["model"]]
+        print(strict_json({"peak_rss_mib": measure(function, 1, 1, args.device).peak_memory_mib}))
+        return 0
+
+    plan = [("inference", 1), ("inference", args.batch_size), ("postprocess", args.batch_size)]
+    plan += [("training", args.batch_size), ("loss", args.batch_size)]
+    rows = []
+    for case, batch in plan:
+        rows.append(run_case(case, batch, args))
+        logger.info(strict_json(rows[-1]))
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "CPU"
+    header = (
+        f"{device}, {args.threads} threads, {args.dtype}{', torch.compile' if args.compile else ''}, "
+        f"torch {torch.__version__}; L={args.clips}, N={args.tokens}, d={args.dim}; best of {args.rounds} rounds"
+    )
+    print(f"\n{header}\n")
+    print_table(printed_rows(rows))
+    if args.json:
+        write_json(args.json, {"setup": header, "argv": sys.argv[1:], "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
