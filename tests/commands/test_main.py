@@ -38,6 +38,9 @@ def test_train_takes_recipe_overrides_and_the_log_level_on_either_side(capsys):
     assert recipe["epochs"] == 3 and recipe["model"]["hidden_size"] == 64
     assert main([*argv, "--log-level", "WARNING"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == recipe
+    assert recipe["torch_compile"] is False
+    assert main([*argv, "--compile"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {**recipe, "torch_compile": True}
 
 
 @pytest.mark.parametrize(

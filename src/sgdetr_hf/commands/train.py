@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --init-from: weights the model has and the folder lacks (new heads) start fresh, weights the "
         "folder has and the model lacks are dropped, with a warning (default: an error)",
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (the recipe's torch_compile=true)"
+    )
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
 
 
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
             overrides["init_from"] = args.init_from
         if args.allow_missing_weights:
             overrides["allow_missing_weights"] = True
+        if args.compile:
+            overrides["torch_compile"] = True
         recipe = load_recipe(args.recipe, overrides, valid_model_keys=model_config_keys())
     except ValueError as error:
         raise CommandLineError(str(error)) from None

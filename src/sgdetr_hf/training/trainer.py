@@ -141,6 +141,8 @@ class Trainer:
                 f"{recipe.micro_batch_size} (training drops incomplete batches): lower --batch_size"
             )
         model = build_model(recipe, dataset_properties(self.train_set))
+        if recipe.torch_compile:
+            model.compile()  # in place: parameter names, checkpoints and save_pretrained are unchanged
         self.collator = build_collator(model.config, recipe.seed, recipe.max_query_tokens)
         # Saved next to the model so that the folder also serves raw videos (pipeline, Space), with the
         # query-length cap of the training data: the model then sees at inference what it was trained on.

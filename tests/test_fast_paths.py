@@ -1,0 +1,111 @@
+"""The speed-motivated forms of the detector's blocks equal their plain definitions (issue: speed).
+
+Each test computes a block the straightforward way (per level, per sample, with ``F.conv1d`` /
+``F.group_norm`` on the valid positions only) from the module's own, randomised weights and compares it
+with the fast form the model runs: the convolutions as matmuls over unfolded windows, the ATSS head's levels
+packed into one pass, the per-level GroupNorm statistics, the selector's span head on its selections only.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sgdetr_hf import SGDetrConfig
+from sgdetr_hf.detector_sgdetr import SGDetrATSSHead, SGDetrPyramidNeck, SGDetrQuerySelector, make_anchors
+from sgdetr_hf.layers_sgdetr import conv1d_channels_last, masked_group_norm
+from sgdetr_hf.spans import clamp_spans_cw, inverse_sigmoid
+
+CONFIG = SGDetrConfig(hidden_size=16, num_attention_heads=2, ffn_dim=32, group_norm_groups=4, num_queries=5)
+
+
+def _randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial weights everywhere (the ATSS head starts at N(0, 0.01) with unit scales)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return module
+
+
+@pytest.mark.parametrize("stride, length", [(1, 7), (2, 7), (2, 8), (1, 1)])
+def test_conv1d_channels_last_is_conv1d(stride, length):
+    conv = torch.nn.Conv1d(6, 5, 3, stride=stride, padding=1)
+    x = torch.randn(3, length, 6)
+    expected = conv(x.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(conv1d_channels_last(x, conv.weight, conv.bias, stride), expected)
+
+
+def test_masked_group_norm_statistics_per_segment_and_valid_positions_only():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(2, 9, 8), torch.randn(8), torch.randn(8)
+    segments = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2])
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 2:4] = mask[1, 6] = False  # sample 1: segment 0 has 2 valid positions, segment 1 two
+    out = masked_group_norm(x, mask, 4, weight, bias, 1e-5, segments, 3)
+    for b in range(2):
+        for segment in range(3):
+            positions = ((segments == segment) & mask[b]).nonzero()[:, 0]
+            expected = F.group_norm(x[b, positions].T[None], 4, weight, bias, 1e-5)[0].T
+            torch.testing.assert_close(out[b, positions], expected)
+    assert (out[~mask] == 0).all()
+
+
+def _plain_atss_head(head: SGDetrATSSHead, feats, lengths):
+    """The ATSS head level by level and sample by sample, on each level's valid positions only."""
+    logits, deltas, centerness = [], [], []
+    for level, x in enumerate(feats):
+        level_logits, level_deltas, level_ctr = [], [], []
+        for b in range(x.shape[0]):
+            n = int(lengths[level][b])
+            valid = x[b, :n].T[None]  # (1, d, n), zero padding at both ends as the convolutions pad
+            towers = []
+            for conv, norm in ((head.cls_conv, head.cls_norm), (head.reg_conv, head.reg_norm)):
+                y = F.group_norm(conv(valid), norm.num_groups, norm.weight, norm.bias, norm.eps)
+                towers.append(F.relu(y))
+            cls, ctr, reg = head.cls_out(towers[0]), head.ctr_out(towers[1]), head.reg_out(towers[1])
+            pad = x.shape[1] - n  # the padded positions are not compared
+            level_logits.append(F.pad(cls[0, 0], (0, pad)))
+            level_ctr.append(F.pad(ctr[0, 0], (0, pad)))
+            level_deltas.append(F.pad(reg[0].T * head.scales[level], (0, 0, 0, pad)))
+        logits.append(torch.stack(level_logits))
+        deltas.append(torch.stack(level_deltas))
+        centerness.append(torch.stack(level_ctr))
+    return torch.cat(logits, 1), torch.cat(deltas, 1), torch.cat(centerness, 1)
+
+
+def test_packed_atss_head_equals_the_head_run_level_by_level():
+    torch.manual_seed(0)
+    neck, head = _randomise(SGDetrPyramidNeck(CONFIG), 1), _randomise(SGDetrATSSHead(CONFIG), 2)
+    video_lengths = torch.tensor([23, 9, 1])
+    features = torch.randn(3, 23, 16)
+    with torch.no_grad():
+        feats, masks = neck(features, video_lengths)
+        logits, deltas, centerness = head(feats, masks)
+        expected = _plain_atss_head(head, feats, [m.sum(1) for m in masks])
+    valid = torch.cat(masks, 1)
+    for fast, plain in zip((logits, deltas, centerness), expected):
+        torch.testing.assert_close(fast[valid], plain[valid], rtol=1e-5, atol=1e-5)
+
+
+def test_pyramid_level_is_the_strided_convolution_of_the_previous_one_on_valid_positions():
+    neck = _randomise(SGDetrPyramidNeck(CONFIG), 3)
+    features = torch.randn(2, 11, 16)
+    feats, masks = neck(features, torch.tensor([11, 5]))
+    x = features[1, :5].T[None]  # the shorter video alone, unpadded
+    for conv, norm, level in zip(neck.convs, neck.norms, feats[1:]):
+        x = F.relu(F.group_norm(conv(x), norm.num_groups, norm.weight, norm.bias, norm.eps))
+        torch.testing.assert_close(level[1, : x.shape[-1]], x[0].T, rtol=1e-5, atol=1e-5)
+        assert (level[1, x.shape[-1] :] == 0).all()
+
+
+def test_selector_spans_are_the_span_head_of_the_selected_positions():
+    selector = _randomise(SGDetrQuerySelector(CONFIG), 4)
+    anchors, mask, _ = make_anchors(torch.tensor([12, 4]), 12, [1, 2, 4], 4.0)
+    features = torch.randn(2, anchors.shape[1], 16)
+    proposals, index, _ = selector(features, anchors, mask)
+    z = selector.norm(selector.proj(features)) * mask[..., None]
+    every_span = torch.sigmoid(selector.span_head(z) + inverse_sigmoid(clamp_spans_cw(anchors)))
+    torch.testing.assert_close(proposals.spans, every_span.gather(1, index[..., None].expand(-1, -1, 2)))
+    # the 5 best of the second video's 4 + 2 + 1 = 7 valid positions, ranked by moment probability
+    probability = torch.softmax(selector.class_head(z), -1)[1, :, 0].masked_fill(~mask[1], -1)
+    assert index[1].tolist() == probability.argsort(descending=True)[:5].tolist()
