@@ -33,6 +33,7 @@ from .layers_sgdetr import (
     SGDetrQueryEmbedding,
     attend,
     conv1d_channels_last,
+    conv1d_on_rows,
     masked_group_norm,
     merge_heads,
     split_heads,
@@ -294,9 +295,10 @@ class SGDetrATSSHead(nn.Module):
     """Shared 1-D ATSS head: one conv per tower (Co-DETR ``stacked_convs=1``), per-level regression scales.
     Initialised as in ATSS: every conv N(0, 0.01), the classification bias at the prior ``cls_prior``.
 
-    All levels run in one pass: the levels are packed into one sequence with a zero row between neighbours (the
-    kernel-3 convolutions then see exactly each level's own zero padding), the two towers are one matmul and one
-    GroupNorm call (per-level statistics), and the three output convolutions one more matmul."""
+    All levels of the batch run in one pass: the levels are packed into one sequence with a zero row before,
+    between and after them (the kernel-3 convolutions then see exactly each level's own zero padding), the
+    convolutions are shifted GEMMs on that packed matrix (:func:`conv1d_on_rows`), the two towers one
+    convolution and one GroupNorm call (per-level statistics), the three output convolutions one more."""
 
     cls_prior = 0.01
 
@@ -313,49 +315,49 @@ class SGDetrATSSHead(nn.Module):
         self.ctr_out = nn.Conv1d(d, 1, 3, padding=1)
         self.scales = nn.Parameter(torch.ones(config.num_pyramid_levels))
 
-    @staticmethod
-    def _windows(rows: Tensor, positions: Tensor) -> Tensor:
-        """Kernel-3 windows of the packed ``(B, P, C)`` sequence centred at ``positions`` -> ``(B, A, C * 3)``."""
-        return rows.unfold(1, 3, 1)[:, positions - 1].flatten(2)
-
     def forward(self, feats: list[Tensor], masks: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Per level ``(B, L_k, d)`` -> logits ``(B, A)``, deltas ``(B, A, 2)``, centerness logits ``(B, A)``."""
         batch, _, d = feats[0].shape
         device = feats[0].device
+        num_levels = len(feats)
+        # packed rows per sample: [gap, level 0, gap, level 1, ..., gap]; the level of every packed row and the
+        # row of every anchor (built from the static sizes: no data-dependent shapes, no host sync)
         sizes = [x.shape[1] for x in feats]
-        levels = torch.repeat_interleave(
-            torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device)
+        starts = [sum(sizes[:k]) + k + 1 for k in range(num_levels)]
+        anchor_rows = torch.cat([torch.arange(o, o + n, device=device) for o, n in zip(starts, sizes)])
+        anchor_levels = torch.cat([torch.full((n,), k, device=device) for k, n in enumerate(sizes)])
+        row_levels = torch.cat(
+            [torch.full((n + 1,), k, device=device) for k, n in enumerate(sizes)]
+            + [torch.full((1,), num_levels - 1, device=device)]
         )
-        # packed row of anchor a: one zero row before every level, one at the end
-        positions = torch.arange(levels.shape[0], device=device) + levels + 1
-        packed_length = levels.shape[0] + len(sizes) + 1
-        gap = feats[0].new_zeros(batch, 1, d)
+        gap, gap_mask = feats[0].new_zeros(batch, 1, d), masks[0].new_zeros(batch, 1)
         packed = torch.cat([t for x in feats for t in (gap, x)] + [gap], dim=1)
-        mask = torch.cat(masks, 1)
+        packed_mask = torch.cat([t for m in masks for t in (gap_mask, m)] + [gap_mask], dim=1)
+        length = packed.shape[1]
 
-        towers = F.linear(
-            self._windows(packed, positions),
-            torch.cat((self.cls_conv.weight, self.reg_conv.weight)).flatten(1),
+        towers = conv1d_on_rows(
+            packed.flatten(0, 1),
+            torch.cat((self.cls_conv.weight, self.reg_conv.weight)),
             torch.cat((self.cls_conv.bias, self.reg_conv.bias)),
-        )
+        ).view(batch, length, 2 * d)
         towers = masked_group_norm(
-            towers, mask, 2 * self.num_groups,
+            towers, packed_mask, 2 * self.num_groups,
             torch.cat((self.cls_norm.weight, self.reg_norm.weight)),
             torch.cat((self.cls_norm.bias, self.reg_norm.bias)),
-            self.cls_norm.eps, levels, len(sizes),
+            self.cls_norm.eps, row_levels, num_levels,
         )  # fmt: skip
-        towers = F.relu(towers)  # zero at padding (the norm zeroes it)
+        towers = F.relu(towers)  # zero at gaps and padding (the norm zeroes them)
 
-        # outputs: [cls | reg (2) | ctr]; cls reads the classification tower, reg and ctr the regression tower
+        # outputs [cls | reg (2) | ctr]: cls reads the classification tower, reg and ctr the regression tower
         zeros = self.cls_out.weight.new_zeros(1, d, 3)
         out_weight = torch.cat((
             torch.cat((self.cls_out.weight, zeros), 1),
             torch.cat((zeros.expand(3, -1, -1), torch.cat((self.reg_out.weight, self.ctr_out.weight))), 1),
-        )).flatten(1)  # fmt: skip
+        ))  # fmt: skip
         out_bias = torch.cat((self.cls_out.bias, self.reg_out.bias, self.ctr_out.bias))
-        rows = towers.new_zeros(batch, packed_length, 2 * d).index_copy_(1, positions, towers)
-        out = F.linear(self._windows(rows, positions), out_weight, out_bias).float()
-        deltas = out[..., 1:3] * self.scales[levels][:, None].float()
+        out = conv1d_on_rows(towers.flatten(0, 1), out_weight, out_bias).view(batch, length, 4)
+        out = out[:, anchor_rows].float()
+        deltas = out[..., 1:3] * self.scales[anchor_levels][:, None].float()
         return out[..., 0], deltas, out[..., 3]
 
 

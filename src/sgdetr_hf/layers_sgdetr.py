@@ -216,6 +216,18 @@ def masked_group_norm(
     return torch.addcmul(bias, y, weight) * mask[..., None].to(y.dtype)
 
 
+def conv1d_on_rows(rows: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A kernel-3 convolution along the rows of ``(N, C_in)`` -> ``(N, C_out)``: output row ``i`` is
+    ``W_0 rows[i-1] + W_1 rows[i] + W_2 rows[i+1] + b`` for ``0 < i < N - 1`` (rows 0 and N - 1 hold partial sums:
+    callers place zero rows there). Several sequences laid end to end with one zero row between neighbours and at
+    both ends are each convolved with their own zero padding. Three GEMMs on shifted row views of the same
+    matrix: no unfolded copy of the input. ``weight`` ``(C_out, C_in, 3)`` as ``nn.Conv1d`` stores it."""
+    out = rows @ weight[:, :, 1].T if bias is None else torch.addmm(bias, rows, weight[:, :, 1].T)
+    out[1:].addmm_(rows[:-1], weight[:, :, 0].T)
+    out[:-1].addmm_(rows[1:], weight[:, :, 2].T)
+    return out
+
+
 def conv1d_channels_last(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1) -> Tensor:
     """``F.conv1d`` with kernel ``k`` (odd), ``padding = k // 2``, on channel-last ``(B, L, C_in)`` ->
     ``(B, ceil(L / stride), C_out)``, as one matmul over the unfolded windows (im2col). The pyramid keeps its
@@ -236,6 +248,7 @@ __all__ = [
     "SGDetrZeroInitLinear",
     "attend",
     "conv1d_channels_last",
+    "conv1d_on_rows",
     "eager_attention_forward",
     "masked_group_norm",
     "merge_heads",
