@@ -6,7 +6,17 @@ import time
 
 import pytest
 
-from sgdetr_hf.benchmarking import Measurement, measure, peak_rss_mib, print_table, write_json
+import torch
+
+from sgdetr_hf.benchmarking import (
+    Measurement,
+    count_ops_and_flops,
+    measure,
+    measure_interleaved,
+    peak_rss_mib,
+    print_table,
+    write_json,
+)
 
 
 def test_measure_runs_the_warmup_untimed_then_times_each_repeat():
@@ -68,3 +78,23 @@ def test_write_json_is_strict_and_atomic(tmp_path):
     with pytest.raises(ValueError, match="Out of range float"):
         write_json(tmp_path / "nan.json", {"ms": math.nan})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # neither a file nor a temporary left
+
+
+def test_measure_interleaved_alternates_the_functions_round_by_round():
+    calls = []
+    timed = measure_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1
+    )
+    assert calls == ["a", "b"] * 4
+    assert set(timed) == {"a", "b"} and all(len(m.seconds) == 3 for m in timed.values())
+
+
+def test_count_ops_and_flops_counts_kernels_and_matmul_arithmetic():
+    a, b, c = torch.randn(4, 3), torch.randn(3, 5), torch.randn(4, 5)
+    ops, flops = count_ops_and_flops(lambda: torch.addmm(c, a, b))
+    assert (ops, flops) == (1, 2 * 4 * 3 * 5)
+    ops, flops = count_ops_and_flops(lambda: c.clone().addmm_(a, b).relu())  # in place: the same arithmetic
+    assert (ops, flops) == (3, 2 * 4 * 3 * 5)
+    conv = torch.nn.Conv1d(2, 6, 3, padding=1)
+    _, flops = count_ops_and_flops(lambda: conv(torch.randn(1, 2, 10)))
+    assert flops == 2 * 10 * 6 * 2 * 3

@@ -136,7 +136,11 @@ class _OpCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         self.ops += 1
-        formula = flop_registry.get(func._overloadpacket)
+        packet = func._overloadpacket
+        # in-place variants (addmm_, baddbmm_) have the arguments and arithmetic of the out-of-place op
+        formula = flop_registry.get(packet) or flop_registry.get(
+            getattr(torch.ops.aten, packet.__name__.rstrip("_"), None)
+        )
         if formula is not None:
             self.flops += formula(*args, **kwargs, out_val=out)
         return out
