@@ -5,6 +5,7 @@ each other on a shared 2-core machine). The ``slow`` case runs benchmark_process
 line: its decord cases patch the video module for their whole (fresh) process.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -131,3 +132,31 @@ def test_benchmark_processor_one_process_per_case(tmp_path):
     assert list(measured) == expected + ["encoder-1b"] * torch.cuda.is_available()
     assert all(_number(row["peak RSS MB"]) > 100 for row in measured.values())
     assert _number(measured["encoder-tiny"]["clips/s"]) > 0
+
+
+def test_benchmark_speed_reports_every_case_and_ratio(monkeypatch, capsys, tmp_path):
+    path = tmp_path / "speed.json"
+    args = ["--threads", "1", "--batch-size", "2", "--clips", "12", "--tokens", "5", "--dim", "16"]
+    assert (
+        _run_main(monkeypatch, "benchmark_speed", *args, "--rounds", "1", "--no-memory", "--json", str(path))
+        == 0
+    )
+    rows = {(row["case"], row["batch"]): row for row in json.loads(path.read_text())["rows"]}
+    assert set(rows) == {("inference", 1), ("inference", 2), ("postprocess", 2), ("training", 2), ("loss", 2)}
+    for key in [("inference", 1), ("inference", 2), ("training", 2)]:
+        row = rows[key]
+        for model in ("sgdetr", "reference"):
+            assert (
+                row[model]["gflop_per_item"] > 0 and row[model]["aten_ops"] > 0 and row[model]["seconds"] > 0
+            )
+        assert row["throughput_ratio"] == pytest.approx(
+            row["reference"]["seconds"] / row["sgdetr"]["seconds"]
+        )
+    # the reference's FLOPs are those of its layers (counted off the fused inference kernel): 3 + 3 layers
+    assert (
+        rows[("inference", 2)]["reference"]["gflop_per_item"]
+        > rows[("inference", 1)]["reference"]["gflop_per_item"] * 0.9
+    )
+    assert rows[("postprocess", 2)]["share_of_whole"] > 0 and rows[("loss", 2)]["share_of_whole"] > 0
+    table = _table(capsys.readouterr().out)
+    assert [row["case"] for row in table][:2] == ["inference, batch 1", "inference, batch 2"]

@@ -5,7 +5,6 @@ import math
 import time
 
 import pytest
-
 import torch
 
 from sgdetr_hf.benchmarking import (
