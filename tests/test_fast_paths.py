@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from sgdetr_hf import SGDetrConfig
 from sgdetr_hf.detector_sgdetr import SGDetrATSSHead, SGDetrPyramidNeck, SGDetrQuerySelector, make_anchors
-from sgdetr_hf.layers_sgdetr import conv1d_channels_last, conv1d_on_rows, masked_group_norm
+from sgdetr_hf.layers_sgdetr import conv1d_channels_last, conv1d_on_rows, conv1d_taps, masked_group_norm
 from sgdetr_hf.spans import clamp_spans_cw, inverse_sigmoid
 
 CONFIG = SGDetrConfig(hidden_size=16, num_attention_heads=2, ffn_dim=32, group_norm_groups=4, num_queries=5)
@@ -39,7 +39,7 @@ def test_conv1d_on_rows_convolves_each_zero_separated_sequence_alone():
     conv = torch.nn.Conv1d(4, 3, 3, padding=1)
     first, second = torch.randn(5, 4), torch.randn(2, 4)
     gap = torch.zeros(1, 4)
-    out = conv1d_on_rows(torch.cat((gap, first, gap, second, gap)), conv.weight, conv.bias)
+    out = conv1d_on_rows(torch.cat((gap, first, gap, second, gap)), conv1d_taps(conv), conv.bias)
     torch.testing.assert_close(out[1:6], conv(first.T[None])[0].T)
     torch.testing.assert_close(out[7:9], conv(second.T[None])[0].T)
 

@@ -34,6 +34,7 @@ from .layers_sgdetr import (
     attend,
     conv1d_channels_last,
     conv1d_on_rows,
+    conv1d_taps,
     masked_group_norm,
     merge_heads,
     split_heads,
@@ -337,7 +338,7 @@ class SGDetrATSSHead(nn.Module):
 
         towers = conv1d_on_rows(
             packed.flatten(0, 1),
-            torch.cat((self.cls_conv.weight, self.reg_conv.weight)),
+            conv1d_taps(self.cls_conv, self.reg_conv),
             torch.cat((self.cls_conv.bias, self.reg_conv.bias)),
         ).view(batch, length, 2 * d)
         towers = masked_group_norm(
@@ -349,13 +350,13 @@ class SGDetrATSSHead(nn.Module):
         towers = F.relu(towers)  # zero at gaps and padding (the norm zeroes them)
 
         # outputs [cls | reg (2) | ctr]: cls reads the classification tower, reg and ctr the regression tower
-        zeros = self.cls_out.weight.new_zeros(1, d, 3)
-        out_weight = torch.cat((
-            torch.cat((self.cls_out.weight, zeros), 1),
-            torch.cat((zeros.expand(3, -1, -1), torch.cat((self.reg_out.weight, self.ctr_out.weight))), 1),
-        ))  # fmt: skip
+        zeros = self.cls_out.weight.new_zeros(3, d, 3)
+        out_taps = torch.cat((
+            torch.cat((conv1d_taps(self.cls_out), zeros), 2),
+            torch.cat((zeros[..., :1], conv1d_taps(self.reg_out, self.ctr_out)), 2),
+        ), 1)  # fmt: skip
         out_bias = torch.cat((self.cls_out.bias, self.reg_out.bias, self.ctr_out.bias))
-        out = conv1d_on_rows(towers.flatten(0, 1), out_weight, out_bias).view(batch, length, 4)
+        out = conv1d_on_rows(towers.flatten(0, 1), out_taps, out_bias).view(batch, length, 4)
         out = out[:, anchor_rows].float()
         deltas = out[..., 1:3] * self.scales[anchor_levels][:, None].float()
         return out[..., 0], deltas, out[..., 3]

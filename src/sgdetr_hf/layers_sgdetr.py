@@ -216,15 +216,22 @@ def masked_group_norm(
     return torch.addcmul(bias, y, weight) * mask[..., None].to(y.dtype)
 
 
-def conv1d_on_rows(rows: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def conv1d_taps(*convs: nn.Conv1d) -> Tensor:
+    """The weights of kernel-3 ``convs`` (same input) as one ``(3, C_in, sum C_out)`` tensor: tap ``k`` is the
+    ``(C_in, C_out)`` matrix applied to the input row at offset ``k - 1``, contiguous for the GEMMs of
+    :func:`conv1d_on_rows` (one copy per forward, instead of one per strided weight slice)."""
+    return torch.cat([conv.weight.permute(2, 1, 0) for conv in convs], dim=2)
+
+
+def conv1d_on_rows(rows: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:
     """A kernel-3 convolution along the rows of ``(N, C_in)`` -> ``(N, C_out)``: output row ``i`` is
-    ``W_0 rows[i-1] + W_1 rows[i] + W_2 rows[i+1] + b`` for ``0 < i < N - 1`` (rows 0 and N - 1 hold partial sums:
-    callers place zero rows there). Several sequences laid end to end with one zero row between neighbours and at
-    both ends are each convolved with their own zero padding. Three GEMMs on shifted row views of the same
-    matrix: no unfolded copy of the input. ``weight`` ``(C_out, C_in, 3)`` as ``nn.Conv1d`` stores it."""
-    out = rows @ weight[:, :, 1].T if bias is None else torch.addmm(bias, rows, weight[:, :, 1].T)
-    out[1:].addmm_(rows[:-1], weight[:, :, 0].T)
-    out[:-1].addmm_(rows[1:], weight[:, :, 2].T)
+    ``rows[i-1] @ taps[0] + rows[i] @ taps[1] + rows[i+1] @ taps[2] + b`` for ``0 < i < N - 1`` (rows 0 and N - 1
+    hold partial sums: callers place zero rows there). Several sequences laid end to end with one zero row
+    between neighbours and at both ends are each convolved with their own zero padding. Three GEMMs on shifted
+    row views of the same matrix: no unfolded copy of the input. ``taps`` from :func:`conv1d_taps`."""
+    out = rows @ taps[1] if bias is None else torch.addmm(bias, rows, taps[1])
+    out[1:].addmm_(rows[:-1], taps[0])
+    out[:-1].addmm_(rows[1:], taps[2])
     return out
 
 
@@ -249,6 +256,7 @@ __all__ = [
     "attend",
     "conv1d_channels_last",
     "conv1d_on_rows",
+    "conv1d_taps",
     "eager_attention_forward",
     "masked_group_norm",
     "merge_heads",
