@@ -48,6 +48,7 @@ from sgdetr_hf.files import strict_json
 from sgdetr_hf.targets_sgdetr import prepare_targets
 
 logger = logging.getLogger("benchmark_speed")
+CASES = ("inference", "postprocess", "training", "loss")
 
 
 class StockDetrReference(nn.Module):
@@ -288,6 +289,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case (best of them is kept)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models first")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-model peak-RSS processes")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=list(CASES),
+        choices=list(CASES),
+        help="cases to run (default: all); e.g. --cases inference with --compile, whose compile time is long on CPU",
+    )
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: one model's case in this process
     args = parser.parse_args()
@@ -303,6 +311,7 @@ def main() -> int:
 
     plan = [("inference", 1), ("inference", args.batch_size), ("postprocess", args.batch_size)]
     plan += [("training", args.batch_size), ("loss", args.batch_size)]
+    plan = [(case, batch) for case, batch in plan if case in args.cases]
     rows = []
     for case, batch in plan:
         rows.append(run_case(case, batch, args))
