@@ -191,6 +191,7 @@ def test_skip_missing_reports_the_dropped_queries_and_the_truncations(tmp_path, 
     script.main(argv + ["--skip-missing"])
     report = json.loads(capsys.readouterr().out)
     assert report["missing_videos"] == ["V2"] and report["queries"] == {"train": 2}
+    assert report["feature_source"]["missing_files_examples"] == [str(release / "clip" / "V2.npz")]
     assert report["video_dim"] == CLIP_DIM + SLOWFAST_DIM and report["text_dim"] == TEXT_DIM
     # V0 (every third video) has one SlowFast clip more than CLIP.
     assert report["feature_source"]["truncated_videos"] == 1 and report["feature_source"][
@@ -201,6 +202,10 @@ def test_skip_missing_reports_the_dropped_queries_and_the_truncations(tmp_path, 
             argv[:-6] + ["--output", str(tmp_path / "o2"), "--split", f"train={annotations}"]
         )  # no --text-features
     assert "needs --video-features and --text-features" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(["--dataset", "charades-sta", "--features", str(release), "--tef", "--split", f"train={annotations}",
+                     "--output", str(tmp_path / "o3")])  # fmt: skip
+    assert "--tef apply to --features-format moment_detr only" in capsys.readouterr().err
 
 
 def test_a_rerun_keeps_the_shards_whose_files_did_not_change(tmp_path):

@@ -295,4 +295,8 @@ class NpzFeatures:
             "truncated_videos": len(self.truncated_clips),
             "truncated_clips": dict(sorted(Counter(self.truncated_clips.values()).items())),
             "truncated_max_clips": max(self.truncated_clips.values(), default=0),
+            "missing_files": sum(map(len, self.missing_files.values())),
+            "missing_files_examples": [
+                str(p) for paths in list(self.missing_files.values())[:10] for p in paths
+            ],
         }
