@@ -327,3 +327,15 @@ def test_charades_sta_lighthouse_release_has_one_second_clips(shared_data, tmp_p
     recipe = load_recipe("charades_sta_clip_slowfast")
     assert recipe.model["clip_length"] == 1.0 and recipe.model["video_feature_dim"] == 2816
     assert np.isfinite(np.asarray(dataset[0]["text_features"], np.float32)).all()
+
+
+def test_types_at_different_clip_rates_are_cut_with_a_warning_and_bad_patterns_refused(tmp_path, caplog):
+    save_npz(tmp_path / "clip" / "A.npz", features=np.ones((75, 4), np.float16))
+    save_npz(tmp_path / "slowfast" / "A.npz", features=np.ones((38, 4), np.float16))  # 4 s clips
+    (tmp_path / "text").mkdir()
+    source = NpzFeatures(tmp_path, ["clip", "slowfast"], "text")
+    with caplog.at_level("WARNING"):
+        assert source.video_shape("A") == (38, 8)
+    assert "cutting 37 clips to the shortest" in caplog.text and source.report()["truncated_max_clips"] == 37
+    with pytest.raises(ValueError, match="must contain {qid} and no other field"):
+        NpzFeatures(tmp_path, ["clip"], "text", NpzLayout(query_file="{vid}_{qid}.npz"))

@@ -24,6 +24,7 @@ Shapes are read from the ``.npy`` headers inside the archives, so validating 10k
 from __future__ import annotations
 
 import dataclasses
+import logging
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
@@ -34,6 +35,8 @@ import numpy as np
 
 from ..files import atomic_output
 from .builder import file_fingerprint
+
+logger = logging.getLogger(__name__)
 
 #: Epsilon of the reference loaders' ``l2_normalize_np_array``.
 L2_EPSILON = 1e-5
@@ -130,8 +133,14 @@ class NpzFeatures:
             raise ValueError(f"pooled_token must be one of {POOLED_TOKEN_CHOICES}, got {pooled_token!r}")
         if not self.video_types or len(set(self.video_types)) != len(self.video_types):
             raise ValueError(f"video_types must name one or more distinct folders, got {self.video_types}")
-        if "{qid}" not in layout.query_file:
-            raise ValueError(f"the query file pattern must contain {{qid}}, got {layout.query_file!r}")
+        try:
+            valid_pattern = layout.query_file.format(qid="0") != layout.query_file.format(qid="1")
+        except (KeyError, IndexError, ValueError):
+            valid_pattern = False
+        if not valid_pattern:
+            raise ValueError(
+                f"the query file pattern must contain {{qid}} and no other field, got {layout.query_file!r}"
+            )
         for folder in (*self.video_types, text_type):
             if not (self.root / folder).is_dir():
                 present = (
@@ -143,6 +152,7 @@ class NpzFeatures:
         self._widths: dict[str, tuple[int, Path]] = {}  # folder/key -> (width, first file with it)
         self.missing_files: dict[str, list[Path]] = {}  # vid or qid -> its absent files
         self.truncated_clips: dict[str, int] = {}  # vid -> clips cut from its longest type
+        self._warned_long_cut = False
 
     # ------------------------------------------------------------------ files
     def video_paths(self, vid: str) -> list[Path]:
@@ -222,7 +232,17 @@ class NpzFeatures:
             lengths.append(rows)
             width += columns
         if max(lengths) != min(lengths):
-            self.truncated_clips[vid] = max(lengths) - min(lengths)
+            self.truncated_clips[vid] = cut = max(lengths) - min(lengths)
+            # A clip or two is the extractors' rounding; more suggests types at different clip rates.
+            if cut > max(2, min(lengths) // 10) and not self._warned_long_cut:
+                self._warned_long_cut = True
+                logger.warning(
+                    "%s: the feature types have %s clips; cutting %d clips to the shortest. Are they "
+                    "extracted at the same clip length?",
+                    vid,
+                    dict(zip(self.video_types, lengths)),
+                    cut,
+                )
         return min(lengths), width + (2 if self.tef else 0)
 
     def text_shape(self, qid: str) -> tuple[int, int] | None:
