@@ -4,9 +4,17 @@ Random float16 features in the QVHighlights shape (L=75 clips, N=32 tokens, d=51
 
     python scripts/benchmark_data.py                      # build rows/s + load/collate batches/s
     python scripts/benchmark_data.py layout --videos 10000   # feature layout: query rows vs per-video config
+    python scripts/benchmark_data.py npz --videos 10000      # building from a published .npz release
 
 ``layout`` runs each layout in a fresh subprocess (clean peak RSS, cold ``datasets`` cache) and prints
 disk size, write time, first ``load_dataset`` time and batches/s of random batches of 32.
+
+``npz`` writes a synthetic release in the QVHighlights ``moment_detr_features`` layout (``clip_features``
+(75, 512) and ``slowfast_features`` (75 or 76, 2304) float16 per video, ``clip_text_features/qid*.npz``
+float32 tokens + pooled vector per query), then builds it with ``build_benchmark_dataset``'s
+``NpzFeatures`` in a fresh subprocess and prints videos/s, MB/s of .npz read, the build's peak RSS and
+the Parquet size. 10k videos need ~4.4 GB for the release and as much for the dataset in ``--workdir``
+(default: a temporary folder).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from sgdetr_hf.benchmarking import measure, peak_rss_mib, print_table
 from sgdetr_hf.data import MomentRetrievalCollator, ToyGroundingTask, ToyTaskConfig
 from sgdetr_hf.data.builder import ArrayFeatures, build_dataset, write_parquet_shard
 from sgdetr_hf.data.dataset import load_moment_retrieval, rows_from_arrow
+from sgdetr_hf.data.npz_features import NpzFeatures, save_npz
 from sgdetr_hf.data.schema import ANNOTATION_COLUMNS, annotation_features
 from sgdetr_hf.files import strict_json
 
@@ -166,18 +175,83 @@ def benchmark_pipeline(num_videos: int, num_batches: int) -> None:
     print_table([{"measure": name, "value": value} for name, value in measures.items()])
 
 
+NPZ_VIDEO_TYPES = {"clip_features": 512, "slowfast_features": 2304}
+
+
+def write_npz_release(root: Path, rows: list[dict]) -> None:
+    """Random features for ``rows`` in the moment_detr_features layout; SlowFast one clip longer for every
+    third video, as in the release."""
+    rng = np.random.default_rng(0)
+    for index, vid in enumerate(dict.fromkeys(row["vid"] for row in rows)):
+        for folder, dim in NPZ_VIDEO_TYPES.items():
+            clips = 75 + (folder == "slowfast_features" and index % 3 == 0)
+            save_npz(
+                root / folder / f"{vid}.npz",
+                features=rng.standard_normal((clips, dim), np.float32).astype(np.float16),
+            )
+    for row in rows:
+        tokens = rng.standard_normal((int(rng.integers(8, 24)), 512), np.float32)
+        save_npz(root / "clip_text_features" / f"qid{row['qid']}.npz", last_hidden_state=tokens,
+                 pooler_output=rng.standard_normal(512, np.float32))  # fmt: skip
+
+
+def run_npz_build(num_videos: int, queries_per_video: float, workdir: Path) -> dict:
+    """Build the release in ``workdir/release`` (this process: its peak RSS is the build's)."""
+    rows = annotation_rows(num_videos, queries_per_video)
+    release = workdir / "release"
+    source = NpzFeatures(release, list(NPZ_VIDEO_TYPES), "clip_text_features")
+    built = measure(lambda: build_dataset(workdir / "dataset", "bench", {"train": rows}, source))
+    input_mib = directory_mib(release)
+    return {
+        "videos": num_videos,
+        "queries": len(rows),
+        "release_mib": round(input_mib, 1),
+        "build_s": round(built.best, 1),
+        "videos_per_s": round(num_videos / built.best, 1),
+        "release_mb_per_s": round(input_mib * 2**20 / 1e6 / built.best, 1),
+        "parquet_mib": round(directory_mib(workdir / "dataset"), 1),
+        "truncated_videos": built.result.feature_source["truncated_videos"],
+        "peak_rss_mib": round(peak_rss_mib()),
+    }
+
+
+def benchmark_npz(num_videos: int, queries_per_video: float, workdir: str | None) -> dict:
+    with tempfile.TemporaryDirectory(dir=workdir) as folder:
+        generated = measure(
+            lambda: write_npz_release(
+                Path(folder) / "release", annotation_rows(num_videos, queries_per_video)
+            )
+        )
+        command = [sys.executable, __file__, "_one-npz", "--workdir", folder, "--videos", str(num_videos),
+                   "--queries-per-video", str(queries_per_video)]  # fmt: skip
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    result["release_write_s"] = round(generated.best, 1)
+    print_table([result])
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", nargs="?", default="pipeline", choices=["pipeline", "layout", "_one-layout"])
+    parser.add_argument(
+        "mode",
+        nargs="?",
+        default="pipeline",
+        choices=["pipeline", "layout", "_one-layout", "npz", "_one-npz"],
+    )
     parser.add_argument("--videos", type=int, default=2000)
     parser.add_argument("--queries-per-video", type=float, default=1.8)
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--layout", default="join", help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", default=None, help="npz: folder for the release and the dataset")
     args = parser.parse_args()
     datasets.disable_progress_bars()
     if args.mode == "pipeline":
         benchmark_pipeline(args.videos, args.batches)
+    elif args.mode == "npz":
+        benchmark_npz(args.videos, args.queries_per_video, args.workdir)
+    elif args.mode == "_one-npz":
+        print(strict_json(run_npz_build(args.videos, args.queries_per_video, Path(args.workdir))))
     elif args.mode == "_one-layout":
         result = run_layout(
             args.layout, args.videos, args.queries_per_video, Path(args.workdir), args.batches

@@ -52,6 +52,22 @@ def test_benchmark_data(monkeypatch, capsys):
     assert all(value > 0 for value in rows.values())
 
 
+def test_benchmark_data_npz_release(monkeypatch, capsys, tmp_path):
+    """The release is written in this process, built in a fresh one (its peak RSS is the build's)."""
+    _run_main(monkeypatch, "benchmark_data", "npz", "--videos", "6", "--queries-per-video", "1.5",
+              "--workdir", str(tmp_path))  # fmt: skip
+    (row,) = _table(capsys.readouterr().out)
+    assert (row["videos"], row["queries"], row["truncated_videos"]) == (
+        "6",
+        "9",
+        "2",
+    )  # every 3rd SlowFast +1
+    assert all(
+        _number(row[key]) > 0 for key in ("videos_per_s", "release_mb_per_s", "peak_rss_mib", "parquet_mib")
+    )
+    assert list(tmp_path.iterdir()) == []  # the release and the dataset are removed
+
+
 def test_benchmark_metrics(monkeypatch, capsys, shared_data):
     assert _run_main(monkeypatch, "benchmark_metrics", "--repeats", "1") == 0
     output = capsys.readouterr().out

@@ -46,8 +46,10 @@ def test_build_benchmark_dataset_script(tmp_path, capsys):
         _save(features, "queries", "text_features", qid, np.ones((4, 8)))
     argv = ["--dataset", "charades-sta", "--split", f"train={annotations}", "--features", str(features)]
     output = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"missing features for 1 videos \['BBB'\]"):
+    with pytest.raises(SystemExit) as stopped:  # bad input: one "error:" line, exit code 2
         load_script("build_benchmark_dataset").main(argv + ["--output", str(output)])
+    assert stopped.value.code == 2
+    assert "error: missing features for 1 videos ['BBB']" in capsys.readouterr().err
     load_script("build_benchmark_dataset").main(argv + ["--output", str(output), "--skip-missing"])
     assert json.loads(capsys.readouterr().out)["missing_videos"] == ["BBB"]
     rows = datasets.load_dataset(str(output), "charades-sta", split="train", cache_dir=str(tmp_path / "c"))

@@ -23,7 +23,8 @@ PAPER_RECIPES = {
 
 def test_every_dataset_has_a_recipe():
     assert set(available_recipes()) == {
-        "qvhighlights", "charades_sta", "tacos", "intervid_mr", "youtube_highlights", "tvsum", "demo"
+        "qvhighlights", "charades_sta", "tacos", "intervid_mr", "youtube_highlights", "tvsum", "demo",
+        "qvhighlights_clip_slowfast", "charades_sta_clip_slowfast", "tacos_clip_slowfast",
     }  # fmt: skip
     for name in available_recipes():
         recipe = load_recipe(name, valid_model_keys=model_config_keys())
@@ -132,3 +133,30 @@ def test_recipe_file_round_trip(tmp_path):
     again = load_recipe(str(tmp_path / "recipe.yaml"))
     assert again == recipe  # the saved file keeps the recipe's name
     assert yaml.safe_load((tmp_path / "recipe.yaml").read_text())["dataset_path"] == "data/tacos"
+
+
+@pytest.mark.parametrize("name", ["qvhighlights", "charades_sta", "tacos"])
+def test_clip_slowfast_recipes_are_the_dataset_schedule_on_the_public_features(name):
+    base, features = load_recipe(name), load_recipe(f"{name}_clip_slowfast")
+    assert {k: v for k, v in features.to_dict().items() if k not in ("name", "model")} == {
+        k: v for k, v in base.to_dict().items() if k not in ("name", "model")
+    }
+    assert features.model == {
+        **base.model,
+        "video_feature_dim": 2816,  # CLIP 512 + SlowFast 2304; the model appends TEF: 2818 inputs
+        "text_feature_dim": 512,
+        "normalize_features": False,  # the builder L2-normalised each feature type
+        "use_tef": True,
+    }
+
+
+def test_extends_merges_the_model_section_and_refuses_cycles(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: charades_sta\nepochs: 3\nmodel:\n  hidden_size: 64\n")
+    recipe = load_recipe(str(child))
+    assert (recipe.name, recipe.epochs, recipe.batch_size) == ("child", 3, 64)
+    assert recipe.model == {"clip_length": 1.0, "max_num_clips": 256, "hidden_size": 64}
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(ValueError, match="extends must name another recipe, without cycles"):
+        load_recipe(str(loop))

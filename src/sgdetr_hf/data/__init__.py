@@ -7,6 +7,7 @@ from .builder import ArrayFeatures, BuildReport, FeatureFolder, build_dataset
 from .collator import MomentRetrievalCollator
 from .dataset import MomentRetrievalDataset, load_moment_retrieval
 from .demo import DEMO_NAME, build_demo_dataset
+from .npz_features import PUBLISHED_LAYOUTS, NpzFeatures, NpzLayout
 from .readers import read_annotations
 from .schema import ANNOTATION_COLUMNS, CLIP_LENGTHS, binary_clip_saliency, num_clips, source_video_id
 from .synthetic import PlantedQuery, ToyGroundingTask, ToyTaskConfig
@@ -20,6 +21,9 @@ __all__ = [
     "FeatureFolder",
     "MomentRetrievalCollator",
     "MomentRetrievalDataset",
+    "NpzFeatures",
+    "NpzLayout",
+    "PUBLISHED_LAYOUTS",
     "PlantedQuery",
     "ToyGroundingTask",
     "ToyTaskConfig",

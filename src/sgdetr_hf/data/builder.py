@@ -27,18 +27,24 @@ within the load noise (two earlier runs: 80 vs 37 and 32 vs 15 batches/s in favo
 vs 30 for the join). The real ratios decide it: TACoS has ~130 queries per video of up to 702 clips (rows
 would store its features ~130 times), Charades-STA 2.3; only QVHighlights is ~1 (1.02 per ``vid``).
 
-Features source: a :class:`FeatureFolder` written by the feature extraction, or :class:`ArrayFeatures`
-(in-memory arrays). Feature folder format::
+Features source: a :class:`FeatureFolder` written by the feature extraction, a published ``.npz``
+release (:class:`sgdetr_hf.data.npz_features.NpzFeatures`), or :class:`ArrayFeatures` (in-memory arrays).
+Feature folder format::
 
     <root>/videos/<vid>.safetensors     tensor "video_features": (L, d_v), any float dtype
     <root>/queries/<qid>.safetensors    tensor "text_features":  (N, d_t), any float dtype
 
 Features are stored as float16. Every shard is written to a temporary file in its folder and moved into
-place with ``os.replace``, so a reader never sees half a shard.
+place with ``os.replace``, so a reader never sees half a shard. Resuming: a source that can fingerprint
+its files (``FeatureFolder``, ``NpzFeatures``: path, size and mtime of every file, plus its options) has
+that digest, with the shard's annotation rows, stored in each shard's Parquet metadata; a rerun of an
+interrupted build keeps the shards whose digest still matches and writes only the rest.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import re
@@ -57,6 +63,7 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 from safetensors import safe_open
 from safetensors.numpy import load_file
+from tqdm.auto import tqdm
 
 from .._deprecation import moved_names
 from ..files import atomic_output, atomic_write_text
@@ -71,7 +78,13 @@ _SPLIT_NAME = re.compile(r"^\w+$")
 
 
 class FeatureSource(Protocol):
-    """Where the builder reads features: shapes first (cheap, for validation), then the arrays."""
+    """Where the builder reads features: shapes first (cheap, for validation), then the arrays.
+
+    Optional extras the builder uses when a source has them: ``describe_missing(keys) -> list[str]`` (the
+    absent files, named in the missing-features error), ``fingerprint(kind, keys) -> str`` ("video" or
+    "text": a digest of what those features are made of, so that a rerun skips finished shards) and
+    ``report() -> dict`` (copied into :attr:`BuildReport.feature_source`).
+    """
 
     def video_shape(self, vid: str) -> tuple[int, ...] | None: ...
     def text_shape(self, qid: str) -> tuple[int, ...] | None: ...
@@ -126,6 +139,18 @@ class FeatureFolder:
     def text(self, qid: str) -> np.ndarray:
         return self._load(self.text_path(qid), TEXT_KEY)
 
+    def fingerprint(self, kind: str, keys: Sequence[str]) -> str:
+        return file_fingerprint(self.video_path(k) if kind == "video" else self.text_path(k) for k in keys)
+
+
+def file_fingerprint(paths, options: Mapping[str, Any] | None = None) -> str:
+    """SHA-256 of ``options`` (JSON) and of every file's path, size and modification time."""
+    digest = hashlib.sha256(json.dumps(options or {}, sort_keys=True).encode())
+    for path in paths:
+        stat = Path(path).stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
 
 class ArrayFeatures:
     """In-memory features: ``videos`` maps vid -> (L, d_v) array, ``texts`` maps qid -> (N, d_t) array.
@@ -163,6 +188,8 @@ class BuildReport:
     video_dim: int = 0
     text_dim: int = 0
     files: list[str] = field(default_factory=list)
+    reused_files: list[str] = field(default_factory=list)  # shards of an interrupted build kept as they were
+    feature_source: dict[str, Any] = field(default_factory=dict)  # the source's report(), e.g. truncations
     seconds: float = 0.0
 
 
@@ -194,13 +221,23 @@ def _matrix_column(matrices: Sequence[np.ndarray], width: int) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), rows)
 
 
-def write_parquet_shard(path: Path, columns: Mapping[str, Any], features: datasets.Features) -> None:
+def write_parquet_shard(
+    path: Path,
+    columns: Mapping[str, Any],
+    features: datasets.Features,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
     """Write one Parquet shard atomically (temporary file in the same folder, then ``os.replace``).
 
     ``columns`` holds lists of Python values, and lists of numpy matrices for ``Array2D`` columns. The
-    ``datasets`` features are embedded in the schema metadata, as ``Dataset.to_parquet`` does.
+    ``datasets`` features are embedded in the schema metadata, as ``Dataset.to_parquet`` does, with the
+    extra ``metadata`` keys.
     """
     schema = features.arrow_schema
+    if metadata:
+        schema = schema.with_metadata(
+            {**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}}
+        )
     arrays = [
         _matrix_column(columns[name], feature.shape[1])
         if isinstance(feature, datasets.Array2D)
@@ -219,8 +256,24 @@ def _shard_ranges(sizes: np.ndarray, max_shard_bytes: int) -> list[np.ndarray]:
     """Split row indices into ceil(total / max_shard_bytes) contiguous shards of similar byte size."""
     num_shards = max(1, math.ceil(int(sizes.sum()) / max_shard_bytes))
     num_shards = min(num_shards, len(sizes))
-    boundaries = np.searchsorted(np.cumsum(sizes), np.arange(1, num_shards) * sizes.sum() / num_shards)
+    # side="right": a shard ends after the row that reaches its share (equal sizes: no empty first shard).
+    boundaries = np.searchsorted(
+        np.cumsum(sizes), np.arange(1, num_shards) * sizes.sum() / num_shards, side="right"
+    )
     return [part for part in np.split(np.arange(len(sizes)), boundaries) if len(part)]
+
+
+SHARD_DIGEST_KEY = "sgdetr_shard_digest"
+
+
+def _shard_digest(path: Path) -> str | None:
+    """The digest a finished shard was written with, or None (absent, unreadable, or written without one)."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return None
+    digest = metadata.get(SHARD_DIGEST_KEY.encode())
+    return digest.decode() if digest else None
 
 
 def _write_config(
@@ -230,14 +283,33 @@ def _write_config(
     parts: list[np.ndarray],
     columns_for,
     features: datasets.Features,
-) -> list[str]:
-    """Write the shards of one (config, split); returns their paths relative to ``output_dir``."""
-    written = []
+    digest_for,
+    progress: tqdm,
+) -> tuple[list[str], list[str]]:
+    """Write the shards of one (config, split), keeping those already written with the same digest.
+
+    ``digest_for(part)`` is the shard's digest, or None when the source cannot fingerprint its files (then
+    every shard is rewritten). Returns (all shard paths, the reused ones), relative to ``output_dir``.
+    """
+    written, reused = [], []
     for index, part in enumerate(parts):
         relative = f"{config}/{split}-{index:05d}-of-{len(parts):05d}.parquet"
-        write_parquet_shard(output_dir / relative, columns_for(part), features)
         written.append(relative)
-    return written
+        digest = digest_for(part)
+        if digest is not None and _shard_digest(output_dir / relative) == digest:
+            reused.append(relative)
+            progress.update(len(part))
+            continue
+        metadata = {SHARD_DIGEST_KEY: digest} if digest is not None else None
+        write_parquet_shard(output_dir / relative, columns_for(part), features, metadata)
+    return written, reused
+
+
+def _counting(items: Sequence[Any], progress: tqdm):
+    """``items``, advancing ``progress`` by one after each (the feature reads are the slow part of a build)."""
+    for item in items:
+        yield item
+        progress.update(1)
 
 
 def _update_card(
@@ -320,28 +392,36 @@ def build_dataset(
     video_shapes: dict[str, tuple[int, ...]] = {}
     text_shapes: dict[str, tuple[int, ...]] = {}
     kept: dict[str, list[Mapping[str, Any]]] = {}
-    for split, rows in splits.items():
-        kept[split] = []
-        for index, row in enumerate(rows):
-            missing_columns = [c for c in ANNOTATION_COLUMNS if c not in row]
-            if missing_columns:
-                raise ValueError(f"split {split!r} row {index} lacks columns {missing_columns}")
-            vid, qid = str(row["vid"]), str(row["qid"])
-            if vid not in video_shapes:
-                shape = features.video_shape(vid)
-                if shape is None:
-                    report.missing_videos.append(vid)
-                video_shapes[vid] = shape
-            text_shapes[qid] = features.text_shape(qid)
-            if text_shapes[qid] is None:
-                report.missing_queries.append(qid)
-            if video_shapes[vid] is not None and text_shapes[qid] is not None:
-                kept[split].append(row)
+    queries_without_video = 0
+    with tqdm(total=sum(map(len, splits.values())), desc=f"{name}: checking features", unit="query") as bar:
+        for split, rows in splits.items():
+            kept[split] = []
+            for index, row in enumerate(_counting(rows, bar)):
+                missing_columns = [c for c in ANNOTATION_COLUMNS if c not in row]
+                if missing_columns:
+                    raise ValueError(f"split {split!r} row {index} lacks columns {missing_columns}")
+                vid, qid = str(row["vid"]), str(row["qid"])
+                if vid not in video_shapes:
+                    shape = features.video_shape(vid)
+                    if shape is None:
+                        report.missing_videos.append(vid)
+                    video_shapes[vid] = shape
+                queries_without_video += video_shapes[vid] is None
+                text_shapes[qid] = features.text_shape(qid)
+                if text_shapes[qid] is None:
+                    report.missing_queries.append(qid)
+                if video_shapes[vid] is not None and text_shapes[qid] is not None:
+                    kept[split].append(row)
     if report.missing_videos or report.missing_queries:
         summary = (
             f"missing features for {len(report.missing_videos)} videos {report.missing_videos[:20]} and "
-            f"{len(report.missing_queries)} queries {report.missing_queries[:20]}"
+            f"{len(report.missing_queries)} queries {report.missing_queries[:20]} ({queries_without_video} "
+            "queries have no video features)"
         )
+        describe = getattr(features, "describe_missing", None)
+        if describe is not None:
+            files = describe(report.missing_videos[:3] + report.missing_queries[:3])
+            summary += f"; absent files, e.g. {files[:6]}"
         if not skip_missing:
             raise ValueError(
                 f"{summary}; extract them, or pass skip_missing=True (--skip-missing) to leave them out"
@@ -353,37 +433,58 @@ def build_dataset(
         raise ValueError("no query has both its video and its text features; nothing to build")
     report.video_dim = _feature_dim(video_shapes, "video features")
     report.text_dim = _feature_dim(text_shapes, "text features")
+    if hasattr(features, "report"):
+        report.feature_source = features.report()
 
-    # 2. Shards, split by split.
+    # 2. Shards, split by split; a shard whose digest matches the one on disk is kept (resume).
     query_features = annotation_features(report.text_dim)
     video_features = video_features_features(report.video_dim)
+    fingerprint = getattr(features, "fingerprint", None)
+
+    def digest_for(kind: str, keys: list[str], schema: datasets.Features, extra: Any = None):
+        if fingerprint is None:
+            return None
+        content = json.dumps([schema.to_dict(), extra], sort_keys=True, default=str)
+        return hashlib.sha256((fingerprint(kind, keys) + content).encode()).hexdigest()
+
     for split, rows in kept.items():
         vids = list(dict.fromkeys(str(row["vid"]) for row in rows))
         report.queries[split], report.videos[split] = len(rows), len(vids)
+        bar = tqdm(total=len(rows) + len(vids), desc=f"{name}/{split}: writing", unit="row")
 
-        def query_columns(part: np.ndarray, rows=rows) -> dict[str, list]:
+        def query_columns(part: np.ndarray, rows=rows, bar=bar) -> dict[str, list]:
             columns = {c: [rows[i][c] for i in part] for c in ANNOTATION_COLUMNS}
             columns["qid"] = [str(q) for q in columns["qid"]]
-            columns[TEXT_KEY] = [features.text(columns["qid"][j]) for j in range(len(part))]
+            columns[TEXT_KEY] = [features.text(qid) for qid in _counting(columns["qid"], bar)]
             return columns
 
-        def video_columns(part: np.ndarray, vids=vids) -> dict[str, list]:
-            return {"vid": [vids[i] for i in part], VIDEO_KEY: [features.video(vids[i]) for i in part]}
+        def video_columns(part: np.ndarray, vids=vids, bar=bar) -> dict[str, list]:
+            ids = [vids[i] for i in part]
+            return {"vid": ids, VIDEO_KEY: [features.video(vid) for vid in _counting(ids, bar)]}
+
+        def query_digest(part: np.ndarray, rows=rows) -> str | None:
+            annotations = [{c: rows[i][c] for c in ANNOTATION_COLUMNS} for i in part]
+            return digest_for("text", [str(a["qid"]) for a in annotations], query_features, annotations)
+
+        def video_digest(part: np.ndarray, vids=vids) -> str | None:
+            return digest_for("video", [vids[i] for i in part], video_features)
 
         text_sizes = np.array([math.prod(text_shapes[str(row["qid"])]) * 2 + 512 for row in rows])
         video_sizes = np.array([math.prod(video_shapes[vid]) * 2 for vid in vids])
-        report.files += _write_config(
-            output_dir, name, split, _shard_ranges(text_sizes, max_shard_bytes), query_columns, query_features
-        )
-        report.files += _write_config(
-            output_dir,
-            f"{name}-features",
-            split,
-            _shard_ranges(video_sizes, max_shard_bytes),
-            video_columns,
-            video_features,
-        )
+        with bar:
+            for config, sizes, columns_for, schema, digest in (
+                (name, text_sizes, query_columns, query_features, query_digest),
+                (f"{name}-features", video_sizes, video_columns, video_features, video_digest),
+            ):
+                parts = _shard_ranges(sizes, max_shard_bytes)
+                written, reused = _write_config(
+                    output_dir, config, split, parts, columns_for, schema, digest, bar
+                )
+                report.files += written
+                report.reused_files += reused
         logger.info("%s/%s: %d queries, %d videos", name, split, len(rows), len(vids))
+    if report.reused_files:
+        logger.info("kept %d shards of an earlier build with the same inputs", len(report.reused_files))
 
     # Shards of an older build of this dataset (other shard counts, dropped splits) would be loaded too.
     for config in (name, f"{name}-features"):

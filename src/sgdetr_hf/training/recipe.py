@@ -1,7 +1,8 @@
 """Training recipes: the paper's hyper-parameters per dataset, as YAML files inside the package.
 
 A recipe is a flat set of keys (:class:`TrainingRecipe`) plus a ``model`` mapping of
-:class:`~sgdetr_hf.SGDetrConfig` overrides. Every key can be overridden from the command line,
+:class:`~sgdetr_hf.SGDetrConfig` overrides. ``extends: OTHER`` starts from another recipe's values (a name
+or a path), e.g. the same schedule on other features. Every key can be overridden from the command line,
 either as ``--set key=value`` or as ``--key value``; values are parsed as YAML scalars/lists
 (``--milestones "[2, 3]"``, ``--model.hidden_size 64``). A key that the recipe does not have is
 an error listing the valid keys, so a typo never silently trains with a default.
@@ -156,7 +157,23 @@ def available_recipes() -> list[str]:
     )
 
 
-def _read_recipe_file(name_or_path: str) -> tuple[str, dict[str, Any]]:
+def _read_recipe_file(name_or_path: str, _seen: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+    """The recipe's name and values, with those of the recipe it ``extends`` underneath (its own win;
+    ``model`` mappings are merged key by key)."""
+    name, values = _read_one_recipe_file(name_or_path)
+    base = values.pop("extends", None)
+    if base is None:
+        return name, values
+    if not isinstance(base, str) or base in _seen or base == name_or_path:
+        raise ValueError(
+            f"recipe {name_or_path}: extends must name another recipe, without cycles; got {base!r}"
+        )
+    _, base_values = _read_recipe_file(base, (*_seen, name_or_path))
+    model = {**(base_values.get("model") or {}), **(values.get("model") or {})}
+    return name, {**base_values, **values, "model": model}
+
+
+def _read_one_recipe_file(name_or_path: str) -> tuple[str, dict[str, Any]]:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
