@@ -296,6 +296,42 @@ def test_decoder_first_prediction_is_the_reference_at_init():
         torch.testing.assert_close(out.spans[:, layer], refs, atol=1e-5, rtol=0)
 
 
+def test_decoder_look_forward_twice_reaches_this_and_the_previous_delta_only():
+    """DINO's look-forward-twice: layer l's span is sigma(delta_l + logit(refined_(l-1))), where refined_(l-1)
+    is built on layer l-1's *detached* input reference. So layer l's loss reaches delta_l and delta_(l-1)
+    with the same gradient (the two add inside one sigmoid) and no earlier delta (an undetached chain reaches
+    delta_1 from every layer at full strength; a fully detached one never reaches delta_(l-1))."""
+    torch.manual_seed(0)
+    dec = SGDetrDecoder(SGDetrConfig(**TINY)).train()  # TINY has no dropout
+    torch.nn.init.normal_(dec.span_head.layers[-1].weight, std=0.1)  # non-zero deltas
+    deltas = []
+
+    def keep_delta(module, inputs, output):
+        output.retain_grad()
+        deltas.append(output)
+
+    handle = dec.span_head.register_forward_hook(keep_delta)
+    memory, pos, mask, content, refs, _, _ = _decoder_inputs()
+    out = dec(content, refs, memory, pos, mask)
+    handle.remove()
+    assert len(deltas) == 3 == out.spans.shape[1]
+    weights = torch.randn(
+        out.spans.shape[0], out.spans.shape[2], 2, generator=torch.Generator().manual_seed(1)
+    )
+    for layer in range(3):
+        if layer > 0:  # the value: this layer's delta applied to the previous layer's span
+            expected = torch.sigmoid(deltas[layer] + torch.logit(out.spans[:, layer - 1].detach()))
+            torch.testing.assert_close(out.spans[:, layer], expected, atol=1e-5, rtol=0)
+        grads = torch.autograd.grad(
+            (out.spans[:, layer] * weights).sum(), deltas, retain_graph=True, allow_unused=True
+        )
+        assert grads[layer] is not None and grads[layer].abs().sum() > 0
+        for earlier in range(layer - 1):
+            assert grads[earlier] is None or not grads[earlier].any(), (layer, earlier)
+        if layer > 0:
+            torch.testing.assert_close(grads[layer - 1], grads[layer], atol=1e-6, rtol=1e-4)
+
+
 @pytest.mark.parametrize("num_clips", [1, 6, 75])
 def test_detector_training_outputs_shapes(num_clips):
     torch.manual_seed(0)

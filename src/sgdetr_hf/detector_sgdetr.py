@@ -456,7 +456,7 @@ class SGDetrDecoder(nn.Module):
         self_blocked = None if self_blocked is None else self_blocked[:, None]
         output = content
         reference = references.float()
-        previous = None
+        previous_refined = None
         hidden_states, layer_spans = [], []
         for i, layer in enumerate(self.layers):
             sine = sine_embed_spans_cw(reference, self.hidden_size, self.temperature).to(output.dtype)
@@ -467,13 +467,20 @@ class SGDetrDecoder(nn.Module):
             sine = sine * width_scale.to(sine.dtype)
             output = layer(output, memory, memory_pos, query_pos, sine, memory_blocked, self_blocked)
             hidden = self.norm(output)
-            # look-forward-twice: predict from the previous layer's (undetached) prediction
-            base = reference if previous is None else previous
-            spans = torch.sigmoid(self.span_head(hidden).float() + inverse_sigmoid(base))
+            delta = self.span_head(hidden).float()
+            # DINO look-forward-twice (deformable_transformer.py / dino.py): the refined span is built on the
+            # layer's detached input reference, so it depends on this layer's delta only; the prediction is
+            # built on the previous layer's refined span, not detached, so layer l's loss reaches delta_l and
+            # delta_(l-1) and no earlier one. Both have the same value, as ``reference = refined.detach()``.
+            refined = torch.sigmoid(delta + inverse_sigmoid(reference))
+            if previous_refined is None:
+                spans = refined
+            else:
+                spans = torch.sigmoid(delta + inverse_sigmoid(previous_refined))
             hidden_states.append(hidden)
             layer_spans.append(spans)
-            previous = spans
-            reference = spans.detach()
+            previous_refined = refined
+            reference = refined.detach()
         hidden = torch.stack(hidden_states, dim=1)  # the class and IoU heads run once over every layer
         return SGDetrSpanPredictions(
             logits=self.class_head(hidden).float(),
