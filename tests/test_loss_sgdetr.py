@@ -57,10 +57,10 @@ def query_terms(preds, targets, iou_logits=None, eos=0.1):
             continue
         ces.append(-(logits[0] - log_z))
         l1 += [abs(span[0] - target[0]), abs(span[1] - target[1])]
-        iou, g = giou(span, target)
-        gious.append(1 - g)
-        if iou_logits is not None:
-            ious.append(bce(iou_logits[q], iou))
+        gious.append(1 - giou(span, target)[1])
+        if iou_logits is not None:  # the IoU head's target: the IoU of the span clipped to the video
+            start, end = max(0.0, span[0] - span[1] / 2), min(1.0, span[0] + span[1] / 2)
+            ious.append(bce(iou_logits[q], giou([(start + end) / 2, end - start], target)[0]))
     terms = {"l1": sum(l1) / len(l1), "giou": sum(gious) / len(gious), "ce": sum(ces) / len(ces)}
     if iou_logits is not None:
         terms["iou"] = sum(ious) / len(ious)
@@ -263,6 +263,22 @@ def test_query_set_terms_equal_hand_computation(
     for term, value in expected.items():
         got = loss_dict[f"{prefix}_{term}{suffix}"].item()
         assert got == pytest.approx(set_weight * lambdas[term] * value, rel=1e-5)
+
+
+def test_iou_head_target_is_the_iou_of_the_clipped_window():
+    """A window over the video start: the prediction (c, w) = (0.05, 0.3) is [-0.1, 0.2] (IoU 2/3 with the
+    ground truth [0, 0.2]), but it is output clipped as [0, 0.2], exactly the ground truth: target 1."""
+    loss = SGDetrLoss(SGDetrConfig())
+    span, target, iou_logit = [0.05, 0.3], [0.1, 0.2], 1.5
+    terms = loss._query_set_losses(
+        torch.tensor([[[3.0, 0.0]]]), torch.tensor([[span]]), torch.tensor([[iou_logit]]),
+        torch.tensor([[target]]), torch.tensor([[True]]), torch.tensor([[True]]),
+    )  # fmt: skip
+    assert giou(span, target)[0] == pytest.approx(2 / 3)  # the old target
+    assert terms["iou"].item() == pytest.approx(bce(iou_logit, 1.0), rel=1e-5)
+    # the regression terms still see the raw prediction
+    assert terms["l1"].item() == pytest.approx((0.05 + 0.1) / 2, rel=1e-5)
+    assert terms["giou"].item() == pytest.approx(1 - giou(span, target)[1], rel=1e-5)
 
 
 def test_atss_terms_equal_hand_computation(example_losses):

@@ -31,7 +31,13 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from .spans import generalized_span_iou, pairwise_generalized_span_iou, span_cw_to_se, span_iou
+from .spans import (
+    clamp_spans_cw,
+    generalized_span_iou,
+    pairwise_generalized_span_iou,
+    span_cw_to_se,
+    span_iou,
+)
 from .targets_sgdetr import SGDetrTargets
 
 if TYPE_CHECKING:  # the outputs are defined by the model modules, which import this one
@@ -318,7 +324,8 @@ class SGDetrLoss(nn.Module):
         Returns:
             ``l1`` (mean over positives and coordinates), ``giou`` (mean ``1 - GIoU`` over positives), ``ce``
             (2-way CE with no-object weight, plain mean over valid queries, CG-DETR) and ``iou`` (BCE of the
-            IoU logit against IoU(detached prediction, ground truth), mean over positives) when predicted.
+            IoU logit against IoU(detached prediction clipped to [0, 1], ground truth), mean over positives)
+            when predicted.
         """
         logits, spans = logits.float(), spans.float()
         positive = positive & valid
@@ -333,7 +340,9 @@ class SGDetrLoss(nn.Module):
             "ce": _mean_or_zero(cross_entropy),
         }
         if iou_logits is not None:
-            iou_targets = _iou_cw(matched_spans.detach(), matched_targets, generalized=False)
+            # the IoU of the window as it is output (clipped to the video): S_det ranks clipped windows, and
+            # a prediction hanging over a video border is as good as its clipped part
+            iou_targets = _iou_cw(clamp_spans_cw(matched_spans.detach()), matched_targets, generalized=False)
             losses["iou"] = _mean_or_zero(
                 F.binary_cross_entropy_with_logits(
                     iou_logits.float()[positive], iou_targets, reduction="none"
