@@ -10,6 +10,7 @@ from sgdetr_hf import SGDetrConfig
 from sgdetr_hf.detector_sgdetr import (
     SGDetrDecoder,
     SGDetrHybridDetector,
+    SGDetrPyramidNeck,
     assign_atss,
     build_atss_positive_group,
     build_denoising_group,
@@ -32,14 +33,66 @@ def test_anchor_layout_values():
     assert anchors.shape == (2, 147, 2) and levels.tolist().count(0) == 75
     assert mask[0].sum() == 147  # 75 + 38 + 19 + 10 + 5
     assert mask[1].sum() == 6 + 3 + 2 + 1 + 1
-    # level 2 (stride 4), position 3 of the 75-clip video: center (3.5 * 4) / 75, width 16 / 75
+    # level 2 (stride 4), position 3 of the 75-clip video: centred on clip 4 * 3 = 12 (center 12.5 / 75),
+    # width 16 / 75
     j = 75 + 38 + 3
-    assert torch.allclose(anchors[0, j], torch.tensor([14 / 75, 16 / 75]))
+    assert torch.allclose(anchors[0, j], torch.tensor([12.5 / 75, 16 / 75]))
     assert torch.allclose(anchors[1, 0], torch.tensor([0.5 / 6, 4 / 6]))
+    # the first position of every level is centred on clip 0, the last valid one inside the video
+    starts = [0, 75, 75 + 38, 75 + 38 + 19, 75 + 38 + 19 + 10]
+    assert torch.allclose(anchors[0, starts, 0], torch.full((5,), 0.5 / 75))
+    assert (anchors[0, :, 0][mask[0]] < 1).all() and (anchors[1, :, 0][mask[1]] < 1).all()
     # zero deltas decode to the clipped anchor
     decoded = decode_atss_deltas(anchors, torch.zeros_like(anchors), [0.1, 0.2])
     expected = span_cw_to_se(anchors).clamp(0, 1)
     assert torch.allclose(span_cw_to_se(decoded), expected, atol=1e-6)
+
+
+class _NoNorm(torch.nn.Module):
+    """Stands in for the pyramid's GroupNorm: its per-video statistics would spread one clip's change to
+    every position and hide the convolutions' receptive fields."""
+
+    def forward(self, x, mask):
+        return x
+
+
+def test_anchor_centres_sit_at_the_centre_of_their_features_receptive_field():
+    """Perturb one clip at a time and record which positions of each pyramid level change: the anchor of a
+    position sits at the centre of the clips it is computed from (the middle of its receptive field)."""
+    cfg = SGDetrConfig(**TINY)
+    neck = SGDetrPyramidNeck(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # positive weights and inputs keep every ReLU open
+        for conv in neck.convs:
+            conv.weight.copy_(torch.rand(conv.weight.shape, generator=g) + 0.1)
+            conv.bias.fill_(0.1)
+    neck.norms = torch.nn.ModuleList(_NoNorm() for _ in neck.norms)
+    length = 128
+    lengths = torch.tensor([length])
+    base = torch.rand(1, length, 32, generator=g) + 0.1
+    with torch.no_grad():
+        reference, _ = neck(base, lengths)
+        fields = [[[] for _ in range(level.shape[-1])] for level in reference]
+        for clip in range(length):
+            perturbed = base.clone()
+            perturbed[0, clip] += 1.0
+            for level, (before, after) in enumerate(zip(reference, neck(perturbed, lengths)[0])):
+                for j in ((after - before)[0].abs().amax(0) > 0).nonzero()[:, 0].tolist():
+                    fields[level][j].append(clip)
+    anchors, _, _ = make_anchors(lengths, length, cfg.pyramid_strides, cfg.anchor_scale)
+    start = 0
+    for level, stride in enumerate(cfg.pyramid_strides):
+        checked = 0
+        for j, field in enumerate(fields[level]):
+            assert field == list(range(field[0], field[-1] + 1))  # contiguous
+            if field[0] == 0 or field[-1] == length - 1:
+                continue  # cut by the video border: its centre is not the features' centre
+            assert len(field) == 2 * stride - 1  # kernel 3, stride 2 at every level
+            centre_in_clips = (field[0] + field[-1] + 1) / 2  # clip i spans [i, i + 1]
+            assert anchors[0, start + j, 0].item() * length == pytest.approx(centre_in_clips), (stride, j)
+            checked += 1
+        assert checked >= 6, stride
+        start += len(fields[level])
 
 
 # ------------------------------------------------------------------------------------------- ATSS assignment

@@ -136,7 +136,11 @@ def make_anchors(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One anchor per pyramid position (the ATSS branch of §3.5).
 
-    At level stride ``s``, position ``j``: center ``(j + 0.5) * s / L_b``, width ``anchor_scale * s / L_b``.
+    At level stride ``s``, position ``j``: center ``(s * j + 0.5) / L_b``, width ``anchor_scale * s / L_b``.
+    The center is where the features of that position are centred: each kernel-3, stride-2, padding-1
+    convolution of :class:`SGDetrPyramidNeck` centres output ``j`` on input ``2j``, so level position ``j``
+    is centred on clip ``s * j``, whose center is ``s * j + 0.5`` clips (clip ``i`` spans ``[i, i + 1] / L_b``
+    in the normalised frame of the spans).
 
     Args:
         video_lengths: ``(B,)`` valid clips ``L_b``. padded_length: ``L``.
@@ -150,7 +154,7 @@ def make_anchors(
     centers, widths, masks, levels = [], [], [], []
     for level, (stride, size) in enumerate(zip(strides, level_lengths(padded_length, strides))):
         pos = torch.arange(size, device=device, dtype=torch.float32)[None, :]
-        centers.append((pos + 0.5) * stride / lengths)
+        centers.append((pos * stride + 0.5) / lengths)
         widths.append((anchor_scale * stride / lengths).expand(-1, size))
         masks.append(pos < torch.div(video_lengths[:, None] + stride - 1, stride, rounding_mode="floor"))
         levels.append(torch.full((size,), level, dtype=torch.long, device=device))
