@@ -42,10 +42,9 @@ def test_anchor_layout_values():
     starts = [0, 75, 75 + 38, 75 + 38 + 19, 75 + 38 + 19 + 10]
     assert torch.allclose(anchors[0, starts, 0], torch.full((5,), 0.5 / 75))
     assert (anchors[0, :, 0][mask[0]] < 1).all() and (anchors[1, :, 0][mask[1]] < 1).all()
-    # zero deltas decode to the clipped anchor
+    # zero deltas decode to the anchor itself, not clipped (the losses read the unclipped decode)
     decoded = decode_atss_deltas(anchors, torch.zeros_like(anchors), [0.1, 0.2])
-    expected = span_cw_to_se(anchors).clamp(0, 1)
-    assert torch.allclose(span_cw_to_se(decoded), expected, atol=1e-6)
+    assert torch.allclose(decoded, anchors, atol=1e-6)
 
 
 class _NoNorm(torch.nn.Module):

@@ -18,6 +18,7 @@ from sgdetr_hf.detector_sgdetr import (
     SGDetrDetectorOutput,
     SGDetrQueryGroupOutput,
     SGDetrSpanPredictions,
+    decode_atss_deltas,
 )
 from sgdetr_hf.loss_sgdetr import SGDetrHungarianMatcher, SGDetrLoss
 from sgdetr_hf.modeling_sgdetr import SGDetrModelOutput
@@ -279,6 +280,35 @@ def test_iou_head_target_is_the_iou_of_the_clipped_window():
     # the regression terms still see the raw prediction
     assert terms["l1"].item() == pytest.approx((0.05 + 0.1) / 2, rel=1e-5)
     assert terms["giou"].item() == pytest.approx(1 - giou(span, target)[1], rel=1e-5)
+
+
+def test_atss_regression_reads_the_unclipped_decode():
+    """A positive anchor (c, w) = (0.9, 0.1) whose delta moves its span entirely past the video end:
+    c = 0.9 + 0.1 * 20 * 0.1 = 1.1, [1.05, 1.15]. Clipped to [0, 1] it would be the zero-length [1, 1], with
+    no gradient back to the delta; unclipped, the L1 term pulls the center back with d l1 / d delta_c =
+    (1/2) * 0.1 * 0.1 (the mean over two coordinates, std_c * w_a)."""
+    anchors = torch.tensor([[[0.9, 0.1], [0.3, 0.2]]])
+    deltas = torch.tensor([[[20.0, 0.0], [0.0, 0.0]]], requires_grad=True)
+    spans = decode_atss_deltas(anchors, deltas, [0.1, 0.2])
+    torch.testing.assert_close(spans, torch.tensor([[[1.1, 0.1], [0.3, 0.2]]]))
+    target = [0.9, 0.1]
+    atss = SGDetrATSSOutput(
+        logits=torch.zeros(1, 2),
+        spans=spans,
+        centerness=torch.zeros(1, 2),
+        assigned_gt=torch.tensor([[0, -1]]),
+        target_spans=torch.tensor([[target, [0.0, 0.0]]]),
+        centerness_targets=torch.tensor([[0.5, 0.0]]),
+    )
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    labels = [{"spans": torch.tensor([target]), "saliency_scores": torch.ones(10)}]
+    targets = prepare_targets(labels, torch.zeros(1, 10, 1), mask, num_margin_pairs=2)
+    terms = SGDetrLoss(SGDetrConfig())._atss_losses(atss, torch.ones(1, 2, dtype=torch.bool), targets)
+    assert terms["l1"].item() == pytest.approx(0.2 / 2, rel=1e-5)
+    assert terms["giou"].item() == pytest.approx(1 - giou([1.1, 0.1], target)[1], rel=1e-5)
+    (grad,) = torch.autograd.grad(terms["l1"], deltas)
+    assert grad[0, 0, 0].item() == pytest.approx(0.5 * 0.1 * 0.1, rel=1e-5)
+    assert grad[0, 1].abs().sum() == 0  # the negative anchor has no regression term
 
 
 def test_atss_terms_equal_hand_computation(example_losses):

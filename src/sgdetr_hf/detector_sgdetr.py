@@ -88,7 +88,8 @@ class SGDetrQueryGroupOutput(ModelOutput):
 class SGDetrATSSOutput(ModelOutput):
     """The auxiliary ATSS head over every pyramid anchor (paper eq. 13).
 
-    logits ``(B, A)``: foreground logits. spans ``(B, A, 2)``: decoded (center, width), clipped to [0, 1].
+    logits ``(B, A)``: foreground logits. spans ``(B, A, 2)``: decoded (center, width), not clipped (what the
+    losses read; ``SGDetrOutput.atss_spans`` is clipped to [0, 1]).
     centerness ``(B, A)``: centerness logits. With targets (training) also the ATSS assignment:
     assigned_gt ``(B, A)`` long (-1 = negative or padding), target_spans ``(B, A, 2)`` and
     centerness_targets ``(B, A)`` (0 for negatives).
@@ -163,13 +164,15 @@ def make_anchors(
 
 
 def decode_atss_deltas(anchors: Tensor, deltas: Tensor, stds: list[float]) -> Tensor:
-    """ATSS delta decoding (§3.5): ``c = c_a + std_c * d_c * w_a``, ``w = w_a * exp(min(std_w * d_w, log(1000/16)))``,
-    then clipped to [0, 1]. ``(B, A, 2)`` anchors (center, width) and deltas -> ``(B, A, 2)`` (center, width)."""
+    """ATSS delta decoding (§3.5): ``c = c_a + std_c * d_c * w_a``, ``w = w_a * exp(min(std_w * d_w, log(1000/16)))``.
+    ``(B, A, 2)`` anchors (center, width) and deltas -> ``(B, A, 2)`` (center, width), **not clipped**: the
+    losses read it as it is (a span clipped to [0, 1] would give a prediction outside the video no regression
+    gradient, and a zero-length span); outputs are clipped (``SGDetrOutput.atss_spans``, post-processing)."""
     anchors = anchors.float()
     deltas = deltas.float()
     center = anchors[..., 0] + stds[0] * deltas[..., 0] * anchors[..., 1]
     width = anchors[..., 1] * torch.exp((stds[1] * deltas[..., 1]).clamp(max=_ATSS_MAX_LOG_RATIO))
-    return clamp_spans_cw(torch.stack((center, width), dim=-1))
+    return torch.stack((center, width), dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------- assignment

@@ -44,7 +44,7 @@ from .layers_sgdetr import (
 )
 from .loading_sgdetr import SGDETR_FOLDER, from_pretrained_checked
 from .loss_sgdetr import moment_retrieval_loss
-from .spans import sine_embedding
+from .spans import clamp_spans_cw, sine_embedding
 from .targets_sgdetr import SGDetrTargets, prepare_targets
 
 logger = logging.getLogger(__name__)
@@ -669,7 +669,7 @@ class SGDetrForMomentRetrieval(SGDetrPreTrainedModel):
             pred_iou_logits=last_iou_logits,
             det_scores=det_scores,
             atss_logits=None if atss is None else atss.logits,
-            atss_spans=None if atss is None else atss.spans,
+            atss_spans=None if atss is None else clamp_spans_cw(atss.spans),  # the loss read them unclipped
             atss_centerness=None if atss is None else atss.centerness,
             anchors=det.anchors,
             anchor_mask=det.anchor_mask,
