@@ -384,6 +384,27 @@ def test_decoder_look_forward_twice_reaches_this_and_the_previous_delta_only():
             torch.testing.assert_close(grads[layer - 1], grads[layer], atol=1e-6, rtol=1e-4)
 
 
+def test_detr_baseline_decodes_learned_queries_over_the_encoder_output():
+    """use_hybrid_detector=False (Table 2 rows (a)-(d)): no pyramid, anchors or selector; the primary
+    queries start from learned references sigmoid(E_ref), the same for every video, and the reference
+    embedding is trained (through the first prediction and the positional queries)."""
+    torch.manual_seed(0)
+    det = SGDetrHybridDetector(SGDetrConfig(**TINY, use_hybrid_detector=False)).train()
+    assert det.neck is None and det.selector is None and det.atss_head is None
+    names = {name.split(".")[0] for name, _ in det.named_parameters()}
+    assert names == {"learned_queries", "decoder", "dn_label_embed"}
+    torch.nn.init.zeros_(det.decoder.span_head.layers[-1].weight)  # zero deltas: spans = references
+    torch.nn.init.zeros_(det.decoder.span_head.layers[-1].bias)
+    mask = torch.arange(20)[None] < torch.tensor([[20], [7]])
+    out = det(torch.randn(2, 20, 32), mask, torch.randn(2, 20, 32))
+    learned = torch.sigmoid(det.learned_queries.reference_logits.weight)
+    assert out.anchors is None and out.selector is None and out.atss is None and out.atss_queries is None
+    for layer in range(3):
+        torch.testing.assert_close(out.decoder.spans[:, layer], learned.expand(2, -1, -1).detach())
+    out.decoder.spans[:, 0, :, 0].sum().backward()
+    assert det.learned_queries.reference_logits.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("num_clips", [1, 6, 75])
 def test_detector_training_outputs_shapes(num_clips):
     torch.manual_seed(0)

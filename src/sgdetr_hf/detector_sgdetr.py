@@ -12,6 +12,9 @@ query groups):
 - training-only query groups: DINO denoising groups and Co-DETR ATSS-positive queries, isolated from the
   primary queries by the self-attention mask.
 
+Without the hybrid detector (``use_hybrid_detector=False``, Table 2 rows (a)-(d)) only the decoder stays,
+fed by learned queries (:class:`SGDetrLearnedQueries`) and the denoising groups: the DETR-based baseline.
+
 Spans are normalised ``(center, width)`` relative to ``T_b = L_b * clip_length`` unless a name says ``se``.
 """
 
@@ -108,9 +111,11 @@ class SGDetrDetectorOutput(ModelOutput):
     """Outputs of [`SGDetrHybridDetector`].
 
     anchors ``(B, A, 2)``: one anchor per pyramid position, (center, width), not clipped. anchor_mask ``(B, A)``
-    bool: valid positions. anchor_levels ``(A,)`` long: pyramid level of each anchor.
+    bool: valid positions. anchor_levels ``(A,)`` long: pyramid level of each anchor. All three None without
+    the hybrid detector (no pyramid).
     decoder: the primary queries' [`SGDetrSpanPredictions`] of every decoder layer, ``(B, num_layers, K, ...)``.
-    selector: the query selector's top-``K`` proposals, ``(B, K, ...)`` (eq. 12's two-stage term).
+    selector: the query selector's top-``K`` proposals, ``(B, K, ...)`` (eq. 12's two-stage term); None
+        without the hybrid detector (learned queries).
     atss: [`SGDetrATSSOutput`], None without the ATSS head.
     denoising / atss_queries: [`SGDetrQueryGroupOutput`] of the DINO denoising groups and the Co-DETR
         ATSS-positive queries; only with targets, None when switched off.
@@ -453,7 +458,8 @@ class SGDetrDecoder(nn.Module):
         memory_mask: Tensor,
         self_blocked: Tensor | None = None,
     ) -> SGDetrSpanPredictions:
-        """content ``(B, Q, d)``, references ``(B, Q, 2)`` (detached), memory ``(B, L, d)`` with positions and
+        """content ``(B, Q, d)``, references ``(B, Q, 2)`` (the selector's proposals are detached, learned
+        references are not), memory ``(B, L, d)`` with positions and
         mask ``(B, L)``; ``self_blocked`` ``(B, Q, Q)`` bool (True = blocked) or None (all queries see all).
 
         Returns the predictions of every layer (fp32): logits ``(B, num_layers, Q, 2)``, spans
@@ -674,16 +680,44 @@ def _group_output(
 
 
 # ----------------------------------------------------------------------------------------------- detector
+class SGDetrLearnedQueries(nn.Module):
+    """The primary queries of the DETR-based baseline (Table 2 rows (a)-(d), ``use_hybrid_detector=False``):
+    ``K`` learned content queries and ``K`` learned reference spans ``sigmoid(E_ref)``, the same for every
+    video, as the DAB-style Moment-DETR descendants (QD-DETR, CG-DETR: ``nn.Embedding(K, 2)`` anchors,
+    N(0, 1)). The references are not detached: like DAB-DETR's learned anchors they are trained through
+    the decoder's positional queries and first predictions."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.content = SGDetrQueryEmbedding(config.num_queries, config.hidden_size)
+        self.reference_logits = SGDetrQueryEmbedding(config.num_queries, 2)
+
+    def forward(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Content ``(B, K, d)`` and reference spans ``(B, K, 2)`` (center, width)."""
+        references = torch.sigmoid(self.reference_logits.weight.float())
+        return (
+            self.content.weight[None].expand(batch_size, -1, -1),
+            references[None].expand(batch_size, -1, -1),
+        )
+
+
 class SGDetrHybridDetector(nn.Module):
-    """Pyramid neck + ATSS head + query selector + decoder (+ training query groups)."""
+    """Pyramid neck + ATSS head + query selector + decoder (+ training query groups).
+
+    With ``use_hybrid_detector=False`` (Table 2 rows (a)-(d), "DETR-based architecture"): learned queries
+    (:class:`SGDetrLearnedQueries`) and the same decoder over the encoder output, without the pyramid, the
+    ATSS head, the anchor-based query selector and the ATSS-positive queries; DINO denoising stays
+    (``use_dn``)."""
 
     def __init__(self, config):
         super().__init__()
         d = config.hidden_size
         self.config = config
-        self.neck = SGDetrPyramidNeck(config)
-        self.atss_head = SGDetrATSSHead(config) if config.use_hybrid_detector else None
-        self.selector = SGDetrQuerySelector(config)
+        hybrid = config.use_hybrid_detector
+        self.neck = SGDetrPyramidNeck(config) if hybrid else None
+        self.atss_head = SGDetrATSSHead(config) if hybrid else None
+        self.selector = SGDetrQuerySelector(config) if hybrid else None
+        self.learned_queries = None if hybrid else SGDetrLearnedQueries(config)
         self.decoder = SGDetrDecoder(config)
         if config.use_dn:
             self.dn_label_embed = SGDetrQueryEmbedding(2, d)  # rows: moment, unknown
@@ -715,21 +749,21 @@ class SGDetrHybridDetector(nn.Module):
                 windows gets all-invalid groups, see :func:`build_denoising_group`).
         """
         cfg = self.config
-        lengths = video_mask.sum(1)
-        level_feats, level_masks = self.neck(features, lengths)
-        anchors, anchor_mask, anchor_levels = make_anchors(
-            lengths, features.shape[1], cfg.pyramid_strides, cfg.anchor_scale
-        )
-        flat = torch.cat(level_feats, dim=2).transpose(1, 2)  # (B, A, d)
-
-        atss = None
-        if self.atss_head is not None:
+        anchors = anchor_mask = anchor_levels = proposals = atss = None
+        if self.learned_queries is not None:  # the DETR-based baseline: no pyramid, no anchors
+            content, references = self.learned_queries(features.shape[0])
+        else:
+            lengths = video_mask.sum(1)
+            level_feats, level_masks = self.neck(features, lengths)
+            anchors, anchor_mask, anchor_levels = make_anchors(
+                lengths, features.shape[1], cfg.pyramid_strides, cfg.anchor_scale
+            )
+            flat = torch.cat(level_feats, dim=2).transpose(1, 2)  # (B, A, d)
             logits, deltas, centerness = self.atss_head(level_feats, level_masks)
             atss = {"logits": logits, "spans": decode_atss_deltas(anchors, deltas, cfg.atss_delta_stds)}
             atss["centerness"] = centerness
-
-        proposals, _, content = self.selector(flat, anchors, anchor_mask)
-        references = proposals.spans.detach()
+            proposals, _, content = self.selector(flat, anchors, anchor_mask)
+            references = proposals.spans.detach()
         num_primary = content.shape[1]
         dn = atss_group = None
         if targets is not None:
@@ -804,6 +838,7 @@ __all__ = [
     "SGDetrDecoder",
     "SGDetrDecoderLayer",
     "SGDetrHybridDetector",
+    "SGDetrLearnedQueries",
     "SGDetrPyramidNeck",
     "SGDetrQuerySelector",
     "assign_atss",

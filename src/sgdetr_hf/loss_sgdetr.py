@@ -9,7 +9,8 @@ weights, so that ``loss == sum(loss_dict.values())``. Key names:
 
 - ``hl_{margin,rctl,bce_pos,bce_neg}_{local,global}``: highlight detection, eq. 11, on both saliencies;
 - ``detr_{l1,giou,ce,iou}_layer{l}``: Hungarian-matched primary queries of decoder layer ``l`` (eq. 12);
-- ``sel_{l1,giou,ce}``: the query selector's matched proposals (DINO two-stage loss, no IoU head);
+- ``sel_{l1,giou,ce}``: the query selector's matched proposals (DINO two-stage loss, no IoU head; only with
+  the hybrid detector);
 - ``dn_{...}_layer{l}``: DINO denoising groups; ``co_{...}_layer{l}``: Co-DETR ATSS-positive queries;
 - ``atss_{l1,giou,focal,centerness}``: the auxiliary ATSS head (eq. 13);
 - ``aux_{align,bce}``: moment-sentence alignment and moment-token / frame BCE (eq. 14).
@@ -474,8 +475,9 @@ class SGDetrLoss(nn.Module):
                 decoder.logits[:, layer], decoder.spans[:, layer], iou_logits, targets
             )
             self._add_terms(loss_dict, "detr", f"_layer{layer}", terms)
-        terms = self._matched_query_set_losses(det.selector.logits, det.selector.spans, None, targets)
-        self._add_terms(loss_dict, "sel", "", terms)
+        if det.selector is not None:  # the hybrid detector's query selection
+            terms = self._matched_query_set_losses(det.selector.logits, det.selector.spans, None, targets)
+            self._add_terms(loss_dict, "sel", "", terms)
         for prefix, group in (("dn", det.denoising), ("co", det.atss_queries)):
             if group is None:
                 continue

@@ -107,7 +107,8 @@ class SGDetrOutput(ModelOutput):
     pred_spans ``(B, K, 2)``, pred_logits ``(B, K, 2)``, pred_iou_logits ``(B, K)`` (None without the IoU
         head), det_scores ``(B, K)``: ``S_det = p^alpha * IoU^(1-alpha)`` (eq. 10; ``p`` without the IoU head).
     atss_logits / atss_centerness ``(B, A)``, atss_spans ``(B, A, 2)`` (decoded, clipped): None without the
-        ATSS head. anchors ``(B, A, 2)`` (unclipped), anchor_mask ``(B, A)``, anchor_levels ``(A,)``.
+        ATSS head. anchors ``(B, A, 2)`` (unclipped), anchor_mask ``(B, A)``, anchor_levels ``(A,)``: None
+        without the hybrid detector (no pyramid).
     local_saliency / global_saliency ``(B, L)`` raw logits (global None when disabled), video_mask ``(B, L)``,
     encoder_last_hidden_state ``(B, L, d)`` (``F_g``, the detector input), sentence_embeds ``(B, d)``.
     encoder_outputs: every encoder-side output ([`SGDetrModelOutput`]); detector_outputs: every detector
