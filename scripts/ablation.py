@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import logging
 import os
 import platform
@@ -32,18 +33,34 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script learning_check
-from learning_check import (  # noqa: E402
-    QUICK_SETTINGS,
-    CheckSettings,
-    build_toy_dataset,
-    train_and_evaluate,
-)
-from sgdetr_hf.files import atomic_write_json, atomic_write_text  # noqa: E402
+from sgdetr_hf.files import atomic_write_json, atomic_write_text
+
+
+def _load_learning_check() -> ModuleType:
+    """The sibling script ``learning_check.py`` as the module ``learning_check``, loaded from its file: putting
+    ``scripts/`` on ``sys.path`` would let ``scripts/evaluate.py`` shadow the ``evaluate`` package."""
+    loaded = sys.modules.get("learning_check")
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location(
+        "learning_check", Path(__file__).resolve().with_name("learning_check.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["learning_check"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+learning_check = _load_learning_check()
+QUICK_SETTINGS = learning_check.QUICK_SETTINGS
+CheckSettings = learning_check.CheckSettings
+build_toy_dataset = learning_check.build_toy_dataset
+train_and_evaluate = learning_check.train_and_evaluate
 
 logger = logging.getLogger("ablation")
 
