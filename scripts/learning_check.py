@@ -31,7 +31,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,8 +171,15 @@ def build_toy_dataset(settings: CheckSettings, folder: Path) -> None:
         build_dataset(folder, "shuffled", {"train": shuffled, "validation": eval_rows}, features)
 
 
-def check_recipe(settings: CheckSettings, run: str, data_dir: Path, output_dir: Path) -> TrainingRecipe:
-    """The training recipe of one run: ``settings.steps`` steps, evaluated every ``settings.eval_every``."""
+def check_recipe(
+    settings: CheckSettings,
+    run: str,
+    data_dir: Path,
+    output_dir: Path,
+    model_switches: Mapping[str, bool] | None = None,
+) -> TrainingRecipe:
+    """The training recipe of one run: ``settings.steps`` steps, evaluated every ``settings.eval_every``.
+    ``model_switches``: config switches (e.g. the Table 2 ones) set on top of :func:`model_overrides`."""
     epochs = settings.steps / (settings.train_samples // settings.batch_size)
     return TrainingRecipe(
         name=f"learning-check-{run}",
@@ -200,24 +207,30 @@ def check_recipe(settings: CheckSettings, run: str, data_dir: Path, output_dir: 
         window_round_seconds=toy_task(settings).config.clip_length,
         output_dir=str(output_dir),
         checkpoints_total_limit=1,
-        model=model_overrides(settings, toy_task(settings)),
+        model={**model_overrides(settings, toy_task(settings)), **(model_switches or {})},
     )
 
 
 def train_and_evaluate(
-    settings: CheckSettings, run: str, data_dir: Path, output_dir: Path
+    settings: CheckSettings,
+    run: str,
+    data_dir: Path,
+    output_dir: Path,
+    model_switches: Mapping[str, bool] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train one run with the Trainer, which evaluates it on the held-out split every ``eval_every`` steps.
 
     Returns:
         ``({"curve": [{"step", "train_loss", "mAP", "R1@0.7", "HL-mAP"}, ...], "metrics": {...},
-        "chance_mAP": float, "seconds": float}, history)``: the training loss is averaged over the steps
-        since the previous evaluation; ``metrics`` are the final QVHighlights brief metrics on the held-out
-        split and ``chance_mAP`` the final predictions' MR mAP@avg against the held-out labels of other
-        samples; ``history`` is the Trainer's (loss, lr and evaluation records).
+        "chance_mAP": float, "seconds": float, "model_switches": {...}}, history)``: the training loss is
+        averaged over the steps since the previous evaluation; ``metrics`` are the final QVHighlights brief
+        metrics on the held-out split and ``chance_mAP`` the final predictions' MR mAP@avg against the
+        held-out labels of other samples; ``model_switches`` the trained model's values of the requested
+        ``model_switches`` (read back from its config); ``history`` is the Trainer's (loss, lr and
+        evaluation records).
     """
     start = time.perf_counter()
-    trainer = Trainer(check_recipe(settings, run, data_dir, output_dir))
+    trainer = Trainer(check_recipe(settings, run, data_dir, output_dir, model_switches))
     trainer.run()
     history = trainer.state.history
     losses = {record["step"]: record["loss"] for record in history if "loss" in record}
@@ -239,6 +252,7 @@ def train_and_evaluate(
         recipe.eval_top_k,
         recipe.window_round_seconds,
     )
+    config = trainer.accelerator.unwrap_model(trainer.model).config
     chance = evaluate_predictions(
         "qvhighlights", predictions, shuffle_labels(trainer.references, settings.seed)
     )
@@ -247,6 +261,7 @@ def train_and_evaluate(
         "metrics": evaluations[-1]["eval"],
         "chance_mAP": chance["brief"][MAP_KEY],
         "seconds": time.perf_counter() - start,
+        "model_switches": {name: getattr(config, name) for name in model_switches or {}},
     }
     return result, history
 

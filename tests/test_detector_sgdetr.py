@@ -10,6 +10,7 @@ from sgdetr_hf import SGDetrConfig
 from sgdetr_hf.detector_sgdetr import (
     SGDetrDecoder,
     SGDetrHybridDetector,
+    SGDetrPyramidNeck,
     assign_atss,
     build_atss_positive_group,
     build_denoising_group,
@@ -32,14 +33,65 @@ def test_anchor_layout_values():
     assert anchors.shape == (2, 147, 2) and levels.tolist().count(0) == 75
     assert mask[0].sum() == 147  # 75 + 38 + 19 + 10 + 5
     assert mask[1].sum() == 6 + 3 + 2 + 1 + 1
-    # level 2 (stride 4), position 3 of the 75-clip video: center (3.5 * 4) / 75, width 16 / 75
+    # level 2 (stride 4), position 3 of the 75-clip video: centred on clip 4 * 3 = 12 (center 12.5 / 75),
+    # width 16 / 75
     j = 75 + 38 + 3
-    assert torch.allclose(anchors[0, j], torch.tensor([14 / 75, 16 / 75]))
+    assert torch.allclose(anchors[0, j], torch.tensor([12.5 / 75, 16 / 75]))
     assert torch.allclose(anchors[1, 0], torch.tensor([0.5 / 6, 4 / 6]))
-    # zero deltas decode to the clipped anchor
+    # the first position of every level is centred on clip 0, the last valid one inside the video
+    starts = [0, 75, 75 + 38, 75 + 38 + 19, 75 + 38 + 19 + 10]
+    assert torch.allclose(anchors[0, starts, 0], torch.full((5,), 0.5 / 75))
+    assert (anchors[0, :, 0][mask[0]] < 1).all() and (anchors[1, :, 0][mask[1]] < 1).all()
+    # zero deltas decode to the anchor itself, not clipped (the losses read the unclipped decode)
     decoded = decode_atss_deltas(anchors, torch.zeros_like(anchors), [0.1, 0.2])
-    expected = span_cw_to_se(anchors).clamp(0, 1)
-    assert torch.allclose(span_cw_to_se(decoded), expected, atol=1e-6)
+    assert torch.allclose(decoded, anchors, atol=1e-6)
+
+
+class _NoNorm(torch.nn.Module):
+    """Stands in for the pyramid's GroupNorm: its per-video statistics would spread one clip's change to
+    every position and hide the convolutions' receptive fields."""
+
+    def forward(self, x, mask):
+        return x
+
+
+def test_anchor_centres_sit_at_the_centre_of_their_features_receptive_field():
+    """Perturb one clip at a time and record which positions of each pyramid level change: the anchor of a
+    position sits at the centre of the clips it is computed from (the middle of its receptive field)."""
+    cfg = SGDetrConfig(**TINY)
+    neck = SGDetrPyramidNeck(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # positive weights and inputs keep every ReLU open
+        for conv in neck.convs:
+            conv.weight.copy_(torch.rand(conv.weight.shape, generator=g) + 0.1)
+            conv.bias.fill_(0.1)
+    neck.norms = torch.nn.ModuleList(_NoNorm() for _ in neck.norms)
+    length = 128
+    lengths = torch.tensor([length])
+    base = torch.rand(1, length, 32, generator=g) + 0.1
+    with torch.no_grad():
+        reference, _ = neck(base, lengths)
+        fields = [[[] for _ in range(level.shape[1])] for level in reference]  # levels are (B, L_k, d)
+        for clip in range(length):
+            perturbed = base.clone()
+            perturbed[0, clip] += 1.0
+            for level, (before, after) in enumerate(zip(reference, neck(perturbed, lengths)[0])):
+                for j in ((after - before)[0].abs().amax(-1) > 0).nonzero()[:, 0].tolist():
+                    fields[level][j].append(clip)
+    anchors, _, _ = make_anchors(lengths, length, cfg.pyramid_strides, cfg.anchor_scale)
+    start = 0
+    for level, stride in enumerate(cfg.pyramid_strides):
+        checked = 0
+        for j, field in enumerate(fields[level]):
+            assert field == list(range(field[0], field[-1] + 1))  # contiguous
+            if field[0] == 0 or field[-1] == length - 1:
+                continue  # cut by the video border: its centre is not the features' centre
+            assert len(field) == 2 * stride - 1  # kernel 3, stride 2 at every level
+            centre_in_clips = (field[0] + field[-1] + 1) / 2  # clip i spans [i, i + 1]
+            assert anchors[0, start + j, 0].item() * length == pytest.approx(centre_in_clips), (stride, j)
+            checked += 1
+        assert checked >= 6, stride
+        start += len(fields[level])
 
 
 # ------------------------------------------------------------------------------------------- ATSS assignment
@@ -294,6 +346,63 @@ def test_decoder_first_prediction_is_the_reference_at_init():
     out = dec.eval()(content, refs, memory, pos, mask)
     for layer in range(out.spans.shape[1]):  # zero span head: every layer reproduces the initial reference
         torch.testing.assert_close(out.spans[:, layer], refs, atol=1e-5, rtol=0)
+
+
+def test_decoder_look_forward_twice_reaches_this_and_the_previous_delta_only():
+    """DINO's look-forward-twice: layer l's span is sigma(delta_l + logit(refined_(l-1))), where refined_(l-1)
+    is built on layer l-1's *detached* input reference. So layer l's loss reaches delta_l and delta_(l-1)
+    with the same gradient (the two add inside one sigmoid) and no earlier delta (an undetached chain reaches
+    delta_1 from every layer at full strength; a fully detached one never reaches delta_(l-1))."""
+    torch.manual_seed(0)
+    dec = SGDetrDecoder(SGDetrConfig(**TINY)).train()  # TINY has no dropout
+    torch.nn.init.normal_(dec.span_head.layers[-1].weight, std=0.1)  # non-zero deltas
+    deltas = []
+
+    def keep_delta(module, inputs, output):
+        output.retain_grad()
+        deltas.append(output)
+
+    handle = dec.span_head.register_forward_hook(keep_delta)
+    memory, pos, mask, content, refs, _, _ = _decoder_inputs()
+    out = dec(content, refs, memory, pos, mask)
+    handle.remove()
+    assert len(deltas) == 3 == out.spans.shape[1]
+    weights = torch.randn(
+        out.spans.shape[0], out.spans.shape[2], 2, generator=torch.Generator().manual_seed(1)
+    )
+    for layer in range(3):
+        if layer > 0:  # the value: this layer's delta applied to the previous layer's span
+            expected = torch.sigmoid(deltas[layer] + torch.logit(out.spans[:, layer - 1].detach()))
+            torch.testing.assert_close(out.spans[:, layer], expected, atol=1e-5, rtol=0)
+        grads = torch.autograd.grad(
+            (out.spans[:, layer] * weights).sum(), deltas, retain_graph=True, allow_unused=True
+        )
+        assert grads[layer] is not None and grads[layer].abs().sum() > 0
+        for earlier in range(layer - 1):
+            assert grads[earlier] is None or not grads[earlier].any(), (layer, earlier)
+        if layer > 0:
+            torch.testing.assert_close(grads[layer - 1], grads[layer], atol=1e-6, rtol=1e-4)
+
+
+def test_detr_baseline_decodes_learned_queries_over_the_encoder_output():
+    """use_hybrid_detector=False (Table 2 rows (a)-(d)): no pyramid, anchors or selector; the primary
+    queries start from learned references sigmoid(E_ref), the same for every video, and the reference
+    embedding is trained (through the first prediction and the positional queries)."""
+    torch.manual_seed(0)
+    det = SGDetrHybridDetector(SGDetrConfig(**TINY, use_hybrid_detector=False)).train()
+    assert det.neck is None and det.selector is None and det.atss_head is None
+    names = {name.split(".")[0] for name, _ in det.named_parameters()}
+    assert names == {"learned_queries", "decoder", "dn_label_embed"}
+    torch.nn.init.zeros_(det.decoder.span_head.layers[-1].weight)  # zero deltas: spans = references
+    torch.nn.init.zeros_(det.decoder.span_head.layers[-1].bias)
+    mask = torch.arange(20)[None] < torch.tensor([[20], [7]])
+    out = det(torch.randn(2, 20, 32), mask, torch.randn(2, 20, 32))
+    learned = torch.sigmoid(det.learned_queries.reference_logits.weight)
+    assert out.anchors is None and out.selector is None and out.atss is None and out.atss_queries is None
+    for layer in range(3):
+        torch.testing.assert_close(out.decoder.spans[:, layer], learned.expand(2, -1, -1).detach())
+    out.decoder.spans[:, 0, :, 0].sum().backward()
+    assert det.learned_queries.reference_logits.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("num_clips", [1, 6, 75])

@@ -18,6 +18,7 @@ from sgdetr_hf.detector_sgdetr import (
     SGDetrDetectorOutput,
     SGDetrQueryGroupOutput,
     SGDetrSpanPredictions,
+    decode_atss_deltas,
 )
 from sgdetr_hf.loss_sgdetr import SGDetrHungarianMatcher, SGDetrLoss
 from sgdetr_hf.modeling_sgdetr import SGDetrModelOutput
@@ -57,10 +58,10 @@ def query_terms(preds, targets, iou_logits=None, eos=0.1):
             continue
         ces.append(-(logits[0] - log_z))
         l1 += [abs(span[0] - target[0]), abs(span[1] - target[1])]
-        iou, g = giou(span, target)
-        gious.append(1 - g)
-        if iou_logits is not None:
-            ious.append(bce(iou_logits[q], iou))
+        gious.append(1 - giou(span, target)[1])
+        if iou_logits is not None:  # the IoU head's target: the IoU of the span clipped to the video
+            start, end = max(0.0, span[0] - span[1] / 2), min(1.0, span[0] + span[1] / 2)
+            ious.append(bce(iou_logits[q], giou([(start + end) / 2, end - start], target)[0]))
     terms = {"l1": sum(l1) / len(l1), "giou": sum(gious) / len(gious), "ce": sum(ces) / len(ces)}
     if iou_logits is not None:
         terms["iou"] = sum(ious) / len(ious)
@@ -263,6 +264,51 @@ def test_query_set_terms_equal_hand_computation(
     for term, value in expected.items():
         got = loss_dict[f"{prefix}_{term}{suffix}"].item()
         assert got == pytest.approx(set_weight * lambdas[term] * value, rel=1e-5)
+
+
+def test_iou_head_target_is_the_iou_of_the_clipped_window():
+    """A window over the video start: the prediction (c, w) = (0.05, 0.3) is [-0.1, 0.2] (IoU 2/3 with the
+    ground truth [0, 0.2]), but it is output clipped as [0, 0.2], exactly the ground truth: target 1."""
+    loss = SGDetrLoss(SGDetrConfig())
+    span, target, iou_logit = [0.05, 0.3], [0.1, 0.2], 1.5
+    terms = loss._query_set_losses(
+        torch.tensor([[[3.0, 0.0]]]), torch.tensor([[span]]), torch.tensor([[iou_logit]]),
+        torch.tensor([[target]]), torch.tensor([[True]]), torch.tensor([[True]]),
+    )  # fmt: skip
+    assert giou(span, target)[0] == pytest.approx(2 / 3)  # the old target
+    assert terms["iou"].item() == pytest.approx(bce(iou_logit, 1.0), rel=1e-5)
+    # the regression terms still see the raw prediction
+    assert terms["l1"].item() == pytest.approx((0.05 + 0.1) / 2, rel=1e-5)
+    assert terms["giou"].item() == pytest.approx(1 - giou(span, target)[1], rel=1e-5)
+
+
+def test_atss_regression_reads_the_unclipped_decode():
+    """A positive anchor (c, w) = (0.9, 0.1) whose delta moves its span entirely past the video end:
+    c = 0.9 + 0.1 * 20 * 0.1 = 1.1, [1.05, 1.15]. Clipped to [0, 1] it would be the zero-length [1, 1], with
+    no gradient back to the delta; unclipped, the L1 term pulls the center back with d l1 / d delta_c =
+    (1/2) * 0.1 * 0.1 (the mean over two coordinates, std_c * w_a)."""
+    anchors = torch.tensor([[[0.9, 0.1], [0.3, 0.2]]])
+    deltas = torch.tensor([[[20.0, 0.0], [0.0, 0.0]]], requires_grad=True)
+    spans = decode_atss_deltas(anchors, deltas, [0.1, 0.2])
+    torch.testing.assert_close(spans, torch.tensor([[[1.1, 0.1], [0.3, 0.2]]]))
+    target = [0.9, 0.1]
+    atss = SGDetrATSSOutput(
+        logits=torch.zeros(1, 2),
+        spans=spans,
+        centerness=torch.zeros(1, 2),
+        assigned_gt=torch.tensor([[0, -1]]),
+        target_spans=torch.tensor([[target, [0.0, 0.0]]]),
+        centerness_targets=torch.tensor([[0.5, 0.0]]),
+    )
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    labels = [{"spans": torch.tensor([target]), "saliency_scores": torch.ones(10)}]
+    targets = prepare_targets(labels, torch.zeros(1, 10, 1), mask, num_margin_pairs=2)
+    terms = SGDetrLoss(SGDetrConfig())._atss_losses(atss, torch.ones(1, 2, dtype=torch.bool), targets)
+    assert terms["l1"].item() == pytest.approx(0.2 / 2, rel=1e-5)
+    assert terms["giou"].item() == pytest.approx(1 - giou([1.1, 0.1], target)[1], rel=1e-5)
+    (grad,) = torch.autograd.grad(terms["l1"], deltas)
+    assert grad[0, 0, 0].item() == pytest.approx(0.5 * 0.1 * 0.1, rel=1e-5)
+    assert grad[0, 1].abs().sum() == 0  # the negative anchor has no regression term
 
 
 def test_atss_terms_equal_hand_computation(example_losses):

@@ -491,6 +491,10 @@ def test_every_parameter_gets_a_gradient_in_every_ablation_row(row):
     assert no_grad == []  # DDP then needs no find_unused_parameters
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert (outputs.atss_logits is None) != flags["use_hybrid_detector"]
+    # row (a)'s "DETR-based architecture": learned queries over the encoder output, no pyramid or anchors
+    hybrid_parts = (model.detector.neck, model.detector.selector, outputs.anchors, outputs.anchor_mask)
+    assert all((part is None) != flags["use_hybrid_detector"] for part in hybrid_parts)
+    assert (model.detector.learned_queries is None) == flags["use_hybrid_detector"]
     groups = {key.rsplit("_layer", 1)[0] for key in outputs.loss_dict}
     assert ("detr_iou" in groups) == flags["use_iou_scoring"]
     assert ("hl_margin_global" in groups) == flags["use_global_saliency"]
@@ -500,7 +504,7 @@ def test_every_parameter_gets_a_gradient_in_every_ablation_row(row):
         else not groups & {"atss_l1", "co_l1"}
     )
     extras = {"hl_bce_neg_local": "use_negative_pairs", "dn_l1": "use_dn", "aux_align": "use_alignment"}
-    assert "sel_l1" in groups and all(
+    assert ("sel_l1" in groups) == flags["use_hybrid_detector"] and all(
         (key in groups) == flags.get(flag, True) for key, flag in extras.items()
     )
 

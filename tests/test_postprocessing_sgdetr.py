@@ -62,6 +62,29 @@ def test_single_head_modes():
     _close(top1, [[8.0, 12.0, 0.7]])
 
 
+def test_atss_span_decoded_past_the_video_end_is_no_candidate():
+    """A 150-s video (75 clips). The strongest ATSS anchor (score 0.9) decoded its span entirely past the end,
+    [1.0, 1.04]: clipped, it has zero length, and it used to come out on top of WBF as the window
+    [148, 150] s at 0.9 x 1/2 = 0.45. Spans shorter than one clip once clipped are no candidates, so the
+    window both heads agree on is first; a span of exactly one clip at the border still counts."""
+    outputs = {
+        "pred_spans": torch.tensor([[[0.5, 0.1]]]),
+        "det_scores": torch.tensor([[0.4]]),
+        "atss_spans": torch.tensor([[[1.02, 0.04], [0.5, 0.1], [1.005, 0.02], [1 - 0.5 / 75, 1 / 75]]]),
+        "atss_logits": torch.tensor([[_logit(0.9), _logit(0.3), _logit(0.8), _logit(0.1)]]),
+        "atss_centerness": torch.tensor([[_logit(0.9), _logit(0.3), _logit(0.8), _logit(0.1)]]),
+        "anchor_mask": torch.ones(1, 4, dtype=torch.bool),
+        "video_mask": torch.ones(1, 75, dtype=torch.bool),
+        "global_saliency": torch.zeros(1, 75),
+    }
+    # WBF: {DETR 0.4, ATSS 0.3} on [67.5, 82.5] s -> 0.35; the one-clip ATSS window [148, 150] s -> 0.05;
+    # anchor 2 ([0.995, 1.0] once clipped: 0.375 clip) is left out like anchor 0
+    windows = post_process_moment_retrieval(outputs, [150.0])[0]["pred_relevant_windows"]
+    _close(windows, [[67.5, 82.5, 0.35], [148.0, 150.0, 0.05]], abs=1e-4)
+    atss = post_process_moment_retrieval(outputs, [150.0], fusion_mode="atss")[0]["pred_relevant_windows"]
+    _close(atss, [[67.5, 82.5, 0.3], [148.0, 150.0, 0.1]], abs=1e-4)
+
+
 def test_rounding_and_collapsed_windows():
     outputs = {
         # [3.2, 3.6] s, [19.2, 19.9] s and [0.9, 5.1] s on a 20-s video of 10 clips

@@ -115,8 +115,16 @@ class SGDetrConfig(FolderCheckedConfigMixin, PreTrainedConfig):
             in ``S_det``.
         use_global_saliency (`bool`, defaults to `True`): saliency amplifier + global saliency (eq. 7-9);
             False: the detector reads the encoder output and highlight scores are ``S_local``.
-        use_hybrid_detector (`bool`, defaults to `True`): the ATSS head, the ATSS-positive decoder queries
-            and WBF of the two heads' windows.
+        use_hybrid_detector (`bool`, defaults to `True`): the hybrid ATSS + DINO-DETR detector of row (e):
+            the temporal pyramid, the ATSS head, the decoder's queries selected from the pyramid's anchors
+            (DINO), the ATSS-positive decoder queries and WBF of the two heads' windows. False is Table 2's
+            "DETR-based architecture" of rows (a)-(d), which the paper takes from Moment-DETR / UniVTG
+            [16, 19]: ``num_queries`` learned queries (content + reference span, as in QD-DETR / CG-DETR)
+            decoded over the encoder output by the same decoder (IoU head per ``use_iou_scoring``, DINO
+            denoising per ``use_dn``), no pyramid and no anchors; windows are the DETR head's alone. The
+            pyramid and ATSS fields (``pyramid_strides``, ``anchor_scale``, ``atss_topk``,
+            ``atss_delta_stds``, ``max_atss_positive_queries``, ``lambda_atss``, ``lambda_atss_queries``,
+            ``lambda_selector``) are then unused.
         use_negative_pairs (`bool`, defaults to `True`): the in-batch negative-pair pass (eq. 11, 4th term).
         use_dn (`bool`, defaults to `True`): DINO denoising queries.
         use_alignment (`bool`, defaults to `True`): the moment encoder and eq. 14.

@@ -12,6 +12,9 @@ query groups):
 - training-only query groups: DINO denoising groups and Co-DETR ATSS-positive queries, isolated from the
   primary queries by the self-attention mask.
 
+Without the hybrid detector (``use_hybrid_detector=False``, Table 2 rows (a)-(d)) only the decoder stays,
+fed by learned queries (:class:`SGDetrLearnedQueries`) and the denoising groups: the DETR-based baseline.
+
 Spans are normalised ``(center, width)`` relative to ``T_b = L_b * clip_length`` unless a name says ``se``.
 """
 
@@ -92,7 +95,8 @@ class SGDetrQueryGroupOutput(ModelOutput):
 class SGDetrATSSOutput(ModelOutput):
     """The auxiliary ATSS head over every pyramid anchor (paper eq. 13).
 
-    logits ``(B, A)``: foreground logits. spans ``(B, A, 2)``: decoded (center, width), clipped to [0, 1].
+    logits ``(B, A)``: foreground logits. spans ``(B, A, 2)``: decoded (center, width), not clipped (what the
+    losses read; ``SGDetrOutput.atss_spans`` is clipped to [0, 1]).
     centerness ``(B, A)``: centerness logits. With targets (training) also the ATSS assignment:
     assigned_gt ``(B, A)`` long (-1 = negative or padding), target_spans ``(B, A, 2)`` and
     centerness_targets ``(B, A)`` (0 for negatives).
@@ -111,9 +115,11 @@ class SGDetrDetectorOutput(ModelOutput):
     """Outputs of [`SGDetrHybridDetector`].
 
     anchors ``(B, A, 2)``: one anchor per pyramid position, (center, width), not clipped. anchor_mask ``(B, A)``
-    bool: valid positions. anchor_levels ``(A,)`` long: pyramid level of each anchor.
+    bool: valid positions. anchor_levels ``(A,)`` long: pyramid level of each anchor. All three None without
+    the hybrid detector (no pyramid).
     decoder: the primary queries' [`SGDetrSpanPredictions`] of every decoder layer, ``(B, num_layers, K, ...)``.
-    selector: the query selector's top-``K`` proposals, ``(B, K, ...)`` (eq. 12's two-stage term).
+    selector: the query selector's top-``K`` proposals, ``(B, K, ...)`` (eq. 12's two-stage term); None
+        without the hybrid detector (learned queries).
     atss: [`SGDetrATSSOutput`], None without the ATSS head.
     denoising / atss_queries: [`SGDetrQueryGroupOutput`] of the DINO denoising groups and the Co-DETR
         ATSS-positive queries; only with targets, None when switched off.
@@ -140,7 +146,11 @@ def make_anchors(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One anchor per pyramid position (the ATSS branch of §3.5).
 
-    At level stride ``s``, position ``j``: center ``(j + 0.5) * s / L_b``, width ``anchor_scale * s / L_b``.
+    At level stride ``s``, position ``j``: center ``(s * j + 0.5) / L_b``, width ``anchor_scale * s / L_b``.
+    The center is where the features of that position are centred: each kernel-3, stride-2, padding-1
+    convolution of :class:`SGDetrPyramidNeck` centres output ``j`` on input ``2j``, so level position ``j``
+    is centred on clip ``s * j``, whose center is ``s * j + 0.5`` clips (clip ``i`` spans ``[i, i + 1] / L_b``
+    in the normalised frame of the spans).
 
     Args:
         video_lengths: ``(B,)`` valid clips ``L_b``. padded_length: ``L``.
@@ -154,7 +164,7 @@ def make_anchors(
     centers, widths, masks, levels = [], [], [], []
     for level, (stride, size) in enumerate(zip(strides, level_lengths(padded_length, strides))):
         pos = torch.arange(size, device=device, dtype=torch.float32)[None, :]
-        centers.append((pos + 0.5) * stride / lengths)
+        centers.append((pos * stride + 0.5) / lengths)
         widths.append((anchor_scale * stride / lengths).expand(-1, size))
         masks.append(pos < torch.div(video_lengths[:, None] + stride - 1, stride, rounding_mode="floor"))
         levels.append(torch.full((size,), level, dtype=torch.long, device=device))
@@ -163,13 +173,15 @@ def make_anchors(
 
 
 def decode_atss_deltas(anchors: Tensor, deltas: Tensor, stds: list[float]) -> Tensor:
-    """ATSS delta decoding (§3.5): ``c = c_a + std_c * d_c * w_a``, ``w = w_a * exp(min(std_w * d_w, log(1000/16)))``,
-    then clipped to [0, 1]. ``(B, A, 2)`` anchors (center, width) and deltas -> ``(B, A, 2)`` (center, width)."""
+    """ATSS delta decoding (§3.5): ``c = c_a + std_c * d_c * w_a``, ``w = w_a * exp(min(std_w * d_w, log(1000/16)))``.
+    ``(B, A, 2)`` anchors (center, width) and deltas -> ``(B, A, 2)`` (center, width), **not clipped**: the
+    losses read it as it is (a span clipped to [0, 1] would give a prediction outside the video no regression
+    gradient, and a zero-length span); outputs are clipped (``SGDetrOutput.atss_spans``, post-processing)."""
     anchors = anchors.float()
     deltas = deltas.float()
     center = anchors[..., 0] + stds[0] * deltas[..., 0] * anchors[..., 1]
     width = anchors[..., 1] * torch.exp((stds[1] * deltas[..., 1]).clamp(max=_ATSS_MAX_LOG_RATIO))
-    return clamp_spans_cw(torch.stack((center, width), dim=-1))
+    return torch.stack((center, width), dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------- assignment
@@ -492,7 +504,8 @@ class SGDetrDecoder(nn.Module):
         memory_mask: Tensor,
         self_blocked: Tensor | None = None,
     ) -> SGDetrSpanPredictions:
-        """content ``(B, Q, d)``, references ``(B, Q, 2)`` (detached), memory ``(B, L, d)`` with positions and
+        """content ``(B, Q, d)``, references ``(B, Q, 2)`` (the selector's proposals are detached, learned
+        references are not), memory ``(B, L, d)`` with positions and
         mask ``(B, L)``; ``self_blocked`` ``(B, Q, Q)`` bool (True = blocked) or None (all queries see all).
 
         Returns the predictions of every layer (fp32): logits ``(B, num_layers, Q, 2)``, spans
@@ -502,7 +515,7 @@ class SGDetrDecoder(nn.Module):
         self_blocked = None if self_blocked is None else self_blocked[:, None]
         output = content
         reference = references.float()
-        previous = None
+        previous_refined = None
         hidden_states, layer_spans = [], []
         for i, layer in enumerate(self.layers):
             sine = sine_embed_spans_cw(reference, self.hidden_size, self.temperature).to(output.dtype)
@@ -513,13 +526,20 @@ class SGDetrDecoder(nn.Module):
             sine = sine * width_scale.to(sine.dtype)
             output = layer(output, memory, memory_pos, query_pos, sine, memory_blocked, self_blocked)
             hidden = self.norm(output)
-            # look-forward-twice: predict from the previous layer's (undetached) prediction
-            base = reference if previous is None else previous
-            spans = torch.sigmoid(self.span_head(hidden).float() + inverse_sigmoid(base))
+            delta = self.span_head(hidden).float()
+            # DINO look-forward-twice (deformable_transformer.py / dino.py): the refined span is built on the
+            # layer's detached input reference, so it depends on this layer's delta only; the prediction is
+            # built on the previous layer's refined span, not detached, so layer l's loss reaches delta_l and
+            # delta_(l-1) and no earlier one. Both have the same value, as ``reference = refined.detach()``.
+            refined = torch.sigmoid(delta + inverse_sigmoid(reference))
+            if previous_refined is None:
+                spans = refined
+            else:
+                spans = torch.sigmoid(delta + inverse_sigmoid(previous_refined))
             hidden_states.append(hidden)
             layer_spans.append(spans)
-            previous = spans
-            reference = spans.detach()
+            previous_refined = refined
+            reference = refined.detach()
         hidden = torch.stack(hidden_states, dim=1)  # the class and IoU heads run once over every layer
         return SGDetrSpanPredictions(
             logits=self.class_head(hidden).float(),
@@ -706,16 +726,44 @@ def _group_output(
 
 
 # ----------------------------------------------------------------------------------------------- detector
+class SGDetrLearnedQueries(nn.Module):
+    """The primary queries of the DETR-based baseline (Table 2 rows (a)-(d), ``use_hybrid_detector=False``):
+    ``K`` learned content queries and ``K`` learned reference spans ``sigmoid(E_ref)``, the same for every
+    video, as the DAB-style Moment-DETR descendants (QD-DETR, CG-DETR: ``nn.Embedding(K, 2)`` anchors,
+    N(0, 1)). The references are not detached: like DAB-DETR's learned anchors they are trained through
+    the decoder's positional queries and first predictions."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.content = SGDetrQueryEmbedding(config.num_queries, config.hidden_size)
+        self.reference_logits = SGDetrQueryEmbedding(config.num_queries, 2)
+
+    def forward(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Content ``(B, K, d)`` and reference spans ``(B, K, 2)`` (center, width)."""
+        references = torch.sigmoid(self.reference_logits.weight.float())
+        return (
+            self.content.weight[None].expand(batch_size, -1, -1),
+            references[None].expand(batch_size, -1, -1),
+        )
+
+
 class SGDetrHybridDetector(nn.Module):
-    """Pyramid neck + ATSS head + query selector + decoder (+ training query groups)."""
+    """Pyramid neck + ATSS head + query selector + decoder (+ training query groups).
+
+    With ``use_hybrid_detector=False`` (Table 2 rows (a)-(d), "DETR-based architecture"): learned queries
+    (:class:`SGDetrLearnedQueries`) and the same decoder over the encoder output, without the pyramid, the
+    ATSS head, the anchor-based query selector and the ATSS-positive queries; DINO denoising stays
+    (``use_dn``)."""
 
     def __init__(self, config):
         super().__init__()
         d = config.hidden_size
         self.config = config
-        self.neck = SGDetrPyramidNeck(config)
-        self.atss_head = SGDetrATSSHead(config) if config.use_hybrid_detector else None
-        self.selector = SGDetrQuerySelector(config)
+        hybrid = config.use_hybrid_detector
+        self.neck = SGDetrPyramidNeck(config) if hybrid else None
+        self.atss_head = SGDetrATSSHead(config) if hybrid else None
+        self.selector = SGDetrQuerySelector(config) if hybrid else None
+        self.learned_queries = None if hybrid else SGDetrLearnedQueries(config)
         self.decoder = SGDetrDecoder(config)
         if config.use_dn:
             self.dn_label_embed = SGDetrQueryEmbedding(2, d)  # rows: moment, unknown
@@ -747,21 +795,21 @@ class SGDetrHybridDetector(nn.Module):
                 windows gets all-invalid groups, see :func:`build_denoising_group`).
         """
         cfg = self.config
-        lengths = video_mask.sum(1)
-        level_feats, level_masks = self.neck(features, lengths)
-        anchors, anchor_mask, anchor_levels = make_anchors(
-            lengths, features.shape[1], cfg.pyramid_strides, cfg.anchor_scale
-        )
-        flat = torch.cat(level_feats, dim=1)  # (B, A, d)
-
-        atss = None
-        if self.atss_head is not None:
+        anchors = anchor_mask = anchor_levels = proposals = atss = None
+        if self.learned_queries is not None:  # the DETR-based baseline: no pyramid, no anchors
+            content, references = self.learned_queries(features.shape[0])
+        else:
+            lengths = video_mask.sum(1)
+            level_feats, level_masks = self.neck(features, lengths)
+            anchors, anchor_mask, anchor_levels = make_anchors(
+                lengths, features.shape[1], cfg.pyramid_strides, cfg.anchor_scale
+            )
+            flat = torch.cat(level_feats, dim=1)  # (B, A, d)
             logits, deltas, centerness = self.atss_head(level_feats, level_masks)
             atss = {"logits": logits, "spans": decode_atss_deltas(anchors, deltas, cfg.atss_delta_stds)}
             atss["centerness"] = centerness
-
-        proposals, _, content = self.selector(flat, anchors, anchor_mask)
-        references = proposals.spans.detach()
+            proposals, _, content = self.selector(flat, anchors, anchor_mask)
+            references = proposals.spans.detach()
         num_primary = content.shape[1]
         dn = atss_group = None
         if targets is not None:
@@ -836,6 +884,7 @@ __all__ = [
     "SGDetrDecoder",
     "SGDetrDecoderLayer",
     "SGDetrHybridDetector",
+    "SGDetrLearnedQueries",
     "SGDetrPyramidNeck",
     "SGDetrQuerySelector",
     "assign_atss",

@@ -9,7 +9,8 @@ weights, so that ``loss == sum(loss_dict.values())``. Key names:
 
 - ``hl_{margin,rctl,bce_pos,bce_neg}_{local,global}``: highlight detection, eq. 11, on both saliencies;
 - ``detr_{l1,giou,ce,iou}_layer{l}``: Hungarian-matched primary queries of decoder layer ``l`` (eq. 12);
-- ``sel_{l1,giou,ce}``: the query selector's matched proposals (DINO two-stage loss, no IoU head);
+- ``sel_{l1,giou,ce}``: the query selector's matched proposals (DINO two-stage loss, no IoU head; only with
+  the hybrid detector);
 - ``dn_{...}_layer{l}``: DINO denoising groups; ``co_{...}_layer{l}``: Co-DETR ATSS-positive queries;
 - ``atss_{l1,giou,focal,centerness}``: the auxiliary ATSS head (eq. 13);
 - ``aux_{align,bce}``: moment-sentence alignment and moment-token / frame BCE (eq. 14).
@@ -31,7 +32,13 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from .spans import generalized_span_iou, pairwise_generalized_span_iou, span_cw_to_se, span_iou
+from .spans import (
+    clamp_spans_cw,
+    generalized_span_iou,
+    pairwise_generalized_span_iou,
+    span_cw_to_se,
+    span_iou,
+)
 from .targets_sgdetr import SGDetrTargets
 
 if TYPE_CHECKING:  # the outputs are defined by the model modules, which import this one
@@ -318,7 +325,8 @@ class SGDetrLoss(nn.Module):
         Returns:
             ``l1`` (mean over positives and coordinates), ``giou`` (mean ``1 - GIoU`` over positives), ``ce``
             (2-way CE with no-object weight, plain mean over valid queries, CG-DETR) and ``iou`` (BCE of the
-            IoU logit against IoU(detached prediction, ground truth), mean over positives) when predicted.
+            IoU logit against IoU(detached prediction clipped to [0, 1], ground truth), mean over positives)
+            when predicted.
         """
         logits, spans = logits.float(), spans.float()
         positive = positive & valid
@@ -333,7 +341,9 @@ class SGDetrLoss(nn.Module):
             "ce": _mean_or_zero(cross_entropy),
         }
         if iou_logits is not None:
-            iou_targets = _iou_cw(matched_spans.detach(), matched_targets, generalized=False)
+            # the IoU of the window as it is output (clipped to the video): S_det ranks clipped windows, and
+            # a prediction hanging over a video border is as good as its clipped part
+            iou_targets = _iou_cw(clamp_spans_cw(matched_spans.detach()), matched_targets, generalized=False)
             losses["iou"] = _mean_or_zero(
                 F.binary_cross_entropy_with_logits(
                     iou_logits.float()[positive], iou_targets, reduction="none"
@@ -465,8 +475,9 @@ class SGDetrLoss(nn.Module):
                 decoder.logits[:, layer], decoder.spans[:, layer], iou_logits, targets
             )
             self._add_terms(loss_dict, "detr", f"_layer{layer}", terms)
-        terms = self._matched_query_set_losses(det.selector.logits, det.selector.spans, None, targets)
-        self._add_terms(loss_dict, "sel", "", terms)
+        if det.selector is not None:  # the hybrid detector's query selection
+            terms = self._matched_query_set_losses(det.selector.logits, det.selector.spans, None, targets)
+            self._add_terms(loss_dict, "sel", "", terms)
         for prefix, group in (("dn", det.denoising), ("co", det.atss_queries)):
             if group is None:
                 continue

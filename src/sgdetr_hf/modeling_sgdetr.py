@@ -44,7 +44,7 @@ from .layers_sgdetr import (
 )
 from .loading_sgdetr import SGDETR_FOLDER, from_pretrained_checked
 from .loss_sgdetr import moment_retrieval_loss
-from .spans import sine_embedding
+from .spans import clamp_spans_cw, sine_embedding
 from .targets_sgdetr import SGDetrTargets, prepare_targets
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ class SGDetrOutput(ModelOutput):
     pred_spans ``(B, K, 2)``, pred_logits ``(B, K, 2)``, pred_iou_logits ``(B, K)`` (None without the IoU
         head), det_scores ``(B, K)``: ``S_det = p^alpha * IoU^(1-alpha)`` (eq. 10; ``p`` without the IoU head).
     atss_logits / atss_centerness ``(B, A)``, atss_spans ``(B, A, 2)`` (decoded, clipped): None without the
-        ATSS head. anchors ``(B, A, 2)`` (unclipped), anchor_mask ``(B, A)``, anchor_levels ``(A,)``.
+        ATSS head. anchors ``(B, A, 2)`` (unclipped), anchor_mask ``(B, A)``, anchor_levels ``(A,)``: None
+        without the hybrid detector (no pyramid).
     local_saliency / global_saliency ``(B, L)`` raw logits (global None when disabled), video_mask ``(B, L)``,
     encoder_last_hidden_state ``(B, L, d)`` (``F_g``, the detector input), sentence_embeds ``(B, d)``.
     encoder_outputs: every encoder-side output ([`SGDetrModelOutput`]); detector_outputs: every detector
@@ -706,7 +707,7 @@ class SGDetrForMomentRetrieval(SGDetrPreTrainedModel):
             pred_iou_logits=last_iou_logits,
             det_scores=det_scores,
             atss_logits=None if atss is None else atss.logits,
-            atss_spans=None if atss is None else atss.spans,
+            atss_spans=None if atss is None else clamp_spans_cw(atss.spans),  # the loss read them unclipped
             atss_centerness=None if atss is None else atss.centerness,
             anchors=det.anchors,
             anchor_mask=det.anchor_mask,

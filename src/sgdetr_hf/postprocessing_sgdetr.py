@@ -4,7 +4,8 @@
 
 - ``pred_relevant_windows``: ``[[start_sec, end_sec, score], ...]``, best first, at most ``top_k``, clipped to
   ``[0, duration]`` with ``start < end``. Candidates: the DETR queries scored by ``S_det`` and the ATSS anchors
-  scored by ``sqrt(sigmoid(cls) * sigmoid(ctr))`` (top-100 -> 1-D NMS at 0.6 -> top-25), merged by 1-D
+  scored by ``sqrt(sigmoid(cls) * sigmoid(ctr))`` (those shorter than one clip once clipped to the video
+  left out, then top-100 -> 1-D NMS at 0.6 -> top-25), merged by 1-D
   weighted span fusion (``fusion_mode="wbf"``, the default with the ATSS head), or one head alone
   (``"detr"`` / ``"atss"``). These settings (paper §4.4) are arguments of the post-processing, not of the
   model: the same weights can be post-processed either way.
@@ -97,21 +98,28 @@ def _as_batch_vector(values: Any, batch: int, name: str, device: torch.device) -
 
 
 def _atss_candidates(
-    outputs: Any, pre_nms_topk: int, nms_iou: float, post_nms_topk: int
+    outputs: Any, lengths: Tensor, pre_nms_topk: int, nms_iou: float, post_nms_topk: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """ATSS top-``pre`` anchors by ``sqrt(sigmoid(z) * sigmoid(u))`` -> NMS -> top-``post``: spans (start, end),
-    scores and validity, each ``(B, post)``."""
+    scores and validity, each ``(B, post)``.
+
+    An anchor whose span, clipped to the video, is shorter than one clip (``lengths`` ``(B,)`` clips) is no
+    candidate: the ATSS decoding is unbounded, so a span decoded past a video border clips to (nearly) zero
+    length, and it would otherwise come out as a one-clip window at the border, with the anchor's score."""
     logits, centerness, spans = (
         _get(outputs, "atss_logits"),
         _get(outputs, "atss_centerness"),
         _get(outputs, "atss_spans"),
     )
-    mask = _get(outputs, "anchor_mask")
+    mask = _get(outputs, "anchor_mask").bool()
+    clipped = span_cw_to_se(spans.float()).clamp(0.0, 1.0)
+    # in clips, with a tolerance for spans of exactly one clip
+    long_enough = (clipped[..., 1] - clipped[..., 0]) * lengths.float()[:, None] > 1.0 - 1e-3
     scores = torch.sqrt(torch.sigmoid(logits.float()) * torch.sigmoid(centerness.float()))
-    scores = scores.masked_fill(~mask.bool(), -1.0)
+    scores = scores.masked_fill(~(mask & long_enough), -1.0)
     pre = min(pre_nms_topk, scores.shape[1])
     top_scores, index = scores.topk(pre, dim=1)
-    top_spans = span_cw_to_se(spans.float().gather(1, index[..., None].expand(-1, -1, 2))).clamp(0.0, 1.0)
+    top_spans = clipped.gather(1, index[..., None].expand(-1, -1, 2))
     valid = top_scores >= 0
     keep = nms_1d(top_spans, top_scores, valid, nms_iou)
     post = min(post_nms_topk, pre)
@@ -222,7 +230,7 @@ def post_process_moment_retrieval(
         conf, valid = scores.gather(1, order), detr_valid
     else:
         atss_spans, atss_scores, atss_valid = _atss_candidates(
-            outputs, atss_pre_nms_topk, atss_nms_iou, atss_post_nms_topk
+            outputs, lengths, atss_pre_nms_topk, atss_nms_iou, atss_post_nms_topk
         )
         if mode == "atss":
             windows, conf, valid = atss_spans, atss_scores, atss_valid
