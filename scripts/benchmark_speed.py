@@ -121,13 +121,16 @@ def random_labels(batch: int, clips: int, device: str, seed: int = 0) -> list[di
     return labels
 
 
-def build_models(dim: int, device: str) -> dict[str, nn.Module]:
+def build_models(
+    dim: int, device: str, names: tuple[str, ...] = ("sgdetr", "reference")
+) -> dict[str, nn.Module]:
     torch.manual_seed(0)
     config = SGDetrConfig(video_feature_dim=dim, text_feature_dim=dim)
-    return {
-        "sgdetr": SGDetrForMomentRetrieval(config).to(device),
-        "reference": StockDetrReference(dim, dim, config.num_queries).to(device),
+    builders = {
+        "sgdetr": lambda: SGDetrForMomentRetrieval(config),
+        "reference": lambda: StockDetrReference(dim, dim, config.num_queries),
     }
+    return {name: builders[name]().to(device) for name in names}
 
 
 def case_functions(
@@ -140,7 +143,7 @@ def case_functions(
         if args.dtype == "bfloat16"
         else nullcontext()
     )
-    sgdetr, reference = models["sgdetr"], models["reference"]
+    sgdetr = models.get("sgdetr")
     forwards = {name: (torch.compile(model) if args.compile else model) for name, model in models.items()}
 
     if case in ("inference", "postprocess"):
@@ -181,7 +184,7 @@ def case_functions(
                 if name == "sgdetr":
                     loss = forwards[name](*inputs, labels=labels).loss
                 else:
-                    loss = reference.loss(forwards[name](*inputs), labels)
+                    loss = StockDetrReference.loss(forwards[name](*inputs), labels)
             loss.backward()
             optimizers[name].step()
             optimizers[name].zero_grad(set_to_none=True)
@@ -304,7 +307,7 @@ def main() -> int:
 
     if args.memory_of:
         spec = json.loads(args.memory_of)
-        models = build_models(args.dim, args.device)
+        models = build_models(args.dim, args.device, (spec["model"],))  # only the measured model in memory
         function = case_functions(spec["case"], models, spec["batch"], args)[spec["model"]]
         print(strict_json({"peak_rss_mib": measure(function, 1, 1, args.device).peak_memory_mib}))
         return 0
