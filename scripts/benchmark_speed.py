@@ -10,7 +10,7 @@ d = 512 features).
 Cases: inference forward at batch 1 and ``--batch-size``; SG-DETR's post-processing (its share of the
 forward); one training step at ``--batch-size`` (forward + loss with every query group on + backward + AdamW);
 the loss with the matcher alone (its share of the step). For each: FLOPs (``torch.utils.flop_counter``), ATen
-operator count, best-of-rounds seconds, throughput and achieved GFLOP/s, and the **ratios SG-DETR / reference**
+operator count (both of the eager forward), best-of-rounds seconds, throughput and achieved GFLOP/s, and the **ratios SG-DETR / reference**
 of throughput and of achieved GFLOP/s. The two models are timed in alternation (one call each per round), so
 machine noise hits both alike: compare the ratios, not the times. Peak RSS of each model and case is measured
 in a fresh process (``--no-memory`` skips it).
@@ -231,9 +231,11 @@ def run_case(case: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
         )
         return row
     timed = measure_interleaved({name: functions[name] for name in models}, args.rounds, 1, args.device)
+    # kernels and arithmetic are counted on the eager forward (a compiled one hides its kernels from the count)
+    eager = case_functions(case, models, batch, argparse.Namespace(**{**vars(args), "compile": False}))
     for name in models:
-        ops = count_ops_and_flops(functions[name])[0]
-        flops = count_ops_and_flops(functions.get(f"{name}:flops", functions[name]))[1]
+        ops = count_ops_and_flops(eager[name])[0]
+        flops = count_ops_and_flops(eager.get(f"{name}:flops", eager[name]))[1]
         row[name] = {
             "seconds": timed[name].best,
             "median_seconds": timed[name].median,
