@@ -209,13 +209,13 @@ def _feature_dim(shapes: Mapping[str, tuple[int, ...]], what: str) -> int:
     return next(iter(widths))
 
 
+def _float16(matrix: np.ndarray) -> np.ndarray:
+    return np.asarray(matrix, dtype=np.float16)
+
+
 def _matrix_column(matrices: Sequence[np.ndarray], width: int) -> pa.Array:
     """A list<fixed_size_list<halffloat>[width]> Arrow array of ragged (rows, width) matrices, built in one go."""
-    flat = (
-        np.concatenate([np.asarray(m, dtype=np.float16) for m in matrices])
-        if matrices
-        else np.zeros((0, width))
-    )
+    flat = np.concatenate([_float16(m) for m in matrices]) if matrices else np.zeros((0, width))
     offsets = np.concatenate([[0], np.cumsum([len(m) for m in matrices])]).astype(np.int32)
     rows = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=pa.float16()), width)
     return pa.ListArray.from_arrays(pa.array(offsets), rows)
@@ -455,12 +455,13 @@ def build_dataset(
         def query_columns(part: np.ndarray, rows=rows, bar=bar) -> dict[str, list]:
             columns = {c: [rows[i][c] for i in part] for c in ANNOTATION_COLUMNS}
             columns["qid"] = [str(q) for q in columns["qid"]]
-            columns[TEXT_KEY] = [features.text(qid) for qid in _counting(columns["qid"], bar)]
+            # stored as float16: converted one by one, so a shard's worth in memory is float16 too
+            columns[TEXT_KEY] = [_float16(features.text(qid)) for qid in _counting(columns["qid"], bar)]
             return columns
 
         def video_columns(part: np.ndarray, vids=vids, bar=bar) -> dict[str, list]:
             ids = [vids[i] for i in part]
-            return {"vid": ids, VIDEO_KEY: [features.video(vid) for vid in _counting(ids, bar)]}
+            return {"vid": ids, VIDEO_KEY: [_float16(features.video(vid)) for vid in _counting(ids, bar)]}
 
         def query_digest(part: np.ndarray, rows=rows) -> str | None:
             annotations = [{c: rows[i][c] for c in ANNOTATION_COLUMNS} for i in part]
