@@ -213,6 +213,11 @@ def validate_inputs(
     return vmask, tmask
 
 
+def _check_batch_context_use(labels: list[dict] | None, batch_context: SGDetrBatchContext | None) -> None:
+    if batch_context is not None and labels is None:
+        raise ValueError("batch_context is a training input: pass it together with labels.")
+
+
 def _pad_tokens(tokens: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
     """``(B, N, d)`` tokens and ``(B, N)`` mask padded on the right to ``length`` tokens (masked out)."""
     extra = length - tokens.shape[1]
@@ -518,6 +523,7 @@ class SGDetrModel(SGDetrPreTrainedModel):
         video_mask, text_mask = validate_inputs(
             self.config, video_features, video_mask, text_features, text_mask
         )
+        _check_batch_context_use(labels, batch_context)
         targets = None
         if labels is not None:
             targets = prepare_targets(
@@ -695,8 +701,7 @@ class SGDetrForMomentRetrieval(SGDetrPreTrainedModel):
     ) -> SGDetrOutput:
         cfg = self.config
         video_mask, text_mask = validate_inputs(cfg, video_features, video_mask, text_features, text_mask)
-        if batch_context is not None and labels is None:
-            raise ValueError("batch_context is a training input: pass it together with labels.")
+        _check_batch_context_use(labels, batch_context)
         targets = None
         if labels is not None:
             targets = prepare_targets(

@@ -251,6 +251,10 @@ def _negative_pairs(labels: Sequence[Mapping], video_features: Tensor, video_mas
 
 
 def _check_context(context: SGDetrBatchContext, batch: int, text_feature_dim: int) -> None:
+    if context.neg_pair_mask.ndim != 1 or context.neg_pair_mask.dtype != torch.bool:
+        raise ValueError(
+            "batch_context.neg_pair_mask must be a bool (G,) tensor, one flag per global sample."
+        )
     size = context.neg_pair_mask.shape[0]
     if not 0 <= context.start <= size - batch:
         raise ValueError(
