@@ -4,6 +4,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from sgdetr_hf.loss_sgdetr import count_loss_normalizers
+from sgdetr_hf.targets_sgdetr import prepare_targets
 from sgdetr_hf.training.global_batch import build_batch_contexts, split_micro_batches
 from sgdetr_testing import SGDetrModelTester
 
@@ -75,3 +77,18 @@ def test_batch_context_must_hold_the_batch(batch):
         model(**batch, batch_context=context)
     with pytest.raises(ValueError, match="batch_context is a training input"):
         model(*[batch[name] for name in MODEL_INPUTS[:4]], batch_context=context)
+
+
+def test_counted_normalizers_are_the_counts_a_forward_divides_by(batch):
+    """count_loss_normalizers (labels only) gives the counts the loss reads from a forward's outputs."""
+    model = TESTER.create_model()
+    whole_loss, whole_terms, _ = _loss_and_gradients(model, [(batch, None)])
+    video_mask = batch["video_mask"].bool()
+    context = build_batch_contexts(Accelerator(cpu=True), model.config, [batch])[0]
+    targets = prepare_targets(batch["labels"], batch["video_features"], video_mask, 2, context)
+    counts = count_loss_normalizers(model.config, targets)
+    assert counts == context.loss_normalizers  # one micro-batch, one process: the global counts are its own
+    assert counts["co_positive"] > 0 and counts["dn_valid"] == 2 * counts["dn_positive"] > 0
+    loss, terms, _ = _loss_and_gradients(model, [(batch, context)])
+    assert loss == pytest.approx(whole_loss, rel=1e-6)
+    assert terms == pytest.approx(whole_terms, rel=1e-6, abs=1e-8)
