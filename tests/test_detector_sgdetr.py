@@ -215,8 +215,9 @@ def test_denoising_group_noise_ranges_and_layout():
     gt_mask = torch.tensor([[True, True], [True, False]])
     embed = torch.nn.Embedding(2, 8)
     group = build_denoising_group(
-        gts, gt_mask, embed, num_groups=3, box_noise_scale=0.4, label_noise_ratio=0.5
-    )
+        gts, gt_mask, embed, num_groups=3, box_noise_scale=0.4, label_noise_ratio=0.5,
+        sampling_seeds=torch.tensor([3.0, 517.25]),
+    )  # fmt: skip
     assert group.content.shape == (2, 12, 8) and group.references.shape == (2, 12, 2)
     assert group.group_ids.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert group.valid[1].tolist() == [True, False] * 6

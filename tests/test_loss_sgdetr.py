@@ -20,7 +20,7 @@ from sgdetr_hf.detector_sgdetr import (
     SGDetrSpanPredictions,
     decode_atss_deltas,
 )
-from sgdetr_hf.loss_sgdetr import SGDetrHungarianMatcher, SGDetrLoss
+from sgdetr_hf.loss_sgdetr import LOSS_NORMALIZERS, SGDetrHungarianMatcher, SGDetrLoss
 from sgdetr_hf.modeling_sgdetr import SGDetrModelOutput
 from sgdetr_hf.targets_sgdetr import prepare_targets, sample_margin_pairs
 
@@ -273,7 +273,7 @@ def test_iou_head_target_is_the_iou_of_the_clipped_window():
     span, target, iou_logit = [0.05, 0.3], [0.1, 0.2], 1.5
     terms = loss._query_set_losses(
         torch.tensor([[[3.0, 0.0]]]), torch.tensor([[span]]), torch.tensor([[iou_logit]]),
-        torch.tensor([[target]]), torch.tensor([[True]]), torch.tensor([[True]]),
+        torch.tensor([[target]]), torch.tensor([[True]]), torch.tensor([[True]]), None, None,
     )  # fmt: skip
     assert giou(span, target)[0] == pytest.approx(2 / 3)  # the old target
     assert terms["iou"].item() == pytest.approx(bce(iou_logit, 1.0), rel=1e-5)
@@ -303,7 +303,10 @@ def test_atss_regression_reads_the_unclipped_decode():
     mask = torch.ones(1, 10, dtype=torch.bool)
     labels = [{"spans": torch.tensor([target]), "saliency_scores": torch.ones(10)}]
     targets = prepare_targets(labels, torch.zeros(1, 10, 1), mask, num_margin_pairs=2)
-    terms = SGDetrLoss(SGDetrConfig())._atss_losses(atss, torch.ones(1, 2, dtype=torch.bool), targets)
+    own_counts = dict.fromkeys(LOSS_NORMALIZERS)  # None: the forward's own counts
+    terms = SGDetrLoss(SGDetrConfig())._atss_losses(
+        atss, torch.ones(1, 2, dtype=torch.bool), targets, own_counts
+    )
     assert terms["l1"].item() == pytest.approx(0.2 / 2, rel=1e-5)
     assert terms["giou"].item() == pytest.approx(1 - giou([1.1, 0.1], target)[1], rel=1e-5)
     (grad,) = torch.autograd.grad(terms["l1"], deltas)

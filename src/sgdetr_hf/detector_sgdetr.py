@@ -570,12 +570,16 @@ def build_denoising_group(
     num_groups: int,
     box_noise_scale: float,
     label_noise_ratio: float,
+    sampling_seeds: Tensor,
 ) -> QueryGroup:
     """DINO contrastive denoising queries (§3.5): ``G`` groups of one positive and one negative per GT.
 
     Endpoint noise ``± u * scale * w / 2`` with ``u ~ U[0, 1)`` (positives) or ``U[1, 2)`` (negatives),
     clamped to [0, 1], minimum width 1e-3. Content ``E_label[moment]``, swapped to ``E_label[unknown]`` with
-    probability ``0.5 * label_noise_ratio``. Slots of samples with fewer GTs are invalid.
+    probability ``0.5 * label_noise_ratio``. Slots of samples with fewer GTs are invalid. The noise of a
+    sample is keyed by its ``sampling_seeds`` entry and (group, positive/negative, GT, endpoint), like the
+    ATSS-positive subset (:func:`_hash_uniforms`): it does not depend on the other samples of the batch, so a
+    global batch gets the same noise whatever the processes or micro-batches it is split into.
 
     A batch without any GT (highlight-only data) gets one pair of slots per group, all invalid, with content
     ``E_label[moment]`` and reference (0.5, 0.5), drawn without the RNG: the criterion gives them connected
@@ -599,10 +603,18 @@ def build_denoising_group(
     gt_se = span_cw_to_se(gt)
     width = gt[..., 1]
     shape = (batch, num_groups, 2, num_gt)  # batch, group, (positive, negative), gt
-    magnitude = (
-        torch.rand(shape, device=device) + torch.tensor([0.0, 1.0], device=device)[None, None, :, None]
+    # one key per (group, positive/negative, gt, endpoint, draw: magnitude / sign / label flip), with strides
+    # that do not depend on the batch's number of GTs
+    index = (
+        torch.arange(num_groups * 2, device=device).double()[:, None] * 1_000_003
+        + torch.arange(num_gt, device=device).double()
     )
-    sign = torch.randint(0, 2, (*shape, 2), device=device).float() * 2 - 1
+    key = (
+        index.reshape(-1, 1) * 6 + torch.arange(6, device=device).double()
+    ).flatten() + _DENOISING_KEY_OFFSET
+    uniforms = _hash_uniforms(key, sampling_seeds).view(batch, num_groups, 2, num_gt, 2, 3)
+    magnitude = uniforms[..., 0, 0] + torch.tensor([0.0, 1.0], device=device)[None, None, :, None]
+    sign = (uniforms[..., 1] < 0.5).float() * 2 - 1
     shift = sign * magnitude[..., None] * box_noise_scale * width[:, None, None, :, None] / 2
     noised = (gt_se[:, None, None] + shift).clamp(0.0, 1.0)
     mid = noised.mean(-1, keepdim=True)
@@ -617,7 +629,7 @@ def build_denoising_group(
     is_positive = torch.zeros(shape, dtype=torch.bool, device=device)
     is_positive[:, :, 0] = True
     is_positive = is_positive.reshape(batch, -1) & valid
-    flip = torch.rand(shape, device=device) < label_noise_ratio * 0.5
+    flip = uniforms[..., 0, 2] < label_noise_ratio * 0.5
     content = label_embed(flip.long().reshape(batch, -1))
     targets = gt[:, None, None].expand(batch, num_groups, 2, num_gt, 2).reshape(batch, -1, 2)
     group_ids = torch.arange(num_groups, device=device).repeat_interleave(2 * num_gt)
@@ -636,6 +648,15 @@ def _anchor_uniforms(anchor_levels: Tensor, sampling_seeds: Tensor) -> Tensor:
     starts = torch.cumsum(counts, 0) - counts
     position = torch.arange(anchor_levels.shape[0], device=device) - starts[anchor_levels]
     key = anchor_levels.double() * 1_000_003 + position.double()
+    return _hash_uniforms(key, sampling_seeds)
+
+
+# Denoising keys start far above the anchors' (level * 1_000_003 + position), so the two never share numbers.
+_DENOISING_KEY_OFFSET = 1e8
+
+
+def _hash_uniforms(key: Tensor, sampling_seeds: Tensor) -> Tensor:
+    """``(B, K)`` pseudo-random numbers in [0, 1), a function of each (sample seed ``(B,)``, key ``(K,)``)."""
     seed = sampling_seeds.double()
     return torch.remainder(torch.sin(key[None] * 12.9898 + seed[:, None] * 78.233) * 43758.5453, 1.0).float()
 
@@ -652,10 +673,13 @@ def build_atss_positive_group(
     hidden_size: int,
     temperature: float,
     max_queries: int,
+    num_slots: int | None = None,
 ) -> QueryGroup:
     """Co-DETR ATSS-positive queries (§3.5): all positive anchors of a video (a random subset when more than
     ``max_queries``), padded to the batch maximum with random negative anchors of the same video (no-object
-    targets); slots beyond a video's anchors are invalid. Reference = the clipped anchor; content =
+    targets); slots beyond a video's anchors are invalid. ``num_slots`` replaces that maximum (capped) when
+    the batch is part of a global batch (``SGDetrBatchContext.atss_query_slots``), so that a video gets the
+    same queries whatever the processes or micro-batches the global batch is split into. Reference = the clipped anchor; content =
     ``position_proj(sine(anchor)) + feature_proj(pyramid feature at the anchor)``. The random choices do not
     depend on the padded length, only on each sample's ``sampling_seeds`` entry (see :func:`_anchor_uniforms`).
 
@@ -664,7 +688,7 @@ def build_atss_positive_group(
     receive a (zero) gradient and DDP needs no ``find_unused_parameters``."""
     is_pos = assignment["is_positive"] & anchor_mask
     num_pos = is_pos.sum(1)
-    size = min(int(num_pos.max()), max_queries)
+    size = min(int(num_pos.max()), max_queries) if num_slots is None else min(num_slots, anchor_mask.shape[1])
     if size == 0:
         index = torch.zeros(anchor_mask.shape[0], 1, dtype=torch.long, device=anchor_mask.device)
         valid = torch.zeros(index.shape, dtype=torch.bool, device=anchor_mask.device)
@@ -816,7 +840,7 @@ class SGDetrHybridDetector(nn.Module):
             if cfg.use_dn:
                 dn = build_denoising_group(
                     targets.padded_spans, targets.span_mask, self.dn_label_embed, cfg.num_dn_groups,
-                    cfg.dn_box_noise_scale, cfg.dn_label_noise_ratio,
+                    cfg.dn_box_noise_scale, cfg.dn_label_noise_ratio, targets.sampling_seeds,
                 )  # fmt: skip
             if atss is not None:
                 assignment = assign_atss(
@@ -832,6 +856,7 @@ class SGDetrHybridDetector(nn.Module):
                     assignment, anchors, anchor_mask, anchor_levels, targets.sampling_seeds, flat,
                     self.atss_query_position, self.atss_query_feature,
                     cfg.hidden_size, cfg.position_temperature, cfg.max_atss_positive_queries,
+                    None if targets.context is None else targets.context.atss_query_slots,
                 )  # fmt: skip
 
         # decoder queries: [denoising | primary | ATSS-positive], isolated by the self-attention mask

@@ -15,6 +15,13 @@ weights, so that ``loss == sum(loss_dict.values())``. Key names:
 - ``atss_{l1,giou,focal,centerness}``: the auxiliary ATSS head (eq. 13);
 - ``aux_{align,bce}``: moment-sentence alignment and moment-token / frame BCE (eq. 14).
 
+Every term is a sum over its batch divided by a count (positive spans, valid queries, clips, pairs, rows):
+:func:`count_loss_normalizers` computes every count from the targets alone, so that a forward on one part of
+a global batch (a process's share, a gradient-accumulation micro-batch) divides by the counts of the whole
+batch (``SGDetrBatchContext.loss_normalizers``, summed across processes and micro-batches as DETR all-reduces
+``num_boxes``) and the parts' losses add up to the loss of the whole batch. Without them each term divides by
+the forward's own count, read from its outputs (the same numbers, as the tests check).
+
 Terms of parts the model did not run (``None`` in the outputs) are absent. Spans are normalised
 ``(center, width)``; decoder class 0 = moment, 1 = no-object. Everything is computed in fp32 whatever the
 autocast dtype of the model body, and vectorised over the batch: the per-sample Hungarian assignment is the
@@ -32,6 +39,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from .detector_sgdetr import assign_atss, make_anchors
 from .spans import (
     clamp_spans_cw,
     generalized_span_iou,
@@ -45,6 +53,18 @@ if TYPE_CHECKING:  # the outputs are defined by the model modules, which import 
     from .detector_sgdetr import SGDetrATSSOutput, SGDetrDetectorOutput
     from .modeling_sgdetr import SGDetrModelOutput
 
+#: The counts that normalise the loss terms (:func:`count_loss_normalizers`).
+LOSS_NORMALIZERS = (
+    "margin_pairs", "clips", "rows", "neg_rows", "matched", "window_queries", "dn_positive", "dn_valid",
+    "co_positive", "co_valid", "atss_positive", "atss_centerness", "moment_rows", "moment_row_clips",
+)  # fmt: skip
+_OWN_COUNTS: dict[str, Tensor | None] = dict.fromkeys(LOSS_NORMALIZERS)  # None: the forward's own count
+
+
+def _twice(count: Tensor | None) -> Tensor | None:
+    return None if count is None else 2 * count
+
+
 MOMENT_CLASS = 0
 NO_OBJECT_CLASS = 1
 
@@ -54,14 +74,15 @@ MARGIN_LOSS_SCALE = 2.0
 _PADDING_LOGIT = -1e4
 
 
-def _mean_or_zero(values: Tensor) -> Tensor:
-    """Mean of all elements; an empty tensor gives a zero that stays connected to the autograd graph."""
-    return values.sum() / max(values.numel(), 1)
+def _mean_or_zero(values: Tensor, count: Tensor | None = None) -> Tensor:
+    """Sum of all elements over ``count`` (default: their number, at least 1); an empty tensor gives a zero
+    that stays connected to the autograd graph."""
+    return values.sum() / (max(values.numel(), 1) if count is None else count.clamp(min=1))
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``values`` where ``mask`` is True (0, still connected to the graph, when nothing is)."""
-    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp(min=1)
+def _masked_mean(values: Tensor, mask: Tensor, count: Tensor | None = None) -> Tensor:
+    """Sum of ``values`` where ``mask`` is True over ``count`` (default: the number of True, at least 1)."""
+    return torch.where(mask, values, 0.0).sum() / (mask.sum() if count is None else count).clamp(min=1)
 
 
 def _iou_cw(spans_a: Tensor, spans_b: Tensor, generalized: bool) -> Tensor:
@@ -87,7 +108,12 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float, gamma: flo
 
 
 def margin_ranking_loss(
-    scores: Tensor, pos_idx: Tensor, neg_idx: Tensor, pair_valid: Tensor, margin: float
+    scores: Tensor,
+    pos_idx: Tensor,
+    neg_idx: Tensor,
+    pair_valid: Tensor,
+    margin: float,
+    num_pairs: Tensor | None = None,
 ) -> Tensor:
     """CG-DETR margin ranking loss on clip pairs (eq. 11, first term).
 
@@ -96,12 +122,13 @@ def margin_ranking_loss(
         pos_idx, neg_idx: (B, P) long clip indices; the positive clip must outscore the negative by ``margin``.
         pair_valid: (B, P) bool, False for pairs of samples without any relevant clip.
         margin: δ (0.2).
+        num_pairs: the normaliser (default: the valid pairs here).
 
     Returns:
         ``2 * mean over valid pairs of max(0, δ + S[neg] - S[pos])``.
     """
     hinge = (margin + scores.gather(1, neg_idx) - scores.gather(1, pos_idx)).clamp(min=0)
-    return MARGIN_LOSS_SCALE * _masked_mean(hinge, pair_valid)
+    return MARGIN_LOSS_SCALE * _masked_mean(hinge, pair_valid, num_pairs)
 
 
 def rank_contrastive_loss(
@@ -112,6 +139,8 @@ def rank_contrastive_loss(
     label_max: int,
     neg_scores: Tensor | None = None,
     neg_rows: Tensor | None = None,
+    num_rows: Tensor | None = None,
+    num_neg_rows: Tensor | None = None,
 ) -> Tensor:
     """CG-DETR rank-contrastive loss (eq. 11, second term).
 
@@ -130,18 +159,22 @@ def rank_contrastive_loss(
         label_max: top of the saliency scale (12).
         neg_scores: (B, L) logits of video b with the text of another sample, or None.
         neg_rows: (B,) bool, True where ``neg_scores`` of that row is a real negative pair.
+        num_rows, num_neg_rows: the normalisers, rows and real-negative rows (default: those here).
     """
     batch_size, num_clips = scores.shape
+    if num_rows is None:
+        num_rows = scores.new_tensor(float(batch_size))
     candidate_mask = video_mask
     if neg_scores is None:
-        row_weight = scores.new_full((batch_size,), 1.0 / batch_size)
+        row_weight = (1.0 / num_rows.clamp(min=1)).expand(batch_size)
     else:
         scores = torch.cat([scores, neg_scores], dim=1)
         saliency = torch.cat([saliency, torch.zeros_like(saliency)], dim=1)
         candidate_mask = torch.cat([video_mask, video_mask & neg_rows[:, None]], dim=1)
-        num_neg_rows = neg_rows.sum()
+        if num_neg_rows is None:
+            num_neg_rows = neg_rows.sum()
         row_weight = torch.where(
-            neg_rows, 1.0 / num_neg_rows.clamp(min=1), 1.0 / (batch_size - num_neg_rows).clamp(min=1)
+            neg_rows, 1.0 / num_neg_rows.clamp(min=1), 1.0 / (num_rows - num_neg_rows).clamp(min=1)
         )
     log_probs = torch.where(candidate_mask, scores / temperature, _PADDING_LOGIT).log_softmax(dim=1)
     levels = torch.arange(1, label_max, device=scores.device, dtype=saliency.dtype)
@@ -151,17 +184,92 @@ def rank_contrastive_loss(
     return -(mean_log_prob * row_weight[:, None]).sum() / label_max
 
 
-def positive_pair_bce_loss(scores: Tensor, saliency: Tensor, video_mask: Tensor) -> Tensor:
-    """BCE of σ(S) against ``saliency > 0`` over every real clip of the matched pairs (eq. 11, third term)."""
+def positive_pair_bce_loss(
+    scores: Tensor, saliency: Tensor, video_mask: Tensor, num_clips: Tensor | None = None
+) -> Tensor:
+    """BCE of σ(S) against ``saliency > 0`` over every real clip of the matched pairs (eq. 11, third term);
+    ``num_clips`` is the normaliser (default: the real clips here)."""
     bce = F.binary_cross_entropy_with_logits(scores, (saliency > 0).to(scores.dtype), reduction="none")
-    return _masked_mean(bce, video_mask)
+    return _masked_mean(bce, video_mask, num_clips)
 
 
-def negative_pair_bce_loss(neg_scores: Tensor, video_mask: Tensor, neg_rows: Tensor) -> Tensor:
+def negative_pair_bce_loss(
+    neg_scores: Tensor, video_mask: Tensor, neg_rows: Tensor, num_neg_rows: Tensor | None = None
+) -> Tensor:
     """QD-DETR negative-pair loss (eq. 11, fourth term): ``-log(1 - σ(S_neg))`` summed over the real clips
-    of each real-negative pair, averaged over those pairs. (B, L), (B, L), (B,) -> scalar."""
+    of each real-negative pair, averaged over those pairs (``num_neg_rows``, default: those here).
+    (B, L), (B, L), (B,) -> scalar."""
     per_row = torch.where(video_mask, F.softplus(neg_scores), 0.0).sum(dim=1)  # softplus(x) = -log(1 - σ(x))
-    return _masked_mean(per_row, neg_rows)
+    return _masked_mean(per_row, neg_rows, num_neg_rows)
+
+
+def _atss_assignment(config, targets: SGDetrTargets) -> tuple[dict[str, Tensor], Tensor]:
+    """The ATSS assignment the detector makes for these targets (it reads no weight), and the anchor mask."""
+    video_mask = targets.video_mask
+    anchors, anchor_mask, anchor_levels = make_anchors(
+        video_mask.sum(1), video_mask.shape[1], config.pyramid_strides, config.anchor_scale
+    )
+    assignment = assign_atss(
+        anchors, anchor_mask, anchor_levels, targets.padded_spans, targets.span_mask, config.atss_topk
+    )
+    return assignment, anchor_mask
+
+
+def max_atss_positives(config, targets: SGDetrTargets) -> int:
+    """The most ATSS-positive anchors of one video of the batch (0 without the hybrid detector): the global
+    batch's maximum, capped at ``max_atss_positive_queries``, is ``SGDetrBatchContext.atss_query_slots``."""
+    if not config.use_hybrid_detector:
+        return 0
+    assignment, anchor_mask = _atss_assignment(config, targets)
+    return int((assignment["is_positive"] & anchor_mask).sum(1).max())
+
+
+def count_loss_normalizers(
+    config, targets: SGDetrTargets, atss_query_slots: int | None = None
+) -> dict[str, Tensor]:
+    """The counts (fp32 scalars, :data:`LOSS_NORMALIZERS`) that divide the loss terms of this batch.
+
+    They depend on the targets and the config only (the ATSS assignment reads no weight), so a trainer can
+    count a whole global batch before its first forward and sum the counts of its parts: a term divided by
+    the sum is the part's share of the global mean. Counts of parts the config switches off are 0.
+
+    Args:
+        config: the model's ``SGDetrConfig``.
+        targets: the batch's parsed labels.
+        atss_query_slots: the ATSS-positive query slots per video (default: this batch's own maximum).
+    """
+    has_windows = targets.has_windows
+    num_windows = targets.span_mask.sum(1)
+    relevant_rows = targets.moment_mask.any(1)
+    counts = {
+        "margin_pairs": targets.margin_pair_valid.sum(),
+        "clips": targets.video_mask.sum(),
+        "rows": torch.tensor(targets.video_mask.shape[0]),
+        "neg_rows": targets.neg_pair_mask.sum(),
+        "matched": num_windows.clamp(max=config.num_queries).sum(),
+        "window_queries": has_windows.sum() * config.num_queries,
+        "dn_positive": num_windows.sum() * config.num_dn_groups * config.use_dn,
+        "dn_valid": num_windows.sum() * 2 * config.num_dn_groups * config.use_dn,
+        "moment_rows": relevant_rows.sum(),
+        "moment_row_clips": (targets.video_mask & relevant_rows[:, None]).sum(),
+    }
+    zero = torch.zeros((), device=targets.video_mask.device)
+    counts.update(co_positive=zero, co_valid=zero, atss_positive=zero, atss_centerness=zero)
+    if config.use_hybrid_detector:
+        assignment, anchor_mask = _atss_assignment(config, targets)
+        atss_positive = (assignment["assigned_gt"] >= 0) & anchor_mask & has_windows[:, None]
+        counts["atss_positive"] = atss_positive.sum()
+        counts["atss_centerness"] = assignment["centerness_targets"].float()[atss_positive].sum()
+        # the ATSS-positive query group (detector_sgdetr.build_atss_positive_group): per video its positives
+        # and then negative anchors, up to the slots; its valid slots of videos with windows enter the loss
+        num_positive = (assignment["is_positive"] & anchor_mask).sum(1)
+        slots = atss_query_slots
+        if slots is None:
+            slots = min(int(num_positive.max()), config.max_atss_positive_queries)
+        counts["co_positive"] = (num_positive.clamp(max=slots) * has_windows).sum()
+        counts["co_valid"] = (anchor_mask.sum(1).clamp(max=slots) * has_windows).sum()
+    device = targets.video_mask.device
+    return {name: counts[name].to(device=device, dtype=torch.float32) for name in LOSS_NORMALIZERS}
 
 
 class SGDetrHungarianMatcher(nn.Module):
@@ -279,7 +387,12 @@ class SGDetrLoss(nn.Module):
     # ------------------------------------------------------------------ losses
 
     def _highlight_losses(
-        self, scores: Tensor, neg_scores: Tensor | None, neg_rows: Tensor | None, targets: SGDetrTargets
+        self,
+        scores: Tensor,
+        neg_scores: Tensor | None,
+        neg_rows: Tensor | None,
+        targets: SGDetrTargets,
+        counts: Mapping[str, Tensor | None],
     ) -> dict[str, Tensor]:
         """The four terms of eq. 11 for one saliency (local or global), unweighted."""
         losses = {
@@ -289,6 +402,7 @@ class SGDetrLoss(nn.Module):
                 targets.margin_neg_idx,
                 targets.margin_pair_valid,
                 self.saliency_margin,
+                counts["margin_pairs"],
             ),
             "rctl": rank_contrastive_loss(
                 scores,
@@ -298,11 +412,15 @@ class SGDetrLoss(nn.Module):
                 self.saliency_label_max,
                 neg_scores,
                 neg_rows,
+                counts["rows"],
+                counts["neg_rows"],
             ),
-            "bce_pos": positive_pair_bce_loss(scores, targets.saliency, targets.video_mask),
+            "bce_pos": positive_pair_bce_loss(scores, targets.saliency, targets.video_mask, counts["clips"]),
         }
         if neg_scores is not None:
-            losses["bce_neg"] = negative_pair_bce_loss(neg_scores, targets.video_mask, neg_rows)
+            losses["bce_neg"] = negative_pair_bce_loss(
+                neg_scores, targets.video_mask, neg_rows, counts["neg_rows"]
+            )
         return losses
 
     def _query_set_losses(
@@ -313,6 +431,8 @@ class SGDetrLoss(nn.Module):
         target_spans: Tensor,
         positive: Tensor,
         valid: Tensor,
+        num_positive: Tensor | None,
+        num_valid: Tensor | None,
     ) -> dict[str, Tensor]:
         """Eq. 12 terms of one set of decoder queries with fixed targets, unweighted.
 
@@ -321,6 +441,8 @@ class SGDetrLoss(nn.Module):
             target_spans: (B, Q, 2) ground truth of each positive query (ignored elsewhere).
             positive: (B, Q) bool, query must reconstruct ``target_spans`` and be classified as a moment.
             valid: (B, Q) bool, query takes part in the classification loss (no-object unless positive).
+            num_positive, num_valid: the normalisers, positive and valid queries of the global batch (None:
+                those here).
 
         Returns:
             ``l1`` (mean over positives and coordinates), ``giou`` (mean ``1 - GIoU`` over positives), ``ce``
@@ -336,9 +458,11 @@ class SGDetrLoss(nn.Module):
             logits[valid], classes[valid], weight=logits.new_tensor(self.class_weights), reduction="none"
         )
         losses = {
-            "l1": _mean_or_zero((matched_spans - matched_targets).abs()),
-            "giou": _mean_or_zero(1 - _iou_cw(matched_spans, matched_targets, generalized=True)),
-            "ce": _mean_or_zero(cross_entropy),
+            "l1": _mean_or_zero((matched_spans - matched_targets).abs(), _twice(num_positive)),
+            "giou": _mean_or_zero(
+                1 - _iou_cw(matched_spans, matched_targets, generalized=True), num_positive
+            ),
+            "ce": _mean_or_zero(cross_entropy, num_valid),
         }
         if iou_logits is not None:
             # the IoU of the window as it is output (clipped to the video): S_det ranks clipped windows, and
@@ -347,12 +471,18 @@ class SGDetrLoss(nn.Module):
             losses["iou"] = _mean_or_zero(
                 F.binary_cross_entropy_with_logits(
                     iou_logits.float()[positive], iou_targets, reduction="none"
-                )
+                ),
+                num_positive,
             )
         return losses
 
     def _matched_query_set_losses(
-        self, logits: Tensor, spans: Tensor, iou_logits: Tensor | None, targets: SGDetrTargets
+        self,
+        logits: Tensor,
+        spans: Tensor,
+        iou_logits: Tensor | None,
+        targets: SGDetrTargets,
+        counts: Mapping[str, Tensor | None],
     ) -> dict[str, Tensor]:
         """Hungarian-match one prediction set (``(B, Q, ...)``) to the windows, then :meth:`_query_set_losses`."""
         batch_size, num_queries = logits.shape[:2]
@@ -369,10 +499,23 @@ class SGDetrLoss(nn.Module):
         target_spans = torch.zeros(batch_size, num_queries, 2, device=device)
         target_spans[sample_idx, query_idx] = torch.cat(targets.spans)[target_idx.to(device)]
         valid = targets.has_windows[:, None].expand(batch_size, num_queries)
-        return self._query_set_losses(logits, spans, iou_logits, target_spans, positive, valid)
+        return self._query_set_losses(
+            logits,
+            spans,
+            iou_logits,
+            target_spans,
+            positive,
+            valid,
+            counts["matched"],
+            counts["window_queries"],
+        )
 
     def _atss_losses(
-        self, atss: SGDetrATSSOutput, anchor_mask: Tensor, targets: SGDetrTargets
+        self,
+        atss: SGDetrATSSOutput,
+        anchor_mask: Tensor,
+        targets: SGDetrTargets,
+        counts: Mapping[str, Tensor | None],
     ) -> dict[str, Tensor]:
         """Eq. 13 on the ATSS head, unweighted: focal classification over valid anchors divided by the
         number of positives, L1 and centerness-weighted GIoU on decoded spans, centerness BCE."""
@@ -386,23 +529,31 @@ class SGDetrLoss(nn.Module):
         centerness_bce = F.binary_cross_entropy_with_logits(
             atss.centerness.float()[positive], centerness_targets, reduction="none"
         )
+        num_positive, centerness_sum = counts["atss_positive"], counts["atss_centerness"]
+        if centerness_sum is None:
+            num_positive, centerness_sum = positive.sum(), centerness_targets.sum()
         return {
-            "focal": torch.where(valid, focal, 0.0).sum() / positive.sum().clamp(min=1),
-            "l1": _mean_or_zero((spans - target_spans).abs()),
-            "giou": weighted_giou.sum() / centerness_targets.sum().clamp(min=torch.finfo(torch.float32).eps),
-            "centerness": _mean_or_zero(centerness_bce),
+            "focal": torch.where(valid, focal, 0.0).sum() / num_positive.clamp(min=1),
+            "l1": _mean_or_zero((spans - target_spans).abs(), 2 * num_positive),
+            "giou": weighted_giou.sum() / centerness_sum.clamp(min=torch.finfo(torch.float32).eps),
+            "centerness": _mean_or_zero(centerness_bce, num_positive),
         }
 
-    def _alignment_losses(self, outputs: SGDetrModelOutput, targets: SGDetrTargets) -> dict[str, Tensor]:
+    def _alignment_losses(
+        self, outputs: SGDetrModelOutput, targets: SGDetrTargets, counts: Mapping[str, Tensor | None]
+    ) -> dict[str, Tensor]:
         """Eq. 14 (CG-DETR), unweighted, on the samples that have relevant clips.
 
-        ``align``: cross-entropy over the raw cosines ``[cos(m_b, s_1..B); cos(n_b, s_1..B)]`` with target b
-        (moment token m_b, non-moment token n_b, sentence tokens s). ``bce``: BCE of ``m_b · z_{b,t}``
+        ``align``: cross-entropy over the raw cosines ``[cos(m_b, s_1..G); cos(n_b, s_1..G)]`` with target b
+        (moment token m_b, non-moment token n_b, sentence tokens s of the global batch's G samples, the
+        model's ``sentence_pool``; the batch itself without a context). ``bce``: BCE of ``m_b · z_{b,t}``
         (unnormalised) against the moment mask, over real clips.
         """
         moment_mask = targets.moment_mask
         rows = moment_mask.any(1)
-        sentences = F.normalize(outputs.sentence_embeds.float(), dim=-1)
+        pool = outputs.sentence_embeds if outputs.sentence_pool is None else outputs.sentence_pool
+        start = 0 if targets.context is None else targets.context.start
+        sentences = F.normalize(pool.float(), dim=-1)
         moment_tokens = outputs.moment_tokens.float()
         similarity = torch.cat(
             [
@@ -410,14 +561,14 @@ class SGDetrLoss(nn.Module):
                 F.normalize(outputs.nonmoment_tokens.float(), dim=-1) @ sentences.T,
             ],
             dim=1,
-        )  # (B, 2B)
-        own_sentence = torch.arange(similarity.shape[0], device=similarity.device)
+        )  # (B, 2G)
+        own_sentence = start + torch.arange(similarity.shape[0], device=similarity.device)
         align = F.cross_entropy(similarity, own_sentence, reduction="none")
         frame_logits = torch.einsum("bd,bld->bl", moment_tokens, outputs.moment_frame_outputs.float())
         frame_bce = F.binary_cross_entropy_with_logits(frame_logits, moment_mask.float(), reduction="none")
         return {
-            "align": _masked_mean(align, rows),
-            "bce": _masked_mean(frame_bce, targets.video_mask & rows[:, None]),
+            "align": _masked_mean(align, rows, counts["moment_rows"]),
+            "bce": _masked_mean(frame_bce, targets.video_mask & rows[:, None], counts["moment_row_clips"]),
         }
 
     # ------------------------------------------------------------------ total
@@ -454,6 +605,10 @@ class SGDetrLoss(nn.Module):
         """
         enc, det = encoder_outputs, detector_outputs
         loss_dict: dict[str, Tensor] = {}
+        context = targets.context
+        counts = (
+            _OWN_COUNTS if context is None or context.loss_normalizers is None else context.loss_normalizers
+        )
 
         # the negative pairs ran when their saliencies are there
         neg_rows = targets.neg_pair_mask if enc.neg_local_saliency is not None else None
@@ -464,7 +619,7 @@ class SGDetrLoss(nn.Module):
             if scores is None:
                 continue
             terms = self._highlight_losses(
-                scores.float(), None if neg_rows is None else neg_scores.float(), neg_rows, targets
+                scores.float(), None if neg_rows is None else neg_scores.float(), neg_rows, targets, counts
             )
             self._add_terms(loss_dict, "hl", f"_{suffix}", terms, term_weighted=False)
 
@@ -472,11 +627,13 @@ class SGDetrLoss(nn.Module):
         for layer in range(decoder.logits.shape[1]):
             iou_logits = None if decoder.iou_logits is None else decoder.iou_logits[:, layer]
             terms = self._matched_query_set_losses(
-                decoder.logits[:, layer], decoder.spans[:, layer], iou_logits, targets
+                decoder.logits[:, layer], decoder.spans[:, layer], iou_logits, targets, counts
             )
             self._add_terms(loss_dict, "detr", f"_layer{layer}", terms)
         if det.selector is not None:  # the hybrid detector's query selection
-            terms = self._matched_query_set_losses(det.selector.logits, det.selector.spans, None, targets)
+            terms = self._matched_query_set_losses(
+                det.selector.logits, det.selector.spans, None, targets, counts
+            )
             self._add_terms(loss_dict, "sel", "", terms)
         for prefix, group in (("dn", det.denoising), ("co", det.atss_queries)):
             if group is None:
@@ -486,14 +643,16 @@ class SGDetrLoss(nn.Module):
                 iou_logits = None if group.iou_logits is None else group.iou_logits[:, layer]
                 terms = self._query_set_losses(
                     group.logits[:, layer], group.spans[:, layer], iou_logits, group.target_spans.float(),
-                    group.is_positive, valid,
+                    group.is_positive, valid, counts[f"{prefix}_positive"], counts[f"{prefix}_valid"],
                 )  # fmt: skip
                 self._add_terms(loss_dict, prefix, f"_layer{layer}", terms)
 
         if det.atss is not None:
-            self._add_terms(loss_dict, "atss", "", self._atss_losses(det.atss, det.anchor_mask, targets))
+            terms = self._atss_losses(det.atss, det.anchor_mask, targets, counts)
+            self._add_terms(loss_dict, "atss", "", terms)
         if enc.moment_tokens is not None:
-            self._add_terms(loss_dict, "aux", "", self._alignment_losses(enc, targets), term_weighted=False)
+            terms = self._alignment_losses(enc, targets, counts)
+            self._add_terms(loss_dict, "aux", "", terms, term_weighted=False)
 
         loss = torch.stack(list(loss_dict.values())).sum()
         return loss, loss_dict

@@ -45,7 +45,7 @@ from .layers_sgdetr import (
 from .loading_sgdetr import SGDETR_FOLDER, from_pretrained_checked
 from .loss_sgdetr import moment_retrieval_loss
 from .spans import clamp_spans_cw, sine_embedding
-from .targets_sgdetr import SGDetrTargets, prepare_targets
+from .targets_sgdetr import SGDetrBatchContext, SGDetrTargets, prepare_targets
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,11 @@ class SGDetrModelOutput(ModelOutput):
     sentence_embeds ``(B, d)``: ``F_sent``. video_embeds ``(B, L, d)``: ``V0``. text_embeds ``(B, N, d)``: ``T0``.
     position_embeddings ``(B, L, d)``: the length-normalised sine encoding. video_mask ``(B, L)`` bool.
     neg_local_saliency / neg_global_saliency ``(B, L)``: negative-pair pass (video b with the text of sample
-        (b+1) % B), training only; which of those pairs are real negatives is ``SGDetrTargets.neg_pair_mask``.
+        (b+1) % B, of the global batch with a ``batch_context``), training only; which of those pairs are real
+        negatives is ``SGDetrTargets.neg_pair_mask``.
     moment_tokens / nonmoment_tokens ``(B, d)``, moment_frame_outputs ``(B, L, d)``: moment encoder,
-        training only.
+        training only. sentence_pool ``(G, d)``: the sentence tokens of the global batch (this batch's own rows
+        are ``sentence_embeds``), the alignment loss's pool; only with a ``batch_context``.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -96,6 +98,7 @@ class SGDetrModelOutput(ModelOutput):
     moment_tokens: torch.FloatTensor | None = None
     nonmoment_tokens: torch.FloatTensor | None = None
     moment_frame_outputs: torch.FloatTensor | None = None
+    sentence_pool: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -246,6 +249,17 @@ def validate_inputs(
     ):
         _raise_for_values(video_features, video_mask, text_features, text_mask)
     return _as_bool(video_mask), _as_bool(text_mask)
+
+
+def _check_batch_context_use(labels: list[dict] | None, batch_context: SGDetrBatchContext | None) -> None:
+    if batch_context is not None and labels is None:
+        raise ValueError("batch_context is a training input: pass it together with labels.")
+
+
+def _pad_tokens(tokens: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """``(B, N, d)`` tokens and ``(B, N)`` mask padded on the right to ``length`` tokens (masked out)."""
+    extra = length - tokens.shape[1]
+    return F.pad(tokens, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
 
 
 # ============================================================================================ blocks
@@ -533,6 +547,7 @@ class SGDetrModel(SGDetrPreTrainedModel):
         text_features: Tensor,
         text_mask: Tensor,
         labels: list[dict] | None = None,
+        batch_context: SGDetrBatchContext | None = None,
     ) -> SGDetrModelOutput:
         r"""
         Args:
@@ -540,13 +555,19 @@ class SGDetrModel(SGDetrPreTrainedModel):
             text_features ``(B, N, d_t)``: raw token features. text_mask ``(B, N)``: 1 = real token.
             labels: optional, as for [`SGDetrForMomentRetrieval`]; they switch on the training-only negative-pair
                 pass and moment encoder.
+            batch_context: optional, with ``labels``: the global batch this one is part of (as for
+                [`SGDetrForMomentRetrieval`]).
         """
         video_mask, text_mask = validate_inputs(
             self.config, video_features, video_mask, text_features, text_mask
         )
+        _check_batch_context_use(labels, batch_context)
         targets = None
         if labels is not None:
-            targets = prepare_targets(labels, video_features, video_mask, self.config.num_saliency_pairs)
+            targets = prepare_targets(
+                labels, video_features, video_mask, self.config.num_saliency_pairs, batch_context,
+                self.config.text_feature_dim,
+            )  # fmt: skip
         return self.encode(video_features, video_mask, text_features, text_mask, targets)
 
     def encode(
@@ -575,15 +596,41 @@ class SGDetrModel(SGDetrPreTrainedModel):
 
         run_negatives = targets is not None and self.config.use_negative_pairs
         batch = video.shape[0]
+        context = None if targets is None else targets.context
+        pool_text = pool_sentences = None
+        if context is not None and (run_negatives or self.moment_encoder is not None):
+            # the global batch's queries, for the samples this forward does not hold: negative partners and
+            # the alignment pool (recomputed here with their gradient, so this forward's loss is exactly its
+            # share; the queries are small next to the videos)
+            pool_text = (
+                self.text_projection(self.prepare_text(context.text_features, context.text_mask).to(dtype))
+                + type_embeddings[0]
+            )
+            pool_sentences = self.pooling_encoder(pool_text, context.text_mask)
         if run_negatives:
-            # one pass over [positive pairs ; video b with the text of sample (b+1) % B]
-            neg_local = self.local_saliency(sentence.roll(-1, 0), video, video_mask)
+            # one pass over [positive pairs ; video b with the text of sample (b+1) % B of the global batch]
+            if context is None:
+                neg_text, neg_text_mask, neg_sentence = (
+                    text.roll(-1, 0),
+                    text_mask.roll(-1, 0),
+                    sentence.roll(-1, 0),
+                )
+                pos_text, pos_text_mask = text, text_mask
+            else:
+                size = context.text_mask.shape[0]
+                partner = (context.start + 1 + torch.arange(batch, device=video.device)) % size
+                neg_text, neg_text_mask = pool_text[partner], context.text_mask[partner]
+                neg_sentence = pool_sentences[partner]
+                num_tokens = max(text.shape[1], neg_text.shape[1])
+                pos_text, pos_text_mask = _pad_tokens(text, text_mask, num_tokens)
+                neg_text, neg_text_mask = _pad_tokens(neg_text, neg_text_mask, num_tokens)
+            neg_local = self.local_saliency(neg_sentence, video, video_mask)
             encoded, global_scores, amplified = self._encode(
                 video.repeat(2, 1, 1),
                 pos.repeat(2, 1, 1),
                 video_mask.repeat(2, 1),
-                torch.cat((text, text.roll(-1, 0)), 0),
-                torch.cat((text_mask, text_mask.roll(-1, 0)), 0),
+                torch.cat((pos_text, neg_text), 0),
+                torch.cat((pos_text_mask, neg_text_mask), 0),
                 torch.cat((local, neg_local), 0),
             )
             encoded, amplified = encoded[:batch], amplified[:batch]
@@ -593,11 +640,16 @@ class SGDetrModel(SGDetrPreTrainedModel):
             encoded, global_scores, amplified = self._encode(video, pos, video_mask, text, text_mask, local)
             neg_local = neg_global = None
 
-        moment_tokens = nonmoment_tokens = frames = None
+        moment_tokens = nonmoment_tokens = frames = sentence_pool = None
         if targets is not None and self.moment_encoder is not None:
             moment_tokens, nonmoment_tokens, frames = self.moment_encoder(
                 video, pos, video_mask, targets.moment_mask
             )
+            if context is not None:  # this forward's own sentences in their rows of the global pool
+                start = context.start
+                sentence_pool = torch.cat(
+                    (pool_sentences[:start], sentence, pool_sentences[start + batch :]), 0
+                )
 
         return SGDetrModelOutput(
             last_hidden_state=amplified,
@@ -614,6 +666,7 @@ class SGDetrModel(SGDetrPreTrainedModel):
             moment_tokens=moment_tokens,
             nonmoment_tokens=nonmoment_tokens,
             moment_frame_outputs=frames,
+            sentence_pool=sentence_pool,
         )
 
 
@@ -635,6 +688,10 @@ class SGDetrForMomentRetrieval(SGDetrPreTrainedModel):
         - optional ``saliency_pos_idx`` / ``saliency_neg_idx`` ``(P,)`` long: margin-loss clip pairs, and
           ``sampling_seed`` (float in [0, 1000)): the key of the sample's ATSS-positive query subset. The
           collator makes both from (seed, epoch, sample); without them they are drawn from torch's global RNG.
+    - batch_context (training, optional): an ``SGDetrBatchContext`` when this batch is one part (a process's
+      share, a gradient-accumulation micro-batch) of a global batch: the negative pairs and the alignment pool
+      are then those of the global batch and every loss term is divided by the global batch's count, so the
+      parts' losses add up to the global batch's loss (``sgdetr_hf.training`` builds it; README "Training").
 
     With ``labels`` the forward also builds the training query groups (denoising, ATSS positives), runs the
     negative-pair pass and the moment encoder, and returns ``loss`` and ``loss_dict`` (eq. 15).
@@ -678,12 +735,21 @@ class SGDetrForMomentRetrieval(SGDetrPreTrainedModel):
         text_features: Tensor,
         text_mask: Tensor,
         labels: list[dict] | None = None,
+        batch_context: SGDetrBatchContext | None = None,
     ) -> SGDetrOutput:
         cfg = self.config
         video_mask, text_mask = validate_inputs(cfg, video_features, video_mask, text_features, text_mask)
+        _check_batch_context_use(labels, batch_context)
         targets = None
         if labels is not None:
-            targets = prepare_targets(labels, video_features, video_mask, cfg.num_saliency_pairs)
+            targets = prepare_targets(
+                labels,
+                video_features,
+                video_mask,
+                cfg.num_saliency_pairs,
+                batch_context,
+                cfg.text_feature_dim,
+            )
         enc = self.sg_detr.encode(video_features, video_mask, text_features, text_mask, targets)
         det = self.detector(enc.last_hidden_state, enc.video_mask, enc.position_embeddings, targets)
         last_logits = det.decoder.logits[:, -1]

@@ -23,6 +23,36 @@ SAMPLING_SEED_RANGE = 1000.0
 
 
 @dataclass
+class SGDetrBatchContext:
+    """The larger batch a forward computes one part of (a process's share and / or one gradient-accumulation
+    micro-batch of a global batch), so that the parts' losses add up to the objective of the whole batch.
+
+    Built once per optimizer step by the trainer (``sgdetr_hf.training.global_batch``) and passed as
+    ``model(..., labels=..., batch_context=...)``; without it a forward's batch is the whole batch. The in-batch
+    parts of the objective are defined on global batch indices: the negative pair of sample ``g`` is its video
+    with the text of sample ``(g + 1) % G``, and the alignment pool holds the sentences of all ``G`` samples.
+    The forward recomputes from the raw text features below what it needs of the samples it does not hold,
+    so each part computes exactly its share of the global loss and of its gradient.
+
+    Attributes:
+        text_features ``(G, N, d_t)`` and text_mask ``(G, N)`` bool: the raw query features of the global batch.
+        start: index in the global batch of this forward's first sample (its samples are ``start .. start+B-1``).
+        neg_pair_mask ``(G,)`` bool: video g with the text of sample ``(g + 1) % G`` is a real negative pair.
+        loss_normalizers: the global count of each normaliser of the objective (summed over processes and
+            micro-batches, see ``loss_sgdetr.count_loss_normalizers``), or None for the forward's own counts.
+        atss_query_slots: the Co-DETR ATSS-positive query slots of every video (the global batch's largest
+            number of ATSS positives, capped), or None for this forward's own maximum.
+    """
+
+    text_features: Tensor
+    text_mask: Tensor
+    start: int
+    neg_pair_mask: Tensor
+    loss_normalizers: dict[str, Tensor] | None = None
+    atss_query_slots: int | None = None
+
+
+@dataclass
 class SGDetrTargets:
     """The labels of one batch as tensors on the model's device (fp32 where floating).
 
@@ -37,7 +67,8 @@ class SGDetrTargets:
         margin_pos_idx / margin_neg_idx ``(B, P)`` long and margin_pair_valid ``(B, P)`` bool: the clip pairs
             of the margin-ranking loss (eq. 11); pairs of a sample without a relevant clip are invalid.
         sampling_seeds ``(B,)`` float in ``[0, SAMPLING_SEED_RANGE)``: key of each sample's ATSS-positive
-            query subset.
+            query subset and denoising noise.
+        context: the global batch this one is part of (:class:`SGDetrBatchContext`), or None.
     """
 
     spans: list[Tensor]
@@ -52,6 +83,7 @@ class SGDetrTargets:
     margin_neg_idx: Tensor
     margin_pair_valid: Tensor
     sampling_seeds: Tensor
+    context: SGDetrBatchContext | None = None
 
 
 # ============================================================================================ margin pairs
@@ -218,8 +250,33 @@ def _negative_pairs(labels: Sequence[Mapping], video_features: Tensor, video_mas
     return ~(same & (video_mask == rolled_mask).all(1))
 
 
+def _check_context(context: SGDetrBatchContext, batch: int, text_feature_dim: int) -> None:
+    if context.neg_pair_mask.ndim != 1 or context.neg_pair_mask.dtype != torch.bool:
+        raise ValueError(
+            "batch_context.neg_pair_mask must be a bool (G,) tensor, one flag per global sample."
+        )
+    size = context.neg_pair_mask.shape[0]
+    if not 0 <= context.start <= size - batch:
+        raise ValueError(
+            f"batch_context: samples {context.start}..{context.start + batch - 1} are not inside its global "
+            f"batch of {size} samples."
+        )
+    text = context.text_features
+    if text.ndim != 3 or text.shape[0] != size or text.shape[-1] != text_feature_dim:
+        raise ValueError(
+            f"batch_context.text_features must have shape ({size}, N, {text_feature_dim}), got {tuple(text.shape)}."
+        )
+    if context.text_mask.shape != text.shape[:2] or context.text_mask.dtype != torch.bool:
+        raise ValueError("batch_context.text_mask must be a bool (G, N) mask matching its text_features.")
+
+
 def prepare_targets(
-    labels: Sequence[Mapping], video_features: Tensor, video_mask: Tensor, num_margin_pairs: int
+    labels: Sequence[Mapping],
+    video_features: Tensor,
+    video_mask: Tensor,
+    num_margin_pairs: int,
+    context: SGDetrBatchContext | None = None,
+    text_feature_dim: int | None = None,
 ) -> SGDetrTargets:
     """Validate ``labels`` (transformers DETR-family style: a list of B dicts) and build the batch targets.
 
@@ -230,6 +287,8 @@ def prepare_targets(
     Args:
         video_features ``(B, L, d_v)`` and video_mask ``(B, L)`` bool: the validated model inputs.
         num_margin_pairs: pairs per sample when they are sampled here (``config.num_saliency_pairs``).
+        context: the global batch this one is part of; its negative-pair flags replace the in-batch ones.
+        text_feature_dim: the model's ``d_t``, to check ``context`` against.
     Raises:
         ValueError: naming the label and what is wrong with it.
     """
@@ -249,6 +308,11 @@ def prepare_targets(
     padded_spans = torch.nn.utils.rnn.pad_sequence(spans, batch_first=True)  # (B, M, 2), M may be 0
     span_mask = torch.arange(padded_spans.shape[1], device=device)[None, :] < num_windows[:, None]
     saliency = _parse_saliency(labels, video_mask)
+    if context is None:
+        neg_pair_mask = _negative_pairs(labels, video_features, video_mask)
+    else:
+        _check_context(context, batch, text_feature_dim or context.text_features.shape[-1])
+        neg_pair_mask = context.neg_pair_mask[context.start : context.start + batch].to(device)
     pos_idx, neg_idx, pair_valid = _margin_pairs(labels, saliency, video_mask, num_margin_pairs)
     return SGDetrTargets(
         spans=spans,
@@ -258,12 +322,19 @@ def prepare_targets(
         video_mask=video_mask,
         moment_mask=(saliency > 0) & video_mask,
         has_windows=num_windows > 0,
-        neg_pair_mask=_negative_pairs(labels, video_features, video_mask),
+        neg_pair_mask=neg_pair_mask,
         margin_pos_idx=pos_idx,
         margin_neg_idx=neg_idx,
         margin_pair_valid=pair_valid,
         sampling_seeds=_sampling_seeds(labels, device),
+        context=context,
     )
 
 
-__all__ = ["SGDetrTargets", "pick_random_member", "prepare_targets", "sample_margin_pairs"]
+__all__ = [
+    "SGDetrBatchContext",
+    "SGDetrTargets",
+    "pick_random_member",
+    "prepare_targets",
+    "sample_margin_pairs",
+]

@@ -6,15 +6,20 @@ the WarmupMultiStepLR schedule. Every ``eval_every_epochs`` (or ``eval_every_ste
 the evaluation split, the metrics module scores it, and the best model (by the recipe's main metric) is
 saved. Training lasts ``epochs``, or ``max_steps`` optimizer steps when set.
 
-Processes: the DataLoader batch is the recipe's global batch, split across processes
-(``split_batches``), so 1 or 8 processes see the same samples per optimizer step, and the schedule
-is identical. Resume is exact: model, optimizer, scheduler, sampler and RNG states come from the
+Processes and gradient accumulation: the DataLoader batch is the recipe's global batch of one optimizer
+step, split across processes (``split_batches``), and each process splits its share into
+``gradient_accumulation_steps`` micro-batches. Every forward gets the global batch's context
+(:mod:`~sgdetr_hf.training.global_batch`: its negative pairs, alignment pool and loss normalisers), so its
+loss is exactly its share of the global batch's loss: W processes x A micro-batches make the same updates as
+one process with the whole batch (up to floating-point order, and dropout, whose random streams are per
+process). Resume is exact: model, optimizer, scheduler, sampler and RNG states come from the
 checkpoint, and the interrupted epoch skips the batches already consumed (``skip_first_batches``): the
 collator's random choices are a function of (seed, epoch, sample), so skipped batches need no replay.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -36,6 +41,7 @@ from .checkpointing import CheckpointManager, TrainerState, recover_dir, save_mo
 from .data import build_collator, check_matches_data, dataset_properties, load_split
 from .distributed import build_accelerator
 from .evaluation import evaluate_predictions, predict, references_of
+from .global_batch import build_batch_contexts, split_micro_batches
 from .recipe import TrainingRecipe, save_recipe
 from .schedule import build_warmup_multistep_scheduler, epochs_to_steps
 
@@ -70,29 +76,32 @@ def build_model(recipe: TrainingRecipe, data_properties: dict[str, Any]) -> SGDe
 
 # --------------------------------------------------------------------------------------------- loop
 class _LossMeter:
-    """Running sums of the loss terms over a logging interval, averaged over processes when read."""
+    """Running sums of the loss terms over a logging interval.
+
+    A forward's loss (and each term) is its share of the global batch's, so a step's value is the sum over
+    its micro-batches and processes; :meth:`read` gives the mean over the interval's steps.
+    """
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
-        self.count = 0
+        self.steps = 0
 
     def add(self, loss: torch.Tensor, loss_dict: dict[str, torch.Tensor]) -> None:
-        # Detached device tensors: no host synchronisation per batch.
+        """Add one forward's terms. Detached device tensors: no host synchronisation per batch."""
         for name, value in {"loss": loss, **loss_dict}.items():
             self.sums[name] = self.sums[name].to(value.device) + value.detach().float()
-        self.count += 1
+
+    def end_step(self) -> None:
+        self.steps += 1
 
     def read(self) -> dict[str, float]:
-        """Mean of each term over the interval and over processes (collective); resets the meter."""
-        local = {name: (total / max(self.count, 1)).item() for name, total in self.sums.items()}
+        """Each term of the global batch, averaged over the interval's steps (collective); resets the meter."""
+        local = {name: (total / max(self.steps, 1)).item() for name, total in self.sums.items()}
         per_process = gather_object([local])
         names = sorted({name for values in per_process for name in values})
         self.sums.clear()
-        self.count = 0
-        return {
-            name: sum(v[name] for v in per_process if name in v) / sum(name in v for v in per_process)
-            for name in names
-        }
+        self.steps = 0
+        return {name: sum(v.get(name, 0.0) for v in per_process) for name in names}
 
 
 def _oom_hint(recipe: TrainingRecipe, num_processes: int) -> str:
@@ -121,8 +130,10 @@ class Trainer:
     def __init__(self, recipe: TrainingRecipe):
         self.recipe = recipe
         self.output_dir = Path(recipe.output_dir)
+        # Gradient accumulation is the trainer's own (_train_step): accelerate's would divide each
+        # micro-batch's loss by the steps, and its sync points follow the DataLoader's batches.
         self.accelerator = accelerator = build_accelerator(
-            self.output_dir, recipe.mixed_precision, recipe.gradient_accumulation_steps, recipe.seed
+            self.output_dir, recipe.mixed_precision, 1, recipe.seed
         )
         if recipe.micro_batch_size % accelerator.num_processes:
             raise ValueError(
@@ -135,10 +146,10 @@ class Trainer:
             self.eval_set = (
                 load_split(recipe, recipe.eval_split, recipe.max_eval_samples) if recipe.eval_split else None
             )
-        if len(self.train_set) < recipe.micro_batch_size:
+        if len(self.train_set) < recipe.batch_size:
             raise ValueError(
                 f"the training split has {len(self.train_set)} samples, fewer than one batch of "
-                f"{recipe.micro_batch_size} (training drops incomplete batches): lower --batch_size"
+                f"{recipe.batch_size} (training drops incomplete batches): lower --batch_size"
             )
         model = build_model(recipe, dataset_properties(self.train_set))
         if recipe.torch_compile:
@@ -151,12 +162,13 @@ class Trainer:
             self.processor = SGDetrProcessor.from_pretrained(recipe.processor_path)
             self.processor.max_query_length = recipe.max_query_tokens
         loader_options = {"num_workers": recipe.num_workers, "pin_memory": torch.cuda.is_available()}
-        # drop_last: every step sees the recipe's batch, and in-batch negative pairs need 2+ samples.
+        # One batch per optimizer step (split into micro-batches by _train_step). drop_last: every step sees
+        # the recipe's batch, and in-batch negative pairs need 2+ samples.
         train_loader = torch.utils.data.DataLoader(
-            self.train_set, recipe.micro_batch_size, shuffle=True, drop_last=True, collate_fn=self.collator,
+            self.train_set, recipe.batch_size, shuffle=True, drop_last=True, collate_fn=self.collator,
             **loader_options,
         )  # fmt: skip
-        self.steps_per_epoch = math.ceil(len(train_loader) / recipe.gradient_accumulation_steps)
+        self.steps_per_epoch = len(train_loader)
         self.total_steps = recipe.max_steps or self.steps_per_epoch * recipe.epochs
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)  # the last one may be cut short
         optimizer = torch.optim.AdamW(
@@ -234,22 +246,33 @@ class Trainer:
             first = next(batches, None)
         return enumerate(itertools.chain([] if first is None else [first], batches), start=skip)
 
+    def _train_step(self, batch: dict[str, Any], meter: _LossMeter) -> None:
+        """One optimizer step on this process's share of the global batch, in micro-batches."""
+        accelerator, recipe = self.accelerator, self.recipe
+        micro_batches = split_micro_batches(batch, recipe.gradient_accumulation_steps)
+        config = accelerator.unwrap_model(self.model).config
+        contexts = build_batch_contexts(accelerator, config, micro_batches)
+        for index, (micro_batch, context) in enumerate(zip(micro_batches, contexts)):
+            last = index == len(micro_batches) - 1
+            # gradients are all-reduced once, after the last micro-batch
+            with contextlib.nullcontext() if last else accelerator.no_sync(self.model):
+                outputs = self.model(**micro_batch, batch_context=context)
+                # the losses of the parts add up to the global one; DDP averages over the processes
+                accelerator.backward(outputs.loss * accelerator.num_processes)
+            meter.add(outputs.loss, outputs.loss_dict)
+        if recipe.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(self.model.parameters(), recipe.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        meter.end_step()
+
     def _train_epoch(self, epoch: int, meter: _LossMeter, progress: tqdm) -> None:
         accelerator, recipe, state = self.accelerator, self.recipe, self.state
         self.model.train()
         for batch_index, batch in self._batches(epoch):
             batch.pop("meta")
-            with accelerator.accumulate(self.model):
-                outputs = self.model(**batch)
-                accelerator.backward(outputs.loss)
-                if accelerator.sync_gradients and recipe.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(self.model.parameters(), recipe.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad()
-            meter.add(outputs.loss, outputs.loss_dict)
-            if not accelerator.sync_gradients:
-                continue
+            self._train_step(batch, meter)
             state.global_step += 1
             progress.update(1)
             last_step = state.global_step == self.total_steps
