@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -179,7 +178,7 @@ def build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"\n# {args.dataset}: {kinds} video features, {features.text_type} query features\n\n"
             f"Built by `scripts/build_benchmark_dataset.py --features-format moment_detr` from a published "
             f"feature release, with the reference loaders' conventions: "
-            f"`{json.dumps({k: v for k, v in features.options().items() if k != 'root'})}`. The "
+            f"`{strict_json({k: v for k, v in features.options().items() if k != 'root'})}`. The "
             "annotations' licence is in the card metadata.\n"
         )
     report = build_dataset(

@@ -44,7 +44,6 @@ interrupted build keeps the shards whose digest still matches and writes only th
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import re
@@ -66,7 +65,7 @@ from safetensors.numpy import load_file
 from tqdm.auto import tqdm
 
 from .._deprecation import moved_names
-from ..files import atomic_output, atomic_write_text
+from ..files import atomic_output, atomic_write_text, strict_json
 from .schema import ANNOTATION_COLUMNS, annotation_features, video_features_features
 
 logger = logging.getLogger(__name__)
@@ -145,7 +144,7 @@ class FeatureFolder:
 
 def file_fingerprint(paths, options: Mapping[str, Any] | None = None) -> str:
     """SHA-256 of ``options`` (JSON) and of every file's path, size and modification time."""
-    digest = hashlib.sha256(json.dumps(options or {}, sort_keys=True).encode())
+    digest = hashlib.sha256(strict_json(options or {}, "the feature options", sort_keys=True).encode())
     for path in paths:
         stat = Path(path).stat()
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -444,7 +443,9 @@ def build_dataset(
     def digest_for(kind: str, keys: list[str], schema: datasets.Features, extra: Any = None):
         if fingerprint is None:
             return None
-        content = json.dumps([schema.to_dict(), extra], sort_keys=True, default=str)
+        content = strict_json(
+            [schema.to_dict(), extra], "the shard's annotations", sort_keys=True, default=str
+        )
         return hashlib.sha256((fingerprint(kind, keys) + content).encode()).hexdigest()
 
     for split, rows in kept.items():
