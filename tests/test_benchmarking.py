@@ -97,3 +97,20 @@ def test_count_ops_and_flops_counts_kernels_and_matmul_arithmetic():
     conv = torch.nn.Conv1d(2, 6, 3, padding=1)
     _, flops = count_ops_and_flops(lambda: conv(torch.randn(1, 2, 10)))
     assert flops == 2 * 10 * 6 * 2 * 3
+
+
+def test_a_subprocess_reports_its_own_peak_not_its_parents():
+    """Linux keeps ru_maxrss across fork + exec: a small benchmark subprocess of a large parent would report
+    the parent's peak. peak_rss_mib reads the process's own high-water mark."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(600 * 2**20)  # the parent holds 600 MiB
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touched: resident
+    child = subprocess.run(
+        [sys.executable, "-c", "from sgdetr_hf.benchmarking import peak_rss_mib; print(peak_rss_mib())"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    assert peak_rss_mib() > 600
+    assert float(child.stdout.split()[-1]) < 400
+    del ballast

@@ -60,15 +60,22 @@ class Measurement:
 
 
 def peak_rss_mib(include_children: bool = False) -> float:
-    """Peak resident memory of this process in MiB (Linux ``ru_maxrss`` is in KiB).
+    """Peak resident memory of this process in MiB.
 
-    ``include_children``: the larger of this process's and of its largest waited-for child's (e.g. a
-    decoding subprocess).
+    On Linux, ``VmHWM`` of ``/proc/self/status``: the peak of this process's own address space. (``ru_maxrss``
+    is kept across ``fork`` and ``execve``, so a benchmark subprocess would report its parent's peak when that
+    is larger.) Elsewhere ``ru_maxrss``. ``include_children``: the larger of this and of the largest waited-for
+    child's ``ru_maxrss`` (e.g. a decoding subprocess).
     """
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
     if include_children:
-        peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return peak / 1024
+        peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    return peak
 
 
 def measure(
