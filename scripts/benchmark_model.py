@@ -25,36 +25,8 @@ import sys
 import torch
 
 from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval, post_process_moment_retrieval
-from sgdetr_hf.benchmarking import measure, print_table, write_json
+from sgdetr_hf.benchmarking import measure, print_table, random_inputs, random_labels, write_json
 from sgdetr_hf.files import strict_json
-
-
-def _inputs(batch: int, clips: int, tokens: int, config: SGDetrConfig, device: str, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    video = torch.randn(batch, clips, config.video_feature_dim, generator=g)
-    text = torch.randn(batch, tokens, config.text_feature_dim, generator=g)
-    # realistic padding: text lengths vary between 8 and N
-    text_len = (
-        torch.randint(8, tokens + 1, (batch,), generator=g) if tokens > 8 else torch.full((batch,), tokens)
-    )
-    text_mask = (torch.arange(tokens)[None] < text_len[:, None]).float()
-    video_mask = torch.ones(batch, clips)
-    return [x.to(device) for x in (video, video_mask, text, text_mask)]
-
-
-def _labels(batch: int, clips: int, device: str, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    labels = []
-    for _ in range(batch):  # benchmark input construction, not the model
-        k = int(torch.randint(1, 4, (1,), generator=g))
-        centers = torch.rand(k, generator=g) * 0.6 + 0.2
-        widths = torch.rand(k, generator=g) * 0.2 + 0.05
-        spans = torch.stack((centers, widths), 1)
-        clip_centers = (torch.arange(clips) + 0.5) / clips
-        inside = ((clip_centers[None] - centers[:, None]).abs() < widths[:, None] / 2).any(0)
-        saliency = inside.float() * torch.randint(1, 13, (clips,), generator=g).float()
-        labels.append({"spans": spans.to(device), "saliency_scores": saliency.to(device)})
-    return labels
 
 
 def benchmark_row(
@@ -64,7 +36,7 @@ def benchmark_row(
     torch.manual_seed(0)
     config = SGDetrConfig()
     model = SGDetrForMomentRetrieval(config).to(device=device, dtype=getattr(torch, dtype))
-    inputs = _inputs(batch, clips, tokens, config, device)
+    inputs = random_inputs(batch, clips, tokens, config.video_feature_dim, device)
     result = {
         "mode": mode,
         "batch": batch,
@@ -92,7 +64,7 @@ def benchmark_row(
         )
     else:
         model.train()
-        labels = _labels(batch, clips, device)
+        labels = random_labels(batch, clips, device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
 
         def step() -> None:

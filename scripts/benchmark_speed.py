@@ -42,6 +42,8 @@ from sgdetr_hf.benchmarking import (
     measure,
     measure_interleaved,
     print_table,
+    random_inputs,
+    random_labels,
     write_json,
 )
 from sgdetr_hf.files import strict_json
@@ -91,34 +93,6 @@ class StockDetrReference(nn.Module):
             + F.cross_entropy(outputs["logits"].flatten(0, 1), classes.flatten())
             + F.binary_cross_entropy_with_logits(outputs["saliency"], (saliency > 0).float())
         )
-
-
-def random_inputs(
-    batch: int, clips: int, tokens: int, dim: int, device: str, seed: int = 0
-) -> list[torch.Tensor]:
-    """Features of ``batch`` videos of ``clips`` clips and queries of 8..``tokens`` tokens (the rest padding)."""
-    g = torch.Generator().manual_seed(seed)
-    video = torch.randn(batch, clips, dim, generator=g)
-    text = torch.randn(batch, tokens, dim, generator=g)
-    lengths = torch.randint(min(8, tokens), tokens + 1, (batch,), generator=g)
-    text_mask = (torch.arange(tokens)[None] < lengths[:, None]).float()
-    return [x.to(device) for x in (video, torch.ones(batch, clips), text, text_mask)]
-
-
-def random_labels(batch: int, clips: int, device: str, seed: int = 0) -> list[dict]:
-    """1-3 windows per sample and 0-12 saliency on the clips inside them (as QVHighlights)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = []
-    clip_centers = (torch.arange(clips) + 0.5) / clips
-    for _ in range(batch):  # benchmark input construction, not the model
-        k = int(torch.randint(1, 4, (1,), generator=g))
-        spans = torch.stack(
-            (torch.rand(k, generator=g) * 0.6 + 0.2, torch.rand(k, generator=g) * 0.2 + 0.05), 1
-        )
-        inside = ((clip_centers[None] - spans[:, :1]).abs() < spans[:, 1:] / 2).any(0)
-        saliency = inside.float() * torch.randint(1, 13, (clips,), generator=g).float()
-        labels.append({"spans": spans.to(device), "saliency_scores": saliency.to(device)})
-    return labels
 
 
 def build_models(
@@ -230,9 +204,17 @@ def run_case(case: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
             aten_ops=count_ops_and_flops(functions[case])[0],
         )
         return row
-    timed = measure_interleaved({name: functions[name] for name in models}, args.rounds, 1, args.device)
-    # kernels and arithmetic are counted on the eager forward (a compiled one hides its kernels from the count)
-    eager = case_functions(case, models, batch, argparse.Namespace(**{**vars(args), "compile": False}))
+    # kernels and arithmetic are counted on the eager forward (a compiled one hides its kernels from the count);
+    # with --compile the eager forwards are timed in the same rounds too, for the compile speed-up
+    eager = (
+        case_functions(case, models, batch, argparse.Namespace(**{**vars(args), "compile": False}))
+        if args.compile
+        else functions
+    )
+    timing = {name: functions[name] for name in models}
+    if args.compile:
+        timing.update({f"{name}:eager": eager[name] for name in models})
+    timed = measure_interleaved(timing, args.rounds, 1, args.device)
     for name in models:
         ops = count_ops_and_flops(eager[name])[0]
         flops = count_ops_and_flops(eager.get(f"{name}:flops", eager[name]))[1]
@@ -245,6 +227,8 @@ def run_case(case: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
             "aten_ops": ops,
             "peak_rss_mib": None if args.no_memory else one_model_peak_rss(case, name, batch, args),
         }
+        if args.compile:
+            row[name]["compile_speedup"] = timed[f"{name}:eager"].best / timed[name].best
     sg, ref = row["sgdetr"], row["reference"]
     row["throughput_ratio"] = sg[f"{unit}_per_s"] / ref[f"{unit}_per_s"]
     row["flop_ratio"] = sg["gflop_per_item"] / ref["gflop_per_item"]
@@ -269,6 +253,7 @@ def printed_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
             name: f"{row[name][f'{unit}_per_s']:.1f} {unit}/s, {row[name]['gflop_per_item']:.2f} GFLOP, "
             f"{row[name]['achieved_gflop_per_s']:.0f} GFLOP/s, {row[name]['aten_ops']} ops"
             + ("" if row[name]["peak_rss_mib"] is None else f", {row[name]['peak_rss_mib']:.0f} MiB")
+            + ("" if "compile_speedup" not in row[name] else f", {row[name]['compile_speedup']:.2f}x eager")
             for name in ("sgdetr", "reference")
         }
         printed.append({

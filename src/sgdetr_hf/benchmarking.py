@@ -6,6 +6,7 @@ timed calls, so that the wall clock covers the kernels they queued, and reads th
 allocated during them. :func:`measure_interleaved` times several functions in alternation (one call of
 each per round), so that machine noise hits all of them alike and their ratio is meaningful on a shared
 machine. :func:`count_ops_and_flops` counts the kernel calls and the arithmetic of a function.
+:func:`random_inputs` / :func:`random_labels` make a QVHighlights-shaped batch.
 :func:`print_table` prints result rows as Markdown, :func:`write_json` saves them.
 """
 
@@ -164,6 +165,34 @@ def count_ops_and_flops(function: Callable[[], Any]) -> tuple[int, int]:
     with _OpCounter() as counter:
         function()
     return counter.ops, counter.flops
+
+
+def random_inputs(
+    batch: int, clips: int, tokens: int, dim: int, device: str, seed: int = 0
+) -> list[torch.Tensor]:
+    """Features of ``batch`` videos of ``clips`` clips and queries of 8..``tokens`` tokens (the rest padding)."""
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(batch, clips, dim, generator=g)
+    text = torch.randn(batch, tokens, dim, generator=g)
+    lengths = torch.randint(min(8, tokens), tokens + 1, (batch,), generator=g)
+    text_mask = (torch.arange(tokens)[None] < lengths[:, None]).float()
+    return [x.to(device) for x in (video, torch.ones(batch, clips), text, text_mask)]
+
+
+def random_labels(batch: int, clips: int, device: str, seed: int = 0) -> list[dict]:
+    """1-3 windows per sample and 0-12 saliency on the clips inside them (as QVHighlights)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = []
+    clip_centers = (torch.arange(clips) + 0.5) / clips
+    for _ in range(batch):  # benchmark input construction, not the model
+        k = int(torch.randint(1, 4, (1,), generator=g))
+        spans = torch.stack(
+            (torch.rand(k, generator=g) * 0.6 + 0.2, torch.rand(k, generator=g) * 0.2 + 0.05), 1
+        )
+        inside = ((clip_centers[None] - spans[:, :1]).abs() < spans[:, 1:] / 2).any(0)
+        saliency = inside.float() * torch.randint(1, 13, (clips,), generator=g).float()
+        labels.append({"spans": spans.to(device), "saliency_scores": saliency.to(device)})
+    return labels
 
 
 def print_table(rows: Sequence[Mapping[str, Any]]) -> None:

@@ -318,7 +318,6 @@ class SGDetrATSSHead(nn.Module):
     def __init__(self, config):
         super().__init__()
         d = config.hidden_size
-        self.num_groups = config.group_norm_groups
         self.cls_conv = nn.Conv1d(d, d, 3, padding=1)
         self.cls_norm = SGDetrMaskedGroupNorm(config.group_norm_groups, d)
         self.reg_conv = nn.Conv1d(d, d, 3, padding=1)
@@ -338,11 +337,11 @@ class SGDetrATSSHead(nn.Module):
         sizes = [x.shape[1] for x in feats]
         starts = [sum(sizes[:k]) + k + 1 for k in range(num_levels)]
         anchor_rows = torch.cat([torch.arange(o, o + n, device=device) for o, n in zip(starts, sizes)])
-        anchor_levels = torch.cat([torch.full((n,), k, device=device) for k, n in enumerate(sizes)])
         row_levels = torch.cat(
             [torch.full((n + 1,), k, device=device) for k, n in enumerate(sizes)]
             + [torch.full((1,), num_levels - 1, device=device)]
         )
+        anchor_levels = row_levels[anchor_rows]
         gap, gap_mask = feats[0].new_zeros(batch, 1, d), masks[0].new_zeros(batch, 1)
         packed = torch.cat([t for x in feats for t in (gap, x)] + [gap], dim=1)
         packed_mask = torch.cat([t for m in masks for t in (gap_mask, m)] + [gap_mask], dim=1)
@@ -354,7 +353,7 @@ class SGDetrATSSHead(nn.Module):
             torch.cat((self.cls_conv.bias, self.reg_conv.bias)),
         ).view(batch, length, 2 * d)
         towers = masked_group_norm(
-            towers, packed_mask, 2 * self.num_groups,
+            towers, packed_mask, self.cls_norm.num_groups + self.reg_norm.num_groups,
             torch.cat((self.cls_norm.weight, self.reg_norm.weight)),
             torch.cat((self.cls_norm.bias, self.reg_norm.bias)),
             self.cls_norm.eps, row_levels, num_levels,

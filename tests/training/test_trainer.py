@@ -95,3 +95,20 @@ def test_init_from_a_folder_lacking_a_weight_needs_allow_missing_weights(tmp_pat
     assert isinstance(build_model(allowed, data), SGDetrForMomentRetrieval)
     with pytest.raises(ValueError, match="allow_missing_weights applies to the weights of init_from"):
         load_recipe("demo", {"allow_missing_weights": True})
+
+
+def test_torch_compile_compiles_the_model_in_place(demo_data, tmp_path):
+    """``torch_compile`` (``sgdetr train --compile``) compiles the trained model in place: its parameter
+    names, and so its checkpoints and saved folders, stay those of the plain model."""
+    overrides = {
+        "dataset_path": str(demo_data), "output_dir": str(tmp_path / "run"), "batch_size": 4, "max_steps": 1,
+        "model.hidden_size": 32, "model.ffn_dim": 64, "model.num_dn_groups": 1,
+    }  # fmt: skip
+    plain = Trainer(load_recipe("demo", overrides))
+    compiled = Trainer(load_recipe("demo", {**overrides, "torch_compile": True}))
+    unwrap = compiled.accelerator.unwrap_model
+    assert unwrap(compiled.model)._compiled_call_impl is not None
+    assert plain.accelerator.unwrap_model(plain.model)._compiled_call_impl is None
+    assert list(unwrap(compiled.model).state_dict()) == list(
+        plain.accelerator.unwrap_model(plain.model).state_dict()
+    )
