@@ -30,6 +30,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .layers_sgdetr import (
+    SGDetrDropout,
     SGDetrFeedForward,
     SGDetrMaskedGroupNorm,
     SGDetrMLP,
@@ -38,6 +39,7 @@ from .layers_sgdetr import (
     conv1d_channels_last,
     conv1d_on_rows,
     conv1d_taps,
+    fused_linear,
     masked_group_norm,
     merge_heads,
     split_heads,
@@ -441,35 +443,38 @@ class SGDetrDecoderLayer(GradientCheckpointingLayer):
         self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.ffn = SGDetrFeedForward(config)
         self.norm3 = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = SGDetrDropout(config.dropout)
 
     def forward(
         self,
         tgt: Tensor,
-        memory: Tensor,
-        memory_pos: Tensor,
+        memory_key: Tensor,
+        memory_value: Tensor,
+        memory_key_pos: Tensor,
         query_pos: Tensor,
         query_sine: Tensor,
         memory_blocked: Tensor,
         self_blocked: Tensor | None,
     ) -> Tensor:
+        """``memory_key`` / ``memory_value`` / ``memory_key_pos`` ``(B, L, d)``: this layer's ``ca_k_content``,
+        ``ca_v`` and ``ca_k_pos`` of the memory and its positions (:class:`SGDetrDecoder` runs them for every
+        layer in one GEMM each)."""
         h = self.num_heads
         # self-attention among queries (group mask)
-        q = self.sa_q_content(tgt) + self.sa_q_pos(query_pos)
-        k = self.sa_k_content(tgt) + self.sa_k_pos(query_pos)
-        v = self.sa_v(tgt)
+        q_content, k_content, v = fused_linear(tgt, self.sa_q_content, self.sa_k_content, self.sa_v)
+        q_pos, k_pos = fused_linear(query_pos, self.sa_q_pos, self.sa_k_pos)
+        q, k = q_content + q_pos, k_content + k_pos
         out = attend(self, split_heads(q, h), split_heads(k, h), split_heads(v, h), self_blocked)
         tgt = self.norm1(tgt + self.dropout(self.sa_out(merge_heads(out))))
         # cross-attention to the video memory
         q = self.ca_q_content(tgt)
-        k = self.ca_k_content(memory)
-        k_pos = self.ca_k_pos(memory_pos)
+        k = memory_key
         if self.is_first:
             q = q + self.ca_q_pos(query_pos)
-            k = k + k_pos
+            k = k + memory_key_pos
         q = torch.cat((split_heads(q, h), split_heads(self.ca_q_sine(query_sine), h)), dim=-1)
-        k = torch.cat((split_heads(k, h), split_heads(k_pos, h)), dim=-1)
-        out = attend(self, q, k, split_heads(self.ca_v(memory), h), memory_blocked)
+        k = torch.cat((split_heads(k, h), split_heads(memory_key_pos, h)), dim=-1)
+        out = attend(self, q, k, split_heads(memory_value, h), memory_blocked)
         tgt = self.norm2(tgt + self.dropout(self.ca_out(merge_heads(out))))
         return self.norm3(tgt + self.dropout(self.ffn(tgt)))
 
@@ -512,6 +517,11 @@ class SGDetrDecoder(nn.Module):
         """
         memory_blocked = ~memory_mask[:, None, None, :]
         self_blocked = None if self_blocked is None else self_blocked[:, None]
+        # the memory does not change across layers: every layer's key / value projections in two GEMMs
+        memory_kv = fused_linear(
+            memory, *[p for layer in self.layers for p in (layer.ca_k_content, layer.ca_v)]
+        )
+        memory_k_pos = fused_linear(memory_pos, *[layer.ca_k_pos for layer in self.layers])
         output = content
         reference = references.float()
         previous_refined = None
@@ -523,7 +533,10 @@ class SGDetrDecoder(nn.Module):
                 sine = sine * self.query_scale(output)
             width_scale = torch.sigmoid(self.ref_width_head(output)) / reference[..., 1:2].clamp_min(1e-4)
             sine = sine * width_scale.to(sine.dtype)
-            output = layer(output, memory, memory_pos, query_pos, sine, memory_blocked, self_blocked)
+            output = layer(
+                output, memory_kv[2 * i], memory_kv[2 * i + 1], memory_k_pos[i], query_pos, sine,
+                memory_blocked, self_blocked,
+            )  # fmt: skip
             hidden = self.norm(output)
             delta = self.span_head(hidden).float()
             # DINO look-forward-twice (deformable_transformer.py / dino.py): the refined span is built on the

@@ -37,6 +37,7 @@ from .configuration_sgdetr import SGDetrConfig
 from .detector_sgdetr import SGDetrATSSHead, SGDetrDetectorOutput, SGDetrHybridDetector
 from .layers_sgdetr import (
     SGDetrAttention,
+    SGDetrDropout,
     SGDetrFeedForward,
     SGDetrMaskedGroupNorm,
     SGDetrQueryEmbedding,
@@ -273,7 +274,7 @@ class SGDetrProjection(nn.Module):
         self.linear1 = nn.Linear(in_dim, d)
         self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.linear2 = nn.Linear(d, d)
-        self.dropout = nn.Dropout(config.input_dropout)
+        self.dropout = SGDetrDropout(config.input_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.linear1(self.dropout(self.norm1(x))))
@@ -290,7 +291,7 @@ class SGDetrAttentionPooling(nn.Module):
         self.norm_k = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.norm_v = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.attention = SGDetrAttention(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = SGDetrDropout(config.dropout)
 
     def forward(self, sentence: Tensor, tokens: Tensor, token_mask: Tensor) -> Tensor:
         pooled = self.attention(
@@ -342,7 +343,7 @@ class SGDetrPostNormLayer(GradientCheckpointingLayer):
         self.norm1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.ffn = SGDetrFeedForward(config)
         self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = SGDetrDropout(config.dropout)
 
     def residual_blocks(self, x: Tensor, attended: Tensor) -> Tensor:
         x = self.norm1(x + self.dropout(attended))
