@@ -3,7 +3,8 @@
 Each test computes a block the straightforward way (per level, per sample, with ``F.conv1d`` /
 ``F.group_norm`` on the valid positions only) from the module's own, randomised weights and compares it
 with the fast form the model runs: the convolutions as matmuls over unfolded windows, the ATSS head's levels
-packed into one pass, the per-level GroupNorm statistics, the selector's span head on its selections only.
+packed into one pass, the per-level GroupNorm statistics, the selector's span head on its selections only; the projections sharing an input as one GEMM and the
+CPU dropout's mask.
 """
 
 import pytest
@@ -12,7 +13,15 @@ import torch.nn.functional as F
 
 from sgdetr_hf import SGDetrConfig
 from sgdetr_hf.detector_sgdetr import SGDetrATSSHead, SGDetrPyramidNeck, SGDetrQuerySelector, make_anchors
-from sgdetr_hf.layers_sgdetr import conv1d_channels_last, conv1d_on_rows, conv1d_taps, masked_group_norm
+from sgdetr_hf.layers_sgdetr import (
+    SGDetrAttention,
+    conv1d_channels_last,
+    conv1d_on_rows,
+    conv1d_taps,
+    dropout_,
+    fused_linear,
+    masked_group_norm,
+)
 from sgdetr_hf.spans import clamp_spans_cw, inverse_sigmoid
 
 CONFIG = SGDetrConfig(hidden_size=16, num_attention_heads=2, ffn_dim=32, group_norm_groups=4, num_queries=5)
@@ -35,8 +44,10 @@ def test_conv1d_channels_last_is_conv1d(stride, length):
     torch.testing.assert_close(conv1d_channels_last(x, conv.weight, conv.bias, stride), expected)
 
 
-def test_conv1d_on_rows_convolves_each_zero_separated_sequence_alone():
-    conv = torch.nn.Conv1d(4, 3, 3, padding=1)
+@pytest.mark.parametrize("out_channels", [3, 20])  # the one-GEMM narrow form and the three-GEMM wide form
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv1d_on_rows_convolves_each_zero_separated_sequence_alone(out_channels, bias):
+    conv = torch.nn.Conv1d(4, out_channels, 3, padding=1, bias=bias)
     first, second = torch.randn(5, 4), torch.randn(2, 4)
     gap = torch.zeros(1, 4)
     out = conv1d_on_rows(torch.cat((gap, first, gap, second, gap)), conv1d_taps(conv), conv.bias)
@@ -118,3 +129,46 @@ def test_selector_spans_are_the_span_head_of_the_selected_positions():
     # the 5 best of the second video's 4 + 2 + 1 = 7 valid positions, ranked by moment probability
     probability = torch.softmax(selector.class_head(z), -1)[1, :, 0].masked_fill(~mask[1], -1)
     assert index[1].tolist() == probability.argsort(descending=True)[:5].tolist()
+
+
+def test_fused_linear_equals_each_linear_alone():
+    generator = torch.Generator().manual_seed(1)
+    linears = [torch.nn.Linear(6, n) for n in (4, 3, 5)]
+    for linear in linears:
+        _randomise(linear, seed=linear.out_features)
+    x = torch.randn(2, 7, 6, generator=generator)
+    outputs = fused_linear(x, *linears)
+    assert len(outputs) == 3
+    for output, linear in zip(outputs, linears):
+        torch.testing.assert_close(output, linear(x), rtol=1e-6, atol=1e-6)
+
+
+def test_attention_with_shared_inputs_equals_separate_projections():
+    """q = k (self-attention) and k = v (cross-attention) take the fused GEMM; the result is the attention of
+    the three separate projections (the inputs are cloned, so the plain path runs)."""
+    attention = _randomise(SGDetrAttention(CONFIG)).eval()
+    generator = torch.Generator().manual_seed(2)
+    x, values = torch.randn(2, 5, 16, generator=generator), torch.randn(2, 5, 16, generator=generator)
+    text = torch.randn(2, 4, 16, generator=generator)
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    torch.testing.assert_close(attention(x, x, values), attention(x, x.clone(), values))
+    torch.testing.assert_close(attention(x, text, text, mask), attention(x, text, text.clone(), mask))
+
+
+def test_cpu_dropout_keeps_each_element_with_probability_one_minus_p_and_rescales():
+    torch.manual_seed(0)
+    x = torch.ones(1_000_000, requires_grad=True)
+    y = dropout_(x, 0.3, training=True)
+    kept = y != 0
+    # 1e6 Bernoulli(0.7) draws: the kept share is within 5 standard deviations (0.00046) of 0.7
+    assert abs(kept.float().mean().item() - 0.7) < 5 * (0.7 * 0.3 / 1e6) ** 0.5
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    y.sum().backward()
+    torch.testing.assert_close(
+        x.grad, kept.float() / 0.7
+    )  # the gradient passes through the kept elements only
+    # neighbouring elements are independent: the kept pairs are 0.49 of all pairs, not 0.7 (copies) or 0
+    pairs = (kept[:-1] & kept[1:]).float().mean().item()
+    assert abs(pairs - 0.49) < 0.005
+    assert dropout_(x, 0.3, training=False) is x and dropout_(x, 0.0, training=True) is x
+    assert (dropout_(x, 1.0, training=True) == 0).all()

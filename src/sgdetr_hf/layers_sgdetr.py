@@ -275,7 +275,18 @@ def conv1d_on_rows(rows: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:
     ``rows[i-1] @ taps[0] + rows[i] @ taps[1] + rows[i+1] @ taps[2] + b`` for ``0 < i < N - 1`` (rows 0 and N - 1
     hold partial sums: callers place zero rows there). Several sequences laid end to end with one zero row
     between neighbours and at both ends are each convolved with their own zero padding. Three GEMMs on shifted
-    row views of the same matrix: no unfolded copy of the input. ``taps`` from :func:`conv1d_taps`."""
+    row views of the same matrix: no unfolded copy of the input. ``taps`` from :func:`conv1d_taps`.
+
+    Narrow outputs (at most 16 channels, the ATSS output convolutions) take one GEMM over the three taps side
+    by side and two shifted adds of its thin result instead: a GEMM that wide reads its input at the same cost
+    whatever its width, so three of them read it three times."""
+    if taps.shape[2] <= 16:
+        width = taps.shape[2]
+        per_tap = rows @ taps.permute(1, 0, 2).flatten(1)  # (N, 3 * C_out): [tap 0 | tap 1 | tap 2]
+        out = per_tap[:, width : 2 * width].clone() if bias is None else per_tap[:, width : 2 * width] + bias
+        out[1:] += per_tap[:-1, :width]
+        out[:-1] += per_tap[1:, 2 * width :]
+        return out
     out = rows @ taps[1] if bias is None else torch.addmm(bias, rows, taps[1])
     out[1:].addmm_(rows[:-1], taps[0])
     out[:-1].addmm_(rows[1:], taps[2])
