@@ -3,8 +3,8 @@
 Each test computes a block the straightforward way (per level, per sample, with ``F.conv1d`` /
 ``F.group_norm`` on the valid positions only) from the module's own, randomised weights and compares it
 with the fast form the model runs: the convolutions as matmuls over unfolded windows, the ATSS head's levels
-packed into one pass, the per-level GroupNorm statistics, the selector's span head on its selections only; the projections sharing an input as one GEMM and the
-CPU dropout's mask.
+packed into one pass, the per-level GroupNorm statistics, the selector's span head on its selections only,
+the projections that share an input as one GEMM; and the CPU dropout's mask keeps the distribution.
 """
 
 import pytest
@@ -15,10 +15,10 @@ from sgdetr_hf import SGDetrConfig
 from sgdetr_hf.detector_sgdetr import SGDetrATSSHead, SGDetrPyramidNeck, SGDetrQuerySelector, make_anchors
 from sgdetr_hf.layers_sgdetr import (
     SGDetrAttention,
+    apply_dropout,
     conv1d_channels_last,
     conv1d_on_rows,
     conv1d_taps,
-    dropout_,
     fused_linear,
     masked_group_norm,
 )
@@ -158,17 +158,16 @@ def test_attention_with_shared_inputs_equals_separate_projections():
 def test_cpu_dropout_keeps_each_element_with_probability_one_minus_p_and_rescales():
     torch.manual_seed(0)
     x = torch.ones(1_000_000, requires_grad=True)
-    y = dropout_(x, 0.3, training=True)
+    y = apply_dropout(x, 0.3, training=True)
     kept = y != 0
-    # 1e6 Bernoulli(0.7) draws: the kept share is within 5 standard deviations (0.00046) of 0.7
+    # 1e6 Bernoulli(0.7) draws: the kept share is within 5 standard deviations (one is 0.00046) of 0.7
     assert abs(kept.float().mean().item() - 0.7) < 5 * (0.7 * 0.3 / 1e6) ** 0.5
     torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
     y.sum().backward()
-    torch.testing.assert_close(
-        x.grad, kept.float() / 0.7
-    )  # the gradient passes through the kept elements only
+    # the gradient passes through the kept elements only
+    torch.testing.assert_close(x.grad, kept.float() / 0.7)
     # neighbouring elements are independent: the kept pairs are 0.49 of all pairs, not 0.7 (copies) or 0
     pairs = (kept[:-1] & kept[1:]).float().mean().item()
     assert abs(pairs - 0.49) < 0.005
-    assert dropout_(x, 0.3, training=False) is x and dropout_(x, 0.0, training=True) is x
-    assert (dropout_(x, 1.0, training=True) == 0).all()
+    assert apply_dropout(x, 0.3, training=False) is x and apply_dropout(x, 0.0, training=True) is x
+    assert (apply_dropout(x, 1.0, training=True) == 0).all()
