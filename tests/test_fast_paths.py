@@ -4,7 +4,8 @@ Each test computes a block the straightforward way (per level, per sample, with 
 ``F.group_norm`` on the valid positions only) from the module's own, randomised weights and compares it
 with the fast form the model runs: the convolutions as matmuls over unfolded windows, the ATSS head's levels
 packed into one pass, the per-level GroupNorm statistics, the selector's span head on its selections only,
-the projections that share an input as one GEMM; and the CPU dropout's mask keeps the distribution.
+the projections that share an input as one GEMM, PReLU's CPU backward; and the CPU dropout's mask keeps the
+distribution.
 """
 
 import pytest
@@ -15,6 +16,7 @@ from sgdetr_hf import SGDetrConfig
 from sgdetr_hf.detector_sgdetr import SGDetrATSSHead, SGDetrPyramidNeck, SGDetrQuerySelector, make_anchors
 from sgdetr_hf.layers_sgdetr import (
     SGDetrAttention,
+    SGDetrPReLU,
     apply_dropout,
     conv1d_channels_last,
     conv1d_on_rows,
@@ -155,6 +157,29 @@ def test_attention_with_shared_inputs_equals_separate_projections():
     torch.testing.assert_close(attention(x, text, text, mask), attention(x, text, text.clone(), mask))
 
 
+def test_eager_attention_values_and_gradients_equal_sdpa():
+    """The eager kernel (scale on the queries, the key mask as an added -inf bias) against PyTorch's SDPA, forward
+    and backward, with a padded key in one sample and a blocked query-key pair in the other. The tolerance is relative to the
+    largest value compared (the key bias's gradient is zero in exact arithmetic, float32 noise in both)."""
+    config = SGDetrConfig(hidden_size=16, num_attention_heads=2, ffn_dim=32, group_norm_groups=4, dropout=0.0)
+    generator = torch.Generator().manual_seed(4)
+    x, text = torch.randn(2, 5, 16, generator=generator), torch.randn(2, 4, 16, generator=generator)
+    mask = torch.tensor([[True] * 4, [True, True, True, False]])
+    blocked = torch.zeros(2, 1, 5, 4, dtype=torch.bool)
+    blocked[1, 0, 2, 0] = True
+    results = {}
+    for implementation in ("sdpa", "eager"):
+        config._attn_implementation = implementation
+        attention = _randomise(SGDetrAttention(config)).train()
+        inputs = x.clone().requires_grad_(), text.clone().requires_grad_()
+        out = attention(inputs[0], inputs[1], inputs[1], mask, blocked=blocked)
+        out.square().sum().backward()
+        results[implementation] = [out, *(t.grad for t in inputs), *(p.grad for p in attention.parameters())]
+    scale = max(t.abs().max().item() for t in results["sdpa"])
+    for sdpa, eager in zip(results["sdpa"], results["eager"], strict=True):
+        torch.testing.assert_close(eager, sdpa, rtol=1e-5, atol=1e-5 * scale)
+
+
 def test_cpu_dropout_keeps_each_element_with_probability_one_minus_p_and_rescales():
     torch.manual_seed(0)
     x = torch.ones(1_000_000, requires_grad=True)
@@ -162,12 +187,53 @@ def test_cpu_dropout_keeps_each_element_with_probability_one_minus_p_and_rescale
     kept = y != 0
     # 1e6 Bernoulli(0.7) draws: the kept share is within 5 standard deviations (one is 0.00046) of 0.7
     assert abs(kept.float().mean().item() - 0.7) < 5 * (0.7 * 0.3 / 1e6) ** 0.5
-    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    # the drop rate is p rounded to 16 bits, 19661 / 2**16, and the kept elements are scaled by its inverse
+    keep_rate = 1 - 19661 / 2**16
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / keep_rate))
     y.sum().backward()
     # the gradient passes through the kept elements only
-    torch.testing.assert_close(x.grad, kept.float() / 0.7)
-    # neighbouring elements are independent: the kept pairs are 0.49 of all pairs, not 0.7 (copies) or 0
-    pairs = (kept[:-1] & kept[1:]).float().mean().item()
-    assert abs(pairs - 0.49) < 0.005
+    torch.testing.assert_close(x.grad, kept.float() / keep_rate)
+    # neighbouring elements (four share one 64-bit word) are independent: the kept pairs are 0.49 of all
+    # pairs, not 0.7 (copies) or 0; so are elements a word apart
+    for gap in (1, 2, 3, 4):
+        pairs = (kept[:-gap] & kept[gap:]).float().mean().item()
+        assert abs(pairs - 0.49) < 0.005, gap
     assert apply_dropout(x, 0.3, training=False) is x and apply_dropout(x, 0.0, training=True) is x
     assert (apply_dropout(x, 1.0, training=True) == 0).all()
+
+
+def test_cpu_dropout_masks_follow_torch_seed_and_differ_between_calls():
+    x = torch.ones(4, 1000)
+    torch.manual_seed(5)
+    first, second = apply_dropout(x, 0.1, training=True), apply_dropout(x, 0.1, training=True)
+    torch.manual_seed(5)
+    torch.testing.assert_close(apply_dropout(x, 0.1, training=True), first)
+    assert not torch.equal(first, second)
+    assert first.shape == x.shape and apply_dropout(torch.ones(0, 3), 0.1, training=True).shape == (0, 3)
+
+
+def test_cpu_dropout_outside_the_16_bit_range_is_exact_f_dropout():
+    # a rate below 1/128 would be rounded by more than 0.1% of itself: it takes F.dropout, scale 1 / (1 - p)
+    torch.manual_seed(1)
+    y = apply_dropout(torch.ones(100_000), 0.001, training=True)
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / 0.999))
+
+
+@pytest.mark.parametrize("weight", [0.25, -0.5, 1.5])
+def test_prelu_cpu_backward_equals_f_prelu(weight):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 50, generator=generator)
+    x[0, :5] = 0.0  # the kink: slope of the negative side, as F.prelu's backward
+    grad = torch.randn(6, 50, generator=generator)
+    module = SGDetrPReLU()
+    with torch.no_grad():
+        module.weight.fill_(weight)
+    reference_weight = module.weight.detach().clone().requires_grad_()
+    x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    fast, reference = module(x_fast), F.prelu(x_ref, reference_weight)
+    torch.testing.assert_close(fast, reference)
+    fast.backward(grad)
+    reference.backward(grad)
+    torch.testing.assert_close(x_fast.grad, x_ref.grad)
+    torch.testing.assert_close(module.weight.grad, reference_weight.grad)
+    assert list(module.state_dict()) == ["weight"]
