@@ -148,7 +148,7 @@ def case_functions(
     for model in models.values():
         model.train()
     optimizers = {
-        name: torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+        name: torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)  # as the Trainer
         for name, model in models.items()
     }
 

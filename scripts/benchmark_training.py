@@ -57,7 +57,7 @@ def main() -> None:
     torch.manual_seed(0)
     config = SGDetrConfig(video_feature_dim=args.dim, text_feature_dim=args.dim)
     model = SGDetrForMomentRetrieval(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.1, fused=True)  # as the Trainer
     model, optimizer = accelerator.prepare(model, optimizer)
     batch = qvhighlights_batch(args.batch_size, args.num_clips, args.num_tokens, args.dim, seed=0)
     batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
