@@ -212,11 +212,15 @@ def test_cpu_dropout_masks_follow_torch_seed_and_differ_between_calls():
     assert first.shape == x.shape and apply_dropout(torch.ones(0, 3), 0.1, training=True).shape == (0, 3)
 
 
-def test_cpu_dropout_outside_the_16_bit_range_is_exact_f_dropout():
-    # a rate below 1/128 would be rounded by more than 0.1% of itself: it takes F.dropout, scale 1 / (1 - p)
+@pytest.mark.parametrize("p, dtype", [(0.001, torch.float32), (0.3, torch.bfloat16)])
+def test_cpu_dropout_outside_its_fast_path_is_f_dropout(p, dtype):
+    """A rate below 1/128 (16-bit rounding would move it by more than 0.1% of itself) and bfloat16 (a rounded
+    scale would bias the expectation) take ``F.dropout`` itself: the same mask and scale for the same seed."""
+    x = torch.ones(100_000, dtype=dtype)
     torch.manual_seed(1)
-    y = apply_dropout(torch.ones(100_000), 0.001, training=True)
-    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / 0.999))
+    ours = apply_dropout(x, p, training=True)
+    torch.manual_seed(1)
+    torch.testing.assert_close(ours, F.dropout(x, p, training=True), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("weight", [0.25, -0.5, 1.5])

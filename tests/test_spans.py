@@ -67,6 +67,8 @@ def test_sine_embedding_values():
     assert torch.allclose(emb[0], torch.tensor(expected), atol=1e-6)
     spans = sine_embed_spans_cw(torch.tensor([[0.25, 0.5]]), 8, temperature=100.0)
     assert torch.allclose(spans[0, :4], emb[0], atol=1e-6)
+    # [PE(center) ; PE(width)], not interleaved: the width's embedding is the second half
+    assert torch.equal(spans[0, 4:], sine_embedding(torch.tensor([0.5]), 4, temperature=100.0)[0])
     assert spans.shape == (1, 8)
 
 

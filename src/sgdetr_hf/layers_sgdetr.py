@@ -50,11 +50,11 @@ def apply_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     integer falls in the lowest ``round(p * 2**16)`` of the ``2**16`` values, and the kept ones are scaled by
     ``1 / (1 - p')`` with ``p'`` that rounded rate, so the expectation stays exactly ``x``. ``p'`` is within
     ``2**-17`` of ``p``; the fast path is used for ``1/128 <= p <= 127/128`` (``p`` off by at most 0.1% of
-    itself), ``F.dropout`` for the rest, on other devices (CUDA draws in parallel) and under
-    ``torch.compile`` (Inductor has its own generator)."""
+    itself), on float32 (a low-precision scale would bias the expectation); ``F.dropout`` for the rest, on
+    other devices (CUDA draws in parallel) and under ``torch.compile`` (Inductor has its own generator)."""
     if not training or p == 0.0:
         return x
-    fast = x.device.type == "cpu" and 1 / 128 <= p <= 127 / 128 and x.numel() > 0
+    fast = x.device.type == "cpu" and x.dtype == torch.float32 and 1 / 128 <= p <= 127 / 128 and x.numel() > 0
     if not fast or torch.compiler.is_compiling():
         return F.dropout(x, p, training=True)
     dropped_values = round(p * 2**16)
@@ -227,11 +227,13 @@ class _PReLUWithSlope(torch.autograd.Function):
 
 
 class SGDetrPReLU(nn.PReLU):
-    """``nn.PReLU`` (one shared weight) with a faster CPU backward when a gradient is needed (:class:`_PReLUWithSlope`);
-    the same parameter, so checkpoints are unchanged."""
+    """``nn.PReLU`` (one shared weight) with a faster CPU float32 backward when a gradient is needed
+    (:class:`_PReLUWithSlope`; in bfloat16 its dot product would accumulate in bfloat16); the same parameter, so
+    checkpoints are unchanged."""
 
     def forward(self, x: Tensor) -> Tensor:
-        fast = self.num_parameters == 1 and x.device.type == "cpu" and torch.is_grad_enabled()
+        fast = self.num_parameters == 1 and x.device.type == "cpu" and x.dtype == torch.float32
+        fast = fast and torch.is_grad_enabled()
         if fast and (x.requires_grad or self.weight.requires_grad) and not torch.compiler.is_compiling():
             return _PReLUWithSlope.apply(x, self.weight)
         return F.prelu(x, self.weight)

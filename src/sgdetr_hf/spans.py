@@ -93,21 +93,18 @@ def sine_embedding(
 ) -> Tensor:
     """Interleaved sine/cosine embedding of scalars: ``(...)`` -> ``(..., dim)``.
 
-    ``out[2i] = sin(scale * v / T^(2i/dim))``, ``out[2i+1] = cos(scale * v / T^(2i/dim))`` (DETR convention).
+    ``out[2i] = sin(scale * v / T^(2i/dim))``, ``out[2i+1] = cos(scale * v / T^(2i/dim))`` (DETR convention):
+    the ``dim / 2`` angles once, their sines and cosines interleaved.
     """
-    idx = torch.arange(dim, dtype=torch.float32, device=values.device)
-    dim_t = temperature ** (2 * torch.div(idx, 2, rounding_mode="floor") / dim)
-    pos = values.float()[..., None] * scale / dim_t
-    return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
+    dim_t = temperature ** (torch.arange(0, dim, 2, dtype=torch.float32, device=values.device) / dim)
+    angles = values.float()[..., None] * scale / dim_t
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)
 
 
 def sine_embed_spans_cw(spans: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
-    """``[PE_{dim/2}(2*pi*center) ; PE_{dim/2}(2*pi*width)]``: ``(..., 2)`` -> ``(..., dim)`` (the DAB-DETR query position of §3.5)."""
-    half = dim // 2
-    return torch.cat(
-        (sine_embedding(spans[..., 0], half, temperature), sine_embedding(spans[..., 1], half, temperature)),
-        dim=-1,
-    )
+    """``[PE_{dim/2}(2*pi*center) ; PE_{dim/2}(2*pi*width)]``: ``(..., 2)`` -> ``(..., dim)`` (the DAB-DETR query
+    position of §3.5), both endpoints in one :func:`sine_embedding` call."""
+    return sine_embedding(spans, dim // 2, temperature).flatten(-2)
 
 
 def nms_1d(spans: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
