@@ -312,6 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the shortened check of the test suite")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="override the number of training steps")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="CPU threads (default 1, as the recorded figures: the thread count changes the summation order of the "
+        "CPU kernels, and so the trajectory of the run)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # seven lines per epoch-end checkpoint
@@ -319,7 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = dataclasses.replace(QUICK_SETTINGS if args.quick else CheckSettings(), seed=args.seed)
     if args.steps is not None:
         settings = dataclasses.replace(settings, steps=args.steps)
-    summary = run_check(settings, args.output_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        summary = run_check(settings, args.output_dir)
+    finally:
+        torch.set_num_threads(threads)  # main() also runs inside the test suite
     for name, run in summary["runs"].items():
         print(format_metrics_table(run["metrics"], title=f"{name} labels ({run['seconds']:.0f} s)"))
     others = ", ".join(
