@@ -359,6 +359,7 @@ __all__ = [
     "SGDetrFeedForward",
     "SGDetrMLP",
     "SGDetrMaskedGroupNorm",
+    "SGDetrPReLU",
     "SGDetrQueryEmbedding",
     "SGDetrZeroInitLinear",
     "apply_dropout",
