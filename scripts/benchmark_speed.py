@@ -46,6 +46,7 @@ from sgdetr_hf.benchmarking import (
     random_labels,
     write_json,
 )
+from sgdetr_hf.cpu_memory import retain_freed_memory
 from sgdetr_hf.files import strict_json
 from sgdetr_hf.targets_sgdetr import prepare_targets
 
@@ -182,7 +183,7 @@ def one_model_peak_rss(case: str, model: str, batch: int, args: argparse.Namespa
     spec = strict_json({"case": case, "model": model, "batch": batch})
     command = [sys.executable, __file__, "--memory-of", spec, "--device", args.device, "--dtype", args.dtype]
     command += ["--threads", str(args.threads), "--clips", str(args.clips), "--tokens", str(args.tokens)]
-    command += ["--dim", str(args.dim)]
+    command += ["--dim", str(args.dim)] + (["--system-malloc"] if args.system_malloc else [])
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.splitlines()[-1])["peak_rss_mib"]
 
@@ -280,6 +281,12 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile both models first")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-model peak-RSS processes")
     parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (by default freed memory is kept for reuse, as `sgdetr train` does "
+        "on CPU: sgdetr_hf.cpu_memory)",
+    )
+    parser.add_argument(
         "--cases",
         nargs="+",
         default=list(CASES),
@@ -291,6 +298,9 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
+    malloc = (
+        "system malloc" if args.system_malloc or not retain_freed_memory() else "malloc retains freed memory"
+    )
 
     if args.memory_of:
         spec = json.loads(args.memory_of)
@@ -309,7 +319,7 @@ def main() -> int:
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "CPU"
     header = (
         f"{device}, {args.threads} threads, {args.dtype}{', torch.compile' if args.compile else ''}, "
-        f"torch {torch.__version__}; L={args.clips}, N={args.tokens}, d={args.dim}; best of {args.rounds} rounds"
+        f"torch {torch.__version__}, {malloc}; L={args.clips}, N={args.tokens}, d={args.dim}; best of {args.rounds} rounds"
     )
     print(f"\n{header}\n")
     print_table(printed_rows(rows))

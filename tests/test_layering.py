@@ -48,7 +48,17 @@ REMOTE_CODE = set().union(*REMOTE_LAYERS)
 #: Each layer lists flat modules and sub-packages by name; ``sgdetr_hf`` is the package's ``__init__``.
 LAYERS = [
     *REMOTE_LAYERS,
-    {"files", "hub_ids", "visualization", "benchmarking", "tiny_repo", "_deprecation", "data", "metrics"},
+    {
+        "files",
+        "hub_ids",
+        "visualization",
+        "benchmarking",
+        "cpu_memory",
+        "tiny_repo",
+        "_deprecation",
+        "data",
+        "metrics",
+    },
     {"training"},
     {"commands"},
     {PACKAGE},

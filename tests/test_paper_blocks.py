@@ -12,6 +12,7 @@ is the textbook ``softmax(q k^T / sqrt(d_h)) v`` per head on the module's own pr
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from contextlib import contextmanager
@@ -334,6 +335,39 @@ def test_moment_encoder_attends_the_moment_and_the_non_moment_clips_apart(model,
             frames = trained.moment_frame_outputs[b]
             _assert_close(frames[moment], on_moment[1:], "frames of moment clips")
             _assert_close(frames[nonmoment], on_rest[1:], "frames of non-moment clips")
+
+
+def test_moment_encoder_with_two_layers_keeps_the_passes_apart_in_every_layer(
+    model, trained_encoding, inputs
+):
+    """With more than one layer the passes part at the first (the last computes only the rows read): tokens and
+    frames still equal each pass run alone through both layers."""
+    trained, targets = trained_encoding
+    vmask = inputs[1]
+    moment_encoder = copy.deepcopy(model.sg_detr.moment_encoder)
+    second = copy.deepcopy(moment_encoder.layers[0])
+    with torch.no_grad():
+        for parameter in second.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(4)))
+    moment_encoder.layers.append(second)
+    with torch.no_grad():
+        tokens, other_tokens, frames = moment_encoder(
+            trained.video_embeds, trained.position_embeddings, vmask, targets.moment_mask
+        )
+        one_layer = model.sg_detr.moment_encoder(
+            trained.video_embeds, trained.position_embeddings, vmask, targets.moment_mask
+        )
+        for b in range(len(LENGTHS)):
+            video, pos = trained.video_embeds[b], trained.position_embeddings[b]
+            moment = targets.moment_mask[b]
+            nonmoment = vmask[b] & ~moment
+            on_moment = _moment_encoder_on(moment_encoder, video[moment], pos[moment])
+            on_rest = _moment_encoder_on(moment_encoder, video[nonmoment], pos[nonmoment])
+            _assert_close(tokens[b], on_moment[0], "moment token, 2 layers")
+            _assert_close(other_tokens[b], on_rest[0], "non-moment token, 2 layers")
+            _assert_close(frames[b][moment], on_moment[1:], "frames of moment clips, 2 layers")
+            _assert_close(frames[b][nonmoment], on_rest[1:], "frames of non-moment clips, 2 layers")
+    _assert_far(tokens, one_layer[0], "2 layers vs 1")
 
 
 # --------------------------------------------------------------------------------------------- §3.5

@@ -1,4 +1,5 @@
-"""Every output, loss term and gradient of a fixed small SG-DETR run equals the recorded one (to 1e-5).
+"""Every output, loss term and gradient of a fixed small SG-DETR run equals the recorded one (to 1e-5 of itself or of
+its tensor's largest element).
 
 The recording (``fixtures/sgdetr_recorded_outputs.safetensors``) pins the results while the code is changed
 for speed; see ``recorded_outputs_testing`` for what it holds and when to record again.
@@ -15,8 +16,15 @@ def test_outputs_losses_and_gradients_equal_the_recording():
     computed = compute_outputs()
     assert set(computed) == set(recorded)
     for name, expected in recorded.items():
+        # float32 sums in another order (other CPU kernels, another GEMM blocking) move an element by a few
+        # ulps of its terms, not of itself: near-zero elements of a tensor are compared on that tensor's scale
+        scale = float(expected.abs().max()) if expected.numel() else 0.0
         torch.testing.assert_close(
-            computed[name], expected, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+            computed[name],
+            expected,
+            rtol=1e-5,
+            atol=max(1e-6, 1e-5 * scale),
+            msg=lambda m, n=name: f"{n}: {m}",
         )
 
 

@@ -368,14 +368,33 @@ class SGDetrEncoderLayer(SGDetrPostNormLayer):
     def __init__(self, config: SGDetrConfig):
         super().__init__(config, attention_name="self_attention")
 
-    def forward(self, x: Tensor, pos: Tensor, key_mask: Tensor) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        pos: Tensor,
+        key_mask: Tensor,
+        keys: Tensor | None = None,
+        key_pos: Tensor | None = None,
+    ) -> Tensor:
+        """Self-attention over ``x`` ``(B, L, d)`` with ``key_mask`` ``(B, L)`` bool; or, with ``keys`` /
+        ``key_pos`` ``(B, K, d)`` (the layer's input rows, of which ``x`` holds some), the rows of ``x`` attend
+        those keys with a mask per row, ``key_mask`` ``(B, L, K)``: the outputs the full layer gives at these
+        rows."""
         qk = x + pos
-        return self.residual_blocks(x, self.self_attention(qk, qk, x, key_mask=key_mask))
+        if keys is None:
+            return self.residual_blocks(x, self.self_attention(qk, qk, x, key_mask=key_mask))
+        attended = self.self_attention(qk, keys + key_pos, keys, blocked=~key_mask[:, None])
+        return self.residual_blocks(x, attended)
 
 
 class SGDetrMomentEncoder(nn.Module):
     """CG-DETR moment encoder (eq. 14, §3.7, training only): a learnable token attends the moment clips (first pass)
-    or the non-moment clips (second pass); both passes run as one batch of 2B."""
+    or the non-moment clips (second pass).
+
+    The passes run as one batch, and the last layer computes only the rows the loss reads: the two tokens and
+    each clip in the pass of its kind (a clip's row in the other pass would be discarded). With one layer (the
+    default) both passes still share that layer's input, so its keys and values are projected once, and it
+    runs ``2 + L`` rows per video instead of ``2 (1 + L)``."""
 
     def __init__(self, config: SGDetrConfig):
         super().__init__()
@@ -389,19 +408,38 @@ class SGDetrMomentEncoder(nn.Module):
     def forward(
         self, video: Tensor, pos: Tensor, video_mask: Tensor, moment_mask: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
+        """video / pos ``(B, L, d)``, video_mask / moment_mask ``(B, L)`` bool -> the moment and non-moment
+        tokens ``(B, d)`` and the frame outputs ``(B, L, d)``: each clip from the pass of its kind (padding
+        from the non-moment pass)."""
         batch = video.shape[0]
         token = self.moment_token.to(video.dtype)[None, None].expand(batch, 1, -1)
         token_pos = self.moment_position.to(video.dtype)[None, None].expand(batch, 1, -1)
-        x = torch.cat((token, video), 1).repeat(2, 1, 1)
-        p = torch.cat((token_pos, pos), 1).repeat(2, 1, 1)
-        keep_token = torch.ones(2 * batch, 1, dtype=torch.bool, device=video.device)
-        clip_keys = torch.cat((video_mask & moment_mask, video_mask & ~moment_mask), 0)
-        key_mask = torch.cat((keep_token, clip_keys), 1)
-        for layer in self.layers:
-            x = layer(x, p, key_mask)
-        moment, nonmoment = x[:batch], x[batch:]
-        frames = torch.where(moment_mask[..., None], moment[:, 1:], nonmoment[:, 1:])
-        return moment[:, 0], nonmoment[:, 0], frames
+        x = torch.cat((token, video), 1)
+        p = torch.cat((token_pos, pos), 1)
+        keep_token = torch.ones(batch, 1, dtype=torch.bool, device=video.device)
+        moment_keys = torch.cat((keep_token, video_mask & moment_mask), 1)  # (B, 1 + L)
+        other_keys = torch.cat((keep_token, video_mask & ~moment_mask), 1)
+        # the pass of every output row [moment token, non-moment token, clip 1..L]
+        row_in_moment_pass = torch.cat((keep_token, ~keep_token, moment_mask), 1)[..., None]  # (B, 2 + L, 1)
+        *first_layers, last_layer = self.layers
+        if not first_layers:  # one layer: both passes attend the same input rows, with their own key masks
+            rows = torch.cat((x[:, :1], x), 1)
+            keys, key_pos = x, p
+            allowed = torch.where(row_in_moment_pass, moment_keys[:, None], other_keys[:, None])
+        else:  # the passes part at the first layer: [moment pass; non-moment pass] as a batch of 2B
+            x, both_pos = x.repeat(2, 1, 1), p.repeat(2, 1, 1)
+            key_mask = torch.cat((moment_keys, other_keys), 0)
+            for layer in first_layers:
+                x = layer(x, both_pos, key_mask)
+            moment_x, other_x = x[:batch], x[batch:]
+            clips = torch.where(moment_mask[..., None], moment_x[:, 1:], other_x[:, 1:])
+            rows = torch.cat((moment_x[:, :1], other_x[:, :1], clips), 1)
+            keys, key_pos = torch.cat((moment_x, other_x), 1), torch.cat((p, p), 1)
+            allowed = torch.cat(
+                (moment_keys[:, None] & row_in_moment_pass, other_keys[:, None] & ~row_in_moment_pass), 2
+            )
+        out = last_layer(rows, torch.cat((p[:, :1], p), 1), allowed, keys, key_pos)
+        return out[:, 0], out[:, 1], out[:, 2:]
 
 
 # ============================================================================================ models

@@ -112,3 +112,12 @@ def test_torch_compile_compiles_the_model_in_place(demo_data, tmp_path):
     assert list(unwrap(compiled.model).state_dict()) == list(
         plain.accelerator.unwrap_model(plain.model).state_dict()
     )
+
+
+@pytest.mark.parametrize("retain", [True, False])
+def test_cpu_runs_keep_freed_memory_unless_the_recipe_says_no(demo_data, tmp_path, monkeypatch, retain):
+    calls = []
+    monkeypatch.setattr("sgdetr_hf.training.trainer.retain_freed_memory", lambda: calls.append(1) or True)
+    overrides = {"dataset_path": str(demo_data), "output_dir": str(tmp_path), "batch_size": 4, "max_steps": 1}
+    Trainer(load_recipe("demo", {**overrides, "retain_cpu_memory": retain}))
+    assert calls == ([1] if retain else [])

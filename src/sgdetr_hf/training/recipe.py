@@ -70,6 +70,7 @@ class TrainingRecipe:
     max_grad_norm: float = 0.1  # global L2 norm; <= 0 disables clipping
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16 (auto: the launcher's, else bf16 on a bf16 GPU)
     torch_compile: bool = False  # torch.compile the model in place (its state dict and checkpoints unchanged)
+    retain_cpu_memory: bool = True  # CPU runs: malloc keeps freed memory for reuse (sgdetr_hf.cpu_memory)
     seed: int = 42
     # -- evaluation and checkpoints
     eval_every_epochs: int = 1

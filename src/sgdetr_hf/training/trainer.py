@@ -34,6 +34,7 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from ..configuration_sgdetr import SGDetrConfig
+from ..cpu_memory import retain_freed_memory
 from ..modeling_sgdetr import SGDetrForMomentRetrieval
 from ..processing_sgdetr import SGDetrProcessor
 from ..visualization import plot_learning_curves
@@ -140,6 +141,8 @@ class Trainer:
                 f"batch_size / gradient_accumulation_steps = {recipe.micro_batch_size} samples per forward "
                 f"pass cannot be split evenly over {accelerator.num_processes} processes"
             )
+        if accelerator.device.type == "cpu" and recipe.retain_cpu_memory and retain_freed_memory():
+            logger.info("CPU run: freed host memory is kept for reuse (recipe key retain_cpu_memory)")
         set_seed(recipe.seed)
         with accelerator.main_process_first():  # the first load writes the datasets cache
             self.train_set = load_split(recipe, recipe.train_split, recipe.max_train_samples)
