@@ -153,11 +153,16 @@ def test_benchmark_processor_one_process_per_case(tmp_path):
 def test_benchmark_speed_reports_every_case_and_ratio(monkeypatch, capsys, tmp_path):
     path = tmp_path / "speed.json"
     args = ["--threads", "1", "--batch-size", "2", "--clips", "12", "--tokens", "5", "--dim", "16"]
-    assert (
-        _run_main(monkeypatch, "benchmark_speed", *args, "--rounds", "1", "--no-memory", "--json", str(path))
-        == 0
-    )
-    rows = {(row["case"], row["batch"]): row for row in json.loads(path.read_text())["rows"]}
+    args += [
+        "--rounds",
+        "1",
+        "--no-memory",
+        "--system-malloc",
+    ]  # the malloc setting is process-wide: not here
+    assert _run_main(monkeypatch, "benchmark_speed", *args, "--json", str(path)) == 0
+    written = json.loads(path.read_text())
+    assert "system malloc" in written["setup"]
+    rows = {(row["case"], row["batch"]): row for row in written["rows"]}
     assert set(rows) == {("inference", 1), ("inference", 2), ("postprocess", 2), ("training", 2), ("loss", 2)}
     for key in [("inference", 1), ("inference", 2), ("training", 2)]:
         row = rows[key]
