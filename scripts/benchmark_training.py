@@ -1,7 +1,8 @@
 """Training throughput of SG-DETR on the QVHighlights shape: samples/s and peak memory.
 
 One optimizer step = forward with labels (every loss term), backward, gradient clipping at 0.1 and an
-AdamW step, through Accelerate exactly as ``scripts/train.py`` runs it. Inputs: L = 75 clips, N = 32
+AdamW step, through Accelerate exactly as ``scripts/train.py`` runs it (on CPU with its malloc setting, see
+``sgdetr_hf.cpu_memory``; ``--system-malloc`` without). Inputs: L = 75 clips, N = 32
 text tokens, d = 512 (InternVideo2-1B features), batch 32, default SG-DETR config; the targets are
 toy moments (``sgdetr_hf.data.synthetic``) so that every loss branch runs.
 
@@ -18,6 +19,7 @@ import torch
 
 from sgdetr_hf.benchmarking import measure, peak_rss_mib
 from sgdetr_hf.configuration_sgdetr import SGDetrConfig
+from sgdetr_hf.cpu_memory import retain_freed_memory
 from sgdetr_hf.data import MomentRetrievalCollator, ToyGroundingTask, ToyTaskConfig
 from sgdetr_hf.modeling_sgdetr import SGDetrForMomentRetrieval
 from sgdetr_hf.training.distributed import build_accelerator
@@ -47,6 +49,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="on CPU, leave glibc's malloc as it is (sgdetr train keeps freed memory for reuse: sgdetr_hf.cpu_memory)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -54,6 +61,7 @@ def main() -> None:
     accelerator = build_accelerator(
         ".", args.mixed_precision, log_with=None
     )  # writes nothing without trackers
+    retained = accelerator.device.type == "cpu" and not args.system_malloc and retain_freed_memory()
     torch.manual_seed(0)
     config = SGDetrConfig(video_feature_dim=args.dim, text_feature_dim=args.dim)
     model = SGDetrForMomentRetrieval(config)
@@ -78,7 +86,10 @@ def main() -> None:
     cuda = accelerator.device.type == "cuda"
     device = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"device: {device}, mixed precision: {accelerator.mixed_precision}, parameters: {params:.2f} M")
+    malloc = ", malloc retains freed memory" if retained else ""
+    print(
+        f"device: {device}{malloc}, mixed precision: {accelerator.mixed_precision}, parameters: {params:.2f} M"
+    )
     print(f"shape: batch {args.batch_size}, L={args.num_clips}, N={args.num_tokens}, d={args.dim}")
     samples = args.steps * args.batch_size
     print(
