@@ -10,32 +10,35 @@ from sgdetr_hf import cpu_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# faults of re-allocating (and filling) a freed 64 MiB tensor, in a fresh process (the setting is process-wide)
+# minor page faults of each of 48 allocations (filled) of a 64 MiB block freed in between, in a fresh process (the
+# setting is process-wide)
 _FAULTS = """
 import resource, sys, torch
 from sgdetr_hf.cpu_memory import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(8):  # the heap settles: the first blocks freed are a little short of an aligned request
+counts = []
+for _ in range(48):
+    before = faults()
     torch.ones(16 * 2**20)
-before = faults()
-for _ in range(4):
-    torch.ones(16 * 2**20)
-print((faults() - before) // 4)
+    counts.append(faults() - before)
+print(*counts)
 """
 
 
-def _faults_per_allocation(mode: str) -> int:
+def _faults_per_allocation(mode: str) -> list[int]:
     done = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
-    return int(done.stdout.split()[-1])
+    return [int(count) for count in done.stdout.split()]
 
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt settings exist in glibc only")
 def test_freed_memory_is_reused_without_page_faults():
     pages = 64 * 2**20 // 4096
-    assert _faults_per_allocation("system") >= pages // 2  # glibc maps the block afresh every time
-    assert _faults_per_allocation("retain") < pages // 100
+    assert min(_faults_per_allocation("system")) >= pages // 2  # glibc maps the block afresh every time
+    # the first blocks freed into the heap fall a little short of the next aligned request (seen: the first 7-9
+    # allocations fault); once the heap has grown, re-allocation takes no new pages
+    assert max(_faults_per_allocation("retain")[-8:]) < pages // 100
 
 
 def test_other_c_libraries_are_left_alone(monkeypatch):
