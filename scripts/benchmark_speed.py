@@ -38,7 +38,9 @@ from torch import nn
 
 from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval, post_process_moment_retrieval
 from sgdetr_hf.benchmarking import (
+    add_system_malloc_argument,
     count_ops_and_flops,
+    malloc_setting,
     measure,
     measure_interleaved,
     print_table,
@@ -46,7 +48,6 @@ from sgdetr_hf.benchmarking import (
     random_labels,
     write_json,
 )
-from sgdetr_hf.cpu_memory import retain_freed_memory
 from sgdetr_hf.files import strict_json
 from sgdetr_hf.targets_sgdetr import prepare_targets
 
@@ -280,12 +281,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case (best of them is kept)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models first")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-model peak-RSS processes")
-    parser.add_argument(
-        "--system-malloc",
-        action="store_true",
-        help="leave glibc's malloc as it is (by default freed memory is kept for reuse, as `sgdetr train` does "
-        "on CPU: sgdetr_hf.cpu_memory)",
-    )
+    add_system_malloc_argument(parser)
     parser.add_argument(
         "--cases",
         nargs="+",
@@ -298,9 +294,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
-    malloc = (
-        "system malloc" if args.system_malloc or not retain_freed_memory() else "malloc retains freed memory"
-    )
+    malloc = malloc_setting(args.system_malloc, args.device)
 
     if args.memory_of:
         spec = json.loads(args.memory_of)

@@ -17,9 +17,8 @@ import argparse
 import numpy as np
 import torch
 
-from sgdetr_hf.benchmarking import measure, peak_rss_mib
+from sgdetr_hf.benchmarking import add_system_malloc_argument, malloc_setting, measure, peak_rss_mib
 from sgdetr_hf.configuration_sgdetr import SGDetrConfig
-from sgdetr_hf.cpu_memory import retain_freed_memory
 from sgdetr_hf.data import MomentRetrievalCollator, ToyGroundingTask, ToyTaskConfig
 from sgdetr_hf.modeling_sgdetr import SGDetrForMomentRetrieval
 from sgdetr_hf.training.distributed import build_accelerator
@@ -49,11 +48,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument(
-        "--system-malloc",
-        action="store_true",
-        help="on CPU, leave glibc's malloc as it is (sgdetr train keeps freed memory for reuse: sgdetr_hf.cpu_memory)",
-    )
+    add_system_malloc_argument(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -61,7 +56,7 @@ def main() -> None:
     accelerator = build_accelerator(
         ".", args.mixed_precision, log_with=None
     )  # writes nothing without trackers
-    retained = accelerator.device.type == "cpu" and not args.system_malloc and retain_freed_memory()
+    malloc = malloc_setting(args.system_malloc, accelerator.device)
     torch.manual_seed(0)
     config = SGDetrConfig(video_feature_dim=args.dim, text_feature_dim=args.dim)
     model = SGDetrForMomentRetrieval(config)
@@ -86,9 +81,8 @@ def main() -> None:
     cuda = accelerator.device.type == "cuda"
     device = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    malloc = ", malloc retains freed memory" if retained else ""
     print(
-        f"device: {device}{malloc}, mixed precision: {accelerator.mixed_precision}, parameters: {params:.2f} M"
+        f"device: {device}, {malloc}, mixed precision: {accelerator.mixed_precision}, parameters: {params:.2f} M"
     )
     print(f"shape: batch {args.batch_size}, L={args.num_clips}, N={args.num_tokens}, d={args.dim}")
     samples = args.steps * args.batch_size

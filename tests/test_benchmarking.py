@@ -10,6 +10,7 @@ import torch
 from sgdetr_hf.benchmarking import (
     Measurement,
     count_ops_and_flops,
+    malloc_setting,
     measure,
     measure_interleaved,
     peak_rss_mib,
@@ -114,3 +115,15 @@ def test_a_subprocess_reports_its_own_peak_not_its_parents():
     assert peak_rss_mib() > 600
     assert float(child.stdout.split()[-1]) < 400
     del ballast
+
+
+@pytest.mark.parametrize(
+    ("system_malloc", "device", "applied"),
+    [(False, "cpu", True), (True, "cpu", False), (False, "cuda", False)],
+)
+def test_malloc_setting_applies_to_cpu_runs_unless_switched_off(monkeypatch, system_malloc, device, applied):
+    calls = []
+    monkeypatch.setattr("sgdetr_hf.benchmarking.retain_freed_memory", lambda: calls.append(1) or True)
+    expected = "malloc retains freed memory" if applied else "system malloc"
+    assert malloc_setting(system_malloc, device) == expected
+    assert calls == ([1] if applied else [])

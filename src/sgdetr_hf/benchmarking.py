@@ -12,6 +12,7 @@ machine. :func:`count_ops_and_flops` counts the kernel calls and the arithmetic 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import resource
@@ -25,6 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from .cpu_memory import retain_freed_memory
 from .files import atomic_write_text
 
 
@@ -58,6 +60,24 @@ class Measurement:
     @property
     def total(self) -> float:
         return sum(self.seconds)
+
+
+def add_system_malloc_argument(parser: argparse.ArgumentParser) -> None:
+    """The benchmark scripts' ``--system-malloc`` switch (see :func:`malloc_setting`)."""
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (by default a CPU run keeps freed memory for reuse, as "
+        "`sgdetr train` does: sgdetr_hf.cpu_memory)",
+    )
+
+
+def malloc_setting(system_malloc: bool, device: str | torch.device) -> str:
+    """On a CPU ``device`` and unless ``system_malloc``: keep freed memory for reuse as ``sgdetr train`` does
+    (:func:`~sgdetr_hf.cpu_memory.retain_freed_memory`). Returns what the run uses, for its report."""
+    if not system_malloc and torch.device(device).type == "cpu" and retain_freed_memory():
+        return "malloc retains freed memory"
+    return "system malloc"
 
 
 def peak_rss_mib(include_children: bool = False) -> float:
