@@ -12,8 +12,9 @@ forward); one training step at ``--batch-size`` (forward + loss with every query
 the loss with the matcher alone (its share of the step). For each: FLOPs (``torch.utils.flop_counter``), ATen
 operator count (both of the eager forward), best-of-rounds seconds, throughput and achieved GFLOP/s, and the **ratios SG-DETR / reference**
 of throughput and of achieved GFLOP/s. The two models are timed in alternation (one call each per round), so
-machine noise hits both alike: compare the ratios, not the times. Peak RSS of each model and case is measured
-in a fresh process (``--no-memory`` skips it).
+machine noise hits both alike: compare the ratios, not the times. Peak memory of each model and case is measured
+in a fresh process that runs only it (``--no-memory`` skips it): on CPU its peak RSS, on CUDA
+``torch.cuda.max_memory_allocated`` (weights, optimizer state and activations; not the CUDA context).
 
     python scripts/benchmark_speed.py --threads 2 --json docs/speed/cpu.json       # idle CPU, fp32
     python scripts/benchmark_speed.py --device cuda --dtype bfloat16              # GPU
@@ -179,14 +180,14 @@ def case_functions(
     return functions
 
 
-def one_model_peak_rss(case: str, model: str, batch: int, args: argparse.Namespace) -> float:
-    """Peak RSS of a fresh process that runs only ``model``'s ``case`` (two calls)."""
+def one_model_peak_memory(case: str, model: str, batch: int, args: argparse.Namespace) -> float:
+    """Peak memory (CPU: RSS, CUDA: allocated) of a fresh process that runs only ``model``'s ``case`` (two calls)."""
     spec = strict_json({"case": case, "model": model, "batch": batch})
     command = [sys.executable, __file__, "--memory-of", spec, "--device", args.device, "--dtype", args.dtype]
     command += ["--threads", str(args.threads), "--clips", str(args.clips), "--tokens", str(args.tokens)]
     command += ["--dim", str(args.dim)] + (["--system-malloc"] if args.system_malloc else [])
     done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.splitlines()[-1])["peak_rss_mib"]
+    return json.loads(done.stdout.splitlines()[-1])["peak_memory_mib"]
 
 
 def run_case(case: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -227,7 +228,7 @@ def run_case(case: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
             "gflop_per_item": flops / batch / 1e9,
             "achieved_gflop_per_s": flops / timed[name].best / 1e9,
             "aten_ops": ops,
-            "peak_rss_mib": None if args.no_memory else one_model_peak_rss(case, name, batch, args),
+            "peak_memory_mib": None if args.no_memory else one_model_peak_memory(case, name, batch, args),
         }
         if args.compile:
             row[name]["compile_speedup"] = timed[f"{name}:eager"].best / timed[name].best
@@ -254,7 +255,7 @@ def printed_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
         cells = {
             name: f"{row[name][f'{unit}_per_s']:.1f} {unit}/s, {row[name]['gflop_per_item']:.2f} GFLOP, "
             f"{row[name]['achieved_gflop_per_s']:.0f} GFLOP/s, {row[name]['aten_ops']} ops"
-            + ("" if row[name]["peak_rss_mib"] is None else f", {row[name]['peak_rss_mib']:.0f} MiB")
+            + ("" if row[name]["peak_memory_mib"] is None else f", {row[name]['peak_memory_mib']:.0f} MiB")
             + ("" if "compile_speedup" not in row[name] else f", {row[name]['compile_speedup']:.2f}x eager")
             for name in ("sgdetr", "reference")
         }
@@ -280,7 +281,7 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=512, help="video and text feature width")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case (best of them is kept)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models first")
-    parser.add_argument("--no-memory", action="store_true", help="skip the per-model peak-RSS processes")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-model peak-memory processes")
     add_system_malloc_argument(parser)
     parser.add_argument(
         "--cases",
@@ -292,6 +293,10 @@ def main() -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: one model's case in this process
     args = parser.parse_args()
+    if args.dtype == "bfloat16" and torch.device(args.device).type == "cpu":
+        # nn.TransformerEncoderLayer leaves its fused inference path on under CPU autocast (it checks CUDA
+        # autocast only), and that path then mixes bfloat16 and float32
+        parser.error("--dtype bfloat16 is for CUDA devices: on CPU the reference's fused layers mix dtypes")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     malloc = malloc_setting(args.system_malloc, args.device)
@@ -300,7 +305,7 @@ def main() -> int:
         spec = json.loads(args.memory_of)
         models = build_models(args.dim, args.device, (spec["model"],))  # only the measured model in memory
         function = case_functions(spec["case"], models, spec["batch"], args)[spec["model"]]
-        print(strict_json({"peak_rss_mib": measure(function, 1, 1, args.device).peak_memory_mib}))
+        print(strict_json({"peak_memory_mib": measure(function, 1, 1, args.device).peak_memory_mib}))
         return 0
 
     plan = [("inference", 1), ("inference", args.batch_size), ("postprocess", args.batch_size)]

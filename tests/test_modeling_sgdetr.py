@@ -288,6 +288,48 @@ def test_bfloat16_model_runs_and_returns_fp32_scores():
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
 
 
+def test_bfloat16_autocast_tracks_float32_in_inference_and_training():
+    """Mixed precision as ``accelerate --mixed_precision bf16`` runs it: float32 weights, the forward under
+    autocast. Every block must accept autocast's bfloat16 activations (the pyramid's in-place convolution
+    accumulations once met bfloat16 outputs with float32 rows) and track the float32 outputs, loss terms and
+    gradients. Dropout is off: its masks are drawn differently for bfloat16 activations."""
+    torch.manual_seed(0)
+    model = SGDetrForMomentRetrieval(TESTER.get_config(dropout=0.0, input_dropout=0.0))
+    video, vmask, text, tmask = TESTER.prepare_inputs([20, 12, 7], 20, [4, 3, 2], 4, seed=3)
+    labels = _labels([20, 12], 20)
+
+    def run(autocast: bool, train: bool):
+        torch.manual_seed(1)  # the same denoising and saliency-pair draws in both precisions
+        model.train(train).zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), torch.set_grad_enabled(train):
+            out = model(video, vmask, text, tmask, labels=labels if train else None)
+        if train:
+            out.loss.backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    (fp32, _), (bf16, _) = run(False, False), run(True, False)
+    # the dense outputs; the decoder's queries are a top-k selection over near-tied random-init scores, which
+    # bfloat16 rounding may reorder, so its outputs are compared as the sorted scores
+    for name in ("local_saliency", "global_saliency", "atss_logits", "atss_centerness", "atss_spans"):
+        assert getattr(bf16, name).dtype == torch.float32, name
+        torch.testing.assert_close(getattr(bf16, name), getattr(fp32, name), atol=0.08, rtol=0.02, msg=name)
+    torch.testing.assert_close(
+        bf16.det_scores.sort(-1).values, fp32.det_scores.sort(-1).values, atol=0.02, rtol=0
+    )
+
+    (fp32, grads32), (bf16, grads16) = run(False, True), run(True, True)
+    assert bf16.loss.dtype == torch.float32
+    assert bf16.loss_dict.keys() == fp32.loss_dict.keys()
+    for name in fp32.loss_dict:
+        torch.testing.assert_close(bf16.loss_dict[name], fp32.loss_dict[name], atol=0.02, rtol=0.02, msg=name)
+    assert grads16.keys() == grads32.keys()
+    for module in {name.rsplit(".", 2)[0] for name in grads32}:
+        names = [name for name in grads32 if name.startswith(module + ".")]
+        g16, g32 = (torch.cat([grads[name].flatten() for name in names]) for grads in (grads16, grads32))
+        assert g16.dtype == torch.float32 and F.cosine_similarity(g16, g32, 0) > 0.98, module
+
+
 # ------------------------------------------------------------------------------------------- bad input
 def _bad_cases():
     video, vmask, text, tmask = TESTER.prepare_inputs([5, 3], 5, [2, 2], 2)

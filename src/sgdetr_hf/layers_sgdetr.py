@@ -328,7 +328,16 @@ def conv1d_on_rows(rows: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:
 
     Narrow outputs (at most 16 channels, the ATSS output convolutions) take one GEMM over the three taps side
     by side and two shifted adds of its thin result instead: a GEMM that wide reads its input at the same cost
-    whatever its width, so three of them read it three times."""
+    whatever its width, so three of them read it three times.
+
+    Under autocast the operands are cast to its dtype first, as autocast casts those of ``addmm``: the in-place
+    ``addmm_`` accumulations are not autocast ops, and would otherwise meet a bfloat16 ``out`` with float32
+    rows."""
+    device_type = rows.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        rows, taps = rows.to(dtype), taps.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
     if taps.shape[2] <= 16:
         width = taps.shape[2]
         per_tap = rows @ taps.permute(1, 0, 2).flatten(1)  # (N, 3 * C_out): [tap 0 | tap 1 | tap 2]
