@@ -1,6 +1,7 @@
 """SGDetrProcessor: the InternVideo2 BERT-uncased tokenizer for queries + SGDetrVideoProcessor for videos, and
 the post-processing of the model's outputs into windows in seconds."""
 
+import inspect
 import logging
 import os
 
@@ -87,6 +88,18 @@ class SGDetrProcessor(ProcessorMixin):
                 f"[UNK]; expected {PROCESSOR_FOLDER}"
             )
         return [video_processor, tokenizer]
+
+    @classmethod
+    def _resolve_subprocessors(cls, pretrained_model_name_or_path, processor_dict, **kwargs):
+        # transformers >= 5.25 builds the sub-processors here instead of in _get_arguments_from_pretrained
+        # (and through AutoVideoProcessor, hence torchvision): the same loading, in the form this hook returns,
+        # with the kwargs the loaders took (the Hub ones) left out, as transformers' own version does
+        video_processor, tokenizer = cls._get_arguments_from_pretrained(
+            pretrained_model_name_or_path, processor_dict, **kwargs
+        )
+        processor_dict = {**processor_dict, "video_processor": video_processor, "tokenizer": tokenizer}
+        init_arguments = inspect.signature(cls.__init__).parameters
+        return processor_dict, {key: value for key, value in kwargs.items() if key in init_arguments}
 
     def tokenize_queries(self, text: str | list[str]) -> BatchFeature:
         """Tokenise one or more queries, padded to the longest.

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from transformers import pipeline
 
 from internvideo2_testing import tiny_processor
@@ -123,7 +124,18 @@ def test_cpu_runs_keep_freed_memory_unless_the_recipe_says_no(demo_data, tmp_pat
     assert calls == ([1] if retain else [])
 
 
-def test_bf16_mixed_precision_trains_under_autocast_with_float32_weights(demo_data, tmp_path):
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one process-wide state, fixed by the first Accelerator: this test's mixed precision
+    differs from the other tests', so it starts from a fresh state and leaves one behind."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_mixed_precision_trains_under_autocast_with_float32_weights(
+    demo_data, tmp_path, fresh_accelerator_state
+):
     """``mixed_precision: bf16`` (the recipe default on a bf16 GPU): the forward runs under autocast and the
     weights stay float32; a step ends with a finite loss and changed weights."""
     overrides = {
