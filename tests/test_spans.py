@@ -99,6 +99,19 @@ def test_nms_matches_reference():
         assert keep[b].nonzero().flatten().tolist() == expected
 
 
+def test_nms_on_a_chain_of_overlaps_keeps_every_other_span():
+    """Each span overlaps its better-ranked neighbour only: greedy NMS keeps ranks 0, 2, 4, ... Deciding rank
+    i needs rank i - 1 decided first, the longest dependency there is (the fixed-point passes of nms_1d must
+    run until the end of the chain, not stop at a plausible early answer)."""
+    n = 40
+    starts = torch.arange(n, dtype=torch.float32) * 0.5
+    spans = torch.stack((starts, starts + 1.0), -1)[None]  # neighbours: IoU 1/3; two apart: 0
+    scores = torch.linspace(1.0, 0.1, n)[None]
+    keep = nms_1d(spans, scores, torch.ones(1, n, dtype=torch.bool), 0.3)
+    assert keep[0].nonzero().flatten().tolist() == list(range(0, n, 2))
+    assert nms_1d(spans, scores, torch.ones(1, n, dtype=torch.bool), 0.4).all()  # IoU 1/3 suppresses nothing
+
+
 def _wbf_reference(spans, scores, models, weights, thr, skip):
     """Weighted Boxes Fusion in 1-D, written as the reference library does it (lists, one sample)."""
     items = [
@@ -134,8 +147,10 @@ def _wbf_reference(spans, scores, models, weights, thr, skip):
     return out
 
 
-@pytest.mark.parametrize("weights", [(1.0, 1.0), (2.0, 1.0)])
-def test_weighted_span_fusion_matches_brute_force(weights):
+@pytest.mark.parametrize(
+    "weights, invalid_share, skip", [((1.0, 1.0), 0.0, 0.0), ((2.0, 1.0), 0.0, 0.0), ((1.0, 1.0), 0.3, 0.2)]
+)
+def test_weighted_span_fusion_matches_brute_force(weights, invalid_share, skip):
     rng = random.Random(3)
     batch, n = 5, 16
     spans, scores, models = [], [], []
@@ -149,19 +164,28 @@ def test_weighted_span_fusion_matches_brute_force(weights):
         spans.append(row)
         scores.append([rng.uniform(0.01, 1.0) for _ in range(n)])
         models.append([i % 2 for i in range(n)])
+    usable = [[rng.random() >= invalid_share for _ in range(n)] for _ in range(batch)]
     fused, conf, valid = weighted_span_fusion(
-        torch.tensor(spans), torch.tensor(scores), torch.tensor(models), torch.ones(batch, n, dtype=torch.bool),
-        weights, iou_threshold=0.55,
+        torch.tensor(spans), torch.tensor(scores), torch.tensor(models), torch.tensor(usable),
+        weights, iou_threshold=0.55, skip_threshold=skip,
     )  # fmt: skip
     merged_somewhere = False
     for b in range(batch):
-        expected = _wbf_reference(spans[b], scores[b], models[b], weights, 0.55, 0.0)
+        kept = [i for i in range(n) if usable[b][i]]
+        expected = _wbf_reference(
+            [spans[b][i] for i in kept],
+            [scores[b][i] for i in kept],
+            [models[b][i] for i in kept],
+            weights,
+            0.55,
+            skip,
+        )
         count = int(valid[b].sum())
         assert count == len(expected)
         merged_somewhere |= count < n
         got = torch.cat((conf[b, :count, None], fused[b, :count]), 1)
         assert torch.allclose(got, torch.tensor(expected, dtype=torch.float32), atol=1e-5)
-        assert torch.isinf(conf[b, count:]).all()
+        assert torch.isinf(conf[b, count:]).all() and (fused[b, count:] == 0).all()
     assert merged_somewhere
 
 

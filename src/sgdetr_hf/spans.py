@@ -122,13 +122,21 @@ def nms_1d(spans: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float) -
     order = torch.sort(scores.masked_fill(~valid, -math.inf), dim=1, descending=True, stable=True).indices
     spans_sorted = spans.gather(1, order[..., None].expand(-1, -1, 2))
     valid_sorted = valid.gather(1, order)
-    iou = pairwise_span_iou(spans_sorted, spans_sorted)[0] > iou_threshold  # (B, N, N)
-    keep_sorted = torch.zeros_like(valid_sorted)
-    suppressed = torch.zeros_like(valid_sorted)
-    for i in range(n):  # greedy: loop over ranked candidates, vectorised over the batch
-        keep_i = valid_sorted[:, i] & ~suppressed[:, i]
-        keep_sorted[:, i] = keep_i
-        suppressed |= keep_i[:, None] & iou[:, i, :]
+    ranked_before = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(
+        1
+    )  # [j, i]: j ranks above i
+    overlaps = pairwise_span_iou(spans_sorted, spans_sorted)[0] > iou_threshold  # (B, N, N)
+    can_suppress = overlaps & ranked_before & valid_sorted[:, :, None]
+    # greedy NMS is the solution of keep_i = valid_i and no kept j above i overlaps i: a triangular system, so
+    # iterating it from keep = valid fixes one more rank per pass at least and stops at its unique solution
+    # (at most N + 1 passes; a few in practice, against one pass per candidate of the plain greedy loop)
+    keep_sorted = valid_sorted
+    while True:
+        suppressed = (can_suppress & keep_sorted[:, :, None]).any(1)
+        updated = valid_sorted & ~suppressed
+        if torch.equal(updated, keep_sorted):
+            break
+        keep_sorted = updated
     keep = torch.zeros_like(valid)
     keep.scatter_(1, order, keep_sorted)
     return keep
@@ -157,7 +165,7 @@ def weighted_span_fusion(
         into ``weights``. valid: ``(B, N)`` bool. weights: one weight per model.
     Returns:
         fused spans ``(B, N, 2)``, confidences ``(B, N)``, validity ``(B, N)`` bool; sorted by confidence
-        (best first), clusters beyond the count of each row are invalid (confidence -inf).
+        (best first), clusters beyond the count of each row are invalid (confidence -inf, span zeros).
     """
     batch, n = scores.shape
     device = scores.device
@@ -170,29 +178,42 @@ def weighted_span_fusion(
     cand_scores = weighted.gather(1, order)
     cand_valid = valid.gather(1, order)
 
-    sum_score = torch.zeros(batch, n, device=device)
-    sum_endpoints = torch.zeros(batch, n, 2, device=device)  # sum of score * (start, end)
-    count = torch.zeros(batch, n, device=device)
-    num_clusters = torch.zeros(batch, dtype=torch.long, device=device)
-    slots = torch.arange(n, device=device)
+    # per candidate, what joining a cluster adds to its sums: score, score-weighted start and end (a tiny
+    # floor keeps all-zero-score clusters finite), member count
+    weight = cand_scores.clamp_min(1e-12)[..., None]
+    contribution = torch.cat((cand_scores[..., None], weight * cand_spans, torch.ones_like(weight)), -1)
+    sums = torch.zeros(batch, n, 4, device=device)  # per cluster slot: the sums above
+    # fused (start, end) per slot; an empty slot's (0, 0) has IoU 0 with any span (a zero-length span
+    # intersects nothing), so it never matches (IoU must exceed iou_threshold >= 0) and needs no mask
     fused = torch.zeros(batch, n, 2, device=device)
-    for i in range(n):  # greedy over ranked candidates, vectorised over the batch
-        span_i, score_i, valid_i = cand_spans[:, i], cand_scores[:, i], cand_valid[:, i]
-        exists = slots[None, :] < num_clusters[:, None]
-        iou = span_iou(span_i[:, None, :], fused).masked_fill(~exists, -1.0)
-        best_iou, best = iou.max(dim=1)
+    fused_start, fused_end = fused[..., 0], fused[..., 1]  # views: they follow the in-place updates
+    rows = torch.arange(batch, device=device)
+    num_clusters = torch.zeros(batch, dtype=torch.long, device=device)
+    cand_start, cand_end = cand_spans[..., :1], cand_spans[..., 1:]  # (B, N, 1)
+    per_candidate = zip(
+        cand_start.unbind(1),
+        cand_end.unbind(1),
+        (cand_end - cand_start).unbind(1),
+        cand_valid.unbind(1),
+        contribution.unbind(1),
+    )  # one view per candidate, made in five ops instead of several per candidate
+    for start_i, end_i, length_i, valid_i, contribution_i in per_candidate:  # greedy, best first, batched
+        inter = (torch.minimum(fused_end, end_i) - torch.maximum(fused_start, start_i)).clamp_min(0)
+        union = (fused_end - fused_start) + length_i - inter
+        best_iou, best = (inter / union.clamp_min(_EPS)).max(dim=1)
         match = valid_i & (best_iou > iou_threshold)
-        target = torch.where(match, best, num_clusters)
-        onehot = ((slots[None, :] == target[:, None]) & valid_i[:, None]).float()
-        sum_score += onehot * score_i[:, None]
-        # endpoints weighted by score; a tiny floor keeps all-zero-score clusters finite
-        sum_endpoints += onehot[..., None] * score_i.clamp_min(1e-12)[:, None, None] * span_i[:, None, :]
-        count += onehot
-        num_clusters += (valid_i & ~match).long()
-        denom = (sum_score.clamp_min(0) + count * 1e-12).clamp_min(1e-30)
-        fused = torch.where(count[..., None] > 0, sum_endpoints / denom[..., None], fused)
+        target = torch.where(match, best, num_clusters)  # < N: fewer clusters exist than candidates were seen
+        sums.index_put_((rows, target), contribution_i, accumulate=True)
+        num_clusters += valid_i > match
+        joined = sums[rows, target]  # (B, 4): the target slot's sums, this candidate included
+        denom = (joined[:, :1].clamp_min(0) + joined[:, 3:] * 1e-12).clamp_min(1e-30)
+        # invalid candidates rank last and never match: each lands in the first empty slot, which stays
+        # outside num_clusters, so no cluster and no later decision sees them
+        fused.index_put_((rows, target), joined[:, 1:3] / denom)
 
-    exists = slots[None, :] < num_clusters[:, None]
+    exists = torch.arange(n, device=device)[None, :] < num_clusters[:, None]
+    sum_score, count = sums[..., 0], sums[..., 3]
+    fused = fused.masked_fill(~exists[..., None], 0.0)
     conf = sum_score / count.clamp_min(1) * torch.minimum(count, torch.tensor(float(len(w)), device=device))
     conf = (conf / w.sum()).masked_fill(~exists, -math.inf)
     conf, rank = torch.sort(conf, dim=1, descending=True, stable=True)
