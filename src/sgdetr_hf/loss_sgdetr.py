@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -334,7 +335,9 @@ class SGDetrHungarianMatcher(nn.Module):
                 "Non-finite matching cost: the predicted spans or logits contain NaN/Inf (training diverged; "
                 "lower the learning rate or check the inputs)."
             )
-        indices = [linear_sum_assignment(c[b].numpy()) for b, c in enumerate(cost.split(sizes, dim=-1))]
+        # sample b's block of its own windows' columns, sliced in numpy (no tensor op per sample)
+        blocks = np.split(cost.numpy(), np.cumsum(sizes)[:-1], axis=-1)
+        indices = [linear_sum_assignment(block[b]) for b, block in enumerate(blocks)]
         return [
             (torch.as_tensor(q, dtype=torch.int64), torch.as_tensor(t, dtype=torch.int64)) for q, t in indices
         ]
@@ -487,10 +490,13 @@ class SGDetrLoss(nn.Module):
         """Hungarian-match one prediction set (``(B, Q, ...)``) to the windows, then :meth:`_query_set_losses`."""
         batch_size, num_queries = logits.shape[:2]
         indices = self.matcher(logits, spans, targets.spans, iou_logits)
-        sample_idx = torch.cat([torch.full_like(query, b) for b, (query, _) in enumerate(indices)])
+        # flat (sample, query, window) indices in a few ops, not a few per sample
+        matches = torch.tensor([len(query) for query, _ in indices])
+        sample_idx = torch.arange(batch_size).repeat_interleave(matches)
         query_idx = torch.cat([query for query, _ in indices])
-        offsets = torch.tensor([0] + [len(s) for s in targets.spans]).cumsum(0)
-        target_idx = torch.cat([target + offsets[b] for b, (_, target) in enumerate(indices)])
+        # each sample's first window in the concatenation of all samples' windows
+        first_window = torch.tensor([0] + [len(s) for s in targets.spans[:-1]]).cumsum(0)
+        target_idx = torch.cat([target for _, target in indices]) + first_window.repeat_interleave(matches)
 
         device = logits.device
         sample_idx, query_idx = sample_idx.to(device), query_idx.to(device)
