@@ -508,6 +508,21 @@ def test_matcher_finds_the_known_assignment_and_follows_permutations():
         assert dict(zip(permutation[q_perm].tolist(), t_perm.tolist())) == dict(zip(q.tolist(), t.tolist()))
 
 
+def test_matcher_runs_untraced_under_torch_compile():
+    """``sgdetr train --compile`` compiles the loss with the model: the matcher's numpy and scipy work must run
+    as plain Python there (dynamo cannot trace ``np.split`` of a tensor's array), with the eager result."""
+    torch.manual_seed(0)
+    logits, iou_logits, spans = torch.randn(3, 5, 2), torch.randn(3, 5), torch.rand(3, 5, 2) * 0.5 + 0.1
+    targets = [torch.tensor([_cw(0.1, 0.3), _cw(0.6, 0.9)]), torch.zeros(0, 2), torch.tensor([_cw(0.4, 0.5)])]
+    matcher = SGDetrHungarianMatcher()
+    compiled = torch.compile(lambda *args: matcher(*args), backend="eager", fullgraph=False)
+    eager = matcher(logits, spans, targets, iou_logits)
+    for (q, t), (q_compiled, t_compiled) in zip(
+        eager, compiled(logits, spans, targets, iou_logits), strict=True
+    ):
+        assert torch.equal(q, q_compiled) and torch.equal(t, t_compiled)
+
+
 def test_matcher_uses_the_predicted_iou_in_the_class_cost():
     """Two identical spans: with IoU scoring the confident-but-badly-localised query loses."""
     spans = torch.tensor([[_cw(0.2, 0.6), _cw(0.2, 0.6)]])

@@ -296,6 +296,8 @@ class SGDetrHungarianMatcher(nn.Module):
         self.l1_cost = l1_cost
         self.giou_cost = giou_cost
 
+    # host-side work (numpy slicing, scipy's assignment): torch.compile runs it as it is, untraced
+    @torch.compiler.disable
     @torch.no_grad()
     def forward(
         self, logits: Tensor, spans: Tensor, target_spans: Sequence[Tensor], iou_logits: Tensor | None = None

@@ -122,9 +122,8 @@ def nms_1d(spans: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float) -
     order = torch.sort(scores.masked_fill(~valid, -math.inf), dim=1, descending=True, stable=True).indices
     spans_sorted = spans.gather(1, order[..., None].expand(-1, -1, 2))
     valid_sorted = valid.gather(1, order)
-    ranked_before = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(
-        1
-    )  # [j, i]: j ranks above i
+    # [j, i]: candidate j ranks above candidate i
+    ranked_before = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
     overlaps = pairwise_span_iou(spans_sorted, spans_sorted)[0] > iou_threshold  # (B, N, N)
     can_suppress = overlaps & ranked_before & valid_sorted[:, :, None]
     # greedy NMS is the solution of keep_i = valid_i and no kept j above i overlaps i: a triangular system, so
