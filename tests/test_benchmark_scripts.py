@@ -150,6 +150,19 @@ def test_benchmark_processor_one_process_per_case(tmp_path):
     assert _number(measured["encoder-tiny"]["clips/s"]) > 0
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--compile-mode", "reduce-overhead"], "--compile-mode needs --compile"),
+        (["--dtype", "bfloat16", "--device", "cpu"], "--dtype bfloat16 is for CUDA devices"),
+    ],
+)
+def test_benchmark_speed_refuses_settings_it_cannot_measure(monkeypatch, capsys, args, message):
+    with pytest.raises(SystemExit):
+        _run_main(monkeypatch, "benchmark_speed", *args)
+    assert message in capsys.readouterr().err
+
+
 def test_benchmark_speed_reports_every_case_and_ratio(monkeypatch, capsys, tmp_path):
     path = tmp_path / "speed.json"
     args = ["--threads", "1", "--batch-size", "2", "--clips", "12", "--tokens", "5", "--dim", "16"]
