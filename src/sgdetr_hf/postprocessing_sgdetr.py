@@ -13,8 +13,8 @@
   saliency module), in clip order.
 
 Spans are converted with ``T_b = L_b * clip_length`` (the frame the model is trained in). The batch work is
-vectorised; the only loops are the greedy NMS / fusion over ranked candidates and the final conversion of
-each sample to Python lists.
+vectorised over the batch; the only loops are the span fusion's over ranked candidates, the NMS's few
+fixed-point passes and the final conversion of each sample to Python lists.
 
 The processor exposes it as ``SGDetrProcessor.post_process_moment_retrieval``. Hub remote code: it returns
 plain lists and writes no file (``sgdetr_hf.write_qvhighlights_predictions`` writes the JSON Lines).
