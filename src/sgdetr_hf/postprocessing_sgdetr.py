@@ -12,7 +12,7 @@
 - ``pred_saliency_scores``: one raw score per real clip (``S_global``, or ``S_local`` without the global
   saliency module), in clip order.
 
-Spans are converted with ``T_b = L_b * clip_length`` (the frame the model is trained in). The batch work is
+Spans are converted with ``T_b = L_b * clip_length`` (the frame the model is trained in). The work is
 vectorised over the batch; the only loops are the span fusion's over ranked candidates, the NMS's few
 fixed-point passes and the final conversion of each sample to Python lists.
 
