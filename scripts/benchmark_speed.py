@@ -288,7 +288,7 @@ def main() -> int:
         "--compile-mode",
         choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
         help="torch.compile's mode (with --compile); reduce-overhead replays CUDA graphs on a GPU, where the "
-        "small-op forward is bound by kernel launches",
+        "small-op forward is bound by per-op overhead",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the per-model peak-memory processes")
     add_system_malloc_argument(parser)

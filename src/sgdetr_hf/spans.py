@@ -45,13 +45,18 @@ def clamp_spans_cw(spans: Tensor) -> Tensor:
     return span_se_to_cw(span_cw_to_se(spans).clamp(0.0, 1.0))
 
 
+def _endpoint_iou(start1: Tensor, end1: Tensor, start2: Tensor, end2: Tensor) -> tuple[Tensor, Tensor]:
+    """IoU and union of spans given by broadcastable start and end tensors."""
+    inter = (torch.minimum(end1, end2) - torch.maximum(start1, start2)).clamp_min(0)
+    union = (end1 - start1) + (end2 - start2) - inter
+    return inter / union.clamp_min(_EPS), union
+
+
 def pairwise_span_iou(spans1: Tensor, spans2: Tensor) -> tuple[Tensor, Tensor]:
     """IoU and union of every pair: ``(..., N, 2)`` x ``(..., M, 2)`` (start, end) -> two ``(..., N, M)``."""
-    s1, e1 = spans1[..., :, None, 0], spans1[..., :, None, 1]
-    s2, e2 = spans2[..., None, :, 0], spans2[..., None, :, 1]
-    inter = (torch.minimum(e1, e2) - torch.maximum(s1, s2)).clamp_min(0)
-    union = (e1 - s1) + (e2 - s2) - inter
-    return inter / union.clamp_min(_EPS), union
+    return _endpoint_iou(
+        spans1[..., :, None, 0], spans1[..., :, None, 1], spans2[..., None, :, 0], spans2[..., None, :, 1]
+    )
 
 
 def pairwise_generalized_span_iou(spans1: Tensor, spans2: Tensor) -> Tensor:
@@ -65,21 +70,15 @@ def pairwise_generalized_span_iou(spans1: Tensor, spans2: Tensor) -> Tensor:
 
 def span_iou(spans1: Tensor, spans2: Tensor) -> Tensor:
     """Element-wise IoU of matching rows: ``(..., 2)`` x ``(..., 2)`` (start, end) -> ``(...,)``."""
-    inter = (
-        torch.minimum(spans1[..., 1], spans2[..., 1]) - torch.maximum(spans1[..., 0], spans2[..., 0])
-    ).clamp_min(0)
-    union = (spans1[..., 1] - spans1[..., 0]) + (spans2[..., 1] - spans2[..., 0]) - inter
-    return inter / union.clamp_min(_EPS)
+    return _endpoint_iou(spans1[..., 0], spans1[..., 1], spans2[..., 0], spans2[..., 1])[0]
 
 
 def generalized_span_iou(spans1: Tensor, spans2: Tensor) -> Tensor:
     """Element-wise GIoU of matching rows: ``(..., 2)`` x ``(..., 2)`` (start, end) -> ``(...,)``."""
-    inter = (
-        torch.minimum(spans1[..., 1], spans2[..., 1]) - torch.maximum(spans1[..., 0], spans2[..., 0])
-    ).clamp_min(0)
-    union = (spans1[..., 1] - spans1[..., 0]) + (spans2[..., 1] - spans2[..., 0]) - inter
-    hull = torch.maximum(spans1[..., 1], spans2[..., 1]) - torch.minimum(spans1[..., 0], spans2[..., 0])
-    return inter / union.clamp_min(_EPS) - (hull - union) / hull.clamp_min(_EPS)
+    start1, end1, start2, end2 = spans1[..., 0], spans1[..., 1], spans2[..., 0], spans2[..., 1]
+    iou, union = _endpoint_iou(start1, end1, start2, end2)
+    hull = torch.maximum(end1, end2) - torch.minimum(start1, start2)
+    return iou - (hull - union) / hull.clamp_min(_EPS)
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-3) -> Tensor:
@@ -188,18 +187,14 @@ def weighted_span_fusion(
     fused_start, fused_end = fused[..., 0], fused[..., 1]  # views: they follow the in-place updates
     rows = torch.arange(batch, device=device)
     num_clusters = torch.zeros(batch, dtype=torch.long, device=device)
-    cand_start, cand_end = cand_spans[..., :1], cand_spans[..., 1:]  # (B, N, 1)
     per_candidate = zip(
-        cand_start.unbind(1),
-        cand_end.unbind(1),
-        (cand_end - cand_start).unbind(1),
+        cand_spans[..., :1].unbind(1),
+        cand_spans[..., 1:].unbind(1),
         cand_valid.unbind(1),
         contribution.unbind(1),
-    )  # one view per candidate, made in five ops instead of several per candidate
-    for start_i, end_i, length_i, valid_i, contribution_i in per_candidate:  # greedy, best first, batched
-        inter = (torch.minimum(fused_end, end_i) - torch.maximum(fused_start, start_i)).clamp_min(0)
-        union = (fused_end - fused_start) + length_i - inter
-        best_iou, best = (inter / union.clamp_min(_EPS)).max(dim=1)
+    )  # one view per candidate, made in a few ops instead of several per candidate
+    for start_i, end_i, valid_i, contribution_i in per_candidate:  # greedy, best first, batched
+        best_iou, best = _endpoint_iou(fused_start, fused_end, start_i, end_i)[0].max(dim=1)
         match = valid_i & (best_iou > iou_threshold)
         target = torch.where(match, best, num_clusters)  # < N: fewer clusters exist than candidates were seen
         sums.index_put_((rows, target), contribution_i, accumulate=True)
