@@ -4,18 +4,20 @@ Each test computes a block the straightforward way (per level, per sample, with 
 ``F.group_norm`` on the valid positions only) from the module's own, randomised weights and compares it
 with the fast form the model runs: the convolutions as matmuls over unfolded windows, the ATSS head's levels
 packed into one pass, the per-level GroupNorm statistics, the selector's span head on its selections only,
-the projections that share an input as one GEMM, PReLU's CPU backward; and the CPU dropout's mask keeps the
+the projections that share an input as one GEMM, those of a repeated sample once, PReLU's CPU backward; and the CPU dropout's mask keeps the
 distribution.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from sgdetr_hf import SGDetrConfig
 from sgdetr_hf.detector_sgdetr import SGDetrATSSHead, SGDetrPyramidNeck, SGDetrQuerySelector, make_anchors
 from sgdetr_hf.layers_sgdetr import (
     SGDetrAttention,
+    SGDetrMLP,
     SGDetrPReLU,
     apply_dropout,
     conv1d_channels_last,
@@ -23,6 +25,7 @@ from sgdetr_hf.layers_sgdetr import (
     conv1d_taps,
     fused_linear,
     masked_group_norm,
+    repeats_one_sample,
 )
 from sgdetr_hf.spans import clamp_spans_cw, inverse_sigmoid
 
@@ -143,6 +146,31 @@ def test_fused_linear_equals_each_linear_alone():
     assert len(outputs) == 3
     for output, linear in zip(outputs, linears):
         torch.testing.assert_close(output, linear(x), rtol=1e-6, atol=1e-6)
+
+
+def test_projections_of_a_repeated_sample_are_computed_once_and_equal_the_per_sample_ones():
+    """The decoder's learned content queries reach its first layer as one sample ``expand``ed over the batch: the
+    fused projections and the MLPs run on that sample (1/B of the FLOPs), with the values and gradients of the
+    materialised batch."""
+    linears = [_randomise(torch.nn.Linear(6, n), seed=n) for n in (4, 3)]
+    mlp = _randomise(SGDetrMLP(6, 8, 2, 3))
+    one = torch.randn(1, 5, 6, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    batch = 4
+    repeated, materialised = one.expand(batch, -1, -1), one.expand(batch, -1, -1).contiguous()
+    assert repeats_one_sample(repeated) and not repeats_one_sample(materialised)
+    for function in (lambda x: fused_linear(x, *linears), lambda x: (mlp(x),)):
+        with FlopCounterMode(display=False) as shared:
+            fast = function(repeated)
+        with FlopCounterMode(display=False) as plain:
+            reference = function(materialised)
+        assert shared.get_total_flops() * batch == plain.get_total_flops() > 0
+        for output, expected in zip(fast, reference):
+            assert output.shape == expected.shape
+            torch.testing.assert_close(output, expected, rtol=1e-6, atol=1e-6)
+        weights = [torch.randn(y.shape, generator=torch.Generator().manual_seed(4)) for y in reference]
+        (fast_grad,) = torch.autograd.grad(sum((y * w).sum() for y, w in zip(fast, weights)), one)
+        (plain_grad,) = torch.autograd.grad(sum((y * w).sum() for y, w in zip(reference, weights)), one)
+        torch.testing.assert_close(fast_grad, plain_grad, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_with_shared_inputs_equals_separate_projections():

@@ -107,9 +107,18 @@ def attend(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, blocked
     return output.transpose(1, 2)
 
 
+def repeats_one_sample(x: Tensor) -> bool:
+    """Whether the batch dimension of ``(B, L, C)`` ``x`` is an ``expand`` of one sample (the decoder's learned
+    content queries at inference): a row-wise function of it is then computed on that sample and expanded,
+    not once per sample (``matmul`` cannot flatten a zero-stride batch either, and takes a batched GEMM)."""
+    return x.dim() == 3 and x.shape[0] > 1 and x.stride(0) == 0
+
+
 def fused_linear(x: Tensor, *linears: nn.Linear) -> tuple[Tensor, ...]:
     """``tuple(linear(x) for linear in linears)`` as one GEMM over the concatenated weights: fewer, wider
     matrix products (the small-batch forward is bound by the number of operators)."""
+    if repeats_one_sample(x):
+        return tuple(y.expand(x.shape[0], -1, -1) for y in fused_linear(x[:1], *linears))
     if len(linears) == 1:
         return (linears[0](x),)
     weight = torch.cat([linear.weight for linear in linears])
@@ -198,6 +207,8 @@ class SGDetrMLP(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x: Tensor) -> Tensor:
+        if repeats_one_sample(x):
+            return self(x[:1]).expand(x.shape[0], -1, -1)
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
@@ -380,5 +391,6 @@ __all__ = [
     "fused_linear",
     "masked_group_norm",
     "merge_heads",
+    "repeats_one_sample",
     "split_heads",
 ]
