@@ -15,10 +15,15 @@ of throughput and of achieved GFLOP/s. The two models are timed in alternation (
 machine noise hits both alike: compare the ratios, not the times. Peak memory of each model and case is measured
 in a fresh process that runs only it (``--no-memory`` skips it): on CPU its peak RSS, on CUDA
 ``torch.cuda.max_memory_allocated`` (weights, optimizer state and activations; not the CUDA context).
+``--profile`` adds, from ``torch.profiler`` on each eager case after its timed rounds, the share of each
+model's time in matrix kernels (matrix products and attention), SG-DETR's top kernels, and the throughput
+ratio SG-DETR would reach if every other kernel of its took no time (the reference as profiled against
+SG-DETR's matrix kernels alone): the most that work on element-wise ops, copies and launches could give.
 
     python scripts/benchmark_speed.py --threads 2 --json docs/speed/cpu.json       # idle CPU, fp32
     python scripts/benchmark_speed.py --device cuda --dtype bfloat16              # GPU
     python scripts/benchmark_speed.py --compile                                   # torch.compile both models
+    python scripts/benchmark_speed.py --profile --no-memory                       # where the time goes
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval, post_process_momen
 from sgdetr_hf.benchmarking import (
     add_system_malloc_argument,
     count_ops_and_flops,
+    kernel_time_split,
     malloc_setting,
     measure,
     measure_interleaved,
@@ -235,10 +241,20 @@ def run_case(case: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
         }
         if args.compile:
             row[name]["compile_speedup"] = timed[f"{name}:eager"].best / timed[name].best
+        if (
+            args.profile
+        ):  # the eager forward, as the op count (a compiled one fuses kernels the split would miss)
+            row[name]["profile"] = kernel_time_split(eager[name], args.device)
     sg, ref = row["sgdetr"], row["reference"]
     row["throughput_ratio"] = sg[f"{unit}_per_s"] / ref[f"{unit}_per_s"]
     row["flop_ratio"] = sg["gflop_per_item"] / ref["gflop_per_item"]
     row["flop_efficiency_ratio"] = sg["achieved_gflop_per_s"] / ref["achieved_gflop_per_s"]
+    if args.profile:
+        # the most any work on SG-DETR's other kernels could give: the reference as it is, SG-DETR's matrix
+        # kernels alone (both profiled)
+        row["throughput_ratio_if_sgdetr_non_matrix_free"] = (
+            ref["profile"]["total_ms"] / sg["profile"]["matrix_ms"]
+        )
     return row
 
 
@@ -271,6 +287,29 @@ def printed_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return printed
 
 
+def printed_profiles(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The ``--profile`` table: matrix kernels' share of each model's profiled time, SG-DETR's top kernels."""
+    printed = []
+    for row in rows:
+        if "throughput_ratio_if_sgdetr_non_matrix_free" not in row:
+            continue
+        shares = {
+            name: f"{100 * row[name]['profile']['matrix_ms'] / row[name]['profile']['total_ms']:.0f}% of "
+            f"{row[name]['profile']['total_ms']:.1f} ms"
+            for name in ("sgdetr", "reference")
+        }
+        printed.append({
+            "case": f"{row['case']}, batch {row['batch']}",
+            "SG-DETR matrix kernels": shares["sgdetr"],
+            "reference matrix kernels": shares["reference"],
+            "SG-DETR top kernels (ms)": ", ".join(
+                f"{name.removeprefix('aten::')} {ms:.1f}" for name, ms, _ in row["sgdetr"]["profile"]["top_ops"]
+            ),
+            "ratio if SG-DETR's other kernels took no time": f"{row['throughput_ratio_if_sgdetr_non_matrix_free']:.2f}x",
+        })  # fmt: skip
+    return printed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -291,6 +330,12 @@ def main() -> int:
         "small-op forward is bound by per-op overhead",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the per-model peak-memory processes")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile each model's eager case (torch.profiler, after the timed rounds): the matrix kernels' "
+        "share of its time, SG-DETR's top kernels, and the ratio SG-DETR would reach if its other kernels took no time",
+    )
     add_system_malloc_argument(parser)
     parser.add_argument(
         "--cases",
@@ -334,6 +379,11 @@ def main() -> int:
     )
     print(f"\n{header}\n")
     print_table(printed_rows(rows))
+    if args.profile:
+        print(
+            "\nProfiled (torch.profiler self time of every kernel; profiling slows small kernels the most)\n"
+        )
+        print_table(printed_profiles(rows))
     if args.json:
         write_json(args.json, {"setup": header, "argv": sys.argv[1:], "rows": rows})
     return 0

@@ -180,7 +180,7 @@ def test_benchmark_speed_reports_every_case_and_ratio(monkeypatch, capsys, tmp_p
     path = tmp_path / "speed.json"
     args = ["--threads", "1", "--batch-size", "2", "--clips", "12", "--tokens", "5", "--dim", "16"]
     # the malloc setting is process-wide: not in the test process
-    args += ["--rounds", "1", "--no-memory", "--system-malloc"]
+    args += ["--rounds", "1", "--no-memory", "--system-malloc", "--profile"]
     assert _run_main(monkeypatch, "benchmark_speed", *args, "--json", str(path)) == 0
     written = json.loads(path.read_text())
     assert "system malloc" in written["setup"]
@@ -195,11 +195,23 @@ def test_benchmark_speed_reports_every_case_and_ratio(monkeypatch, capsys, tmp_p
         assert row["throughput_ratio"] == pytest.approx(
             row["reference"]["seconds"] / row["sgdetr"]["seconds"]
         )
+        profiles = {model: row[model]["profile"] for model in ("sgdetr", "reference")}
+        assert all(0 < p["matrix_ms"] < p["total_ms"] and len(p["top_ops"]) == 5 for p in profiles.values())
+        assert row["throughput_ratio_if_sgdetr_non_matrix_free"] == pytest.approx(
+            profiles["reference"]["total_ms"] / profiles["sgdetr"]["matrix_ms"]
+        )
     # the reference's FLOPs are those of its layers (counted off the fused inference kernel): 3 + 3 layers
     assert (
         rows[("inference", 2)]["reference"]["gflop_per_item"]
         > rows[("inference", 1)]["reference"]["gflop_per_item"] * 0.9
     )
     assert rows[("postprocess", 2)]["share_of_whole"] > 0 and rows[("loss", 2)]["share_of_whole"] > 0
-    table = _table(capsys.readouterr().out)
-    assert [row["case"] for row in table][:2] == ["inference, batch 1", "inference, batch 2"]
+    timings, profiled = capsys.readouterr().out.split("Profiled")
+    assert [row["case"] for row in _table(timings)][:2] == ["inference, batch 1", "inference, batch 2"]
+    profile_rows = _table(profiled)
+    assert [row["case"] for row in profile_rows] == [
+        "inference, batch 1",
+        "inference, batch 2",
+        "training, batch 2",
+    ]
+    assert all("addmm" in row["SG-DETR top kernels (ms)"] for row in profile_rows)

@@ -10,6 +10,7 @@ import torch
 from sgdetr_hf.benchmarking import (
     Measurement,
     count_ops_and_flops,
+    kernel_time_split,
     malloc_setting,
     measure,
     measure_interleaved,
@@ -98,6 +99,28 @@ def test_count_ops_and_flops_counts_kernels_and_matmul_arithmetic():
     conv = torch.nn.Conv1d(2, 6, 3, padding=1)
     _, flops = count_ops_and_flops(lambda: conv(torch.randn(1, 2, 10)))
     assert flops == 2 * 10 * 6 * 2 * 3
+
+
+def test_kernel_time_split_separates_matrix_kernels_from_the_rest():
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    x = torch.randn(1_000_000)
+
+    def matmul_then_elementwise():
+        product = a @ b
+        for _ in range(20):
+            x.mul(1.5)
+        return product
+
+    split = kernel_time_split(matmul_then_elementwise, calls=2, top=3)
+    names = {name: count for name, _, count in split["top_ops"]}
+    assert len(split["top_ops"]) == 3 and names["aten::mul"] == 20
+    assert 0 < split["matrix_ms"] < split["total_ms"]
+    matrix_only = kernel_time_split(
+        lambda: torch.zeros(256, 256).addmm_(a, b)
+    )  # in place: a matrix kernel too
+    assert matrix_only["matrix_ms"] / matrix_only["total_ms"] > split["matrix_ms"] / split["total_ms"]
+    with pytest.raises(ValueError, match="calls >= 1"):
+        kernel_time_split(matmul_then_elementwise, calls=0)
 
 
 def test_a_subprocess_reports_its_own_peak_not_its_parents():

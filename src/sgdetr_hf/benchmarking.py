@@ -5,7 +5,8 @@ kernel caches), then times each of ``repeats`` calls. On CUDA it synchronises th
 timed calls, so that the wall clock covers the kernels they queued, and reads the peak memory torch
 allocated during them. :func:`measure_interleaved` times several functions in alternation (one call of
 each per round), so that machine noise hits all of them alike and their ratio is meaningful on a shared
-machine. :func:`count_ops_and_flops` counts the kernel calls and the arithmetic of a function.
+machine. :func:`count_ops_and_flops` counts the kernel calls and the arithmetic of a function, and
+:func:`kernel_time_split` profiles how much of its time the matrix kernels take.
 :func:`random_inputs` / :func:`random_labels` make a QVHighlights-shaped batch.
 :func:`print_table` prints result rows as Markdown, :func:`write_json` saves them.
 """
@@ -185,6 +186,54 @@ def count_ops_and_flops(function: Callable[[], Any]) -> tuple[int, int]:
     with _OpCounter() as counter:
         function()
     return counter.ops, counter.flops
+
+
+# The profiler's names of the kernels whose FLOPs torch.utils.flop_counter counts (matrix products, convolutions,
+# attention), with their in-place variants (addmm_), and the CPU attention kernels it has no formula for: the
+# arithmetic; everything else is the overhead around it.
+MATRIX_KERNELS = frozenset(
+    [f"aten::{packet.__name__}{suffix}" for packet in flop_registry for suffix in ("", "_")]
+    + [f"aten::_scaled_dot_product_flash_attention_for_cpu{suffix}" for suffix in ("", "_backward")]
+)
+
+
+def kernel_time_split(
+    function: Callable[[], Any], device: str | torch.device = "cpu", calls: int = 3, top: int = 5
+) -> dict[str, Any]:
+    """Where one call of ``function`` spends its time, from ``torch.profiler`` (the fastest of ``calls``
+    profiled calls; call it warm): ``total_ms``, the self time of every kernel (device time on CUDA, CPU time
+    otherwise), ``matrix_ms``, that of the :data:`MATRIX_KERNELS`, and ``top_ops``, the ``top`` kernels with
+    the most self time as ``[name, ms, calls]``. Profiling slows small kernels more than large ones: compare
+    these splits with each other, not with unprofiled timings."""
+    if calls < 1:
+        raise ValueError(f"need calls >= 1, got {calls}")
+    cuda = torch.device(device).type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    best = None
+    for _ in range(calls):
+        with torch.profiler.profile(activities=activities) as profiler:
+            function()
+            if cuda:
+                torch.cuda.synchronize(device)
+        kernels = {
+            event.key: (
+                (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1e3,
+                event.count,
+            )
+            for event in profiler.key_averages()
+        }
+        total = sum(ms for ms, _ in kernels.values())
+        if best is None or total < best["total_ms"]:
+            matrix = sum(ms for name, (ms, _) in kernels.items() if name in MATRIX_KERNELS)
+            ranked = sorted(kernels.items(), key=lambda item: -item[1][0])[:top]
+            best = {
+                "total_ms": total,
+                "matrix_ms": matrix,
+                "top_ops": [[name, ms, count] for name, (ms, count) in ranked],
+            }
+    return best
 
 
 def random_inputs(
