@@ -596,12 +596,17 @@ def test_overfits_eight_toy_samples():
     config = model.config
     batch, rows = SHALLOW.toy_batch(8)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    # the rate decays to zero: at a constant one the windows keep oscillating about their targets, and a change
+    # of float rounding alone (another thread count, a reordered sum) moved a top-1 IoU below 0.7 at step 300
+    steps = 300
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     history = []
-    for _ in range(300):
+    for _ in range(steps):
         outputs = model_loss(model, batch)
         optimizer.zero_grad()
         outputs.loss.backward()
         optimizer.step()
+        schedule.step()
         history.append((outputs.loss.item(), _zero_floor_sum(outputs.loss_dict)))
     (start, start_zero_floor), (end, end_zero_floor) = history[0], np.mean(history[-10:], axis=0)
     assert end_zero_floor <= 0.05 * start_zero_floor

@@ -560,8 +560,8 @@ class SGDetrModel(SGDetrPreTrainedModel):
 
     def _encode(
         self, video: Tensor, pos: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor, local: Tensor
-    ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """SGCA -> encoder -> saliency amplifier. Returns ``F_hat``, ``S_global`` (or None) and ``F_g``."""
+    ) -> tuple[Tensor, Tensor | None]:
+        """SGCA -> encoder -> global saliency (eq. 7-8). Returns ``F_hat`` and ``S_global`` (or None)."""
         gate = torch.sigmoid(local) if self.config.use_sgca else None
         x = video
         for layer in self.sgca_layers:
@@ -570,12 +570,17 @@ class SGDetrModel(SGDetrPreTrainedModel):
             x = layer(x, pos, video_mask)
         encoded = x
         if self.global_saliency is None:
-            return encoded, None, encoded * video_mask[..., None].to(encoded.dtype)
+            return encoded, None
         amplified_local = encoded * (1 + torch.sigmoid(local)[..., None].to(encoded.dtype))  # eq. 7
         global_scores = local + self.global_saliency(amplified_local)[..., 0].float()  # eq. 8
-        global_scores = global_scores.masked_fill(~video_mask, PADDING_SALIENCY)
-        amplified = encoded * (1 + torch.sigmoid(global_scores)[..., None].to(encoded.dtype))  # eq. 9
-        return encoded, global_scores, amplified * video_mask[..., None].to(encoded.dtype)
+        return encoded, global_scores.masked_fill(~video_mask, PADDING_SALIENCY)
+
+    @staticmethod
+    def _amplify(encoded: Tensor, global_scores: Tensor | None, video_mask: Tensor) -> Tensor:
+        """The saliency amplifier (eq. 9): ``F_g``, zero at padding (``F_hat`` itself without global saliency)."""
+        if global_scores is not None:
+            encoded = encoded * (1 + torch.sigmoid(global_scores)[..., None].to(encoded.dtype))
+        return encoded * video_mask[..., None].to(encoded.dtype)
 
     # ---------------------------------------------------------------- forward
     @can_return_tuple
@@ -664,7 +669,7 @@ class SGDetrModel(SGDetrPreTrainedModel):
                 pos_text, pos_text_mask = _pad_tokens(text, text_mask, num_tokens)
                 neg_text, neg_text_mask = _pad_tokens(neg_text, neg_text_mask, num_tokens)
             neg_local = self.local_saliency(neg_sentence, video, video_mask)
-            encoded, global_scores, amplified = self._encode(
+            encoded, global_scores = self._encode(
                 video.repeat(2, 1, 1),
                 pos.repeat(2, 1, 1),
                 video_mask.repeat(2, 1),
@@ -672,12 +677,14 @@ class SGDetrModel(SGDetrPreTrainedModel):
                 torch.cat((pos_text_mask, neg_text_mask), 0),
                 torch.cat((local, neg_local), 0),
             )
-            encoded, amplified = encoded[:batch], amplified[:batch]
+            # the negatives' losses read their global saliency alone: only the positives are amplified (eq. 9)
+            encoded = encoded[:batch]
             neg_global = None if global_scores is None else global_scores[batch:]
             global_scores = None if global_scores is None else global_scores[:batch]
         else:
-            encoded, global_scores, amplified = self._encode(video, pos, video_mask, text, text_mask, local)
+            encoded, global_scores = self._encode(video, pos, video_mask, text, text_mask, local)
             neg_local = neg_global = None
+        amplified = self._amplify(encoded, global_scores, video_mask)
 
         moment_tokens = nonmoment_tokens = frames = sentence_pool = None
         if targets is not None and self.moment_encoder is not None:
