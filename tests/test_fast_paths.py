@@ -123,6 +123,23 @@ def test_pyramid_level_is_the_strided_convolution_of_the_previous_one_on_valid_p
         assert (level[1, x.shape[-1] :] == 0).all()
 
 
+@pytest.mark.slow
+def test_pyramid_compiled_for_dynamic_lengths_equals_eager_down_to_a_one_position_level():
+    """Regression: under ``torch.compile(dynamic=True)`` Inductor miscompiled the GroupNorm statistics of the
+    coarsest level when its dynamic length is 1 at run time (L = 12: levels 12, 6, 3, 2, 1), off by hundreds."""
+    neck = _randomise(SGDetrPyramidNeck(CONFIG)).eval()
+    features = torch.randn(3, 12, 16, generator=torch.Generator().manual_seed(5))
+    lengths = torch.tensor([12, 9, 1])
+    torch._dynamo.reset()
+    compiled = torch.compile(neck, dynamic=True)
+    with torch.no_grad():
+        (eager_levels, eager_masks), (levels, masks) = neck(features, lengths), compiled(features, lengths)
+    assert [level.shape[1] for level in eager_levels] == [12, 6, 3, 2, 1]
+    for level, eager_level, mask, eager_mask in zip(levels, eager_levels, masks, eager_masks):
+        assert torch.equal(mask, eager_mask)
+        torch.testing.assert_close(level, eager_level, rtol=1e-5, atol=1e-5)
+
+
 def test_selector_spans_are_the_span_head_of_the_selected_positions():
     selector = _randomise(SGDetrQuerySelector(CONFIG), 4)
     anchors, mask, _ = make_anchors(torch.tensor([12, 4]), 12, [1, 2, 4], 4.0)

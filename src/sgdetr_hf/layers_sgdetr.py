@@ -316,11 +316,22 @@ def masked_group_norm(
         stat = stat.expand(-1, length, -1) if segment_ids is None else stat[:, segment_ids]
         return stat[..., None]
 
-    mean = torch.bmm(xg.sum(-1).transpose(1, 2), member) / count
+    mean = _sum_over_members(xg.sum(-1), member) / count
     centered = xg - per_position(mean)
-    var = torch.bmm(centered.square().sum(-1).transpose(1, 2), member) / count
+    var = _sum_over_members(centered.square().sum(-1), member) / count
     y = (centered * torch.rsqrt(per_position(var) + eps)).view(batch, length, channels).to(x.dtype)
     return torch.addcmul(bias, y, weight) * mask[..., None].to(y.dtype)
+
+
+def _sum_over_members(values: Tensor, member: Tensor) -> Tensor:
+    """``(B, L, G)`` values summed over the positions of each segment, weighted by ``(B, L, S)`` ``member`` ->
+    ``(B, G, S)``: a batched matmul over the positions, or for one segment a plain sum. Inductor
+    (torch 2.13) miscompiles that matmul when the position count is a dynamic size that is 1 at run time,
+    the pyramid's coarsest level under ``torch.compile(dynamic=True)``: that level's norm came out wrong by
+    hundreds. The segmented calls (the ATSS head's packed levels) have at least three positions."""
+    if member.shape[-1] == 1:
+        return (values * member).sum(1)[..., None]
+    return torch.bmm(values.transpose(1, 2), member)
 
 
 def conv1d_taps(*convs: nn.Conv1d) -> Tensor:
