@@ -241,9 +241,8 @@ def run_case(case: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
         }
         if args.compile:
             row[name]["compile_speedup"] = timed[f"{name}:eager"].best / timed[name].best
-        if (
-            args.profile
-        ):  # the eager forward, as the op count (a compiled one fuses kernels the split would miss)
+        # profiled eager, as the op count: a compiled forward fuses kernels the split would not classify
+        if args.profile:
             row[name]["profile"] = kernel_time_split(eager[name], args.device)
     sg, ref = row["sgdetr"], row["reference"]
     row["throughput_ratio"] = sg[f"{unit}_per_s"] / ref[f"{unit}_per_s"]

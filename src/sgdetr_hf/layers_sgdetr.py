@@ -208,7 +208,7 @@ class SGDetrMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if repeats_one_sample(x):
-            return self(x[:1]).expand(x.shape[0], -1, -1)
+            return self.forward(x[:1]).expand(x.shape[0], -1, -1)  # hooks run once, on the outer call
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
