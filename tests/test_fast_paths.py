@@ -4,8 +4,8 @@ Each test computes a block the straightforward way (per level, per sample, with 
 ``F.group_norm`` on the valid positions only) from the module's own, randomised weights and compares it
 with the fast form the model runs: the convolutions as matmuls over unfolded windows, the ATSS head's levels
 packed into one pass, the per-level GroupNorm statistics, the selector's span head on its selections only,
-the projections that share an input as one GEMM, those of a repeated sample once, PReLU's CPU backward; and the CPU dropout's mask keeps the
-distribution.
+the projections that share an input as one GEMM, those of a repeated sample once, the decoder on the query
+slots a loss reads only, PReLU's CPU backward; and the CPU dropout's mask keeps the distribution.
 """
 
 import pytest
@@ -13,8 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from sgdetr_hf import SGDetrConfig
-from sgdetr_hf.detector_sgdetr import SGDetrATSSHead, SGDetrPyramidNeck, SGDetrQuerySelector, make_anchors
+from sgdetr_hf import SGDetrConfig, detector_sgdetr
+from sgdetr_hf.detector_sgdetr import (
+    SGDetrATSSHead,
+    SGDetrDecoder,
+    SGDetrPyramidNeck,
+    SGDetrQuerySelector,
+    build_self_attention_blocked,
+    make_anchors,
+)
 from sgdetr_hf.layers_sgdetr import (
     SGDetrAttention,
     SGDetrMLP,
@@ -28,6 +35,7 @@ from sgdetr_hf.layers_sgdetr import (
     repeats_one_sample,
 )
 from sgdetr_hf.spans import clamp_spans_cw, inverse_sigmoid
+from sgdetr_testing import SGDetrModelTester
 
 CONFIG = SGDetrConfig(hidden_size=16, num_attention_heads=2, ffn_dim=32, group_norm_groups=4, num_queries=5)
 
@@ -188,6 +196,90 @@ def test_projections_of_a_repeated_sample_are_computed_once_and_equal_the_per_sa
         (fast_grad,) = torch.autograd.grad(sum((y * w).sum() for y, w in zip(fast, weights)), one)
         (plain_grad,) = torch.autograd.grad(sum((y * w).sum() for y, w in zip(reference, weights)), one)
         torch.testing.assert_close(fast_grad, plain_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_on_the_needed_query_slots_equals_the_full_decoder_there():
+    """Denoising slots padded to the batch's largest number of windows are blocked as keys and read by no loss:
+    the decoder runs its row-wise blocks on the needed slots alone (fewer FLOPs), and those slots get the
+    values and gradients of the decoder run on every slot."""
+    config = SGDetrConfig(**{**CONFIG.to_dict(), "dropout": 0.0})
+    decoder = _randomise(SGDetrDecoder(config)).eval()
+    generator = torch.Generator().manual_seed(5)
+    batch, num_queries, length, d = 3, 8, 6, config.hidden_size
+    group_ids = torch.tensor([0, 0, 0, 0, -1, -1, -1, -1])  # a denoising group of 4 slots, 4 primary queries
+    valid = torch.ones(batch, num_queries, dtype=torch.bool)
+    valid[0, 2:4] = False  # samples with fewer windows than the batch's largest number
+    valid[2, 1:4] = False
+    blocked = build_self_attention_blocked(group_ids, valid)
+    content = torch.randn(batch, num_queries, d, generator=generator, requires_grad=True)
+    references = torch.rand(batch, num_queries, 2, generator=generator) * 0.5 + 0.25
+    memory = torch.randn(batch, length, d, generator=generator, requires_grad=True)
+    memory_pos = torch.randn(batch, length, d, generator=generator)
+    memory_mask = torch.arange(length)[None] < torch.tensor([6, 4, 5])[:, None]
+
+    def run(needed):
+        with FlopCounterMode(display=False) as flops:
+            out = decoder(content, references, memory, memory_pos, memory_mask, blocked, needed)
+        return out, flops.get_total_flops()
+
+    (full, full_flops), (packed, packed_flops) = run(None), run(valid)
+    assert packed_flops < full_flops * 0.92  # 5 of 24 slots skipped in every row-wise block
+    read = valid[:, None].expand(-1, full.logits.shape[1], -1)  # (B, layers, Q)
+    for name in ("logits", "spans", "iou_logits"):
+        fast, plain = getattr(packed, name), getattr(full, name)
+        assert fast.shape == plain.shape
+        torch.testing.assert_close(fast[read], plain[read], rtol=1e-5, atol=1e-6)
+    assert (packed.logits[~read] == 0).all() and (packed.spans[~read] == 0.5).all()
+    weights = torch.randn(full.spans.shape, generator=generator)
+
+    def grads(out):
+        loss = ((out.spans * weights).sum(-1) + out.logits[..., 0] + out.iou_logits)[read].sum()
+        return torch.autograd.grad(loss, [content, memory, *decoder.parameters()])
+
+    packed_grads = grads(packed)
+    for fast, plain in zip(packed_grads, grads(full)):
+        torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-6)
+    assert packed_grads[0][~valid].abs().max() == 0  # the skipped slots take no part
+
+
+def test_training_loss_and_gradients_do_not_change_when_unread_query_slots_are_skipped(monkeypatch):
+    """The whole model: a batch with 1, 3 and no windows (the second's denoising slots are the others' padding;
+    the ATSS-positive queries of the video without windows enter no loss) gives the loss terms and gradients of
+    the decoder run on every slot."""
+    tester = SGDetrModelTester(dropout=0.0, input_dropout=0.0)
+    model = tester.create_model(seed=3)
+    inputs = tester.prepare_inputs([12, 9, 12], 12, [5, 3, 4], 5)
+    labels = [
+        {"spans": torch.tensor([[0.5, 0.3]]), "saliency_scores": torch.arange(12.0) % 5},
+        {"spans": torch.tensor([[0.2, 0.2], [0.5, 0.2], [0.8, 0.2]]), "saliency_scores": torch.ones(9)},
+        {"spans": torch.zeros(0, 2), "saliency_scores": torch.arange(12.0) % 3},
+    ]
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the saliency pairs are drawn
+        out = model(*inputs, labels=labels)
+        out.loss.backward()
+        return out.loss_dict, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    skipped = []
+    needed_queries = detector_sgdetr._needed_queries
+
+    def recorded(group, has_windows):
+        needed = needed_queries(group, has_windows)
+        skipped.append(int((~needed).sum()))
+        return needed
+
+    monkeypatch.setattr(detector_sgdetr, "_needed_queries", recorded)
+    packed_terms, packed_grads = run()
+    assert sum(skipped) >= 2 * 2 * 8 + 2  # denoising padding of samples 1 and 3; the last one's ATSS queries
+    monkeypatch.setattr(detector_sgdetr, "_needed_queries", lambda group, _: torch.ones_like(group.valid))
+    full_terms, full_grads = run()
+    assert packed_terms.keys() == full_terms.keys()
+    for name in full_terms:
+        torch.testing.assert_close(packed_terms[name], full_terms[name], rtol=1e-5, atol=1e-6, msg=name)
+    for name in full_grads:
+        torch.testing.assert_close(packed_grads[name], full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_attention_with_shared_inputs_equals_separate_projections():

@@ -415,6 +415,32 @@ class SGDetrQuerySelector(nn.Module):
         return proposals, index, self.content.weight[None].expand(features.shape[0], -1, -1)
 
 
+class SGDetrQueryRows:
+    """The decoder query slots a forward computes, ``needed`` ``(B, Q)`` bool (None: all of them).
+
+    In training, the denoising group is padded to the batch's largest number of windows and the ATSS-positive
+    group to its largest number of anchors: slots no loss reads (and no other query sees, as they are blocked
+    as keys) would take a full pass through every decoder layer. The row-wise blocks (projections, norms,
+    feed-forward, heads) run on the needed rows alone, packed as ``(R, ...)``; attention sees them in their
+    ``(B, Q, ...)`` slots, the others zero. With every slot needed, both conversions return their input."""
+
+    def __init__(self, needed: Tensor | None):
+        self.shape = None if needed is None else needed.shape
+        # one host synchronisation per training forward: the packed size
+        self.index = None if needed is None or bool(needed.all()) else needed.flatten().nonzero()[:, 0]
+
+    def pack(self, x: Tensor) -> Tensor:
+        """``(B, Q, ...)`` -> ``(R, ...)``."""
+        return x if self.index is None else x.flatten(0, 1).index_select(0, self.index)
+
+    def unpack(self, x: Tensor, fill: float = 0.0) -> Tensor:
+        """``(R, ...)`` -> ``(B, Q, ...)``, ``fill`` in the slots not computed."""
+        if self.index is None:
+            return x
+        full = x.new_full((self.shape.numel(), *x.shape[1:]), fill)
+        return full.index_copy(0, self.index, x).view(*self.shape, *x.shape[1:])
+
+
 class SGDetrDecoderLayer(GradientCheckpointingLayer):
     """Conditional / DAB-DETR decoder layer (the CG-DETR / QD-DETR layer, §3.5)."""
 
@@ -455,27 +481,32 @@ class SGDetrDecoderLayer(GradientCheckpointingLayer):
         query_sine: Tensor,
         memory_blocked: Tensor,
         self_blocked: Tensor | None,
+        rows: SGDetrQueryRows,
     ) -> Tensor:
-        """``memory_key`` / ``memory_value`` / ``memory_key_pos`` ``(B, L, d)``: this layer's ``ca_k_content``,
-        ``ca_v`` and ``ca_k_pos`` of the memory and its positions (:class:`SGDetrDecoder` runs them for every
-        layer in one GEMM each)."""
+        """``tgt`` / ``query_pos`` / ``query_sine``: the computed query rows (``rows``), ``(B, Q, d)`` or packed
+        ``(R, d)``. ``memory_key`` / ``memory_value`` / ``memory_key_pos`` ``(B, L, d)``: this layer's
+        ``ca_k_content``, ``ca_v`` and ``ca_k_pos`` of the memory and its positions (:class:`SGDetrDecoder`
+        runs them for every layer in one GEMM each)."""
         h = self.num_heads
+
+        def heads(x: Tensor) -> Tensor:
+            return split_heads(rows.unpack(x), h)
+
         # self-attention among queries (group mask)
         q_content, k_content, v = fused_linear(tgt, self.sa_q_content, self.sa_k_content, self.sa_v)
         q_pos, k_pos = fused_linear(query_pos, self.sa_q_pos, self.sa_k_pos)
-        q, k = q_content + q_pos, k_content + k_pos
-        out = attend(self, split_heads(q, h), split_heads(k, h), split_heads(v, h), self_blocked)
-        tgt = self.norm1(tgt + self.dropout(self.sa_out(merge_heads(out))))
+        out = attend(self, heads(q_content + q_pos), heads(k_content + k_pos), heads(v), self_blocked)
+        tgt = self.norm1(tgt + self.dropout(self.sa_out(rows.pack(merge_heads(out)))))
         # cross-attention to the video memory
         q = self.ca_q_content(tgt)
         k = memory_key
         if self.is_first:
             q = q + self.ca_q_pos(query_pos)
             k = k + memory_key_pos
-        q = torch.cat((split_heads(q, h), split_heads(self.ca_q_sine(query_sine), h)), dim=-1)
+        q = torch.cat((heads(q), heads(self.ca_q_sine(query_sine))), dim=-1)
         k = torch.cat((split_heads(k, h), split_heads(memory_key_pos, h)), dim=-1)
         out = attend(self, q, k, split_heads(memory_value, h), memory_blocked)
-        tgt = self.norm2(tgt + self.dropout(self.ca_out(merge_heads(out))))
+        tgt = self.norm2(tgt + self.dropout(self.ca_out(rows.pack(merge_heads(out)))))
         return self.norm3(tgt + self.dropout(self.ffn(tgt)))
 
 
@@ -507,14 +538,19 @@ class SGDetrDecoder(nn.Module):
         memory_pos: Tensor,
         memory_mask: Tensor,
         self_blocked: Tensor | None = None,
+        query_needed: Tensor | None = None,
     ) -> SGDetrSpanPredictions:
         """content ``(B, Q, d)``, references ``(B, Q, 2)`` (the selector's proposals are detached, learned
         references are not), memory ``(B, L, d)`` with positions and
-        mask ``(B, L)``; ``self_blocked`` ``(B, Q, Q)`` bool (True = blocked) or None (all queries see all).
+        mask ``(B, L)``; ``self_blocked`` ``(B, Q, Q)`` bool (True = blocked) or None (all queries see all);
+        ``query_needed`` ``(B, Q)`` bool: the queries whose predictions are read (None: all), which must not
+        be keys of any other query (:class:`SGDetrQueryRows`).
 
         Returns the predictions of every layer (fp32): logits ``(B, num_layers, Q, 2)``, spans
-        ``(B, num_layers, Q, 2)``, iou_logits ``(B, num_layers, Q)`` or None.
+        ``(B, num_layers, Q, 2)``, iou_logits ``(B, num_layers, Q)`` or None; at queries not needed, 0 (logits,
+        iou_logits) and the span (0.5, 0.5).
         """
+        rows = SGDetrQueryRows(query_needed)
         memory_blocked = ~memory_mask[:, None, None, :]
         self_blocked = None if self_blocked is None else self_blocked[:, None]
         # the memory does not change across layers: every layer's key / value projections in two GEMMs
@@ -522,8 +558,8 @@ class SGDetrDecoder(nn.Module):
             memory, *[p for layer in self.layers for p in (layer.ca_k_content, layer.ca_v)]
         )
         memory_k_pos = fused_linear(memory_pos, *[layer.ca_k_pos for layer in self.layers])
-        output = content
-        reference = references.float()
+        output = rows.pack(content)
+        reference = rows.pack(references.float())
         previous_refined = None
         hidden_states, layer_spans = [], []
         for i, layer in enumerate(self.layers):
@@ -535,7 +571,7 @@ class SGDetrDecoder(nn.Module):
             sine = sine * width_scale.to(sine.dtype)
             output = layer(
                 output, memory_kv[2 * i], memory_kv[2 * i + 1], memory_k_pos[i], query_pos, sine,
-                memory_blocked, self_blocked,
+                memory_blocked, self_blocked, rows,
             )  # fmt: skip
             hidden = self.norm(output)
             delta = self.span_head(hidden).float()
@@ -552,11 +588,16 @@ class SGDetrDecoder(nn.Module):
             layer_spans.append(spans)
             previous_refined = refined
             reference = refined.detach()
-        hidden = torch.stack(hidden_states, dim=1)  # the class and IoU heads run once over every layer
+        # the class and IoU heads run once over every layer: (B, Q, layers, d) or (R, layers, d)
+        hidden = torch.stack(hidden_states, dim=-2)
+
+        def per_layer(x: Tensor, fill: float = 0.0) -> Tensor:  # -> (B, layers, Q, ...)
+            return rows.unpack(x, fill).transpose(1, 2)
+
         return SGDetrSpanPredictions(
-            logits=self.class_head(hidden).float(),
-            spans=torch.stack(layer_spans, dim=1),
-            iou_logits=None if self.iou_head is None else self.iou_head(hidden)[..., 0].float(),
+            logits=per_layer(self.class_head(hidden).float()),
+            spans=per_layer(torch.stack(layer_spans, dim=-2), fill=0.5),
+            iou_logits=None if self.iou_head is None else per_layer(self.iou_head(hidden).float())[..., 0],
         )
 
 
@@ -737,6 +778,16 @@ def build_self_attention_blocked(group_ids: Tensor, key_valid: Tensor) -> Tensor
     return ~(allowed | eye[None])
 
 
+def _needed_queries(group: QueryGroup, has_windows: Tensor) -> Tensor:
+    """``(B, Q)`` bool: the queries of ``group`` whose predictions a loss reads (every primary query; a fixed-target
+    query when valid, of a video with windows). A group without any keeps all its queries, so that its
+    parameters still get their (zero) gradient and DDP needs no ``find_unused_parameters``."""
+    if group.is_positive is None:
+        return group.valid
+    needed = group.valid & has_windows[:, None]
+    return needed if bool(needed.any()) else torch.ones_like(needed)
+
+
 def _query_slice(predictions: SGDetrSpanPredictions, queries: slice) -> tuple[Tensor, Tensor, Tensor | None]:
     """(logits, spans, iou_logits) of the decoder queries in ``queries`` (last-but-one dim)."""
     iou = predictions.iou_logits
@@ -872,7 +923,7 @@ class SGDetrHybridDetector(nn.Module):
                 )  # fmt: skip
 
         # decoder queries: [denoising | primary | ATSS-positive], isolated by the self-attention mask
-        blocked = None
+        blocked = needed = None
         dn_size = 0 if dn is None else dn.content.shape[1]
         groups = [g for g in (dn, atss_group) if g is not None]
         if groups:
@@ -893,8 +944,11 @@ class SGDetrHybridDetector(nn.Module):
             blocked = build_self_attention_blocked(
                 torch.cat([g.group_ids for g in parts]), torch.cat([g.valid for g in parts], 1)
             )
+            needed = torch.cat([_needed_queries(g, targets.has_windows) for g in parts], 1)
 
-        predictions = self.decoder(content, references, features, position_embeddings, video_mask, blocked)
+        predictions = self.decoder(
+            content, references, features, position_embeddings, video_mask, blocked, needed
+        )
         logits, spans, iou_logits = _query_slice(predictions, slice(dn_size, dn_size + num_primary))
         start = dn_size + num_primary
         return SGDetrDetectorOutput(
