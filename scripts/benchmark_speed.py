@@ -44,6 +44,7 @@ from torch import nn
 
 from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval, post_process_moment_retrieval
 from sgdetr_hf.benchmarking import (
+    WINDOW_COUNT_CHOICES,
     add_system_malloc_argument,
     count_ops_and_flops,
     kernel_time_split,
@@ -156,7 +157,7 @@ def case_functions(
             )
         return functions
 
-    labels = random_labels(batch, args.clips, args.device)
+    labels = random_labels(batch, args.clips, args.device, windows=args.windows)
     for model in models.values():
         model.train()
     optimizers = {
@@ -194,7 +195,8 @@ def one_model_peak_memory(case: str, model: str, batch: int, args: argparse.Name
     spec = strict_json({"case": case, "model": model, "batch": batch})
     command = [sys.executable, __file__, "--memory-of", spec, "--device", args.device, "--dtype", args.dtype]
     command += ["--threads", str(args.threads), "--clips", str(args.clips), "--tokens", str(args.tokens)]
-    command += ["--dim", str(args.dim)] + (["--system-malloc"] if args.system_malloc else [])
+    command += ["--dim", str(args.dim), "--windows", args.windows]
+    command += ["--system-malloc"] if args.system_malloc else []
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.splitlines()[-1])["peak_memory_mib"]
 
@@ -320,6 +322,13 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=75)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--dim", type=int, default=512, help="video and text feature width")
+    parser.add_argument(
+        "--windows",
+        default="1-3",
+        choices=WINDOW_COUNT_CHOICES,
+        help="windows per training sample: uniform on 1-3 (default), or drawn from QVHighlights' training split "
+        "(mean 1.8, up to 24: a batch's largest count sets its denoising queries)",
+    )
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case (best of them is kept)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models first")
     parser.add_argument(
@@ -374,7 +383,8 @@ def main() -> int:
     compiled = f", torch.compile (mode {args.compile_mode or 'default'})" if args.compile else ""
     header = (
         f"{device}, {args.threads} threads, {args.dtype}{compiled}, "
-        f"torch {torch.__version__}, {malloc}; L={args.clips}, N={args.tokens}, d={args.dim}; best of {args.rounds} rounds"
+        f"torch {torch.__version__}, {malloc}; L={args.clips}, N={args.tokens}, d={args.dim}, windows "
+        f"{args.windows}; best of {args.rounds} rounds"
     )
     print(f"\n{header}\n")
     print_table(printed_rows(rows))

@@ -1,5 +1,6 @@
 """The benchmark scripts' shared helper: the timed calls, peak memory, the Markdown table and the JSON file."""
 
+import collections
 import json
 import math
 import time
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from sgdetr_hf.benchmarking import (
+    QVHIGHLIGHTS_WINDOW_COUNTS,
     Measurement,
     count_ops_and_flops,
     kernel_time_split,
@@ -16,6 +18,7 @@ from sgdetr_hf.benchmarking import (
     measure_interleaved,
     peak_rss_mib,
     print_table,
+    random_labels,
     write_json,
 )
 
@@ -150,3 +153,26 @@ def test_malloc_setting_applies_to_cpu_runs_unless_switched_off(monkeypatch, sys
     expected = "malloc retains freed memory" if applied else "system malloc"
     assert malloc_setting(system_malloc, device) == expected
     assert calls == ([1] if applied else [])
+
+
+def test_qvhighlights_window_counts_are_those_of_its_training_split(shared_data):
+    with open(shared_data / "qvhighlights" / "highlight_train_release.jsonl") as f:
+        counts = collections.Counter(len(json.loads(line)["relevant_windows"]) for line in f)
+    assert tuple(counts[k] for k in range(1, max(counts) + 1)) == QVHIGHLIGHTS_WINDOW_COUNTS
+
+
+def test_random_labels_draw_windows_per_sample_from_the_chosen_distribution():
+    def window_counts(windows):
+        return torch.tensor(
+            [len(label["spans"]) for label in random_labels(4000, 75, "cpu", windows=windows)]
+        )
+
+    uniform, qvh = window_counts("1-3"), window_counts("qvhighlights")
+    assert set(uniform.tolist()) == {1, 2, 3}
+    assert uniform.float().mean() == pytest.approx(2.0, abs=0.05)
+    # QVHighlights: 67% of queries have one window, mean 1.77, a tail up to 24
+    assert (qvh == 1).float().mean() == pytest.approx(4855 / 7218, abs=0.02)
+    assert qvh.float().mean() == pytest.approx(1.774, abs=0.1)
+    assert qvh.min() == 1 and 8 <= qvh.max() <= 24
+    with pytest.raises(ValueError, match="windows must be one of"):
+        random_labels(1, 75, "cpu", windows="many")
