@@ -327,7 +327,7 @@ def main() -> int:
         default="1-3",
         choices=WINDOW_COUNT_CHOICES,
         help="windows per training sample: uniform on 1-3 (default), or drawn from QVHighlights' training split "
-        "(mean 1.8, up to 24: a batch's largest count sets its denoising queries)",
+        "and capped at 5 as training does (a batch's largest count sets its denoising queries)",
     )
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case (best of them is kept)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models first")

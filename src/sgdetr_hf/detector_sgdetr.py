@@ -426,7 +426,7 @@ class SGDetrQueryRows:
 
     def __init__(self, needed: Tensor | None):
         self.shape = None if needed is None else needed.shape
-        # one host synchronisation per training forward: the packed size
+        # host synchronisations (training only, where the forward has others): whether to pack, the packed size
         self.index = None if needed is None or bool(needed.all()) else needed.flatten().nonzero()[:, 0]
 
     def pack(self, x: Tensor) -> Tensor:
@@ -977,6 +977,7 @@ __all__ = [
     "SGDetrHybridDetector",
     "SGDetrLearnedQueries",
     "SGDetrPyramidNeck",
+    "SGDetrQueryRows",
     "SGDetrQuerySelector",
     "assign_atss",
     "build_atss_positive_group",
