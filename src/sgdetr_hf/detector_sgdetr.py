@@ -440,6 +440,10 @@ class SGDetrQueryRows:
         full = x.new_full((self.shape.numel(), *x.shape[1:]), fill)
         return full.index_copy(0, self.index, x).view(*self.shape, *x.shape[1:])
 
+    def unpack_layers(self, x: Tensor, fill: float = 0.0) -> Tensor:
+        """Per-layer predictions ``(R, layers, ...)`` -> ``(B, layers, Q, ...)`` (given as that when unpacked)."""
+        return x if self.index is None else self.unpack(x, fill).transpose(1, 2)
+
 
 class SGDetrDecoderLayer(GradientCheckpointingLayer):
     """Conditional / DAB-DETR decoder layer (the CG-DETR / QD-DETR layer, §3.5)."""
@@ -588,16 +592,14 @@ class SGDetrDecoder(nn.Module):
             layer_spans.append(spans)
             previous_refined = refined
             reference = refined.detach()
-        # the class and IoU heads run once over every layer: (B, Q, layers, d) or (R, layers, d)
-        hidden = torch.stack(hidden_states, dim=-2)
-
-        def per_layer(x: Tensor, fill: float = 0.0) -> Tensor:  # -> (B, layers, Q, ...)
-            return rows.unpack(x, fill).transpose(1, 2)
-
+        # the class and IoU heads run once over every layer: (B, layers, Q, d) or packed (R, layers, d)
+        hidden = torch.stack(hidden_states, dim=1)
         return SGDetrSpanPredictions(
-            logits=per_layer(self.class_head(hidden).float()),
-            spans=per_layer(torch.stack(layer_spans, dim=-2), fill=0.5),
-            iou_logits=None if self.iou_head is None else per_layer(self.iou_head(hidden).float())[..., 0],
+            logits=rows.unpack_layers(self.class_head(hidden).float()),
+            spans=rows.unpack_layers(torch.stack(layer_spans, dim=1), fill=0.5),
+            iou_logits=None
+            if self.iou_head is None
+            else rows.unpack_layers(self.iou_head(hidden)[..., 0].float()),
         )
 
 
