@@ -157,7 +157,9 @@ def case_functions(
             )
         return functions
 
-    labels = random_labels(batch, args.clips, args.device, windows=args.windows)
+    labels = random_labels(
+        batch, args.clips, args.device, windows=args.windows, max_windows=SGDetrConfig.max_gt_windows
+    )
     for model in models.values():
         model.train()
     optimizers = {

@@ -27,7 +27,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from .configuration_sgdetr import SGDetrConfig
 from .cpu_memory import retain_freed_memory
 from .files import atomic_write_text
 
@@ -258,10 +257,13 @@ QVHIGHLIGHTS_WINDOW_COUNTS = (
 WINDOW_COUNT_CHOICES = ("1-3", "qvhighlights")
 
 
-def random_labels(batch: int, clips: int, device: str, seed: int = 0, windows: str = "1-3") -> list[dict]:
+def random_labels(
+    batch: int, clips: int, device: str, seed: int = 0, windows: str = "1-3", max_windows: int | None = None
+) -> list[dict]:
     """Windows per sample, uniform on 1-3 (``windows="1-3"``) or drawn from QVHighlights' training split
-    (``"qvhighlights"``, :data:`QVHIGHLIGHTS_WINDOW_COUNTS`) and capped as training caps them (the collator's
-    ``max_windows``, ``SGDetrConfig.max_gt_windows``), and 0-12 saliency on the clips inside them."""
+    (``"qvhighlights"``, :data:`QVHIGHLIGHTS_WINDOW_COUNTS`), at most ``max_windows`` (training caps them at
+    ``SGDetrConfig.max_gt_windows``, the collator's ``max_windows``), and 0-12 saliency on the clips inside
+    them."""
     if windows not in WINDOW_COUNT_CHOICES:
         raise ValueError(f"windows must be one of {WINDOW_COUNT_CHOICES}, not {windows!r}")
     g = torch.Generator().manual_seed(seed)
@@ -272,7 +274,8 @@ def random_labels(batch: int, clips: int, device: str, seed: int = 0, windows: s
         if windows == "1-3":
             k = int(torch.randint(1, 4, (1,), generator=g))
         else:
-            k = min(1 + int(torch.multinomial(window_weights, 1, generator=g)), SGDetrConfig.max_gt_windows)
+            k = 1 + int(torch.multinomial(window_weights, 1, generator=g))
+        k = k if max_windows is None else min(k, max_windows)
         spans = torch.stack(
             (torch.rand(k, generator=g) * 0.6 + 0.2, torch.rand(k, generator=g) * 0.2 + 0.05), 1
         )
