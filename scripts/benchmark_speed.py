@@ -329,7 +329,8 @@ def main() -> int:
         default="1-3",
         choices=WINDOW_COUNT_CHOICES,
         help="windows per training sample: uniform on 1-3 (default), or drawn from QVHighlights' training split "
-        "and capped at 5 as training does (a batch's largest count sets its denoising queries)",
+        f"and capped at {SGDetrConfig.max_gt_windows} as training does (a batch's largest count sets its "
+        "denoising queries)",
     )
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case (best of them is kept)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models first")
