@@ -27,6 +27,7 @@ from sgdetr_hf.layers_sgdetr import (
     SGDetrMLP,
     SGDetrPReLU,
     apply_dropout,
+    attend,
     conv1d_channels_last,
     conv1d_on_rows,
     conv1d_taps,
@@ -315,6 +316,40 @@ def test_eager_attention_values_and_gradients_equal_sdpa():
     scale = max(t.abs().max().item() for t in results["sdpa"])
     for sdpa, eager in zip(results["sdpa"], results["eager"], strict=True):
         torch.testing.assert_close(eager, sdpa, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_attention_with_a_position_bias_equals_attention_over_the_concatenated_dims(implementation):
+    """The decoder's cross-attention gives conditional DETR's positional score, ``q_sine . k_pos``, as a score
+    bias: ``attend(q, k, v, position_bias=(q_sine * s) k_pos^T, scaling=s)`` must equal attention over the
+    concatenated ``[q; q_sine]`` / ``[k; k_pos]`` heads with the scale of their doubled dims, forward and
+    backward through every input, with a padded key in one sample (both backends, through ``attend``)."""
+    config = SGDetrConfig(hidden_size=16, num_attention_heads=2, ffn_dim=32, group_norm_groups=4, dropout=0.0)
+    config._attn_implementation = implementation
+    module = SGDetrAttention(config)
+    generator = torch.Generator().manual_seed(5)
+    q, q_sine = (torch.randn(2, 2, 3, 8, generator=generator) for _ in range(2))
+    k, k_pos, v = (torch.randn(2, 2, 4, 8, generator=generator) for _ in range(3))
+    blocked = torch.zeros(2, 1, 1, 4, dtype=torch.bool)
+    blocked[1, ..., 3] = True
+    scaling = 16**-0.5
+    results = []
+    for by_bias in (True, False):
+        inputs = [t.clone().requires_grad_() for t in (q, q_sine, k, k_pos, v)]
+        qi, si, ki, pi, vi = inputs
+        if by_bias:
+            out = attend(
+                module, qi, ki, vi, blocked, torch.matmul(si * scaling, pi.transpose(-1, -2)), scaling
+            )
+        else:
+            out = F.scaled_dot_product_attention(
+                torch.cat((qi, si), -1), torch.cat((ki, pi), -1), vi, attn_mask=~blocked, scale=scaling
+            )
+        out.square().sum().backward()
+        results.append([out, *(t.grad for t in inputs)])
+    for by_bias, concatenated in zip(*results, strict=True):
+        torch.testing.assert_close(by_bias, concatenated, rtol=1e-5, atol=1e-5)
+    assert results[0][1].abs().sum() > 0 and results[0][4].abs().sum() > 0  # the bias carries q_sine, k_pos
 
 
 def test_cpu_dropout_keeps_each_element_with_probability_one_minus_p_and_rescales():

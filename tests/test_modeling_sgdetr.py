@@ -17,6 +17,7 @@ from transformers import AutoModel
 import sgdetr_hf
 from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval, SGDetrModel
 from sgdetr_hf.metrics import compute_metrics
+from sgdetr_hf.modeling_sgdetr import validate_inputs
 from sgdetr_hf.postprocessing_sgdetr import post_process_moment_retrieval
 from sgdetr_hf.spans import sine_embedding
 from sgdetr_hf.targets_sgdetr import prepare_targets
@@ -368,6 +369,19 @@ def test_bad_input_raises_a_clear_error(tiny_model, case):
     inputs, message = _bad_cases()[case]
     with pytest.raises(ValueError, match=message):
         tiny_model(*inputs)
+
+
+def test_finite_features_whose_row_sum_overflows_are_not_reported_as_nan(tiny_model):
+    """The value screen sums each row in float32; finite rows that overflow it (here 2 x 3e38) fail the screen,
+    and the exact check behind it finds nothing wrong: no error. An Inf among them is still found."""
+    video, vmask, text, tmask = TESTER.prepare_inputs([5, 3], 5, [2, 2], 2)
+    huge = video.clone()
+    huge[0, 1, :2] = 3e38
+    assert not torch.isfinite(huge[0, 1].sum())
+    validate_inputs(tiny_model.config, huge, vmask, text, tmask)
+    huge[0, 1, 2] = float("-inf")
+    with pytest.raises(ValueError, match="video_features contains NaN or Inf"):
+        validate_inputs(tiny_model.config, huge, vmask, text, tmask)
 
 
 def test_bad_labels_raise(tiny_model):

@@ -507,9 +507,14 @@ class SGDetrDecoderLayer(GradientCheckpointingLayer):
         if self.is_first:
             q = q + self.ca_q_pos(query_pos)
             k = k + memory_key_pos
-        q = torch.cat((heads(q), heads(self.ca_q_sine(query_sine))), dim=-1)
-        k = torch.cat((split_heads(k, h), split_heads(memory_key_pos, h)), dim=-1)
-        out = attend(self, q, k, split_heads(memory_value, h), memory_blocked)
+        # conditional DETR's score per head, [q; q_sine] . [k; k_pos] over the concatenated 2 * d_head dims, as
+        # q . k plus the positional q_sine . k_pos given as a score bias: q, k and v keep d_head dims, which
+        # SDPA's fused CPU kernel needs (the concatenation took its unfused path), and nothing is concatenated
+        scaling = (2 * (self.config.hidden_size // h)) ** -0.5
+        sine = heads(self.ca_q_sine(query_sine))
+        position_bias = torch.matmul(sine * scaling, split_heads(memory_key_pos, h).transpose(-1, -2))
+        k, v = split_heads(k, h), split_heads(memory_value, h)
+        out = attend(self, heads(q), k, v, memory_blocked, position_bias, scaling)
         tgt = self.norm2(tgt + self.dropout(self.ca_out(rows.pack(merge_heads(out)))))
         return self.norm3(tgt + self.dropout(self.ffn(tgt)))
 

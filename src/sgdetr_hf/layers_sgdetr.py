@@ -24,14 +24,18 @@ def eager_attention_forward(
     attention_mask: Tensor | None,
     scaling: float,
     dropout: float = 0.0,
+    position_bias: Tensor | None = None,
     **kwargs,
 ) -> tuple[Tensor, Tensor]:
-    """``softmax(q k^T * scaling) v`` with the softmax in fp32, the ``"eager"`` entry of
-    ``ALL_ATTENTION_FUNCTIONS``' interface: ``(B, H, Lq, dk)``, ``(B, H, Lk, dk)``, ``(B, H, Lk, dv)`` and a
-    bool ``attention_mask`` (True = may attend) -> ``(B, Lq, H, dv)`` and the ``(B, H, Lq, Lk)`` weights."""
+    """``softmax(q k^T * scaling + position_bias) v`` with the softmax in fp32, the ``"eager"`` entry of
+    ``ALL_ATTENTION_FUNCTIONS``' interface: ``(B, H, Lq, dk)``, ``(B, H, Lk, dk)``, ``(B, H, Lk, dv)``, a bool
+    ``attention_mask`` (True = may attend) and an optional float ``position_bias`` broadcastable to
+    ``(B, H, Lq, Lk)`` (as the SDPA entry takes it) -> ``(B, Lq, H, dv)`` and the ``(B, H, Lq, Lk)`` weights."""
     # the scale on the queries (smaller than the scores), the mask as an added -inf bias in place (its backward
     # passes the gradient on as it is, where masked_fill's would zero it in another pass)
     scores = torch.matmul(query * scaling, key.transpose(-1, -2))
+    if position_bias is not None:
+        scores = scores.add_(position_bias)
     if attention_mask is not None:
         bias = torch.zeros(attention_mask.shape, dtype=scores.dtype, device=scores.device)
         scores = scores.add_(bias.masked_fill_(~attention_mask, float("-inf")))
@@ -73,7 +77,15 @@ class SGDetrDropout(nn.Dropout):
         return apply_dropout(x, self.p, self.training)
 
 
-def attend(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, blocked: Tensor | None) -> Tensor:
+def attend(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    blocked: Tensor | None,
+    position_bias: Tensor | None = None,
+    scaling: float | None = None,
+) -> Tensor:
     """Scaled dot-product attention on split heads through the backend of ``module.config._attn_implementation``
     (transformers' ``ALL_ATTENTION_FUNCTIONS``: SDPA by default, eager on request).
 
@@ -82,6 +94,9 @@ def attend(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, blocked
         query ``(B, H, Lq, dk)``, key ``(B, H, Lk, dk)``, value ``(B, H, Lk, dv)``.
         blocked: bool, broadcastable to ``(B, H, Lq, Lk)``, True = masked out. Every query row must keep at
             least one key (callers guarantee it), so no row is all ``-inf``.
+        position_bias: float, broadcastable to ``(B, H, Lq, Lk)``, added to the scaled scores (both backends
+            of this model, SDPA and eager, take it).
+        scaling: the scale of ``q k^T``; default ``dk ** -0.5``.
     Returns:
         ``(B, H, Lq, dv)``.
     """
@@ -101,8 +116,9 @@ def attend(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, blocked
         value,
         None if blocked is None else ~blocked,
         dropout=dropout,
-        scaling=query.shape[-1] ** -0.5,
-        is_causal=False,  # SDPA would otherwise make an unmasked self-attention causal
+        scaling=query.shape[-1] ** -0.5 if scaling is None else scaling,
+        is_causal=False,
+        position_bias=position_bias,  # SDPA would otherwise make an unmasked self-attention causal
     )
     return output.transpose(1, 2)
 
