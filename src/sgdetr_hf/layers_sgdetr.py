@@ -117,8 +117,8 @@ def attend(
         None if blocked is None else ~blocked,
         dropout=dropout,
         scaling=query.shape[-1] ** -0.5 if scaling is None else scaling,
-        is_causal=False,
-        position_bias=position_bias,  # SDPA would otherwise make an unmasked self-attention causal
+        is_causal=False,  # SDPA would otherwise make an unmasked self-attention causal
+        position_bias=position_bias,
     )
     return output.transpose(1, 2)
 
