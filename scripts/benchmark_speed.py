@@ -23,6 +23,7 @@ SG-DETR's matrix kernels alone): the most that work on element-wise ops, copies 
     python scripts/benchmark_speed.py --threads 2 --json docs/speed/cpu.json       # idle CPU, fp32
     python scripts/benchmark_speed.py --device cuda --dtype bfloat16              # GPU
     python scripts/benchmark_speed.py --compile                                   # torch.compile both models
+    python scripts/benchmark_speed.py --compile --freeze --cases inference        # + Inductor freezing
     python scripts/benchmark_speed.py --profile --no-memory                       # where the time goes
 """
 
@@ -340,6 +341,13 @@ def main() -> int:
         help="torch.compile's mode (with --compile); reduce-overhead replays CUDA graphs on a GPU, where the "
         "small-op forward is bound by per-op overhead",
     )
+    parser.add_argument(
+        "--freeze",
+        action="store_true",
+        help="with --compile: Inductor's freezing (torch._inductor.config.freezing), which folds the weights of "
+        "inference graphs into constants and pre-packs them for the CPU's GEMM library; training graphs are "
+        "compiled as without it",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the per-model peak-memory processes")
     parser.add_argument(
         "--profile",
@@ -360,12 +368,19 @@ def main() -> int:
     args = parser.parse_args()
     if args.compile_mode and not args.compile:
         parser.error("--compile-mode needs --compile")
+    if args.freeze and not args.compile:
+        parser.error("--freeze needs --compile")
     if args.dtype == "bfloat16" and torch.device(args.device).type == "cpu":
         # nn.TransformerEncoderLayer leaves its fused inference path on under CPU autocast (it checks CUDA
         # autocast only), and that path then mixes bfloat16 and float32
         parser.error("--dtype bfloat16 is for CUDA devices: on CPU the reference's fused layers mix dtypes")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
+    if args.freeze:
+        from torch._inductor import config as inductor_config  # about 2 s to import: only when asked for
+
+        # read when a graph is compiled, at a compiled model's first call: both models alike
+        inductor_config.freezing = True
     malloc = malloc_setting(args.system_malloc, args.device)
 
     if args.memory_of:
@@ -383,7 +398,8 @@ def main() -> int:
         rows.append(run_case(case, batch, args))
         logger.info(strict_json(rows[-1]))
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "CPU"
-    compiled = f", torch.compile (mode {args.compile_mode or 'default'})" if args.compile else ""
+    frozen = ", freezing" if args.freeze else ""
+    compiled = f", torch.compile (mode {args.compile_mode or 'default'}{frozen})" if args.compile else ""
     header = (
         f"{device}, {args.threads} threads, {args.dtype}{compiled}, "
         f"torch {torch.__version__}, {malloc}; L={args.clips}, N={args.tokens}, d={args.dim}, windows "

@@ -154,6 +154,7 @@ def test_benchmark_processor_one_process_per_case(tmp_path):
     "args, message",
     [
         (["--compile-mode", "reduce-overhead"], "--compile-mode needs --compile"),
+        (["--freeze"], "--freeze needs --compile"),
         (["--dtype", "bfloat16", "--device", "cpu"], "--dtype bfloat16 is for CUDA devices"),
     ],
 )
