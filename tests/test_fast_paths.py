@@ -4,13 +4,16 @@ Each test computes a block the straightforward way (per level, per sample, with 
 ``F.group_norm`` on the valid positions only) from the module's own, randomised weights and compares it
 with the fast form the model runs: the convolutions as matmuls over unfolded windows, the ATSS head's levels
 packed into one pass, the per-level GroupNorm statistics, the selector's span head on its selections only,
-the projections that share an input as one GEMM, those of a repeated sample once, the decoder on the query
+the projections of a repeated sample once, the decoder on the query
 slots a loss reads only, PReLU's CPU backward; and the CPU dropout's mask keeps the distribution.
 """
+
+import traceback
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from sgdetr_hf import SGDetrConfig, detector_sgdetr
@@ -31,8 +34,8 @@ from sgdetr_hf.layers_sgdetr import (
     conv1d_channels_last,
     conv1d_on_rows,
     conv1d_taps,
-    fused_linear,
     masked_group_norm,
+    project_each,
     repeats_one_sample,
 )
 from sgdetr_hf.spans import clamp_spans_cw, inverse_sigmoid
@@ -162,13 +165,13 @@ def test_selector_spans_are_the_span_head_of_the_selected_positions():
     assert index[1].tolist() == probability.argsort(descending=True)[:5].tolist()
 
 
-def test_fused_linear_equals_each_linear_alone():
+def test_project_each_equals_each_linear_alone():
     generator = torch.Generator().manual_seed(1)
     linears = [torch.nn.Linear(6, n) for n in (4, 3, 5)]
     for linear in linears:
         _randomise(linear, seed=linear.out_features)
     x = torch.randn(2, 7, 6, generator=generator)
-    outputs = fused_linear(x, *linears)
+    outputs = project_each(x, *linears)
     assert len(outputs) == 3
     for output, linear in zip(outputs, linears):
         torch.testing.assert_close(output, linear(x), rtol=1e-6, atol=1e-6)
@@ -176,7 +179,7 @@ def test_fused_linear_equals_each_linear_alone():
 
 def test_projections_of_a_repeated_sample_are_computed_once_and_equal_the_per_sample_ones():
     """The decoder's learned content queries reach its first layer as one sample ``expand``ed over the batch: the
-    fused projections and the MLPs run on that sample (1/B of the FLOPs), with the values and gradients of the
+    self-attention projections and the MLPs run on that sample (1/B of the FLOPs), with the values and gradients of the
     materialised batch."""
     linears = [_randomise(torch.nn.Linear(6, n), seed=n) for n in (4, 3)]
     mlp = _randomise(SGDetrMLP(6, 8, 2, 3))
@@ -184,7 +187,7 @@ def test_projections_of_a_repeated_sample_are_computed_once_and_equal_the_per_sa
     batch = 4
     repeated, materialised = one.expand(batch, -1, -1), one.expand(batch, -1, -1).contiguous()
     assert repeats_one_sample(repeated) and not repeats_one_sample(materialised)
-    for function in (lambda x: fused_linear(x, *linears), lambda x: (mlp(x),)):
+    for function in (lambda x: project_each(x, *linears), lambda x: (mlp(x),)):
         with FlopCounterMode(display=False) as shared:
             fast = function(repeated)
         with FlopCounterMode(display=False) as plain:
@@ -281,18 +284,6 @@ def test_training_loss_and_gradients_do_not_change_when_unread_query_slots_are_s
         torch.testing.assert_close(packed_terms[name], full_terms[name], rtol=1e-5, atol=1e-6, msg=name)
     for name in full_grads:
         torch.testing.assert_close(packed_grads[name], full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
-
-
-def test_attention_with_shared_inputs_equals_separate_projections():
-    """q = k (self-attention) and k = v (cross-attention) take the fused GEMM; the result is the attention of
-    the three separate projections (the inputs are cloned, so the plain path runs)."""
-    attention = _randomise(SGDetrAttention(CONFIG)).eval()
-    generator = torch.Generator().manual_seed(2)
-    x, values = torch.randn(2, 5, 16, generator=generator), torch.randn(2, 5, 16, generator=generator)
-    text = torch.randn(2, 4, 16, generator=generator)
-    mask = torch.tensor([[True] * 4, [True, True, False, False]])
-    torch.testing.assert_close(attention(x, x, values), attention(x, x.clone(), values))
-    torch.testing.assert_close(attention(x, text, text, mask), attention(x, text, text.clone(), mask))
 
 
 def test_eager_attention_values_and_gradients_equal_sdpa():
@@ -414,3 +405,24 @@ def test_prelu_cpu_backward_equals_f_prelu(weight):
     torch.testing.assert_close(x_fast.grad, x_ref.grad)
     torch.testing.assert_close(module.weight.grad, reference_weight.grad)
     assert list(module.state_dict()) == ["weight"]
+
+
+def test_inference_forward_synchronises_with_the_host_only_to_validate_its_inputs():
+    """No ``.item()``, ``.tolist()`` or data-dependent shape in the inference forward (CUDA-graph- and
+    ``torch.compile``-friendly): every aten op that reads a tensor's values on the host runs inside
+    ``validate_inputs`` (skipped under ``torch.compile``), whose one read is there on purpose."""
+    sync_ops = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique")
+    model = SGDetrModelTester().create_model().eval()
+    inputs = SGDetrModelTester().prepare_inputs([12, 7], 12, [5, 3], 5)
+    callers = []
+
+    class SynchronisingOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.name().startswith(sync_ops):
+                callers.append([frame.name for frame in traceback.extract_stack()])
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), SynchronisingOps():
+        model(*inputs)
+    assert callers, "the input validation reads the inputs' values once"
+    assert all("validate_inputs" in stack for stack in callers), [stack[-6:] for stack in callers]

@@ -39,9 +39,9 @@ from .layers_sgdetr import (
     conv1d_channels_last,
     conv1d_on_rows,
     conv1d_taps,
-    fused_linear,
     masked_group_norm,
     merge_heads,
+    project_each,
     split_heads,
 )
 from .spans import (
@@ -255,7 +255,7 @@ def assign_atss(
     needs = gt_mask & ~positive.any(-1) & (n_cand > 0)
     taken = positive.any(1)  # (B, A)
     free = ~taken.gather(1, best_anchor)
-    fallback = F.one_hot(best_anchor, num_anchors).bool() & (needs & free)[..., None]
+    fallback = (best_anchor[..., None] == torch.arange(num_anchors, device=device)) & (needs & free)[..., None]
     positive = positive | fallback
 
     is_positive = positive.any(1)
@@ -478,9 +478,8 @@ class SGDetrDecoderLayer(GradientCheckpointingLayer):
     def forward(
         self,
         tgt: Tensor,
-        memory_key: Tensor,
-        memory_value: Tensor,
-        memory_key_pos: Tensor,
+        memory: Tensor,
+        memory_pos: Tensor,
         query_pos: Tensor,
         query_sine: Tensor,
         memory_blocked: Tensor,
@@ -488,32 +487,30 @@ class SGDetrDecoderLayer(GradientCheckpointingLayer):
         rows: SGDetrQueryRows,
     ) -> Tensor:
         """``tgt`` / ``query_pos`` / ``query_sine``: the computed query rows (``rows``), ``(B, Q, d)`` or packed
-        ``(R, d)``. ``memory_key`` / ``memory_value`` / ``memory_key_pos`` ``(B, L, d)``: this layer's
-        ``ca_k_content``, ``ca_v`` and ``ca_k_pos`` of the memory and its positions (:class:`SGDetrDecoder`
-        runs them for every layer in one GEMM each)."""
+        ``(R, d)``. ``memory`` / ``memory_pos`` ``(B, L, d)``: the video memory and its position embeddings."""
         h = self.num_heads
 
         def heads(x: Tensor) -> Tensor:
             return split_heads(rows.unpack(x), h)
 
         # self-attention among queries (group mask)
-        q_content, k_content, v = fused_linear(tgt, self.sa_q_content, self.sa_k_content, self.sa_v)
-        q_pos, k_pos = fused_linear(query_pos, self.sa_q_pos, self.sa_k_pos)
+        q_content, k_content, v = project_each(tgt, self.sa_q_content, self.sa_k_content, self.sa_v)
+        q_pos, k_pos = project_each(query_pos, self.sa_q_pos, self.sa_k_pos)
         out = attend(self, heads(q_content + q_pos), heads(k_content + k_pos), heads(v), self_blocked)
         tgt = self.norm1(tgt + self.dropout(self.sa_out(rows.pack(merge_heads(out)))))
         # cross-attention to the video memory
         q = self.ca_q_content(tgt)
-        k = memory_key
+        k, k_pos = self.ca_k_content(memory), self.ca_k_pos(memory_pos)
         if self.is_first:
             q = q + self.ca_q_pos(query_pos)
-            k = k + memory_key_pos
+            k = k + k_pos
         # conditional DETR's score per head, [q; q_sine] . [k; k_pos] over the concatenated 2 * d_head dims, as
         # q . k plus the positional q_sine . k_pos given as a score bias: q, k and v keep d_head dims, which
         # SDPA's fused CPU kernel needs (the concatenation took its unfused path), and nothing is concatenated
         scaling = (2 * (self.config.hidden_size // h)) ** -0.5
         sine = heads(self.ca_q_sine(query_sine))
-        position_bias = torch.matmul(sine * scaling, split_heads(memory_key_pos, h).transpose(-1, -2))
-        k, v = split_heads(k, h), split_heads(memory_value, h)
+        position_bias = torch.matmul(sine * scaling, split_heads(k_pos, h).transpose(-1, -2))
+        k, v = split_heads(k, h), split_heads(self.ca_v(memory), h)
         out = attend(self, heads(q), k, v, memory_blocked, position_bias, scaling)
         tgt = self.norm2(tgt + self.dropout(self.ca_out(rows.pack(merge_heads(out)))))
         return self.norm3(tgt + self.dropout(self.ffn(tgt)))
@@ -562,11 +559,6 @@ class SGDetrDecoder(nn.Module):
         rows = SGDetrQueryRows(query_needed)
         memory_blocked = ~memory_mask[:, None, None, :]
         self_blocked = None if self_blocked is None else self_blocked[:, None]
-        # the memory does not change across layers: every layer's key / value projections in two GEMMs
-        memory_kv = fused_linear(
-            memory, *[p for layer in self.layers for p in (layer.ca_k_content, layer.ca_v)]
-        )
-        memory_k_pos = fused_linear(memory_pos, *[layer.ca_k_pos for layer in self.layers])
         output = rows.pack(content)
         reference = rows.pack(references.float())
         previous_refined = None
@@ -578,10 +570,7 @@ class SGDetrDecoder(nn.Module):
                 sine = sine * self.query_scale(output)
             width_scale = torch.sigmoid(self.ref_width_head(output)) / reference[..., 1:2].clamp_min(1e-4)
             sine = sine * width_scale.to(sine.dtype)
-            output = layer(
-                output, memory_kv[2 * i], memory_kv[2 * i + 1], memory_k_pos[i], query_pos, sine,
-                memory_blocked, self_blocked, rows,
-            )  # fmt: skip
+            output = layer(output, memory, memory_pos, query_pos, sine, memory_blocked, self_blocked, rows)
             hidden = self.norm(output)
             delta = self.span_head(hidden).float()
             # DINO look-forward-twice (deformable_transformer.py / dino.py): the refined span is built on the

@@ -130,16 +130,14 @@ def repeats_one_sample(x: Tensor) -> bool:
     return x.dim() == 3 and x.shape[0] > 1 and x.stride(0) == 0
 
 
-def fused_linear(x: Tensor, *linears: nn.Linear) -> tuple[Tensor, ...]:
-    """``tuple(linear(x) for linear in linears)`` as one GEMM over the concatenated weights: fewer, wider
-    matrix products (the small-batch forward is bound by the number of operators)."""
+def project_each(x: Tensor, *linears: nn.Linear) -> tuple[Tensor, ...]:
+    """``tuple(linear(x) for linear in linears)``, run on one sample and expanded when ``x`` repeats one
+    (:func:`repeats_one_sample`). Separate GEMMs, not one over the concatenated weights: that concatenation
+    copies the weights on every forward, which cost more than the GEMM launches it saves at batch 1 and gained
+    nothing at batch 32 or in training (README, "Speed", the ninth step)."""
     if repeats_one_sample(x):
-        return tuple(y.expand(x.shape[0], -1, -1) for y in fused_linear(x[:1], *linears))
-    if len(linears) == 1:
-        return (linears[0](x),)
-    weight = torch.cat([linear.weight for linear in linears])
-    bias = torch.cat([linear.bias for linear in linears])
-    return F.linear(x, weight, bias).split([linear.out_features for linear in linears], dim=-1)
+        return tuple(y.expand(x.shape[0], -1, -1) for y in project_each(x[:1], *linears))
+    return tuple(linear(x) for linear in linears)
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -181,16 +179,9 @@ class SGDetrAttention(nn.Module):
         gate: Tensor | None = None,
         blocked: Tensor | None = None,
     ) -> Tensor:
-        # inputs shared by two projections (self-attention's q = k, cross-attention's k = v) take one GEMM
-        if query is key:
-            q, k = fused_linear(query, self.q_proj, self.k_proj)
-            v = self.v_proj(value)
-        elif key is value:
-            q = self.q_proj(query)
-            k, v = fused_linear(key, self.k_proj, self.v_proj)
-        else:
-            q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
-        q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))
+        q = split_heads(self.q_proj(query), self.num_heads)
+        k = split_heads(self.k_proj(key), self.num_heads)
+        v = split_heads(self.v_proj(value), self.num_heads)
         if key_mask is not None:
             key_blocked = ~key_mask[:, None, None, :]
             blocked = key_blocked if blocked is None else (blocked | key_blocked)
@@ -324,7 +315,9 @@ def masked_group_norm(
     if segment_ids is None:
         member = valid[..., None]  # (B, L, 1)
     else:
-        member = valid[..., None] * F.one_hot(segment_ids, num_segments).to(xg.dtype)  # (B, L, S)
+        # a comparison, not F.one_hot, which reads the ids' largest value on the host to check it
+        segments = torch.arange(num_segments, device=segment_ids.device)
+        member = valid[..., None] * (segment_ids[:, None] == segments).to(xg.dtype)  # (B, L, S)
     count = (member.sum(1) * group_size).clamp_min(1.0)[:, None, :]  # (B, 1, S)
 
     def per_position(stat: Tensor) -> Tensor:  # (B, G, S) -> (B, L, G, 1)
@@ -415,9 +408,9 @@ __all__ = [
     "conv1d_on_rows",
     "conv1d_taps",
     "eager_attention_forward",
-    "fused_linear",
     "masked_group_norm",
     "merge_heads",
+    "project_each",
     "repeats_one_sample",
     "split_heads",
 ]
