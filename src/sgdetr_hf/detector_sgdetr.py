@@ -255,7 +255,8 @@ def assign_atss(
     needs = gt_mask & ~positive.any(-1) & (n_cand > 0)
     taken = positive.any(1)  # (B, A)
     free = ~taken.gather(1, best_anchor)
-    fallback = (best_anchor[..., None] == torch.arange(num_anchors, device=device)) & (needs & free)[..., None]
+    is_best = best_anchor[..., None] == torch.arange(num_anchors, device=device)  # (B, M, A)
+    fallback = is_best & (needs & free)[..., None]
     positive = positive | fallback
 
     is_positive = positive.any(1)
