@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from sgdetr_hf import SGDetrConfig, detector_sgdetr, layers_sgdetr
+from sgdetr_hf import SGDetrConfig, detector_sgdetr
 from sgdetr_hf.detector_sgdetr import (
     SGDetrATSSHead,
     SGDetrDecoder,
@@ -387,11 +387,8 @@ def test_cpu_dropout_outside_its_fast_path_is_f_dropout(p, dtype):
     torch.testing.assert_close(ours, F.dropout(x, p, training=True), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("piece", [None, 64])  # one piece, and 300 elements in five (the last one partial)
 @pytest.mark.parametrize("weight", [0.25, -0.5, 1.5])
-def test_prelu_cpu_backward_equals_f_prelu(weight, piece, monkeypatch):
-    if piece is not None:
-        monkeypatch.setattr(layers_sgdetr, "_PRELU_PIECE", piece)
+def test_prelu_cpu_backward_equals_f_prelu(weight):
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(6, 50, generator=generator)
     x[0, :5] = 0.0  # the kink: slope of the negative side, as F.prelu's backward
