@@ -16,6 +16,7 @@ from sgdetr_hf.detector_sgdetr import (
     build_denoising_group,
     build_self_attention_blocked,
     decode_atss_deltas,
+    level_lengths,
     make_anchors,
 )
 from sgdetr_hf.spans import span_cw_to_se
@@ -108,7 +109,7 @@ def _se_to_cw(pairs):
 def _assign(pairs, topk=9):
     anchors, mask, levels = _single_level()
     gts = _se_to_cw(pairs)
-    return assign_atss(anchors, mask, levels, gts, torch.ones(1, len(pairs), dtype=torch.bool), topk)
+    return assign_atss(anchors, mask, [len(levels)], gts, torch.ones(1, len(pairs), dtype=torch.bool), topk)
 
 
 def test_atss_gts_at_both_borders():
@@ -191,7 +192,7 @@ def test_atss_matches_reference_on_random_cases():
             c = rng.uniform(w / 2, 1 - w / 2)
             gts[b, g] = torch.tensor([c, w])
             gt_mask[b, g] = True
-    out = assign_atss(anchors, mask, levels, gts, gt_mask, 9)
+    out = assign_atss(anchors, mask, level_lengths(140, [1, 2, 4, 8, 16]), gts, gt_mask, 9)
     for b in range(4):
         assert out["assigned_gt"][b].tolist() == _atss_reference(
             anchors[b], mask[b], levels, gts[b], gt_mask[b], 9
@@ -204,8 +205,18 @@ def test_atss_matches_reference_on_random_cases():
 
 def test_atss_without_gt_is_all_negative():
     anchors, mask, levels = make_anchors(torch.tensor([8]), 8, [1, 2], 4.0)
-    out = assign_atss(anchors, mask, levels, torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.bool))
+    out = assign_atss(anchors, mask, [8, 4], torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.bool))
     assert (out["assigned_gt"] == -1).all() and out["target_spans"].abs().sum() == 0
+    # padded GT slots without any real GT: the general path (no host check of the mask) gives the same
+    padded = assign_atss(anchors, mask, [8, 4], torch.zeros(1, 2, 2), torch.zeros(1, 2, dtype=torch.bool))
+    for key, value in out.items():
+        assert torch.equal(padded[key], value), key
+
+
+def test_atss_level_sizes_must_cover_the_anchors():
+    anchors, mask, _ = make_anchors(torch.tensor([8]), 8, [1, 2], 4.0)
+    with pytest.raises(ValueError, match=r"level_sizes \[8, 3\] do not add up to the 12 anchors"):
+        assign_atss(anchors, mask, [8, 3], torch.tensor([[[0.5, 0.2]]]), torch.ones(1, 1, dtype=torch.bool))
 
 
 # ------------------------------------------------------------------------------------------- query groups

@@ -8,7 +8,7 @@ the projections of a repeated sample once, the decoder on the query
 slots a loss reads only, PReLU's CPU backward; and the CPU dropout's mask keeps the distribution.
 """
 
-import traceback
+import sys
 
 import pytest
 import torch
@@ -407,22 +407,61 @@ def test_prelu_cpu_backward_equals_f_prelu(weight):
     assert list(module.state_dict()) == ["weight"]
 
 
+class _HostReads(TorchDispatchMode):
+    """Records the Python functions (qualified names, innermost last) that call an aten op reading tensor
+    values on the host: ``.item()`` / ``.tolist()`` / ``bool(t)`` and the data-dependent shapes."""
+
+    sync_ops = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique")
+
+    def __init__(self):
+        super().__init__()
+        self.callers = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.name().startswith(self.sync_ops):
+            frame, stack = sys._getframe(1), []
+            while frame is not None:
+                stack.append(frame.f_code.co_qualname)
+                frame = frame.f_back
+            self.callers.append(stack[::-1])
+        return func(*args, **(kwargs or {}))
+
+
 def test_inference_forward_synchronises_with_the_host_only_to_validate_its_inputs():
     """No ``.item()``, ``.tolist()`` or data-dependent shape in the inference forward (CUDA-graph- and
     ``torch.compile``-friendly): every aten op that reads a tensor's values on the host runs inside
     ``validate_inputs`` (skipped under ``torch.compile``), whose one read is there on purpose."""
-    sync_ops = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique")
     model = SGDetrModelTester().create_model().eval()
     inputs = SGDetrModelTester().prepare_inputs([12, 7], 12, [5, 3], 5)
-    callers = []
-
-    class SynchronisingOps(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.name().startswith(sync_ops):
-                callers.append([frame.name for frame in traceback.extract_stack()])
-            return func(*args, **(kwargs or {}))
-
-    with torch.no_grad(), SynchronisingOps():
+    with torch.no_grad(), _HostReads() as reads:
         model(*inputs)
-    assert callers, "the input validation reads the inputs' values once"
-    assert all("validate_inputs" in stack for stack in callers), [stack[-6:] for stack in callers]
+    assert reads.callers, "the input validation reads the inputs' values once"
+    assert all("validate_inputs" in stack for stack in reads.callers), [s[-6:] for s in reads.callers]
+
+
+def test_training_forward_reads_the_host_only_where_shapes_or_scipy_need_it():
+    """The training forward with its loss reads tensor values on the host only to check its inputs and
+    labels, to size the ATSS-positive group (the batch's most positives, when no global batch fixes it), to
+    pack the decoder rows a loss reads (one ``nonzero``) and to hand the matching costs to scipy (one copy for
+    every decoder layer and the selector). Not in the ATSS assignment (its level sizes are static), the denoising group or the choice of
+    the rows. Dropout off and no gradient: the CPU dropout and PReLU fast paths read CPU values by design."""
+    tester = SGDetrModelTester(dropout=0.0, input_dropout=0.0)
+    model = tester.create_model().requires_grad_(False)
+    batch, _ = tester.toy_batch(4)
+    batch.pop("meta")
+    with _HostReads() as reads:
+        loss = model(**batch).loss
+    assert torch.isfinite(loss)
+    allowed = {
+        "validate_inputs": 1,
+        "prepare_targets": 5,
+        "build_atss_positive_group": 1,
+        "SGDetrQueryRows.__init__": 1,
+        "SGDetrHungarianMatcher.match_sets": 1,  # its finiteness check of the costs copied to the host
+    }
+    found = dict.fromkeys(allowed, 0)
+    for stack in reads.callers:
+        where = [name for name in allowed if name in stack]
+        assert where, stack[-6:]
+        found[where[0]] += 1
+    assert found == allowed

@@ -508,6 +508,24 @@ def test_matcher_finds_the_known_assignment_and_follows_permutations():
         assert dict(zip(permutation[q_perm].tolist(), t_perm.tolist())) == dict(zip(q.tolist(), t.tolist()))
 
 
+def test_matcher_matches_several_sets_at_once_as_one_by_one():
+    """``match_sets`` (the loss's one host copy for every decoder layer and the selector) gives each set the
+    assignment it gets alone, whatever the sets' query counts and whether they carry IoU logits."""
+    generator = torch.Generator().manual_seed(4)
+    targets = [torch.tensor([_cw(0.1, 0.3), _cw(0.6, 0.9)]), torch.zeros(0, 2), torch.tensor([_cw(0.4, 0.5)])]
+    sets = [
+        (torch.randn(3, k, 2, generator=generator), torch.rand(3, k, 2, generator=generator) * 0.5 + 0.1, iou)
+        for k, iou in ((5, torch.randn(3, 5, generator=generator)), (3, None), (6, None))
+    ]
+    matcher = SGDetrHungarianMatcher()
+    together = matcher.match_sets(sets, targets)
+    assert len(together) == 3
+    for predictions, matched in zip(sets, together, strict=True):
+        alone = matcher(*predictions[:2], targets, predictions[2])
+        assert [(q.tolist(), t.tolist()) for q, t in matched] == [(q.tolist(), t.tolist()) for q, t in alone]
+    assert [len(q) for q, _ in together[1]] == [2, 0, 1]
+
+
 def test_matcher_runs_untraced_under_torch_compile():
     """``sgdetr train --compile`` compiles the loss with the model: the matcher's numpy and scipy work must run
     as plain Python there (dynamo cannot trace ``np.split`` of a tensor's array), with the eager result."""

@@ -479,7 +479,7 @@ def test_atss_assignment_by_hand(gts_se, positives):
     anchors = torch.tensor([list(zip(_ATSS_CENTERS, _ATSS_WIDTHS))])
     gts = torch.tensor([[[(s + e) / 2, e - s] for s, e in gts_se]])
     out = assign_atss(
-        anchors, torch.ones(1, 12, dtype=torch.bool), torch.tensor([0] * 8 + [1] * 4), gts,
+        anchors, torch.ones(1, 12, dtype=torch.bool), [8, 4], gts,
         torch.ones(1, len(gts_se), dtype=torch.bool), topk=3,
     )  # fmt: skip
     expected_gt, expected_centerness = [-1] * 12, torch.zeros(12)

@@ -21,6 +21,7 @@ Spans are normalised ``(center, width)`` relative to ``T_b = L_b * clip_length``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -191,7 +192,7 @@ def decode_atss_deltas(anchors: Tensor, deltas: Tensor, stds: list[float]) -> Te
 def assign_atss(
     anchors: Tensor,
     anchor_mask: Tensor,
-    anchor_levels: Tensor,
+    level_sizes: Sequence[int],
     gt_spans: Tensor,
     gt_mask: Tensor,
     topk: int = 9,
@@ -206,7 +207,8 @@ def assign_atss(
 
     Args:
         anchors: ``(B, A, 2)`` (center, width), unclipped (clipped here for IoU). anchor_mask: ``(B, A)`` bool.
-        anchor_levels: ``(A,)`` level of each anchor (levels are contiguous, in increasing order).
+        level_sizes: anchors per level, in the order of ``anchors`` (:func:`level_lengths` of the padded length;
+            given on the host, so that the per-level loop reads no tensor).
         gt_spans: ``(B, M, 2)`` (center, width). gt_mask: ``(B, M)`` bool.
     Returns:
         ``assigned_gt`` ``(B, A)`` long (-1 = negative or padding), ``target_spans`` ``(B, A, 2)`` (zeros for
@@ -218,7 +220,7 @@ def assign_atss(
     batch, num_anchors = anchor_mask.shape
     num_gt = gt_spans.shape[1]
     device = anchors.device
-    if num_gt == 0 or not bool(gt_mask.any()):
+    if num_gt == 0:
         return {
             "assigned_gt": torch.full((batch, num_anchors), -1, dtype=torch.long, device=device),
             "target_spans": torch.zeros(batch, num_anchors, 2, device=device),
@@ -230,10 +232,11 @@ def assign_atss(
     pair_valid = gt_mask[:, :, None] & anchor_mask[:, None, :]
     dist = (anchors[:, None, :, 0] - gt_spans[:, :, None, 0]).abs().masked_fill(~pair_valid, math.inf)
 
+    if sum(level_sizes) != num_anchors:
+        raise ValueError(f"level_sizes {list(level_sizes)} do not add up to the {num_anchors} anchors.")
     candidates = torch.zeros(batch, num_gt, num_anchors, dtype=torch.bool, device=device)
-    counts = torch.bincount(anchor_levels, minlength=int(anchor_levels.max()) + 1).tolist()
     start = 0
-    for count in counts:  # loop over pyramid levels only
+    for count in level_sizes:  # loop over pyramid levels only
         level_dist = dist[..., start : start + count]
         k = min(topk, count)
         top_dist, top_idx = level_dist.topk(k, dim=-1, largest=False)
@@ -427,8 +430,9 @@ class SGDetrQueryRows:
 
     def __init__(self, needed: Tensor | None):
         self.shape = None if needed is None else needed.shape
-        # host synchronisations (training only, where the forward has others): whether to pack, the packed size
-        self.index = None if needed is None or bool(needed.all()) else needed.flatten().nonzero()[:, 0]
+        # the packed size is read on the host (training only): one synchronisation, in ``nonzero``
+        index = None if needed is None else needed.flatten().nonzero()[:, 0]
+        self.index = None if index is None or index.numel() == needed.numel() else index
 
     def pack(self, x: Tensor) -> Tensor:
         """``(B, Q, ...)`` -> ``(R, ...)``."""
@@ -631,14 +635,14 @@ def build_denoising_group(
     ATSS-positive subset (:func:`_hash_uniforms`): it does not depend on the other samples of the batch, so a
     global batch gets the same noise whatever the processes or micro-batches it is split into.
 
-    A batch without any GT (highlight-only data) gets one pair of slots per group, all invalid, with content
+    A batch without any GT (``M = 0``: highlight-only data) gets one pair of slots per group, all invalid, with content
     ``E_label[moment]`` and reference (0.5, 0.5), drawn without the RNG: the criterion gives them connected
     zeros, so ``label_embed`` still receives a (zero) gradient and DDP needs no ``find_unused_parameters``.
     Invalid slots are blocked as keys, so the primary queries do not see them.
     """
     batch, num_gt = gt_mask.shape
     device = gt_spans.device
-    if num_gt == 0 or not bool(gt_mask.any()):
+    if num_gt == 0:
         shape = (batch, 2 * num_groups)
         invalid = torch.zeros(shape, dtype=torch.bool, device=device)
         return QueryGroup(
@@ -782,7 +786,7 @@ def _needed_queries(group: QueryGroup, has_windows: Tensor) -> Tensor:
     if group.is_positive is None:
         return group.valid
     needed = group.valid & has_windows[:, None]
-    return needed if bool(needed.any()) else torch.ones_like(needed)
+    return needed | ~needed.any()  # all of them when none is needed, without reading the mask on the host
 
 
 def _query_slice(predictions: SGDetrSpanPredictions, queries: slice) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -906,7 +910,7 @@ class SGDetrHybridDetector(nn.Module):
                 assignment = assign_atss(
                     anchors,
                     anchor_mask,
-                    anchor_levels,
+                    level_lengths(features.shape[1], cfg.pyramid_strides),
                     targets.padded_spans,
                     targets.span_mask,
                     cfg.atss_topk,

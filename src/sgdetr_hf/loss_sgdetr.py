@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from .detector_sgdetr import assign_atss, make_anchors
+from .detector_sgdetr import assign_atss, level_lengths, make_anchors
 from .spans import (
     clamp_spans_cw,
     generalized_span_iou,
@@ -207,11 +207,15 @@ def negative_pair_bce_loss(
 def _atss_assignment(config, targets: SGDetrTargets) -> tuple[dict[str, Tensor], Tensor]:
     """The ATSS assignment the detector makes for these targets (it reads no weight), and the anchor mask."""
     video_mask = targets.video_mask
-    anchors, anchor_mask, anchor_levels = make_anchors(
-        video_mask.sum(1), video_mask.shape[1], config.pyramid_strides, config.anchor_scale
-    )
+    padded_length, strides = video_mask.shape[1], config.pyramid_strides
+    anchors, anchor_mask, _ = make_anchors(video_mask.sum(1), padded_length, strides, config.anchor_scale)
     assignment = assign_atss(
-        anchors, anchor_mask, anchor_levels, targets.padded_spans, targets.span_mask, config.atss_topk
+        anchors,
+        anchor_mask,
+        level_lengths(padded_length, strides),
+        targets.padded_spans,
+        targets.span_mask,
+        config.atss_topk,
     )
     return assignment, anchor_mask
 
@@ -296,9 +300,6 @@ class SGDetrHungarianMatcher(nn.Module):
         self.l1_cost = l1_cost
         self.giou_cost = giou_cost
 
-    # host-side work (numpy slicing, scipy's assignment): torch.compile runs it as it is, untraced
-    @torch.compiler.disable
-    @torch.no_grad()
     def forward(
         self, logits: Tensor, spans: Tensor, target_spans: Sequence[Tensor], iou_logits: Tensor | None = None
     ) -> list[tuple[Tensor, Tensor]]:
@@ -314,35 +315,73 @@ class SGDetrHungarianMatcher(nn.Module):
             B pairs ``(query_idx, target_idx)`` of int64 CPU tensors of length ``min(K, K_b)``:
             query ``query_idx[i]`` is assigned to ground truth ``target_idx[i]``.
         """
-        batch_size, num_queries = logits.shape[:2]
+        return self.match_sets([(logits, spans, iou_logits)], target_spans)[0]
+
+    # host-side work (numpy slicing, scipy's assignment): torch.compile runs it as it is, untraced
+    @torch.compiler.disable
+    @torch.no_grad()
+    def match_sets(
+        self,
+        prediction_sets: Sequence[tuple[Tensor, Tensor, Tensor | None]],
+        target_spans: Sequence[Tensor],
+    ) -> list[list[tuple[Tensor, Tensor]]]:
+        """:meth:`forward` for several prediction sets of the same batch (the decoder layers, the selector) with
+        one copy of their costs to the host, not one per set (each copy waits for the device).
+
+        Args:
+            prediction_sets: ``(logits, spans, iou_logits)`` triples as :meth:`forward` takes them; the number of
+                queries ``K`` may differ between sets.
+            target_spans: B tensors (K_b, 2), as in :meth:`forward`.
+
+        Returns:
+            per set, :meth:`forward`'s B pairs.
+        """
+        batch_size = len(target_spans)
         sizes = [len(t) for t in target_spans]
         if sum(sizes) == 0:
             empty = torch.empty(0, dtype=torch.int64)
-            return [(empty, empty) for _ in range(batch_size)]
-        all_targets = torch.cat(list(target_spans)).to(device=spans.device, dtype=torch.float32)
-        flat_spans = spans.float().flatten(0, 1)  # (B*K, 2)
+            return [[(empty, empty) for _ in range(batch_size)] for _ in prediction_sets]
+        spans_device = prediction_sets[0][1].device
+        all_targets = torch.cat(list(target_spans)).to(device=spans_device, dtype=torch.float32)
+        target_se = span_cw_to_se(all_targets)
+        costs = [self._cost(*predictions, all_targets, target_se) for predictions in prediction_sets]
+        cost = torch.cat(costs, dim=1).cpu()  # (B, sum of K, all windows)
+        if not torch.isfinite(cost).all():
+            raise ValueError(
+                "Non-finite matching cost: the predicted spans or logits contain NaN/Inf (training diverged; "
+                "lower the learning rate or check the inputs)."
+            )
+        # each set's queries, then each sample's block of its own windows' columns, sliced in numpy (no tensor
+        # op per sample)
+        query_ends = np.cumsum([c.shape[1] for c in costs])[:-1]
+        window_ends = np.cumsum(sizes)[:-1]
+        matches = []
+        for set_cost in np.split(cost.numpy(), query_ends, axis=1):
+            blocks = np.split(set_cost, window_ends, axis=-1)
+            indices = [linear_sum_assignment(block[b]) for b, block in enumerate(blocks)]
+            matches.append(
+                [
+                    (torch.as_tensor(q, dtype=torch.int64), torch.as_tensor(t, dtype=torch.int64))
+                    for q, t in indices
+                ]
+            )
+        return matches
 
+    def _cost(
+        self, logits: Tensor, spans: Tensor, iou_logits: Tensor | None, all_targets: Tensor, target_se: Tensor
+    ) -> Tensor:
+        """``(B, K, T)`` matching cost of every query of every sample against all ``T`` windows of the batch."""
+        batch_size, num_queries = logits.shape[:2]
+        flat_spans = spans.float().flatten(0, 1)  # (B*K, 2)
         quality = logits.float().softmax(-1)[..., MOMENT_CLASS]
         if iou_logits is not None:
             quality = (quality * iou_logits.float().sigmoid()).sqrt()
         cost = (
             -self.class_cost * quality.reshape(-1, 1)
             + self.l1_cost * torch.cdist(flat_spans, all_targets, p=1)
-            - self.giou_cost
-            * pairwise_generalized_span_iou(span_cw_to_se(flat_spans), span_cw_to_se(all_targets))
+            - self.giou_cost * pairwise_generalized_span_iou(span_cw_to_se(flat_spans), target_se)
         )
-        cost = cost.view(batch_size, num_queries, -1).cpu()
-        if not torch.isfinite(cost).all():
-            raise ValueError(
-                "Non-finite matching cost: the predicted spans or logits contain NaN/Inf (training diverged; "
-                "lower the learning rate or check the inputs)."
-            )
-        # sample b's block of its own windows' columns, sliced in numpy (no tensor op per sample)
-        blocks = np.split(cost.numpy(), np.cumsum(sizes)[:-1], axis=-1)
-        indices = [linear_sum_assignment(block[b]) for b, block in enumerate(blocks)]
-        return [
-            (torch.as_tensor(q, dtype=torch.int64), torch.as_tensor(t, dtype=torch.int64)) for q, t in indices
-        ]
+        return cost.view(batch_size, num_queries, -1)
 
 
 class SGDetrLoss(nn.Module):
@@ -486,12 +525,13 @@ class SGDetrLoss(nn.Module):
         logits: Tensor,
         spans: Tensor,
         iou_logits: Tensor | None,
+        indices: Sequence[tuple[Tensor, Tensor]],
         targets: SGDetrTargets,
         counts: Mapping[str, Tensor | None],
     ) -> dict[str, Tensor]:
-        """Hungarian-match one prediction set (``(B, Q, ...)``) to the windows, then :meth:`_query_set_losses`."""
+        """:meth:`_query_set_losses` of one prediction set (``(B, Q, ...)``) Hungarian-matched to the windows
+        (``indices``: the matcher's pairs for this set)."""
         batch_size, num_queries = logits.shape[:2]
-        indices = self.matcher(logits, spans, targets.spans, iou_logits)
         # flat (sample, query, window) indices in a few ops, not a few per sample
         matches = torch.tensor([len(query) for query, _ in indices])
         sample_idx = torch.arange(batch_size).repeat_interleave(matches)
@@ -631,18 +671,26 @@ class SGDetrLoss(nn.Module):
             )
             self._add_terms(loss_dict, "hl", f"_{suffix}", terms, term_weighted=False)
 
+        # the Hungarian-matched sets: every decoder layer, then the hybrid detector's query selection
         decoder = det.decoder
-        for layer in range(decoder.logits.shape[1]):
-            iou_logits = None if decoder.iou_logits is None else decoder.iou_logits[:, layer]
-            terms = self._matched_query_set_losses(
-                decoder.logits[:, layer], decoder.spans[:, layer], iou_logits, targets, counts
+        matched_sets = [
+            (
+                ("detr", f"_layer{layer}"),
+                (
+                    decoder.logits[:, layer],
+                    decoder.spans[:, layer],
+                    None if decoder.iou_logits is None else decoder.iou_logits[:, layer],
+                ),
             )
-            self._add_terms(loss_dict, "detr", f"_layer{layer}", terms)
-        if det.selector is not None:  # the hybrid detector's query selection
-            terms = self._matched_query_set_losses(
-                det.selector.logits, det.selector.spans, None, targets, counts
-            )
-            self._add_terms(loss_dict, "sel", "", terms)
+            for layer in range(decoder.logits.shape[1])
+        ]
+        if det.selector is not None:
+            matched_sets.append((("sel", ""), (det.selector.logits, det.selector.spans, None)))
+        predictions = [prediction for _, prediction in matched_sets]
+        matches = self.matcher.match_sets(predictions, targets.spans)
+        for ((prefix, suffix), prediction), indices in zip(matched_sets, matches):
+            terms = self._matched_query_set_losses(*prediction, indices, targets, counts)
+            self._add_terms(loss_dict, prefix, suffix, terms)
         for prefix, group in (("dn", det.denoising), ("co", det.atss_queries)):
             if group is None:
                 continue
