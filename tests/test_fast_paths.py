@@ -409,16 +409,23 @@ def test_prelu_cpu_backward_equals_f_prelu(weight):
 
 class _HostReads(TorchDispatchMode):
     """Records the Python functions (qualified names, innermost last) that call an aten op reading tensor
-    values on the host: ``.item()`` / ``.tolist()`` / ``bool(t)`` and the data-dependent shapes."""
+    values on the host: ``.item()`` / ``.tolist()`` / ``bool(t)`` and the data-dependent shapes (``nonzero``,
+    indexing by a boolean mask)."""
 
     sync_ops = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique")
+    # indexing by a boolean mask runs nonzero inside the kernel, out of this mode's sight
+    indexing_ops = ("aten::index.Tensor", "aten::index_put", "aten::_index_put_impl_")
 
     def __init__(self):
         super().__init__()
         self.callers = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.name().startswith(self.sync_ops):
+        name = func.name()
+        by_mask = name.startswith(self.indexing_ops) and any(
+            index is not None and index.dtype == torch.bool for index in args[1]
+        )
+        if name.startswith(self.sync_ops) or by_mask:
             frame, stack = sys._getframe(1), []
             while frame is not None:
                 stack.append(frame.f_code.co_qualname)

@@ -75,12 +75,6 @@ MARGIN_LOSS_SCALE = 2.0
 _PADDING_LOGIT = -1e4
 
 
-def _mean_or_zero(values: Tensor, count: Tensor | None = None) -> Tensor:
-    """Sum of all elements over ``count`` (default: their number, at least 1); an empty tensor gives a zero
-    that stays connected to the autograd graph."""
-    return values.sum() / (max(values.numel(), 1) if count is None else count.clamp(min=1))
-
-
 def _masked_mean(values: Tensor, mask: Tensor, count: Tensor | None = None) -> Tensor:
     """Sum of ``values`` where ``mask`` is True over ``count`` (default: the number of True, at least 1)."""
     return torch.where(mask, values, 0.0).sum() / (mask.sum() if count is None else count).clamp(min=1)
@@ -264,7 +258,9 @@ def count_loss_normalizers(
         assignment, anchor_mask = _atss_assignment(config, targets)
         atss_positive = (assignment["assigned_gt"] >= 0) & anchor_mask & has_windows[:, None]
         counts["atss_positive"] = atss_positive.sum()
-        counts["atss_centerness"] = assignment["centerness_targets"].float()[atss_positive].sum()
+        counts["atss_centerness"] = torch.where(
+            atss_positive, assignment["centerness_targets"].float(), 0.0
+        ).sum()
         # the ATSS-positive query group (detector_sgdetr.build_atss_positive_group): per video its positives
         # and then negative anchors, up to the slots; its valid slots of videos with windows enter the loss
         num_positive = (assignment["is_positive"] & anchor_mask).sum(1)
@@ -494,30 +490,31 @@ class SGDetrLoss(nn.Module):
             IoU logit against IoU(detached prediction clipped to [0, 1], ground truth), mean over positives)
             when predicted.
         """
+        # every term over the whole (B, Q) grid, masked (no boolean indexing: its data-dependent shape would
+        # wait for the device); the masked-out slots hold finite values (IoUs are clamped, targets zero)
         logits, spans = logits.float(), spans.float()
         positive = positive & valid
-        matched_spans, matched_targets = spans[positive], target_spans[positive]
         classes = torch.where(positive, MOMENT_CLASS, NO_OBJECT_CLASS)
         cross_entropy = F.cross_entropy(
-            logits[valid], classes[valid], weight=logits.new_tensor(self.class_weights), reduction="none"
-        )
+            logits.flatten(0, 1),
+            classes.flatten(),
+            weight=logits.new_tensor(self.class_weights),
+            reduction="none",
+        ).view(classes.shape)
+        giou = _iou_cw(spans, target_spans, generalized=True)
         losses = {
-            "l1": _mean_or_zero((matched_spans - matched_targets).abs(), _twice(num_positive)),
-            "giou": _mean_or_zero(
-                1 - _iou_cw(matched_spans, matched_targets, generalized=True), num_positive
+            "l1": _masked_mean(
+                (spans - target_spans).abs(), positive[..., None].expand_as(spans), _twice(num_positive)
             ),
-            "ce": _mean_or_zero(cross_entropy, num_valid),
+            "giou": _masked_mean(1 - giou, positive, num_positive),
+            "ce": _masked_mean(cross_entropy, valid, num_valid),
         }
         if iou_logits is not None:
             # the IoU of the window as it is output (clipped to the video): S_det ranks clipped windows, and
             # a prediction hanging over a video border is as good as its clipped part
-            iou_targets = _iou_cw(clamp_spans_cw(matched_spans.detach()), matched_targets, generalized=False)
-            losses["iou"] = _mean_or_zero(
-                F.binary_cross_entropy_with_logits(
-                    iou_logits.float()[positive], iou_targets, reduction="none"
-                ),
-                num_positive,
-            )
+            iou_targets = _iou_cw(clamp_spans_cw(spans.detach()), target_spans, generalized=False)
+            iou_bce = F.binary_cross_entropy_with_logits(iou_logits.float(), iou_targets, reduction="none")
+            losses["iou"] = _masked_mean(iou_bce, positive, num_positive)
         return losses
 
     def _matched_query_set_losses(
@@ -571,20 +568,23 @@ class SGDetrLoss(nn.Module):
         positive = (atss.assigned_gt >= 0) & valid
         logits = atss.logits.float()
         focal = sigmoid_focal_loss(logits, positive.float(), self.focal_alpha, self.focal_gamma)
-        spans, target_spans = atss.spans.float()[positive], atss.target_spans.float()[positive]
-        centerness_targets = atss.centerness_targets.float()[positive]
+        # masked over all anchors, as in _query_set_losses (the GIoU by its centerness weights, zero off positives)
+        spans, target_spans = atss.spans.float(), atss.target_spans.float()
+        centerness_targets = torch.where(positive, atss.centerness_targets.float(), 0.0)
         weighted_giou = centerness_targets * (1 - _iou_cw(spans, target_spans, generalized=True))
         centerness_bce = F.binary_cross_entropy_with_logits(
-            atss.centerness.float()[positive], centerness_targets, reduction="none"
+            atss.centerness.float(), centerness_targets, reduction="none"
         )
         num_positive, centerness_sum = counts["atss_positive"], counts["atss_centerness"]
         if centerness_sum is None:
             num_positive, centerness_sum = positive.sum(), centerness_targets.sum()
         return {
             "focal": torch.where(valid, focal, 0.0).sum() / num_positive.clamp(min=1),
-            "l1": _mean_or_zero((spans - target_spans).abs(), 2 * num_positive),
+            "l1": _masked_mean(
+                (spans - target_spans).abs(), positive[..., None].expand_as(spans), 2 * num_positive
+            ),
             "giou": weighted_giou.sum() / centerness_sum.clamp(min=torch.finfo(torch.float32).eps),
-            "centerness": _mean_or_zero(centerness_bce, num_positive),
+            "centerness": _masked_mean(centerness_bce, positive, num_positive),
         }
 
     def _alignment_losses(
