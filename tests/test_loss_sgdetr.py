@@ -510,20 +510,29 @@ def test_matcher_finds_the_known_assignment_and_follows_permutations():
 
 def test_matcher_matches_several_sets_at_once_as_one_by_one():
     """``match_sets`` (the loss's one host copy for every decoder layer and the selector) gives each set the
-    assignment it gets alone, whatever the sets' query counts and whether they carry IoU logits."""
+    assignment it gets alone, whatever the sets' query counts, whether they carry IoU logits, and whether sets
+    of one shape come stacked along leading dimensions (the decoder's layers)."""
     generator = torch.Generator().manual_seed(4)
     targets = [torch.tensor([_cw(0.1, 0.3), _cw(0.6, 0.9)]), torch.zeros(0, 2), torch.tensor([_cw(0.4, 0.5)])]
-    sets = [
-        (torch.randn(3, k, 2, generator=generator), torch.rand(3, k, 2, generator=generator) * 0.5 + 0.1, iou)
-        for k, iou in ((5, torch.randn(3, 5, generator=generator)), (3, None), (6, None))
-    ]
+
+    def predictions(*shape, iou=True):
+        return (
+            torch.randn(*shape, 2, generator=generator),
+            torch.rand(*shape, 2, generator=generator) * 0.5 + 0.1,
+            torch.randn(*shape, generator=generator) if iou else None,
+        )
+
+    sets = [predictions(3, 5), predictions(3, 3, iou=False), predictions(2, 3, 6)]
+    alone_sets = [*sets[:2], *((logits, spans, iou) for logits, spans, iou in zip(*sets[2]))]
     matcher = SGDetrHungarianMatcher()
     together = matcher.match_sets(sets, targets)
-    assert len(together) == 3
-    for predictions, matched in zip(sets, together, strict=True):
-        alone = matcher(*predictions[:2], targets, predictions[2])
+    assert len(together) == 4
+    for (logits, spans, iou), matched in zip(alone_sets, together, strict=True):
+        alone = matcher(logits, spans, targets, iou)
         assert [(q.tolist(), t.tolist()) for q, t in matched] == [(q.tolist(), t.tolist()) for q, t in alone]
     assert [len(q) for q, _ in together[1]] == [2, 0, 1]
+    # the two stacked sets are two problems: their assignments differ here
+    assert [q.tolist() for q, _ in together[2]] != [q.tolist() for q, _ in together[3]]
 
 
 def test_matcher_runs_untraced_under_torch_compile():

@@ -75,9 +75,12 @@ MARGIN_LOSS_SCALE = 2.0
 _PADDING_LOGIT = -1e4
 
 
-def _masked_mean(values: Tensor, mask: Tensor, count: Tensor | None = None) -> Tensor:
-    """Sum of ``values`` where ``mask`` is True over ``count`` (default: the number of True, at least 1)."""
-    return torch.where(mask, values, 0.0).sum() / (mask.sum() if count is None else count).clamp(min=1)
+def _masked_mean(values: Tensor, mask: Tensor, count: Tensor | None = None, sets: int = 0) -> Tensor:
+    """Sum of ``values`` where ``mask`` is True over ``count`` (default: the number of True, at least 1); with
+    ``sets`` leading dimensions, one mean per index of them (``count`` shared), as ``(...)`` of those dims."""
+    dims = tuple(range(sets, values.dim()))
+    total = torch.where(mask, values, 0.0).sum(dims)
+    return total / (mask.sum(dims) if count is None else count).clamp(min=1)
 
 
 def _iou_cw(spans_a: Tensor, spans_b: Tensor, generalized: bool) -> Tensor:
@@ -311,7 +314,10 @@ class SGDetrHungarianMatcher(nn.Module):
             B pairs ``(query_idx, target_idx)`` of int64 CPU tensors of length ``min(K, K_b)``:
             query ``query_idx[i]`` is assigned to ground truth ``target_idx[i]``.
         """
-        return self.match_sets([(logits, spans, iou_logits)], target_spans)[0]
+        return [
+            (torch.from_numpy(query), torch.from_numpy(target))
+            for query, target in self.match_sets([(logits, spans, iou_logits)], target_spans)[0]
+        ]
 
     # host-side work (numpy slicing, scipy's assignment): torch.compile runs it as it is, untraced
     @torch.compiler.disable
@@ -320,55 +326,55 @@ class SGDetrHungarianMatcher(nn.Module):
         self,
         prediction_sets: Sequence[tuple[Tensor, Tensor, Tensor | None]],
         target_spans: Sequence[Tensor],
-    ) -> list[list[tuple[Tensor, Tensor]]]:
+    ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
         """:meth:`forward` for several prediction sets of the same batch (the decoder layers, the selector) with
         one copy of their costs to the host, not one per set (each copy waits for the device).
 
         Args:
-            prediction_sets: ``(logits, spans, iou_logits)`` triples as :meth:`forward` takes them; the number of
-                queries ``K`` may differ between sets.
+            prediction_sets: ``(logits, spans, iou_logits)`` triples as :meth:`forward` takes them, or with
+                leading dimensions ``(..., B, K, ...)`` of further sets of the same shape (the decoder's layers:
+                their costs are one computation); ``K`` may differ between triples.
             target_spans: B tensors (K_b, 2), as in :meth:`forward`.
 
         Returns:
-            per set, :meth:`forward`'s B pairs.
+            per set (a triple's leading dimensions flattened, in order), :meth:`forward`'s B pairs as int64 numpy
+            arrays (the loss concatenates them before making tensors: one tensor per pair would be an op each).
         """
         batch_size = len(target_spans)
         sizes = [len(t) for t in target_spans]
+        set_shapes = [logits.shape[:-1] for logits, _, _ in prediction_sets]  # (..., B, K)
         if sum(sizes) == 0:
-            empty = torch.empty(0, dtype=torch.int64)
-            return [[(empty, empty) for _ in range(batch_size)] for _ in prediction_sets]
+            empty = np.empty(0, dtype=np.int64)
+            num_sets = sum(shape[:-2].numel() for shape in set_shapes)
+            return [[(empty, empty) for _ in range(batch_size)] for _ in range(num_sets)]
         spans_device = prediction_sets[0][1].device
         all_targets = torch.cat(list(target_spans)).to(device=spans_device, dtype=torch.float32)
         target_se = span_cw_to_se(all_targets)
         costs = [self._cost(*predictions, all_targets, target_se) for predictions in prediction_sets]
-        cost = torch.cat(costs, dim=1).cpu()  # (B, sum of K, all windows)
+        cost = torch.cat([c.flatten() for c in costs]).cpu()
         if not torch.isfinite(cost).all():
             raise ValueError(
                 "Non-finite matching cost: the predicted spans or logits contain NaN/Inf (training diverged; "
                 "lower the learning rate or check the inputs)."
             )
-        # each set's queries, then each sample's block of its own windows' columns, sliced in numpy (no tensor
-        # op per sample)
-        query_ends = np.cumsum([c.shape[1] for c in costs])[:-1]
+        # each triple's block as (sets, B, K, T), then each sample's block of its own windows' columns, sliced
+        # in numpy (no tensor op per sample)
+        blocks = np.split(cost.numpy(), np.cumsum([c.numel() for c in costs])[:-1])
         window_ends = np.cumsum(sizes)[:-1]
         matches = []
-        for set_cost in np.split(cost.numpy(), query_ends, axis=1):
-            blocks = np.split(set_cost, window_ends, axis=-1)
-            indices = [linear_sum_assignment(block[b]) for b, block in enumerate(blocks)]
-            matches.append(
-                [
-                    (torch.as_tensor(q, dtype=torch.int64), torch.as_tensor(t, dtype=torch.int64))
-                    for q, t in indices
-                ]
-            )
+        for block, shape in zip(blocks, set_shapes):
+            for set_cost in block.reshape(-1, batch_size, shape[-1], len(all_targets)):
+                per_sample = np.split(set_cost, window_ends, axis=-1)
+                indices = [linear_sum_assignment(sample[b]) for b, sample in enumerate(per_sample)]
+                matches.append([(q.astype(np.int64), t.astype(np.int64)) for q, t in indices])
         return matches
 
     def _cost(
         self, logits: Tensor, spans: Tensor, iou_logits: Tensor | None, all_targets: Tensor, target_se: Tensor
     ) -> Tensor:
-        """``(B, K, T)`` matching cost of every query of every sample against all ``T`` windows of the batch."""
-        batch_size, num_queries = logits.shape[:2]
-        flat_spans = spans.float().flatten(0, 1)  # (B*K, 2)
+        """``(..., B, K, T)`` matching cost of every query of every sample (and set) against all ``T`` windows of
+        the batch."""
+        flat_spans = spans.float().reshape(-1, 2)  # (... * B * K, 2)
         quality = logits.float().softmax(-1)[..., MOMENT_CLASS]
         if iou_logits is not None:
             quality = (quality * iou_logits.float().sigmoid()).sqrt()
@@ -377,7 +383,7 @@ class SGDetrHungarianMatcher(nn.Module):
             + self.l1_cost * torch.cdist(flat_spans, all_targets, p=1)
             - self.giou_cost * pairwise_generalized_span_iou(span_cw_to_se(flat_spans), target_se)
         )
-        return cost.view(batch_size, num_queries, -1)
+        return cost.view(*logits.shape[:-1], -1)
 
 
 class SGDetrLoss(nn.Module):
@@ -474,47 +480,52 @@ class SGDetrLoss(nn.Module):
         num_positive: Tensor | None,
         num_valid: Tensor | None,
     ) -> dict[str, Tensor]:
-        """Eq. 12 terms of one set of decoder queries with fixed targets, unweighted.
+        """Eq. 12 terms of S sets of decoder queries with fixed targets (a group's layers), unweighted.
 
         Args:
-            logits (B, Q, 2), spans (B, Q, 2), iou_logits (B, Q) or None: the queries' predictions.
-            target_spans: (B, Q, 2) ground truth of each positive query (ignored elsewhere).
-            positive: (B, Q) bool, query must reconstruct ``target_spans`` and be classified as a moment.
-            valid: (B, Q) bool, query takes part in the classification loss (no-object unless positive).
+            logits (S, B, Q, 2), spans (S, B, Q, 2), iou_logits (S, B, Q) or None: the queries' predictions.
+            target_spans: (S, B, Q, 2) ground truth of each positive query (ignored elsewhere).
+            positive: (S, B, Q) bool, query must reconstruct ``target_spans`` and be classified as a moment.
+            valid: (S, B, Q) bool, query takes part in the classification loss (no-object unless positive).
+            The targets and masks may have size 1 in S (shared by the sets).
             num_positive, num_valid: the normalisers, positive and valid queries of the global batch (None:
-                those here).
+                those here), the same for every set.
 
         Returns:
-            ``l1`` (mean over positives and coordinates), ``giou`` (mean ``1 - GIoU`` over positives), ``ce``
-            (2-way CE with no-object weight, plain mean over valid queries, CG-DETR) and ``iou`` (BCE of the
-            IoU logit against IoU(detached prediction clipped to [0, 1], ground truth), mean over positives)
-            when predicted.
+            ``(S,)`` per set: ``l1`` (mean over positives and coordinates), ``giou`` (mean ``1 - GIoU`` over
+            positives), ``ce`` (2-way CE with no-object weight, plain mean over valid queries, CG-DETR) and
+            ``iou`` (BCE of the IoU logit against IoU(detached prediction clipped to [0, 1], ground truth),
+            mean over positives) when predicted.
         """
-        # every term over the whole (B, Q) grid, masked (no boolean indexing: its data-dependent shape would
+        # every term over the whole (S, B, Q) grid, masked (no boolean indexing: its data-dependent shape would
         # wait for the device); the masked-out slots hold finite values (IoUs are clamped, targets zero)
         logits, spans = logits.float(), spans.float()
-        positive = positive & valid
+        positive = (positive & valid).expand(spans.shape[:-1])
+        valid = valid.expand(spans.shape[:-1])
         classes = torch.where(positive, MOMENT_CLASS, NO_OBJECT_CLASS)
         cross_entropy = F.cross_entropy(
-            logits.flatten(0, 1),
-            classes.flatten(),
+            logits.reshape(-1, 2),
+            classes.reshape(-1),
             weight=logits.new_tensor(self.class_weights),
             reduction="none",
         ).view(classes.shape)
         giou = _iou_cw(spans, target_spans, generalized=True)
         losses = {
             "l1": _masked_mean(
-                (spans - target_spans).abs(), positive[..., None].expand_as(spans), _twice(num_positive)
+                (spans - target_spans).abs(),
+                positive[..., None].expand_as(spans),
+                _twice(num_positive),
+                sets=1,
             ),
-            "giou": _masked_mean(1 - giou, positive, num_positive),
-            "ce": _masked_mean(cross_entropy, valid, num_valid),
+            "giou": _masked_mean(1 - giou, positive, num_positive, sets=1),
+            "ce": _masked_mean(cross_entropy, valid, num_valid, sets=1),
         }
         if iou_logits is not None:
             # the IoU of the window as it is output (clipped to the video): S_det ranks clipped windows, and
             # a prediction hanging over a video border is as good as its clipped part
             iou_targets = _iou_cw(clamp_spans_cw(spans.detach()), target_spans, generalized=False)
             iou_bce = F.binary_cross_entropy_with_logits(iou_logits.float(), iou_targets, reduction="none")
-            losses["iou"] = _masked_mean(iou_bce, positive, num_positive)
+            losses["iou"] = _masked_mean(iou_bce, positive, num_positive, sets=1)
         return losses
 
     def _matched_query_set_losses(
@@ -522,34 +533,37 @@ class SGDetrLoss(nn.Module):
         logits: Tensor,
         spans: Tensor,
         iou_logits: Tensor | None,
-        indices: Sequence[tuple[Tensor, Tensor]],
+        matches: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]],
         targets: SGDetrTargets,
         counts: Mapping[str, Tensor | None],
     ) -> dict[str, Tensor]:
-        """:meth:`_query_set_losses` of one prediction set (``(B, Q, ...)``) Hungarian-matched to the windows
-        (``indices``: the matcher's pairs for this set)."""
-        batch_size, num_queries = logits.shape[:2]
-        # flat (sample, query, window) indices in a few ops, not a few per sample
-        matches = torch.tensor([len(query) for query, _ in indices])
-        sample_idx = torch.arange(batch_size).repeat_interleave(matches)
-        query_idx = torch.cat([query for query, _ in indices])
+        """:meth:`_query_set_losses` of S prediction sets (``(S, B, Q, ...)``) Hungarian-matched to the windows
+        (``matches``: the matcher's pairs, per set)."""
+        num_sets, batch_size, num_queries = logits.shape[:3]
+        indices = [pair for pairs in matches for pair in pairs]  # (set, sample) pairs, sample fastest
+        # flat (set, sample, query, window) indices, built in numpy: no tensor op per set and sample
+        lengths = [len(query) for query, _ in indices]
+        row_idx = np.repeat(np.arange(num_sets * batch_size), lengths)
         # each sample's first window in the concatenation of all samples' windows
-        first_window = torch.tensor([0] + [len(s) for s in targets.spans[:-1]]).cumsum(0)
-        target_idx = torch.cat([target for _, target in indices]) + first_window.repeat_interleave(matches)
+        first_window = np.tile(np.cumsum([0] + [len(s) for s in targets.spans[:-1]]), num_sets)
+        target_idx = np.concatenate([target for _, target in indices]) + np.repeat(first_window, lengths)
+        query_idx = np.concatenate([query for query, _ in indices])
 
         device = logits.device
-        sample_idx, query_idx = sample_idx.to(device), query_idx.to(device)
-        positive = torch.zeros(batch_size, num_queries, dtype=torch.bool, device=device)
-        positive[sample_idx, query_idx] = True
-        target_spans = torch.zeros(batch_size, num_queries, 2, device=device)
-        target_spans[sample_idx, query_idx] = torch.cat(targets.spans)[target_idx.to(device)]
-        valid = targets.has_windows[:, None].expand(batch_size, num_queries)
+        row_idx, query_idx, target_idx = (
+            torch.from_numpy(index).to(device) for index in (row_idx, query_idx, target_idx)
+        )
+        positive = torch.zeros(num_sets * batch_size, num_queries, dtype=torch.bool, device=device)
+        positive[row_idx, query_idx] = True
+        target_spans = torch.zeros(num_sets * batch_size, num_queries, 2, device=device)
+        target_spans[row_idx, query_idx] = torch.cat(targets.spans)[target_idx]
+        valid = targets.has_windows[None, :, None].expand(1, batch_size, num_queries)
         return self._query_set_losses(
             logits,
             spans,
             iou_logits,
-            target_spans,
-            positive,
+            target_spans.view(num_sets, batch_size, num_queries, 2),
+            positive.view(num_sets, batch_size, num_queries),
             valid,
             counts["matched"],
             counts["window_queries"],
@@ -634,6 +648,15 @@ class SGDetrLoss(nn.Module):
             weight = self.prefix_weights[prefix] * (self.term_weights[name] if term_weighted else 1.0)
             loss_dict[f"{prefix}_{name}{suffix}"] = weight * value
 
+    def _add_layer_terms(
+        self, loss_dict: dict[str, Tensor], prefix: str, terms: Mapping[str, Tensor], per_layer: bool
+    ) -> None:
+        """:meth:`_add_terms` of per-set terms ``(S,)``: suffix ``_layer{i}`` for set ``i`` (a group's decoder
+        layers), none for a single set that is not a layer (the selector)."""
+        for index in range(next(iter(terms.values())).shape[0]):
+            suffix = f"_layer{index}" if per_layer else ""
+            self._add_terms(loss_dict, prefix, suffix, {name: value[index] for name, value in terms.items()})
+
     def forward(
         self,
         encoder_outputs: SGDetrModelOutput,
@@ -671,37 +694,36 @@ class SGDetrLoss(nn.Module):
             )
             self._add_terms(loss_dict, "hl", f"_{suffix}", terms, term_weighted=False)
 
-        # the Hungarian-matched sets: every decoder layer, then the hybrid detector's query selection
+        # the Hungarian-matched sets, matched together: the decoder's layers, then the hybrid detector's query
+        # selection; the losses of each group of sets in one pass, as (sets, B, Q, ...)
         decoder = det.decoder
-        matched_sets = [
+        matched = [
             (
-                ("detr", f"_layer{layer}"),
-                (
-                    decoder.logits[:, layer],
-                    decoder.spans[:, layer],
-                    None if decoder.iou_logits is None else decoder.iou_logits[:, layer],
-                ),
+                "detr",
+                decoder.logits.transpose(0, 1),
+                decoder.spans.transpose(0, 1),
+                None if decoder.iou_logits is None else decoder.iou_logits.transpose(0, 1),
             )
-            for layer in range(decoder.logits.shape[1])
         ]
         if det.selector is not None:
-            matched_sets.append((("sel", ""), (det.selector.logits, det.selector.spans, None)))
-        predictions = [prediction for _, prediction in matched_sets]
-        matches = self.matcher.match_sets(predictions, targets.spans)
-        for ((prefix, suffix), prediction), indices in zip(matched_sets, matches):
-            terms = self._matched_query_set_losses(*prediction, indices, targets, counts)
-            self._add_terms(loss_dict, prefix, suffix, terms)
+            matched.append(("sel", det.selector.logits[None], det.selector.spans[None], None))
+        matches = self.matcher.match_sets([predictions for _, *predictions in matched], targets.spans)
+        for prefix, *predictions in matched:
+            num_sets = predictions[0].shape[0]
+            terms = self._matched_query_set_losses(*predictions, matches[:num_sets], targets, counts)
+            matches = matches[num_sets:]
+            self._add_layer_terms(loss_dict, prefix, terms, per_layer=prefix == "detr")
         for prefix, group in (("dn", det.denoising), ("co", det.atss_queries)):
             if group is None:
                 continue
-            valid = group.valid & targets.has_windows[:, None]
-            for layer in range(group.logits.shape[1]):
-                iou_logits = None if group.iou_logits is None else group.iou_logits[:, layer]
-                terms = self._query_set_losses(
-                    group.logits[:, layer], group.spans[:, layer], iou_logits, group.target_spans.float(),
-                    group.is_positive, valid, counts[f"{prefix}_positive"], counts[f"{prefix}_valid"],
-                )  # fmt: skip
-                self._add_terms(loss_dict, prefix, f"_layer{layer}", terms)
+            terms = self._query_set_losses(
+                group.logits.transpose(0, 1), group.spans.transpose(0, 1),
+                None if group.iou_logits is None else group.iou_logits.transpose(0, 1),
+                group.target_spans.float()[None], group.is_positive[None],
+                (group.valid & targets.has_windows[:, None])[None],
+                counts[f"{prefix}_positive"], counts[f"{prefix}_valid"],
+            )  # fmt: skip
+            self._add_layer_terms(loss_dict, prefix, terms, per_layer=True)
 
         if det.atss is not None:
             terms = self._atss_losses(det.atss, det.anchor_mask, targets, counts)
