@@ -207,8 +207,10 @@ def test_atss_without_gt_is_all_negative():
     anchors, mask, levels = make_anchors(torch.tensor([8]), 8, [1, 2], 4.0)
     out = assign_atss(anchors, mask, [8, 4], torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.bool))
     assert (out["assigned_gt"] == -1).all() and out["target_spans"].abs().sum() == 0
-    # padded GT slots without any real GT: the general path (no host check of the mask) gives the same
-    padded = assign_atss(anchors, mask, [8, 4], torch.zeros(1, 2, 2), torch.zeros(1, 2, dtype=torch.bool))
+    # padded GT slots without any real GT: the general path (no host check of the mask) gives the same, even
+    # where the padding holds spans that would be assigned if they were real
+    garbage = torch.tensor([[[0.5, 0.4], [0.2, 0.1]]])
+    padded = assign_atss(anchors, mask, [8, 4], garbage, torch.zeros(1, 2, dtype=torch.bool))
     for key, value in out.items():
         assert torch.equal(padded[key], value), key
 

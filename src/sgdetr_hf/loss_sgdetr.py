@@ -76,8 +76,9 @@ _PADDING_LOGIT = -1e4
 
 
 def _masked_mean(values: Tensor, mask: Tensor, count: Tensor | None = None, sets: int = 0) -> Tensor:
-    """Sum of ``values`` where ``mask`` is True over ``count`` (default: the number of True, at least 1); with
-    ``sets`` leading dimensions, one mean per index of them (``count`` shared), as ``(...)`` of those dims."""
+    """Sum of ``values`` where ``mask`` is True over ``count`` (default: the number of True, at least 1). With
+    ``sets`` > 0 the first ``sets`` dimensions are kept: one mean per set, shape ``values.shape[:sets]``
+    (a given ``count`` is shared by the sets)."""
     dims = tuple(range(sets, values.dim()))
     total = torch.where(mask, values, 0.0).sum(dims)
     return total / (mask.sum(dims) if count is None else count).clamp(min=1)
@@ -648,13 +649,11 @@ class SGDetrLoss(nn.Module):
             weight = self.prefix_weights[prefix] * (self.term_weights[name] if term_weighted else 1.0)
             loss_dict[f"{prefix}_{name}{suffix}"] = weight * value
 
-    def _add_layer_terms(
-        self, loss_dict: dict[str, Tensor], prefix: str, terms: Mapping[str, Tensor], per_layer: bool
+    def _add_set_terms(
+        self, loss_dict: dict[str, Tensor], prefix: str, suffixes: Sequence[str], terms: Mapping[str, Tensor]
     ) -> None:
-        """:meth:`_add_terms` of per-set terms ``(S,)``: suffix ``_layer{i}`` for set ``i`` (a group's decoder
-        layers), none for a single set that is not a layer (the selector)."""
-        for index in range(next(iter(terms.values())).shape[0]):
-            suffix = f"_layer{index}" if per_layer else ""
+        """:meth:`_add_terms` of per-set terms ``(S,)``, set ``i`` under ``suffixes[i]``."""
+        for index, suffix in enumerate(suffixes):
             self._add_terms(loss_dict, prefix, suffix, {name: value[index] for name, value in terms.items()})
 
     def forward(
@@ -697,22 +696,25 @@ class SGDetrLoss(nn.Module):
         # the Hungarian-matched sets, matched together: the decoder's layers, then the hybrid detector's query
         # selection; the losses of each group of sets in one pass, as (sets, B, Q, ...)
         decoder = det.decoder
+        layer_suffixes = [f"_layer{layer}" for layer in range(decoder.logits.shape[1])]
         matched = [
             (
                 "detr",
-                decoder.logits.transpose(0, 1),
-                decoder.spans.transpose(0, 1),
-                None if decoder.iou_logits is None else decoder.iou_logits.transpose(0, 1),
+                layer_suffixes,
+                (
+                    decoder.logits.transpose(0, 1),
+                    decoder.spans.transpose(0, 1),
+                    None if decoder.iou_logits is None else decoder.iou_logits.transpose(0, 1),
+                ),
             )
         ]
         if det.selector is not None:
-            matched.append(("sel", det.selector.logits[None], det.selector.spans[None], None))
-        matches = self.matcher.match_sets([predictions for _, *predictions in matched], targets.spans)
-        for prefix, *predictions in matched:
-            num_sets = predictions[0].shape[0]
-            terms = self._matched_query_set_losses(*predictions, matches[:num_sets], targets, counts)
-            matches = matches[num_sets:]
-            self._add_layer_terms(loss_dict, prefix, terms, per_layer=prefix == "detr")
+            matched.append(("sel", [""], (det.selector.logits[None], det.selector.spans[None], None)))
+        set_matches = iter(self.matcher.match_sets([sets for _, _, sets in matched], targets.spans))
+        for prefix, suffixes, sets in matched:
+            matches = [next(set_matches) for _ in suffixes]
+            terms = self._matched_query_set_losses(*sets, matches, targets, counts)
+            self._add_set_terms(loss_dict, prefix, suffixes, terms)
         for prefix, group in (("dn", det.denoising), ("co", det.atss_queries)):
             if group is None:
                 continue
@@ -723,7 +725,7 @@ class SGDetrLoss(nn.Module):
                 (group.valid & targets.has_windows[:, None])[None],
                 counts[f"{prefix}_positive"], counts[f"{prefix}_valid"],
             )  # fmt: skip
-            self._add_layer_terms(loss_dict, prefix, terms, per_layer=True)
+            self._add_set_terms(loss_dict, prefix, layer_suffixes, terms)
 
         if det.atss is not None:
             terms = self._atss_losses(det.atss, det.anchor_mask, targets, counts)
