@@ -104,6 +104,21 @@ def test_count_ops_and_flops_counts_kernels_and_matmul_arithmetic():
     assert flops == 2 * 10 * 6 * 2 * 3
 
 
+def test_count_ops_and_flops_counts_the_attention_of_sdpa_on_cpu():
+    # torch.utils.flop_counter has no formula for SDPA's CPU kernels: without ours they count 0 FLOPs
+    batch, heads, lq, lk, d = 2, 4, 6, 10, 8
+    q = torch.randn(batch, heads, lq, d, requires_grad=True)
+    k, v = torch.randn(batch, heads, lk, d), torch.randn(batch, heads, lk, d)
+    product = 2 * batch * heads * lq * lk * d  # one of the attention's matrix products
+    _, forward = count_ops_and_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    _, eager = count_ops_and_flops(lambda: torch.softmax(q @ k.transpose(-1, -2) * d**-0.5, -1) @ v)
+    assert forward == eager == 2 * product  # q k^T and the weighted sum of v
+    _, both = count_ops_and_flops(
+        lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()
+    )
+    assert both == forward + 5 * product  # the backward: q k^T again, then dV, dP, dQ and dK
+
+
 def test_kernel_time_split_separates_matrix_kernels_from_the_rest():
     a, b = torch.randn(256, 256), torch.randn(256, 256)
     x = torch.randn(1_000_000)

@@ -153,8 +153,27 @@ def measure_interleaved(
     }
 
 
+aten = torch.ops.aten
+
+# CPU kernels that torch.utils.flop_counter (torch 2.13) has no formula for, counted by the formula of their CUDA
+# counterpart: the same leading arguments (query, key, value; the backward's gradient first) and the same
+# arithmetic. Without them the attention of every SDPA call on CPU counts 0 FLOPs.
+_CPU_FLOP_EQUIVALENTS = {
+    aten._scaled_dot_product_flash_attention_for_cpu: aten._scaled_dot_product_flash_attention,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: aten._scaled_dot_product_flash_attention_backward,
+}
+
+
+def _flop_formula(packet) -> Callable[..., int] | None:
+    """``torch.utils.flop_counter``'s formula for an operator overload packet, or None (element-wise ops)."""
+    packet = _CPU_FLOP_EQUIVALENTS.get(packet, packet)
+    # in-place variants (addmm_, baddbmm_) have the arguments and arithmetic of the out-of-place op
+    return flop_registry.get(packet) or flop_registry.get(getattr(aten, packet.__name__.rstrip("_"), None))
+
+
 class _OpCounter(TorchDispatchMode):
-    """Counts the ATen operators dispatched and the FLOPs of those ``torch.utils.flop_counter`` knows."""
+    """Counts the ATen operators dispatched and the FLOPs of those ``torch.utils.flop_counter`` knows (and of
+    the CPU attention kernels, see :data:`_CPU_FLOP_EQUIVALENTS`)."""
 
     def __init__(self):
         super().__init__()
@@ -165,11 +184,7 @@ class _OpCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         self.ops += 1
-        packet = func._overloadpacket
-        # in-place variants (addmm_, baddbmm_) have the arguments and arithmetic of the out-of-place op
-        formula = flop_registry.get(packet) or flop_registry.get(
-            getattr(torch.ops.aten, packet.__name__.rstrip("_"), None)
-        )
+        formula = _flop_formula(func._overloadpacket)
         if formula is not None:
             self.flops += formula(*args, **kwargs, out_val=out)
         return out
@@ -180,7 +195,7 @@ def count_ops_and_flops(function: Callable[[], Any]) -> tuple[int, int]:
 
     Operators: every kernel call, views included (what a launch-bound device pays per op), counted below
     autograd and the composite decompositions. FLOPs: ``torch.utils.flop_counter``'s formulas (matmuls,
-    convolutions, attention; forward and, if ``function`` runs it, backward; element-wise ops count 0). Counted
+    convolutions, attention, SDPA's CPU kernels included; forward and, if ``function`` runs it, backward; element-wise ops count 0). Counted
     with a dispatch mode of our own, not ``FlopCounterMode``, whose module tracker refuses ``no_grad`` forwards
     that return views of parameters."""
     with _OpCounter() as counter:
@@ -188,12 +203,12 @@ def count_ops_and_flops(function: Callable[[], Any]) -> tuple[int, int]:
     return counter.ops, counter.flops
 
 
-# The profiler's names of the kernels whose FLOPs torch.utils.flop_counter counts (matrix products, convolutions,
-# attention), with their in-place variants (addmm_), and the CPU attention kernels it has no formula for: the
-# arithmetic; everything else is the overhead around it.
+# The profiler's names of the kernels whose FLOPs are counted (matrix products, convolutions, attention), with
+# their in-place variants (addmm_): the arithmetic; everything else is the overhead around it.
 MATRIX_KERNELS = frozenset(
-    [f"aten::{packet.__name__}{suffix}" for packet in flop_registry for suffix in ("", "_")]
-    + [f"aten::_scaled_dot_product_flash_attention_for_cpu{suffix}" for suffix in ("", "_backward")]
+    f"aten::{packet.__name__}{suffix}"
+    for packet in (*flop_registry, *_CPU_FLOP_EQUIVALENTS)
+    for suffix in ("", "_")
 )
 
 
