@@ -153,14 +153,14 @@ def measure_interleaved(
     }
 
 
-aten = torch.ops.aten
-
 # CPU kernels that torch.utils.flop_counter (torch 2.13) has no formula for, counted by the formula of their CUDA
 # counterpart: the same leading arguments (query, key, value; the backward's gradient first) and the same
 # arithmetic. Without them the attention of every SDPA call on CPU counts 0 FLOPs.
 _CPU_FLOP_EQUIVALENTS = {
-    aten._scaled_dot_product_flash_attention_for_cpu: aten._scaled_dot_product_flash_attention,
-    aten._scaled_dot_product_flash_attention_for_cpu_backward: aten._scaled_dot_product_flash_attention_backward,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: torch.ops.aten._scaled_dot_product_flash_attention,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+        torch.ops.aten._scaled_dot_product_flash_attention_backward
+    ),
 }
 
 
@@ -168,7 +168,9 @@ def _flop_formula(packet) -> Callable[..., int] | None:
     """``torch.utils.flop_counter``'s formula for an operator overload packet, or None (element-wise ops)."""
     packet = _CPU_FLOP_EQUIVALENTS.get(packet, packet)
     # in-place variants (addmm_, baddbmm_) have the arguments and arithmetic of the out-of-place op
-    return flop_registry.get(packet) or flop_registry.get(getattr(aten, packet.__name__.rstrip("_"), None))
+    return flop_registry.get(packet) or flop_registry.get(
+        getattr(torch.ops.aten, packet.__name__.rstrip("_"), None)
+    )
 
 
 class _OpCounter(TorchDispatchMode):
@@ -195,9 +197,9 @@ def count_ops_and_flops(function: Callable[[], Any]) -> tuple[int, int]:
 
     Operators: every kernel call, views included (what a launch-bound device pays per op), counted below
     autograd and the composite decompositions. FLOPs: ``torch.utils.flop_counter``'s formulas (matmuls,
-    convolutions, attention, SDPA's CPU kernels included; forward and, if ``function`` runs it, backward; element-wise ops count 0). Counted
-    with a dispatch mode of our own, not ``FlopCounterMode``, whose module tracker refuses ``no_grad`` forwards
-    that return views of parameters."""
+    convolutions, attention, SDPA's CPU kernels included; forward and, if ``function`` runs it, backward;
+    element-wise ops count 0). Counted with a dispatch mode of our own, not ``FlopCounterMode``, whose module
+    tracker refuses ``no_grad`` forwards that return views of parameters (and which skips in-place ``addmm_``)."""
     with _OpCounter() as counter:
         function()
     return counter.ops, counter.flops
