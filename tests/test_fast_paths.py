@@ -450,8 +450,8 @@ def test_training_forward_reads_the_host_only_where_shapes_or_scipy_need_it():
     """The training forward with its loss reads tensor values on the host only to check its inputs and
     labels, to size the ATSS-positive group (the batch's most positives, when no global batch fixes it), to
     pack the decoder rows a loss reads (one ``nonzero``) and to hand the matching costs to scipy (one copy for
-    every decoder layer and the selector). Not in the ATSS assignment (its level sizes are static), the denoising group or the choice of
-    the rows. Dropout off and no gradient: the CPU dropout and PReLU fast paths read CPU values by design."""
+    every decoder layer and the selector). Not in the ATSS assignment (its level sizes are static), the
+    denoising group or the choice of the rows. Dropout off and no gradient: the CPU dropout and PReLU fast paths read CPU values by design."""
     tester = SGDetrModelTester(dropout=0.0, input_dropout=0.0)
     model = tester.create_model().requires_grad_(False)
     batch, _ = tester.toy_batch(4)

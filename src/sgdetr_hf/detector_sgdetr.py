@@ -220,6 +220,8 @@ def assign_atss(
     batch, num_anchors = anchor_mask.shape
     num_gt = gt_spans.shape[1]
     device = anchors.device
+    if sum(level_sizes) != num_anchors:
+        raise ValueError(f"level_sizes {list(level_sizes)} do not add up to the {num_anchors} anchors.")
     if num_gt == 0:
         return {
             "assigned_gt": torch.full((batch, num_anchors), -1, dtype=torch.long, device=device),
@@ -232,8 +234,6 @@ def assign_atss(
     pair_valid = gt_mask[:, :, None] & anchor_mask[:, None, :]
     dist = (anchors[:, None, :, 0] - gt_spans[:, :, None, 0]).abs().masked_fill(~pair_valid, math.inf)
 
-    if sum(level_sizes) != num_anchors:
-        raise ValueError(f"level_sizes {list(level_sizes)} do not add up to the {num_anchors} anchors.")
     candidates = torch.zeros(batch, num_gt, num_anchors, dtype=torch.bool, device=device)
     start = 0
     for count in level_sizes:  # loop over pyramid levels only
@@ -635,8 +635,8 @@ def build_denoising_group(
     ATSS-positive subset (:func:`_hash_uniforms`): it does not depend on the other samples of the batch, so a
     global batch gets the same noise whatever the processes or micro-batches it is split into.
 
-    A batch without any GT (``M = 0``: highlight-only data) gets one pair of slots per group, all invalid, with content
-    ``E_label[moment]`` and reference (0.5, 0.5), drawn without the RNG: the criterion gives them connected
+    A batch without any GT (``M = 0``: highlight-only data) gets one pair of slots per group, all invalid, with
+    content ``E_label[moment]`` and reference (0.5, 0.5), drawn without the RNG: the criterion gives them connected
     zeros, so ``label_embed`` still receives a (zero) gradient and DDP needs no ``find_unused_parameters``.
     Invalid slots are blocked as keys, so the primary queries do not see them.
     """
