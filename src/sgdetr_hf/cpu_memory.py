@@ -5,11 +5,11 @@ pages (above a threshold that it raises by itself only up to 32 MiB) and returns
 its heap to the system, so a training step whose activations are freed by the backward pass page-faults
 them back in on the next step: 45,296 minor faults (186 MB) per SG-DETR training step at batch 32 and the
 QVHighlights shape on the 2-core CPU of the README (1,778 with this setting), where the stock-PyTorch
-reference of ``scripts/benchmark_speed.py`` takes none (README, "Performance"). PyTorch's CPU tuning guide
-recommends a caching allocator (jemalloc or tcmalloc, preloaded) against this; :func:`retain_freed_memory`
-gets the reuse from glibc itself, without a library to install: blocks under 1 GiB come from the heap, and
-the heap is never trimmed. The cost is that the process keeps the memory of its peak (what a caching
-allocator, CUDA's included, does too).
+reference of ``scripts/benchmark_speed.py`` takes none (docs/speed/README.md, the fourth step). PyTorch's
+CPU tuning guide recommends a caching allocator (jemalloc or tcmalloc, preloaded) against this;
+:func:`retain_freed_memory` gets the reuse from glibc itself, without a library to install: blocks under
+1 GiB come from the heap, and the heap is never trimmed. The cost is that the process keeps the memory of
+its peak (what a caching allocator, CUDA's included, does too).
 """
 
 from __future__ import annotations

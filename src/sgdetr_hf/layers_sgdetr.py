@@ -134,7 +134,7 @@ def project_each(x: Tensor, *linears: nn.Linear) -> tuple[Tensor, ...]:
     """``tuple(linear(x) for linear in linears)``, run on one sample and expanded when ``x`` repeats one
     (:func:`repeats_one_sample`). Separate GEMMs, not one over the concatenated weights: that concatenation
     copies the weights on every forward, which cost more than the GEMM launches it saves at batch 1 and gained
-    nothing at batch 32 or in training (README, "Performance", the ninth step)."""
+    nothing at batch 32 or in training (docs/speed/README.md, the ninth step)."""
     if repeats_one_sample(x):
         return tuple(y.expand(x.shape[0], -1, -1) for y in project_each(x[:1], *linears))
     return tuple(linear(x) for linear in linears)
