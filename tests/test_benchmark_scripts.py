@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -216,3 +217,49 @@ def test_benchmark_speed_reports_every_case_and_ratio(monkeypatch, capsys, tmp_p
         "training, batch 2",
     ]
     assert all("addmm" in row["SG-DETR top kernels (ms)"] for row in profile_rows)
+
+
+def test_gpu_speed_check_reports_each_run(tmp_path):
+    """The lease's one command, on CPU at the smallest size: a run that finishes leaves its JSON and result table,
+    one that fails (bfloat16 is refused on CPU) the reason it gives."""
+    small = "--cases loss --batch-size 2 --clips 8 --tokens 4 --dim 16 --rounds 1 --no-memory --system-malloc"
+    out = tmp_path / "out"
+    command = [sys.executable, str(SCRIPTS / "gpu_speed_check.py"), "--out", str(out), "--device", "cpu"]
+    done = subprocess.run(
+        [*command, "--runs", "fp32,bf16", "--label", "checkout abc1234", "--benchmark-args", small],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr  # the refused bfloat16 run
+    summary = (out / "summary.md").read_text()
+    assert "- torch 2.13" in summary and "- GPU none" in summary and "- checkout abc1234" in summary
+    assert "## fp32: finished in" in summary and "| loss (SG-DETR), batch 2 |" in summary
+    assert "## bf16: failed (exit 2)" in summary and "--dtype bfloat16 is for CUDA devices" in summary
+    (row,) = json.loads((out / "fp32.json").read_text())["rows"]
+    assert row["case"] == "loss" and row["share_of_whole"] > 0
+    assert sorted(path.name for path in out.iterdir()) == ["fp32.json", "log.txt", "summary.md"]
+    assert "===== bf16:" in (out / "log.txt").read_text()
+
+
+def test_gpu_speed_check_keeps_to_its_budget(tmp_path, monkeypatch):
+    """A run past its limit is killed with its process group and reported, and a run the budget's rest cannot
+    fit is skipped."""
+    script = load_script("gpu_speed_check")
+    monkeypatch.setattr(script, "BENCHMARK", tmp_path / "sleeper.py")
+    (tmp_path / "sleeper.py").write_text(
+        "import subprocess, sys, time\n"
+        "if '--cases' in sys.argv:\n"
+        "    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"  # a memory process
+        "    time.sleep(60)\n"
+        "print('| case | value |'); print('| --- | --- |'); print('| quick | 1 |')\n"
+    )
+    runs = [("quick", [], 60), ("slow", ["--cases", "x"], 1), ("late", [], 60)]
+    monkeypatch.setattr(script, "RUNS", runs)
+    # quick (well under 1 s), then slow (killed at 1 s) leave under 1.5 s of the 2.5: late is skipped
+    options = ["--out", str(tmp_path / "out"), "--device", "cpu", "--budget-s", "2.5", "--min-run-s", "1.5"]
+    began = time.monotonic()
+    assert script.main(options) == 1
+    assert time.monotonic() - began < 30  # the memory process died with the run (else its 60 s held the pipe)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "## quick: finished in" in summary and "| quick | 1 |" in summary
+    assert "## slow: stopped at its 1 s limit" in summary
+    assert "## late: skipped" in summary
