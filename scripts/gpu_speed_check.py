@@ -25,9 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "scripts" / "benchmark_speed.py"
-sys.path.insert(
-    0, str(REPO / "src")
-)  # the checkout's package, installed or not (a device machine has it bare)
+# the checkout's package, installed or not (a device machine has it bare)
+sys.path.insert(0, str(REPO / "src"))
 
 from sgdetr_hf.files import atomic_write_text  # noqa: E402 - after the path it comes from
 
@@ -124,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         help="appended to every run (a later option wins), e.g. smaller shapes",
     )
     args = parser.parse_args(argv)
+    start = time.monotonic()  # the budget covers the machine's probe too
     plan = {name: (options, limit) for name, options, limit in RUNS}
     chosen = args.runs.split(",")
     if unknown := sorted(set(chosen) - set(plan)):
@@ -136,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         *([f"- {args.label}"] if args.label else []),
         "",
     ]
-    atomic_write_text(args.out / "summary.md", "\n".join(summary) + "\n")
-    start = time.monotonic()
+
+    def save() -> None:  # after every run: what finished is on disk if the lease ends during the next
+        atomic_write_text(args.out / "summary.md", "\n".join(summary) + "\n")
+
+    save()
     all_finished = True
     with open(args.out / "log.txt", "w", encoding="utf-8") as log:
         for name in chosen:
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             left = args.budget_s - (time.monotonic() - start)
             if left < args.min_run_s:
                 summary += [f"## {name}: skipped, {max(left, 0):.0f} s of the budget left", ""]
-                atomic_write_text(args.out / "summary.md", "\n".join(summary) + "\n")
+                save()
                 continue
             command = [sys.executable, str(BENCHMARK), "--device", args.device, *options]
             command += ["--json", str(args.out / f"{name}.json"), *shlex.split(args.benchmark_args)]
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 "",
             ]
             summary += [*result_lines(status, output), ""]
-            atomic_write_text(args.out / "summary.md", "\n".join(summary) + "\n")
+            save()
     return 0 if all_finished else 1
 
 

@@ -252,14 +252,15 @@ def test_gpu_speed_check_keeps_to_its_budget(tmp_path, monkeypatch):
         "    time.sleep(60)\n"
         "print('| case | value |'); print('| --- | --- |'); print('| quick | 1 |')\n"
     )
-    runs = [("quick", [], 60), ("slow", ["--cases", "x"], 1), ("late", [], 60)]
+    runs = [("quick", [], 60), ("slow", ["--cases", "x"], 2), ("late", [], 60)]
     monkeypatch.setattr(script, "RUNS", runs)
-    # quick (well under 1 s), then slow (killed at 1 s) leave under 1.5 s of the 2.5: late is skipped
-    options = ["--out", str(tmp_path / "out"), "--device", "cpu", "--budget-s", "2.5", "--min-run-s", "1.5"]
+    monkeypatch.setattr(script, "machine_lines", lambda device: [])  # its torch probe would take the budget
+    # quick (well under 1.5 s), then slow (killed at 2 s) leave under 3 s of the 5: late is skipped
+    options = ["--out", str(tmp_path / "out"), "--device", "cpu", "--budget-s", "5", "--min-run-s", "3.5"]
     began = time.monotonic()
     assert script.main(options) == 1
     assert time.monotonic() - began < 30  # the memory process died with the run (else its 60 s held the pipe)
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "## quick: finished in" in summary and "| quick | 1 |" in summary
-    assert "## slow: stopped at its 1 s limit" in summary
+    assert "## slow: stopped at its 2 s limit" in summary
     assert "## late: skipped" in summary
