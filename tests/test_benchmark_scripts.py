@@ -264,3 +264,26 @@ def test_gpu_speed_check_keeps_to_its_budget(tmp_path, monkeypatch):
     assert "## quick: finished in" in summary and "| quick | 1 |" in summary
     assert "## slow: stopped at its 2 s limit" in summary
     assert "## late: skipped" in summary
+
+
+def test_benchmark_speed_flags_a_compiled_model_that_computes_something_else():
+    """--compile's inference rows carry the compiled outputs' deviation from the eager ones; the table names a
+    compiled model whose outputs are off (Inductor's max-autotune with freezing did that to the ATSS head)."""
+
+    def model(match: bool) -> dict:
+        return {"queries_per_s": 10.0, "gflop_per_item": 1.0, "achieved_gflop_per_s": 10.0, "aten_ops": 5,
+                "peak_memory_mib": None, "compile_speedup": 1.5, "compiled_output_deviation": 0.1,
+                "compiled_outputs_match": match}  # fmt: skip
+
+    row = {
+        "case": "inference",
+        "batch": 1,
+        "unit": "queries",
+        "throughput_ratio": 1.0,
+        "flop_efficiency_ratio": 1.0,
+    }
+    (printed,) = load_script("benchmark_speed").printed_rows(
+        [{**row, "sgdetr": model(False), "reference": model(True)}]
+    )
+    assert printed["SG-DETR"].endswith("1.50x eager, COMPILED OUTPUTS OFF BY 0.1")
+    assert printed["reference"].endswith("1.50x eager")

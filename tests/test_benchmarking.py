@@ -13,6 +13,7 @@ from sgdetr_hf.benchmarking import (
     Measurement,
     count_ops_and_flops,
     kernel_time_split,
+    largest_deviation,
     malloc_setting,
     measure,
     measure_interleaved,
@@ -191,3 +192,27 @@ def test_random_labels_draw_windows_per_sample_from_the_chosen_distribution():
     assert qvh.min() == 1 and qvh.max() == 5
     with pytest.raises(ValueError, match="windows must be one of"):
         random_labels(1, 75, "cpu", windows="many")
+
+
+def test_largest_deviation_is_relative_to_each_tensor_and_walks_model_outputs():
+    from transformers.modeling_outputs import BaseModelOutput
+
+    base = torch.tensor([2.0, -1.0, float("nan"), float("-inf")])
+    assert largest_deviation(base, base.clone()) == 0.0  # NaN and -inf where the other has them
+    nudged = base.clone()
+    nudged[1] += 0.1
+    assert largest_deviation(base, nudged) == pytest.approx(0.05)  # 0.1 of the largest finite value, 2
+    assert largest_deviation(base, torch.tensor([2.0, -1.0, 0.0, float("-inf")])) == math.inf
+    small, large = torch.tensor([0.01]), torch.tensor([100.0])
+    expected = BaseModelOutput(last_hidden_state=small, hidden_states=(large, torch.tensor([1, 2])))
+    actual = BaseModelOutput(
+        last_hidden_state=small + 0.001, hidden_states=(large + 1.0, torch.tensor([1, 2]))
+    )
+    assert largest_deviation(expected, actual) == pytest.approx(0.1)  # 0.001 of 0.01 outweighs 1 of 100
+    assert (
+        largest_deviation([torch.tensor([1, 2])], [torch.tensor([1, 3])]) == math.inf
+    )  # integers must be equal
+    with pytest.raises(ValueError, match="differ in structure"):
+        largest_deviation(expected, BaseModelOutput(last_hidden_state=small))
+    with pytest.raises(ValueError, match="differ in structure"):
+        largest_deviation(torch.zeros(2), torch.zeros(3))
