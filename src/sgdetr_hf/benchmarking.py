@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
 from .cpu_memory import retain_freed_memory
@@ -256,36 +257,34 @@ def kernel_time_split(
 
 def largest_deviation(expected: Any, actual: Any) -> float:
     """The largest ``|expected - actual|`` over the floating-point tensors of two outputs of the same structure
-    (tensors, tuples, lists, dicts and ``ModelOutput``s), each relative to its expected tensor's largest
-    finite magnitude: 0 for equal outputs (NaNs and infinities in the same places included), ``inf`` where one
-    holds a NaN or an infinity the other does not.
+    (any pytree: tensors, tuples, lists, dicts and ``ModelOutput``s), each relative to its expected tensor's
+    largest finite magnitude: 0 for equal outputs (NaNs and infinities in the same places included), ``inf``
+    where one holds a NaN or an infinity the other does not, or an integer tensor differs.
 
     Raises:
         ValueError: the two outputs differ in structure or in a tensor's shape.
     """
-    if isinstance(expected, torch.Tensor):
-        if not isinstance(actual, torch.Tensor) or expected.shape != actual.shape:
-            raise ValueError(f"outputs differ in structure: {type(expected)} {getattr(expected, 'shape', '')} "
-                             f"against {type(actual)} {getattr(actual, 'shape', '')}")  # fmt: skip
-        if not expected.is_floating_point() or expected.numel() == 0:
-            return 0.0 if torch.equal(expected, actual) else math.inf
-        expected, actual = expected.detach().float(), actual.detach().float()
-        difference = (expected - actual).abs().nan_to_num(nan=math.inf)
-        difference[(expected == actual) | (expected.isnan() & actual.isnan())] = 0.0  # equal infinities too
-        finite = expected[expected.isfinite()].abs()
-        scale = max(float(finite.max()) if finite.numel() else 1.0, torch.finfo(torch.float32).tiny)
-        return float(difference.max()) / scale
-    if isinstance(expected, Mapping):
-        if not isinstance(actual, Mapping) or expected.keys() != actual.keys():
-            raise ValueError(
-                f"outputs differ in structure: keys {list(expected)} against {list(actual or {})}"
-            )
-        return max((largest_deviation(expected[key], actual[key]) for key in expected), default=0.0)
-    if isinstance(expected, (tuple, list)):
-        if not isinstance(actual, (tuple, list)) or len(expected) != len(actual):
-            raise ValueError("outputs differ in structure: sequences of different lengths")
-        return max((largest_deviation(e, a) for e, a in zip(expected, actual)), default=0.0)
-    return 0.0  # None, numbers and other leaves carry no tensor to compare
+    expected_leaves, expected_structure = tree_flatten(expected)
+    actual_leaves, actual_structure = tree_flatten(actual)
+    if expected_structure != actual_structure:
+        raise ValueError(f"outputs differ in structure: {expected_structure} against {actual_structure}")
+    pairs = [(e, a) for e, a in zip(expected_leaves, actual_leaves) if isinstance(e, torch.Tensor)]
+    return max((_tensor_deviation(e, a) for e, a in pairs), default=0.0)  # other leaves carry no tensor
+
+
+def _tensor_deviation(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    if not isinstance(actual, torch.Tensor) or expected.shape != actual.shape:
+        raise ValueError(
+            f"outputs differ in structure: a tensor of {tuple(expected.shape)} against {actual!r:.60}"
+        )
+    if not expected.is_floating_point() or expected.numel() == 0:
+        return 0.0 if torch.equal(expected, actual) else math.inf
+    expected, actual = expected.detach().float(), actual.detach().float()
+    difference = (expected - actual).abs().nan_to_num(nan=math.inf)
+    difference[(expected == actual) | (expected.isnan() & actual.isnan())] = 0.0  # equal infinities too
+    finite = expected[expected.isfinite()].abs()
+    scale = max(float(finite.max()) if finite.numel() else 1.0, torch.finfo(torch.float32).tiny)
+    return float(difference.max()) / scale
 
 
 def random_inputs(
