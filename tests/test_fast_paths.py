@@ -33,7 +33,6 @@ from sgdetr_hf.layers_sgdetr import (
     attend,
     conv1d_channels_last,
     conv1d_on_rows,
-    conv1d_taps,
     masked_group_norm,
     project_each,
     repeats_one_sample,
@@ -61,15 +60,20 @@ def test_conv1d_channels_last_is_conv1d(stride, length):
     torch.testing.assert_close(conv1d_channels_last(x, conv.weight, conv.bias, stride), expected)
 
 
-@pytest.mark.parametrize("out_channels", [3, 20])  # the one-GEMM narrow form and the three-GEMM wide form
+@pytest.mark.parametrize("out_channels", [(3,), (1, 2), (20,), (12, 8)])  # narrow one-GEMM and wide forms
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv1d_on_rows_convolves_each_zero_separated_sequence_alone(out_channels, bias):
-    conv = torch.nn.Conv1d(4, out_channels, 3, padding=1, bias=bias)
+    convs = [torch.nn.Conv1d(4, channels, 3, padding=1, bias=bias) for channels in out_channels]
     first, second = torch.randn(5, 4), torch.randn(2, 4)
     gap = torch.zeros(1, 4)
-    out = conv1d_on_rows(torch.cat((gap, first, gap, second, gap)), conv1d_taps(conv), conv.bias)
-    torch.testing.assert_close(out[1:6], conv(first.T[None])[0].T)
-    torch.testing.assert_close(out[7:9], conv(second.T[None])[0].T)
+    out = conv1d_on_rows(
+        torch.cat((gap, first, gap, second, gap)),
+        [conv.weight for conv in convs],
+        torch.cat([conv.bias for conv in convs]) if bias else None,
+    )
+    for rows, sequence in ((out[1:6], first), (out[7:9], second)):
+        expected = torch.cat([conv(sequence.T[None])[0].T for conv in convs], 1)  # the outputs side by side
+        torch.testing.assert_close(rows, expected)
 
 
 def test_masked_group_norm_statistics_per_segment_and_valid_positions_only():
@@ -150,6 +154,36 @@ def test_pyramid_compiled_for_dynamic_lengths_equals_eager_down_to_a_one_positio
     for level, eager_level, mask, eager_mask in zip(levels, eager_levels, masks, eager_masks):
         assert torch.equal(mask, eager_mask)
         torch.testing.assert_close(level, eager_level, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+# the wide form (three GEMMs, one per tap) and the narrow one (one GEMM over the three taps side by side)
+@pytest.mark.parametrize("out_channels", [(16, 24), (1, 2, 1)])
+def test_conv1d_on_rows_compiled_with_frozen_weights_in_the_cpp_gemm_template_equals_eager(out_channels):
+    """Regression: Inductor's C++ GEMM template (torch 2.13, max-autotune with freezing) dropped the storage
+    offset of a folded constant, so a tap sliced from one stacked ``(3, C_in, C_out)`` tensor of the taps was
+    read as tap 0 (the ATSS head's logits off by 10%). The template is forced (not left to autotuning)."""
+    from torch._inductor import config as inductor_config
+
+    class Convolutions(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = torch.nn.ModuleList(torch.nn.Conv1d(16, c, 3, padding=1) for c in out_channels)
+
+        def forward(self, rows):
+            bias = torch.cat([conv.bias for conv in self.convs])
+            return conv1d_on_rows(rows, [conv.weight for conv in self.convs], bias)
+
+    module = _randomise(Convolutions(), 6).eval()
+    rows = torch.randn(40, 16, generator=torch.Generator().manual_seed(7))
+    rows[[0, 20, 39]] = 0  # two sequences, each with its zero padding
+    torch._dynamo.reset()
+    with (
+        torch.no_grad(),
+        inductor_config.patch(freezing=True, max_autotune=True, max_autotune_gemm_backends="CPP"),
+    ):
+        expected, actual = module(rows), torch.compile(module)(rows)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_selector_spans_are_the_span_head_of_the_selected_positions():

@@ -39,7 +39,6 @@ from .layers_sgdetr import (
     attend,
     conv1d_channels_last,
     conv1d_on_rows,
-    conv1d_taps,
     masked_group_norm,
     merge_heads,
     project_each,
@@ -355,7 +354,7 @@ class SGDetrATSSHead(nn.Module):
 
         towers = conv1d_on_rows(
             packed.flatten(0, 1),
-            conv1d_taps(self.cls_conv, self.reg_conv),
+            (self.cls_conv.weight, self.reg_conv.weight),
             torch.cat((self.cls_conv.bias, self.reg_conv.bias)),
         ).view(batch, length, 2 * d)
         towers = masked_group_norm(
@@ -368,12 +367,13 @@ class SGDetrATSSHead(nn.Module):
 
         # outputs [cls | reg (2) | ctr]: cls reads the classification tower, reg and ctr the regression tower
         zeros = self.cls_out.weight.new_zeros(3, d, 3)
-        out_taps = torch.cat((
-            torch.cat((conv1d_taps(self.cls_out), zeros), 2),
-            torch.cat((zeros[..., :1], conv1d_taps(self.reg_out, self.ctr_out)), 2),
-        ), 1)  # fmt: skip
+        out_weights = (
+            torch.cat((self.cls_out.weight, zeros[:1]), 1),
+            torch.cat((zeros[:2], self.reg_out.weight), 1),
+            torch.cat((zeros[:1], self.ctr_out.weight), 1),
+        )  # (C_out_j, 2d, 3), zero on the tower each does not read
         out_bias = torch.cat((self.cls_out.bias, self.reg_out.bias, self.ctr_out.bias))
-        out = conv1d_on_rows(towers.flatten(0, 1), out_taps, out_bias).view(batch, length, 4)
+        out = conv1d_on_rows(towers.flatten(0, 1), out_weights, out_bias).view(batch, length, 4)
         out = out[:, anchor_rows].float()
         deltas = out[..., 1:3] * self.scales[anchor_levels][:, None].float()
         return out[..., 0], deltas, out[..., 3]

@@ -9,6 +9,8 @@ imports only).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -343,19 +345,20 @@ def _sum_over_members(values: Tensor, member: Tensor) -> Tensor:
     return torch.bmm(values.transpose(1, 2), member)
 
 
-def conv1d_taps(*convs: nn.Conv1d) -> Tensor:
-    """The weights of kernel-3 ``convs`` (same input) as one ``(3, C_in, sum C_out)`` tensor: tap ``k`` is the
-    ``(C_in, C_out)`` matrix applied to the input row at offset ``k - 1``, contiguous for the GEMMs of
-    :func:`conv1d_on_rows` (one copy per forward, instead of one per strided weight slice)."""
-    return torch.cat([conv.weight.permute(2, 1, 0) for conv in convs], dim=2)
-
-
-def conv1d_on_rows(rows: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:
+def conv1d_on_rows(rows: Tensor, weights: Sequence[Tensor], bias: Tensor | None) -> Tensor:
     """A kernel-3 convolution along the rows of ``(N, C_in)`` -> ``(N, C_out)``: output row ``i`` is
-    ``rows[i-1] @ taps[0] + rows[i] @ taps[1] + rows[i+1] @ taps[2] + b`` for ``0 < i < N - 1`` (rows 0 and N - 1
-    hold partial sums: callers place zero rows there). Several sequences laid end to end with one zero row
-    between neighbours and at both ends are each convolved with their own zero padding. Three GEMMs on shifted
-    row views of the same matrix: no unfolded copy of the input. ``taps`` from :func:`conv1d_taps`.
+    ``rows[i-1] @ W_0 + rows[i] @ W_1 + rows[i+1] @ W_2 + b`` for ``0 < i < N - 1``, with tap ``W_k`` the
+    ``(C_in, C_out)`` matrix ``weight[:, :, k].T`` (rows 0 and N - 1 hold partial sums: callers place zero rows
+    there). ``weights``: ``nn.Conv1d`` weights ``(C_out_j, C_in, 3)`` of convolutions of the same input, their
+    outputs side by side (``C_out = sum C_out_j``). Several sequences laid end to end with one zero row between
+    neighbours and at both ends are each convolved with their own zero padding. Three GEMMs on shifted row views
+    of the same matrix: no unfolded copy of the input.
+
+    Each tap's ``(C_out, C_in)`` weights are concatenated into a tensor of their own (one copy per forward) and
+    used transposed, as ``nn.Linear`` uses its weight, not sliced from one stacked tensor of the three taps:
+    Inductor's C++ GEMM template (torch 2.13, ``mode="max-autotune"`` with freezing) drops the storage offset of
+    a folded constant, and tap 1 of a stacked ``(3, C_in, C_out)`` tensor came out as tap 0
+    (``tests/test_fast_paths.py`` compiles this function that way)
 
     Narrow outputs (at most 16 channels, the ATSS output convolutions) take one GEMM over the three taps side
     by side and two shifted adds of its thin result instead: a GEMM that wide reads its input at the same cost
@@ -365,20 +368,25 @@ def conv1d_on_rows(rows: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:
     ``addmm_`` accumulations are not autocast ops, and would otherwise meet a bfloat16 ``out`` with float32
     rows."""
     device_type = rows.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        rows, taps = rows.to(dtype), taps.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
-    if taps.shape[2] <= 16:
-        width = taps.shape[2]
-        per_tap = rows @ taps.permute(1, 0, 2).flatten(1)  # (N, 3 * C_out): [tap 0 | tap 1 | tap 2]
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else rows.dtype
+    rows = rows.to(dtype)
+    bias = None if bias is None else bias.to(dtype)
+    width = sum(weight.shape[0] for weight in weights)
+    taps_of_each = [weight.unbind(2) for weight in weights]  # per weight its three (C_out_j, C_in) taps
+
+    def transposed_taps(*taps: int) -> Tensor:  # (C_in, len(taps) * C_out), a tensor of its own (see above)
+        return torch.cat([each[k] for k in taps for each in taps_of_each]).to(dtype).T
+
+    if width <= 16:
+        per_tap = rows @ transposed_taps(0, 1, 2)  # (N, 3 * C_out): [tap 0 | tap 1 | tap 2]
         out = per_tap[:, width : 2 * width].clone() if bias is None else per_tap[:, width : 2 * width] + bias
         out[1:] += per_tap[:-1, :width]
         out[:-1] += per_tap[1:, 2 * width :]
         return out
-    out = rows @ taps[1] if bias is None else torch.addmm(bias, rows, taps[1])
-    out[1:].addmm_(rows[:-1], taps[0])
-    out[:-1].addmm_(rows[1:], taps[2])
+    before, center, after = (transposed_taps(k) for k in range(3))
+    out = rows @ center if bias is None else torch.addmm(bias, rows, center)
+    out[1:].addmm_(rows[:-1], before)
+    out[:-1].addmm_(rows[1:], after)
     return out
 
 
@@ -406,7 +414,6 @@ __all__ = [
     "attend",
     "conv1d_channels_last",
     "conv1d_on_rows",
-    "conv1d_taps",
     "eager_attention_forward",
     "masked_group_norm",
     "merge_heads",
