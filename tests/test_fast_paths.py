@@ -5,7 +5,8 @@ Each test computes a block the straightforward way (per level, per sample, with 
 with the fast form the model runs: the convolutions as matmuls over unfolded windows, the ATSS head's levels
 packed into one pass, the per-level GroupNorm statistics, the selector's span head on its selections only,
 the projections of a repeated sample once, the decoder on the query
-slots a loss reads only, PReLU's CPU backward; and the CPU dropout's mask keeps the distribution.
+slots a loss reads only, PReLU's CPU backward; and the CPU dropout's mask keeps the distribution. Some
+forms are also compiled (Inductor), where torch 2.13 miscompiled earlier versions of them.
 """
 
 import sys

@@ -358,7 +358,7 @@ def conv1d_on_rows(rows: Tensor, weights: Sequence[Tensor], bias: Tensor | None)
     used transposed, as ``nn.Linear`` uses its weight, not sliced from one stacked tensor of the three taps:
     Inductor's C++ GEMM template (torch 2.13, ``mode="max-autotune"`` with freezing) drops the storage offset of
     a folded constant, and tap 1 of a stacked ``(3, C_in, C_out)`` tensor came out as tap 0
-    (``tests/test_fast_paths.py`` compiles this function that way)
+    (``tests/test_fast_paths.py`` compiles this function that way).
 
     Narrow outputs (at most 16 channels, the ATSS output convolutions) take one GEMM over the three taps side
     by side and two shifted adds of its thin result instead: a GEMM that wide reads its input at the same cost
