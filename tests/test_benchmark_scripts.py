@@ -287,3 +287,32 @@ def test_benchmark_speed_flags_a_compiled_model_that_computes_something_else():
     )
     assert printed["SG-DETR"].endswith("1.50x eager, COMPILED OUTPUTS OFF BY 0.1")
     assert printed["reference"].endswith("1.50x eager")
+
+
+def test_benchmark_speed_compares_each_compiled_model_with_the_eager_one(monkeypatch, capsys, tmp_path):
+    """The deviation and the flag come from the two models' own outputs: a stand-in for ``torch.compile`` that
+    returns SG-DETR with its outputs nudged by 1% (and the reference as it is) gets SG-DETR flagged, not the
+    reference (no real compilation: it would take minutes here)."""
+    from torch.utils._pytree import tree_map
+
+    from sgdetr_hf import SGDetrForMomentRetrieval
+
+    def nudged(model, mode=None):
+        if not isinstance(model, SGDetrForMomentRetrieval):
+            return model
+        nudge = lambda x: x * 1.01 if isinstance(x, torch.Tensor) and x.is_floating_point() else x  # noqa: E731
+        return lambda *inputs: tree_map(nudge, model(*inputs))
+
+    monkeypatch.setattr(torch, "compile", nudged)
+    path = tmp_path / "speed.json"
+    args = ["--threads", "1", "--batch-size", "2", "--clips", "8", "--tokens", "4", "--dim", "16"]
+    args += ["--rounds", "1", "--no-memory", "--system-malloc", "--compile", "--cases", "inference"]
+    assert _run_main(monkeypatch, "benchmark_speed", *args, "--json", str(path)) == 0
+    for row in json.loads(path.read_text())["rows"]:
+        sgdetr, reference = row["sgdetr"], row["reference"]
+        assert sgdetr["compiled_output_deviation"] == pytest.approx(0.01, rel=1e-3)
+        assert sgdetr["compiled_outputs_match"] is False
+        assert reference["compiled_output_deviation"] == 0.0 and reference["compiled_outputs_match"] is True
+    printed = _table(capsys.readouterr().out)
+    assert all("COMPILED OUTPUTS OFF BY 0.01" in row["SG-DETR"] for row in printed)
+    assert not any("COMPILED" in row["reference"] for row in printed)

@@ -374,8 +374,9 @@ def conv1d_on_rows(rows: Tensor, weights: Sequence[Tensor], bias: Tensor | None)
     width = sum(weight.shape[0] for weight in weights)
     taps_of_each = [weight.unbind(2) for weight in weights]  # per weight its three (C_out_j, C_in) taps
 
-    def transposed_taps(*taps: int) -> Tensor:  # (C_in, len(taps) * C_out), a tensor of its own (see above)
-        return torch.cat([each[k] for k in taps for each in taps_of_each]).to(dtype).T
+    def transposed_taps(*indices: int) -> Tensor:
+        # taps `indices` side by side, (C_in, len(indices) * C_out): a tensor of its own (see above)
+        return torch.cat([taps[k] for k in indices for taps in taps_of_each]).to(dtype).T
 
     if width <= 16:
         per_tap = rows @ transposed_taps(0, 1, 2)  # (N, 3 * C_out): [tap 0 | tap 1 | tap 2]
