@@ -9,7 +9,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+import zipfile
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 import torch
@@ -254,7 +258,7 @@ def test_gpu_speed_check_keeps_to_its_budget(tmp_path, monkeypatch):
     )
     runs = [("quick", [], 60), ("slow", ["--cases", "x"], 2), ("late", [], 60)]
     monkeypatch.setattr(script, "RUNS", runs)
-    monkeypatch.setattr(script, "machine_lines", lambda device: [])  # its torch probe would take the budget
+    monkeypatch.setattr(script, "machine_lines", lambda device, site: ([], True))  # its probe takes ~3 s
     # quick (well under 1.5 s), then slow (killed at 2 s) leave under 3 s of the 5: late is skipped
     options = ["--out", str(tmp_path / "out"), "--device", "cpu", "--budget-s", "5", "--min-run-s", "3.5"]
     began = time.monotonic()
@@ -264,6 +268,98 @@ def test_gpu_speed_check_keeps_to_its_budget(tmp_path, monkeypatch):
     assert "## quick: finished in" in summary and "| quick | 1 |" in summary
     assert "## slow: stopped at its 2 s limit" in summary
     assert "## late: skipped" in summary
+
+
+def _fake_transformers_wheel(folder: Path) -> Path:
+    """A wheel whose ``transformers`` cannot be imported: proof, where its error shows, that the runs import the
+    carried wheels before the machine's own packages."""
+    wheel = folder / "transformers-0.0.1-py3-none-any.whl"
+    folder.mkdir(parents=True, exist_ok=True)
+    info = "transformers-0.0.1.dist-info"
+    files = {
+        "transformers/__init__.py": "raise ImportError('the carried stand-in for transformers')\n",
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: transformers\nVersion: 0.0.1\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return wheel
+
+
+def test_gpu_speed_check_runs_nothing_where_the_package_does_not_import(tmp_path):
+    """The lease image's transformers is older than the package needs: the probe imports the package as the runs
+    would, and where that fails the summary says why and how to carry the wheels, and no run starts."""
+    shadow = tmp_path / "shadow" / "transformers"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('an image without the transformers it needs')\n")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "gpu_speed_check.py"), "--out", str(out), "--device", "cpu",
+         "--budget-s", "1"],  # were the runs started, the probe would have used up their budget
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(shadow.parent)},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    summary = (out / "summary.md").read_text()
+    assert (
+        "- the package does not import here: ImportError: an image without the transformers it needs"
+        in summary
+    )
+    assert "## nothing run" in summary and "--download-wheels FOLDER" in summary
+    assert sorted(path.name for path in out.iterdir()) == ["summary.md"]  # no run, no log
+
+
+def test_gpu_speed_check_imports_the_carried_wheels_first(tmp_path, monkeypatch):
+    """``--wheels`` installs the folder's wheels for the probe and the runs, ahead of the machine's packages, in a
+    temporary folder outside ``--out`` that is removed at the end."""
+    script = load_script("gpu_speed_check")
+    wheels = tmp_path / "wheels"
+    _fake_transformers_wheel(wheels)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temporary"))
+    (tmp_path / "temporary").mkdir()
+    out = tmp_path / "out"
+    # a budget the probe uses up: were the stand-in not imported, the runs would be skipped, not started
+    options = ["--out", str(out), "--device", "cpu", "--wheels", str(wheels), "--budget-s", "1"]
+    assert script.main(options) == 1
+    summary = (out / "summary.md").read_text()
+    assert "- carried wheels: transformers 0.0.1" in summary
+    assert "does not import here: ImportError: the carried stand-in for transformers" in summary
+    assert "## nothing run: the package does not import here (the carried wheels did not" in summary
+    assert list((tmp_path / "temporary").iterdir()) == []  # the installed wheels are gone
+
+
+def test_gpu_speed_check_downloads_the_tested_versions_for_the_lease(tmp_path, monkeypatch):
+    """``--download-wheels`` asks pip for the versions installed here, as wheels for the lease's Python, keeps the
+    image's numpy and torch out, and replaces the folder's wheels whole; a folder with other files is refused."""
+    script = load_script("gpu_speed_check")
+    calls = []
+
+    def pip(command, check):  # stands in for pip download: writes what it would fetch
+        calls.append(command)
+        dest = Path(command[command.index("--dest") + 1])
+        fetched = ["transformers-9.0.0-py3-none-any.whl", "huggingface_hub-2.5.0-py3-none-any.whl",
+                   "numpy-2.5.5-cp312-cp312-manylinux_2_28_x86_64.whl", "torch-2.13.0-cp312-cp312-linux_x86_64.whl"]  # fmt: skip
+        for name in fetched:
+            (dest / name).write_bytes(b"wheel")
+
+    monkeypatch.setattr(script.subprocess, "run", pip)
+    folder = tmp_path / ".whl"
+    folder.mkdir()
+    (folder / "transformers-8.0.0-py3-none-any.whl").write_bytes(b"an older download")
+    assert script.main(["--download-wheels", str(folder)]) == 0
+    (command,) = calls
+    assert command[command.index("--python-version") + 1] == "3.12" and "--only-binary=:all:" in command
+    assert f"transformers=={metadata.version('transformers')}" in command
+    assert f"huggingface_hub=={metadata.version('huggingface_hub')}" in command
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "huggingface_hub-2.5.0-py3-none-any.whl",
+        "transformers-9.0.0-py3-none-any.whl",
+    ]  # the older download replaced, numpy and torch left to the image
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".whl"]  # no staging folder left
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="holds files other than wheels"):
+        script.main(["--download-wheels", str(folder)])
 
 
 def test_benchmark_speed_flags_a_compiled_model_that_computes_something_else():
