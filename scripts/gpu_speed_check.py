@@ -160,11 +160,15 @@ def install_wheels(folder: Path) -> Path:
             f"no wheels in {folder}: make them with --download-wheels {folder} where PyPI is reached"
         )
     site = Path(tempfile.mkdtemp(prefix="sgdetr-wheels-"))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
-         "--no-cache-dir", "--target", str(site), *map(str, wheels)],
-        check=True,
-    )  # fmt: skip
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
+             "--no-cache-dir", "--target", str(site), *map(str, wheels)],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+    except BaseException:
+        shutil.rmtree(site, ignore_errors=True)
+        raise
     return site
 
 
@@ -243,7 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := sorted(set(chosen) - set(plan)):
         parser.error(f"unknown runs {unknown}; known: {', '.join(plan)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    site = install_wheels(args.wheels) if args.wheels else None
+    try:
+        site = install_wheels(args.wheels) if args.wheels else None
+    except subprocess.CalledProcessError as error:  # e.g. wheels for another Python: say so in the summary
+        why = [f"    {line}" for line in error.stderr.strip().splitlines()[-5:]]
+        atomic_write_text(
+            args.out / "summary.md",
+            "\n".join(
+                ["# GPU speed check", "", "## nothing run: the carried wheels did not install", "", *why, ""]
+            ),
+        )
+        return 1
     try:
         return run_all(args, chosen, plan, site, start)
     finally:

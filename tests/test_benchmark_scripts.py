@@ -329,6 +329,19 @@ def test_gpu_speed_check_imports_the_carried_wheels_first(tmp_path, monkeypatch)
     assert list((tmp_path / "temporary").iterdir()) == []  # the installed wheels are gone
 
 
+def test_gpu_speed_check_reports_wheels_that_do_not_install(tmp_path):
+    """A carried wheel pip cannot install (here not a wheel at all) leaves a summary that says so, and no run."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "broken-1.0-py3-none-any.whl").write_bytes(b"not a zip archive")
+    out = tmp_path / "out"
+    script = load_script("gpu_speed_check")
+    assert script.main(["--out", str(out), "--device", "cpu", "--wheels", str(wheels)]) == 1
+    summary = (out / "summary.md").read_text()
+    assert "## nothing run: the carried wheels did not install" in summary and "broken-1.0" in summary
+    assert sorted(path.name for path in out.iterdir()) == ["summary.md"]
+
+
 def test_gpu_speed_check_downloads_the_tested_versions_for_the_lease(tmp_path, monkeypatch):
     """``--download-wheels`` asks pip for the versions installed here, as wheels for the lease's Python, keeps the
     image's numpy and torch out, and replaces the folder's wheels whole; a folder with other files is refused."""
