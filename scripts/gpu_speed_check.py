@@ -2,7 +2,7 @@
 the README's "On a GPU" section reports, most needed first, each in its own process under its share of one
 time budget, so that a lease's minutes end with whatever finished written down.
 
-    python3 scripts/gpu_speed_check.py --download-wheels .whl                  # here, before the lease
+    .venv/bin/python scripts/gpu_speed_check.py --download-wheels .whl         # here, before the lease
     python3 scripts/gpu_speed_check.py --out "$OUT" --budget-s 540 --wheels .whl   # on the GPU machine
 
 The lease's machine image has older transformers and huggingface_hub than the package needs (5.17 and 1.33
@@ -113,7 +113,7 @@ def machine_lines(device: str, site: Path | None = None) -> tuple[list[str], boo
 
 
 def wheel_project(wheel: Path) -> str:
-    """A wheel file's normalised project name: ``huggingface_hub-2.5.0-py3-none-any.whl`` -> ``huggingface-hub``."""
+    """A wheel file's normalised project name (``huggingface_hub-2.5.0-py3-none-any.whl``: ``huggingface-hub``)."""
     return wheel.name.split("-")[0].lower().replace("_", "-")
 
 
@@ -125,7 +125,14 @@ def download_wheels(folder: Path, python_version: str = DEVICE_PYTHON) -> list[P
         raise SystemExit(
             f"{folder} holds files other than wheels: name an empty folder or one of wheels only"
         )
-    requirements = [f"{name}=={metadata.version(name)}" for name in CARRIED]
+    try:
+        requirements = [f"{name}=={metadata.version(name)}" for name in CARRIED]
+    except metadata.PackageNotFoundError as missing:
+        raise SystemExit(
+            f"{missing.name} is not installed in this Python ({sys.executable}): run --download-wheels with "
+            "the project's environment, e.g. .venv/bin/python (./run test makes it), so the lease gets the "
+            "tested versions"
+        ) from None
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".wheels-", dir=folder.parent))
     try:
@@ -152,8 +159,8 @@ def download_wheels(folder: Path, python_version: str = DEVICE_PYTHON) -> list[P
 
 
 def install_wheels(folder: Path) -> Path:
-    """Installs the wheels of ``folder`` (no index, no dependency resolution: the folder is the whole set) into a new
-    temporary folder, outside ``--out``, and returns it."""
+    """Installs the wheels of ``folder`` (no index, no dependency resolution: the folder is the whole set) into a
+    new temporary folder, outside ``--out``, and returns it."""
     wheels = sorted(folder.glob("*.whl"))
     if not wheels:
         raise SystemExit(

@@ -373,6 +373,11 @@ def test_gpu_speed_check_downloads_the_tested_versions_for_the_lease(tmp_path, m
     (folder / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit, match="holds files other than wheels"):
         script.main(["--download-wheels", str(folder)])
+    # a Python without the package's environment has no tested versions to give the lease
+    monkeypatch.setattr(script, "CARRIED", ("transformers", "no-such-package-here"))
+    with pytest.raises(SystemExit, match="no-such-package-here is not installed in this Python"):
+        script.main(["--download-wheels", str(tmp_path / "elsewhere")])
+    assert calls == [command]  # pip was not asked
 
 
 def test_benchmark_speed_flags_a_compiled_model_that_computes_something_else():
