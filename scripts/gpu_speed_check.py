@@ -112,15 +112,22 @@ def machine_lines(device: str, site: Path | None = None) -> tuple[list[str], boo
     return lines, found.returncode == 0
 
 
-def wheel_project(wheel: Path) -> str:
-    """A wheel file's normalised project name (``huggingface_hub-2.5.0-py3-none-any.whl``: ``huggingface-hub``)."""
-    return wheel.name.split("-")[0].lower().replace("_", "-")
+def wheel_name_version(wheel: Path) -> tuple[str, str]:
+    """A wheel file's project and version: ``huggingface_hub-2.5.0-py3-none-any.whl`` -> ``huggingface_hub``,
+    ``2.5.0`` (a wheel's name never holds a ``-``)."""
+    name, version, *_ = wheel.name.split("-")
+    return name, version
 
 
-def download_wheels(folder: Path, python_version: str = DEVICE_PYTHON) -> list[Path]:
+def write_summary(out: Path, lines: list[str]) -> None:
+    """``summary.md`` of ``out``, whole: the lease may end at any moment."""
+    atomic_write_text(out / "summary.md", "\n".join(["# GPU speed check", "", *lines]) + "\n")
+
+
+def download_wheels(folder: Path, python_version: str = DEVICE_PYTHON) -> None:
     """Fills ``folder`` (replacing the wheels it held) with the wheels of :data:`CARRIED` at the versions installed
     here and of everything they need, for the lease's Python and platform, less :data:`IMAGE_KEEPS`. Runs pip
-    (here, where PyPI is reached); returns the wheels."""
+    (here, where PyPI is reached) and prints what the folder holds."""
     if folder.exists() and any(not path.name.endswith(".whl") for path in folder.iterdir()):
         raise SystemExit(
             f"{folder} holds files other than wheels: name an empty folder or one of wheels only"
@@ -143,9 +150,10 @@ def download_wheels(folder: Path, python_version: str = DEVICE_PYTHON) -> list[P
             check=True,
         )  # fmt: skip
         for wheel in staging.glob("*.whl"):
-            if wheel_project(wheel) in IMAGE_KEEPS:
+            if wheel_name_version(wheel)[0].lower() in IMAGE_KEEPS:
                 wheel.unlink()
-        size_mib = sum(wheel.stat().st_size for wheel in staging.glob("*.whl")) / 2**20
+        wheels = list(staging.glob("*.whl"))
+        size_mib = sum(wheel.stat().st_size for wheel in wheels) / 2**20
         if size_mib > WHEELS_LIMIT_MIB:
             raise SystemExit(
                 f"the wheels take {size_mib:.0f} MiB, over the {WHEELS_LIMIT_MIB} MiB a lease carries"
@@ -155,7 +163,7 @@ def download_wheels(folder: Path, python_version: str = DEVICE_PYTHON) -> list[P
         staging.rename(folder)  # the folder is whole or as it was: never a mix of two downloads
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return sorted(folder.glob("*.whl"))
+    print(f"{len(wheels)} wheels, {size_mib:.1f} MiB, in {folder}")
 
 
 def install_wheels(folder: Path) -> Path:
@@ -242,44 +250,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.download_wheels:
-        wheels = download_wheels(args.download_wheels, args.python_version)
-        size_mib = sum(wheel.stat().st_size for wheel in wheels) / 2**20
-        print(f"{len(wheels)} wheels, {size_mib:.1f} MiB, in {args.download_wheels}")
+        download_wheels(args.download_wheels, args.python_version)
         return 0
     if args.out is None:
         parser.error("--out is required (or --download-wheels FOLDER)")
     start = time.monotonic()  # the budget covers installing the wheels and the machine's probe too
-    plan = {name: (options, limit) for name, options, limit in RUNS}
     chosen = args.runs.split(",")
-    if unknown := sorted(set(chosen) - set(plan)):
-        parser.error(f"unknown runs {unknown}; known: {', '.join(plan)}")
+    known = [name for name, _, _ in RUNS]
+    if unknown := sorted(set(chosen) - set(known)):
+        parser.error(f"unknown runs {unknown}; known: {', '.join(known)}")
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         site = install_wheels(args.wheels) if args.wheels else None
     except subprocess.CalledProcessError as error:  # e.g. wheels for another Python: say so in the summary
         why = [f"    {line}" for line in error.stderr.strip().splitlines()[-5:]]
-        atomic_write_text(
-            args.out / "summary.md",
-            "\n".join(
-                ["# GPU speed check", "", "## nothing run: the carried wheels did not install", "", *why, ""]
-            ),
-        )
+        write_summary(args.out, ["## nothing run: the carried wheels did not install", "", *why])
         return 1
     try:
-        return run_all(args, chosen, plan, site, start)
+        return run_all(args, chosen, site, start)
     finally:
         if site:
             shutil.rmtree(site, ignore_errors=True)
 
 
-def run_all(args: argparse.Namespace, chosen: list[str], plan: dict, site: Path | None, start: float) -> int:
+def run_all(args: argparse.Namespace, chosen: list[str], site: Path | None, start: float) -> int:
     """The probe, then each chosen run while the budget lasts; ``summary.md`` rewritten after each."""
+    plan = {name: (options, limit) for name, options, limit in RUNS}
     machine, imports = machine_lines(args.device, site)
-    # "transformers 5.25.0" of transformers-5.25.0-py3-none-any.whl
-    carried = sorted(" ".join(w.name.split("-")[:2]) for w in args.wheels.glob("*.whl")) if site else []
+    carried = (
+        sorted(" ".join(wheel_name_version(wheel)) for wheel in args.wheels.glob("*.whl")) if site else []
+    )
     summary = [
-        "# GPU speed check",
-        "",
         *machine,
         *([f"- {args.label}"] if args.label else []),
         *([f"- carried wheels: {', '.join(carried)}"] if carried else []),
@@ -287,7 +288,7 @@ def run_all(args: argparse.Namespace, chosen: list[str], plan: dict, site: Path 
     ]
 
     def save() -> None:  # after every run: what finished is on disk if the lease ends during the next
-        atomic_write_text(args.out / "summary.md", "\n".join(summary) + "\n")
+        write_summary(args.out, summary)
 
     if not imports:
         fix = (
