@@ -5,7 +5,9 @@ every QVHighlights case here was also checked against the official code outside 
 
 import ast
 import json
+import logging
 import random
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from metrics_testing import (
     qvh_prediction,
 )
 from sgdetr_hf.metrics import compute_metrics, parse_jsonl, read_jsonl, write_json
+from sgdetr_hf.metrics.sgdetr_eval import mr_hd_metrics
 
 CONFORMANCE = "qvhighlights_eval_conformance"
 
@@ -105,9 +108,9 @@ MR_CASES = {
         (0, 0, 3.33, 3.33, 3.33, 0, 0, 10),
     ),
     "window past the video end is not clipped": ([[130, 170, 0.9]], (100, 0, 33.33, 0, 3.33, 0, 10, 0)),
-    "reversed window: NaN IoU matches in mAP, 0 in R1": (
-        [[90, 50, 0.9]],
-        (0, 0, 33.33, 33.33, 33.33, 0, 0, 100),
+    "zero-length window: IoU 0, a false positive": (
+        [[60, 60, 0.9], [40, 80, 0.5]],
+        (0, 0, 16.67, 16.67, 16.67, 0, 0, 50),
     ),
     "duplicate window is a false positive": (
         [[40, 80, 0.9], [40, 80, 0.8], [0, 10, 0.7]],
@@ -225,6 +228,127 @@ def test_highlight_worked_example_fair_level():
     assert metrics["HL-min-Fair"]["HL-mAP"] == 90.0
 
 
+def official_highlight_metrics(scores, reference):
+    """HL mAP and Hit@1 (fractions, per level) of one query, computed as the official code does: dense
+    arrays of int(duration / 2) clips, scores cut or padded with 0.0, sklearn's precision_recall_curve
+    (re-written in numpy) and the official interpolated AP."""
+    num_clips = int(reference["duration"] / 2)
+    ratings = np.zeros((num_clips, 3))
+    ratings[reference["relevant_clip_ids"]] = reference["saliency_scores"]
+    predicted = np.zeros(num_clips)
+    predicted[: min(len(scores), num_clips)] = scores[:num_clips]
+    best_clip = int(np.argmax(scores))
+    results = []
+    for minimum in (2, 3, 4):
+        binary = (ratings >= minimum).astype(float)
+        average_precisions = []
+        for truth in binary.T:
+            if len(set(truth)) == 1:
+                average_precisions.append(float(truth[0]))
+                continue
+            order = np.argsort(-predicted, kind="mergesort")
+            ends = np.r_[np.flatnonzero(np.diff(predicted[order])), num_clips - 1]
+            true_positives = np.cumsum(truth[order])[ends]
+            precision = np.r_[(true_positives / (ends + 1))[::-1], 1.0]
+            recall = np.r_[(true_positives / true_positives[-1])[::-1], 0.0].astype(np.float32)
+            precision = np.maximum.accumulate(precision)
+            average_precisions.append(np.mean(precision[np.flatnonzero(np.diff(recall))]))
+        hit = binary[best_clip].max() if best_clip < num_clips else 0.0
+        results.append((np.mean(average_precisions), hit))
+    return results
+
+
+def test_dense_official_computation_reproduces_the_official_sample(official_sample):
+    # The oracle of the tests below is itself checked against the numbers the official code printed.
+    predictions, references, expected = official_sample
+    by_qid = {row["qid"]: row for row in references}
+    dense = np.array(
+        [official_highlight_metrics(p["pred_saliency_scores"], by_qid[p["qid"]]) for p in predictions]
+    )
+    for level, name in enumerate(("Fair", "Good", "VeryGood")):
+        ap, hit = dense[:, level].mean(axis=0)
+        assert expected[f"HL-min-{name}"] == {
+            "HL-mAP": float(f"{100 * ap:.2f}"),
+            "HL-Hit1": float(f"{100 * hit:.2f}"),
+        }
+
+
+def test_highlights_equal_the_dense_official_computation():
+    # Clips past the score list and the annotations are one "tail" column inside the metric: check it
+    # against dense arrays for short, long and tied lists, negative scores and long videos.
+    rng = np.random.default_rng(0)
+    for case in range(150):
+        duration = int(rng.choice([20, 75, 150, 151, 1000, 20000]))
+        num_clips = duration // 2
+        clip_ids = sorted(
+            rng.choice(num_clips, size=int(rng.integers(1, min(num_clips, 8) + 1)), replace=False)
+        )
+        reference = {
+            **QVH_REFERENCE,
+            "duration": duration,
+            "relevant_clip_ids": [int(i) for i in clip_ids],
+            "saliency_scores": rng.integers(0, 5, size=(len(clip_ids), 3)).tolist(),
+        }
+        length = int(rng.choice([1, 3, num_clips // 2 or 1, num_clips, num_clips + 5, 300]))
+        scores = np.round(rng.normal(size=length), int(rng.choice([0, 1, 6]))).tolist()  # ties, negatives
+        metrics = qvh(qvh_prediction(saliency=scores), references=[reference])
+        measured = [
+            (metrics[f"HL-min-{name}"]["HL-mAP"], metrics[f"HL-min-{name}"]["HL-Hit1"])
+            for name in ("Fair", "Good", "VeryGood")
+        ]
+        expected = [
+            (float(f"{100 * ap:.2f}"), float(f"{100 * hit:.2f}"))
+            for ap, hit in official_highlight_metrics(scores, reference)
+        ]
+        assert measured == expected, (case, duration, length)
+
+
+def test_huge_duration_allocates_only_what_the_input_needs():
+    # duration 1e9 s is 5e8 clips: the reference would allocate (5e8, 3) arrays; the clips past the
+    # scores and the annotations cost nothing here, and the numbers stay those of the dense computation.
+    prediction = qvh_prediction(saliency=clip_scores(75, default=0.5, c20=5.0, c21=4.0, c22=3.0))
+    tracemalloc.start()
+    try:
+        long_video = qvh(prediction, references=[{**QVH_REFERENCE, "duration": 1e7}])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB for one 75-score query"
+    # All predicted scores are above the tail's 0.0: the tail only adds negatives after the last positive.
+    assert long_video == qvh(prediction) == qvh(prediction, references=[{**QVH_REFERENCE, "duration": 1e9}])
+    # Scores below the tail's 0.0: the 1000 - 10 clips scored 0.0 (tied, the positives among them) rank
+    # first; the Fair positives of the 3 annotators are 3, 3 and 2.
+    below = qvh(qvh_prediction(saliency=[-1.0] * 10), references=[{**QVH_REFERENCE, "duration": 2e3}])
+    expected_fair = np.mean([3, 3, 2]) / (1000 - 10)
+    assert below["HL-min-Fair"] == {"HL-mAP": float(f"{100 * expected_fair:.2f}"), "HL-Hit1": 0.0}
+    with pytest.raises(ValueError, match=r"reference row 1 \(qid 1\): 'duration' is 1e\+300, above"):
+        qvh(prediction, references=[{**QVH_REFERENCE, "duration": 1e300}])
+
+
+def test_saliency_lists_of_another_length_keep_the_official_numbers_and_warn(caplog):
+    second = {**QVH_REFERENCE, "qid": 2}
+    references = [QVH_REFERENCE, second]
+    short = qvh_prediction(saliency=[0.9, 0.1, 0.5])  # 3 scores for 75 clips: padded with 0.0
+    long = qvh_prediction(saliency=clip_scores(300, c20=5.0, c100=9.0), qid=2)  # cut to 75 clips
+    with caplog.at_level(logging.WARNING, logger=mr_hd_metrics.__name__):
+        metrics = qvh(short, long, references=references)
+    messages = [r.getMessage() for r in caplog.records if r.name == mr_hd_metrics.__name__]
+    assert len(messages) == 1 and messages[0].startswith(
+        "2 of 2 queries have a number of 'pred_saliency_scores'"
+    )
+    dense = [official_highlight_metrics(row["pred_saliency_scores"], QVH_REFERENCE) for row in (short, long)]
+    for level, name in enumerate(("Fair", "Good", "VeryGood")):
+        ap, hit = np.mean([d[level] for d in dense], axis=0)
+        assert metrics[f"HL-min-{name}"] == {
+            "HL-mAP": float(f"{100 * ap:.2f}"),
+            "HL-Hit1": float(f"{100 * hit:.2f}"),
+        }
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=mr_hd_metrics.__name__):
+        qvh(qvh_prediction(saliency=[0.5] * 75))
+    assert [r for r in caplog.records if r.name == mr_hd_metrics.__name__] == []
+
+
 def test_mr_and_hl_together_have_the_official_layout():
     metrics = qvh(qvh_prediction([[40, 80, 0.9]], saliency=[0.5] * 75))
     assert list(metrics) == [
@@ -276,6 +400,87 @@ QVH_ERRORS = {
 def test_qvhighlights_bad_predictions(predictions, message):
     with pytest.raises(ValueError, match=message):
         compute_metrics("qvhighlights", predictions, [QVH_REFERENCE])
+
+
+# The official code scores a reversed window as a mAP hit (its IoU is 0 / 0 = NaN) and a reversed or
+# zero-length GT window is garbage: all are refused, naming the row, qid and window.
+BAD_WINDOWS = {
+    "reversed prediction": (
+        "qvhighlights",
+        [qvh_prediction([[80, 40, 0.9]])],
+        [QVH_REFERENCE],
+        r"prediction row 1 \(qid 1\): 'pred_relevant_windows' entry 0 is \[80, 40, 0.9\], whose start is "
+        r"after its end; expected .*start <= end",
+    ),
+    "reversed prediction after a good one, from numpy": (
+        "qvhighlights",
+        [{"qid": np.int64(1), "pred_relevant_windows": np.array([[0, 10, 0.9], [30.5, 20, 0.5]])}],
+        [QVH_REFERENCE],
+        r"prediction row 1 \(qid 1\): 'pred_relevant_windows' entry 1 is \[30.5, 20.0, 0.5\], whose start",
+    ),
+    "reversed prediction on a later row": (
+        "qvhighlights",
+        [qvh_prediction([[0, 10, 0.9]]), qvh_prediction([[0, 10, 0.9], [40, 80, 0.5], [81, 80, 0.1]])],
+        [QVH_REFERENCE],
+        r"prediction row 2 \(qid 1\): 'pred_relevant_windows' entry 2 is \[81, 80, 0.1\]",
+    ),
+    "reversed GT window": (
+        "qvhighlights",
+        [qvh_prediction([[40, 80, 0.9]])],
+        [{**QVH_REFERENCE, "relevant_windows": [[0, 10], [80, 40]]}],
+        r"reference row 1 \(qid 1\): 'relevant_windows' entry 1 is \[80, 40\], whose start is after its "
+        r"end; expected .*start < end",
+    ),
+    "zero-length GT window": (
+        "qvhighlights",
+        [qvh_prediction([[40, 80, 0.9]])],
+        [{**QVH_REFERENCE, "relevant_windows": [[40, 40]]}],
+        r"'relevant_windows' entry 0 is \[40, 40\], whose start equals its end \(a zero-length window\)",
+    ),
+    "Charades-STA reversed prediction": (
+        "charades_sta",
+        [{"qid": 5, "pred_relevant_windows": [[10, 5, 0.9]]}],
+        [{"qid": 5, "duration": 30, "relevant_windows": [[5, 10]]}],
+        r"prediction row 1 \(qid 5\): 'pred_relevant_windows' entry 0 is \[10, 5, 0.9\], whose start is",
+    ),
+    "Charades-STA reversed GT window": (
+        "charades_sta",
+        [{"qid": 5, "pred_relevant_windows": [[5, 10, 0.9]]}],
+        [{"qid": 5, "duration": 30, "relevant_windows": [[10, 5]]}],
+        r"reference row 1 \(qid 5\): 'relevant_windows' entry 0 is \[10, 5\], whose start is after",
+    ),
+}
+
+
+@pytest.mark.parametrize("dataset, predictions, references, message", BAD_WINDOWS.values(), ids=BAD_WINDOWS)
+def test_reversed_and_zero_length_gt_windows_are_refused(dataset, predictions, references, message):
+    with pytest.raises(ValueError, match=message):
+        compute_metrics(dataset, predictions, references)
+
+
+def test_reversed_window_fails_the_command_line(tmp_path, capsys):
+    predictions, references = tmp_path / "rev.jsonl", tmp_path / "refs.jsonl"
+    predictions.write_text(json.dumps(qvh_prediction([[80, 40, 0.9]])) + "\n")
+    references.write_text(json.dumps(QVH_REFERENCE) + "\n")
+    output = tmp_path / "rev.json"
+    argv = ["--submission_path", str(predictions), "--gt_path", str(references), "--save_path", str(output)]
+    assert mr_hd_metrics.main(argv) == 1 and not output.exists()
+    assert "'pred_relevant_windows' entry 0 is [80, 40, 0.9], whose start is after its end" in (
+        capsys.readouterr().err
+    )
+
+
+def test_zero_length_predictions_score_zero():
+    # A zero-length predicted window has IoU 0 with every (positive-length) GT window: a miss, not an error.
+    assert qvh(qvh_prediction([[40, 40, 0.9]]))["brief"] == dict.fromkeys(
+        qvh(qvh_prediction([[100, 110, 0.9]]))["brief"], 0.0
+    )
+    single = compute_metrics(
+        "charades_sta",
+        [{"qid": 5, "pred_relevant_windows": [[7, 7, 0.9]]}],
+        [{"qid": 5, "duration": 30, "relevant_windows": [[5, 10]]}],
+    )
+    assert set(single["brief"].values()) == {0.0}
 
 
 def test_missing_and_duplicate_reference_qids():

@@ -15,9 +15,9 @@ run as the reference-style command line::
 
     python mr_hd_metrics.py --submission_path PRED.jsonl --gt_path GT.jsonl --save_path OUT.json
 
-Units: windows are ``[start, end]`` in seconds (predictions add a score: ``[start, end, score]``); a
-QVHighlights saliency clip ``i`` covers seconds ``[2i, 2i + 2)``. Every reported number is a percentage
-rounded once to 2 decimals from double-precision intermediate values.
+Units: windows are ``[start, end]`` in seconds with start < end (predictions add a score, ``[start, end,
+score]``, and may have start == end); a QVHighlights saliency clip ``i`` covers seconds ``[2i, 2i + 2)``.
+Every reported number is a percentage rounded once to 2 decimals from double-precision intermediate values.
 """
 
 from __future__ import annotations
@@ -60,9 +60,11 @@ TVSUM_TOP_K = 5
 # What each input field must hold (completes the error messages).
 _EXPECTED = {
     "qid": "an int or a string identifying the query",
-    "pred_relevant_windows": "a non-empty list of [start, end, score] windows (seconds), best first",
+    "pred_relevant_windows": (
+        "a non-empty list of [start, end, score] windows (seconds, start <= end), best first"
+    ),
     "pred_saliency_scores": "a non-empty list of numbers, one score per clip",
-    "relevant_windows": "a non-empty list of [start, end] windows in seconds",
+    "relevant_windows": "a non-empty list of [start, end] windows in seconds, start < end",
     "duration": "the video length in seconds, a number >= 2 (one 2-second clip at least)",
     "relevant_clip_ids": "a non-empty list of integer clip ids (clip i covers seconds [2i, 2i + 2))",
     "saliency_scores": "one [score, score, score] row (three annotators, 0..4) per relevant clip id",
@@ -72,6 +74,8 @@ _EXPECTED = {
 _SEQUENCE_TYPES = (list, tuple, np.ndarray)
 _NUMBER_TYPES = (int, float, np.integer, np.floating)
 _INTEGER_TYPES = (int, np.integer)
+#: Largest accepted QVHighlights ``duration`` (s): 2 s x 2**53 clips, the largest exact float64 integer.
+_MAX_DURATION = CLIP_SECONDS * 2.0**53
 
 
 # ------------------------------------------------------------------------------------------ input checks
@@ -323,10 +327,33 @@ class _Moments:
     truth_mask: np.ndarray  # (Q, G)
 
 
+def _refuse_bad_windows(
+    rows: _Rows, field: str, row_indices: np.ndarray, windows: np.ndarray, counts: np.ndarray, bad: np.ndarray
+) -> None:
+    """Fail on the first window flagged in ``bad`` ((total,) over ``windows``: the windows of the rows
+    ``row_indices``, ``counts`` per row)."""
+    if not bad.any():
+        return
+    flat = int(np.argmax(bad))
+    index, position = _owner(flat, counts)
+    entry = rows.rows[row_indices[index]][field][position]
+    shown = np.asarray(entry).tolist() if isinstance(entry, np.ndarray) else entry
+    start, end = windows[flat, 0], windows[flat, 1]
+    problem = "is after its end" if start > end else "equals its end (a zero-length window)"
+    rows.fail(row_indices[index], field, f"entry {position} is {shown!r}, whose start {problem}")
+
+
 def _read_moments(predictions: _Rows, references: _Rows, matching: _Matching) -> _Moments:
+    """The windows of every query. Refused: a predicted window whose start is after its end, and a GT
+    window that does not have start < end (with start <= end for predictions and start < end for GT,
+    every IoU has a positive denominator). The reference code takes such windows and scores a reversed
+    window as a mAP hit (a 0 / 0 = NaN IoU); a zero-length prediction is kept, its IoU is 0."""
     rows = np.argsort(matching.row_query, kind="stable")  # rows grouped by query, file order inside a query
     windows, counts = predictions.number_rows(
         "pred_relevant_windows", rows, width=3, exact=False, limit=MAX_PREDICTED_WINDOWS
+    )
+    _refuse_bad_windows(
+        predictions, "pred_relevant_windows", rows, windows, counts, windows[:, 0] > windows[:, 1]
     )
     num_queries = len(matching.last_row)
     per_query = np.bincount(matching.row_query[rows], weights=counts, minlength=num_queries).astype(np.int64)
@@ -338,6 +365,14 @@ def _read_moments(predictions: _Rows, references: _Rows, matching: _Matching) ->
     truth, truth_counts = references.number_rows(
         "relevant_windows", matching.reference_row, width=2, exact=False
     )
+    _refuse_bad_windows(
+        references,
+        "relevant_windows",
+        matching.reference_row,
+        truth,
+        truth_counts,
+        truth[:, 0] >= truth[:, 1],
+    )
     truth, truth_mask = _pad(truth, truth_counts, 0.0)
     return _Moments(predicted, predicted_mask, top1, truth, truth_mask)
 
@@ -345,8 +380,10 @@ def _read_moments(predictions: _Rows, references: _Rows, matching: _Matching) ->
 def _pairwise_iou(windows: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """IoU of (Q, P, 2) windows with (Q, G, 2) GT windows -> (Q, P, G).
 
-    union = sum of the lengths - intersection, no clipping, as the reference: a reversed window whose
-    length magnitude equals a GT window's gives 0 / 0 = NaN.
+    union = sum of the lengths - intersection, no clipping, as the reference. The denominator is at least
+    the GT window's length, so it is positive for the windows that :func:`_read_moments` accepts (start <=
+    end, GT start < end); the reference would give 0 / 0 = NaN for a reversed window whose length
+    magnitude equals a GT window's, and count it as a hit.
     """
     start = np.maximum(windows[:, :, None, 0], truth[:, None, :, 0])
     end = np.minimum(windows[:, :, None, 1], truth[:, None, :, 1])
@@ -372,8 +409,8 @@ def _detection_average_precision(
 
     Predictions are sorted by descending score with a stable sort (tied scores keep list order) and
     matched greedily, independently per threshold: each takes the free GT window of highest IoU if that
-    IoU is >= t (NaN counts as the highest and as >= t, as in the reference), otherwise it is a false
-    positive. AP is VOC all-point interpolated over the query's GT windows in ``truth_mask``.
+    IoU is >= t, otherwise it is a false positive (IoUs are never NaN: see :func:`_pairwise_iou`). AP is
+    VOC all-point interpolated over the query's GT windows in ``truth_mask``.
     """
     order = np.argsort(
         np.where(moments.predicted_mask, -moments.predicted[..., 2], np.inf), axis=1, kind="stable"
@@ -381,8 +418,7 @@ def _detection_average_precision(
     predicted = np.take_along_axis(moments.predicted, order[..., None], axis=1)
     predicted_mask = np.take_along_axis(moments.predicted_mask, order, axis=1)
     iou = _pairwise_iou(predicted[..., :2], moments.truth)  # (Q, P, G)
-    match_key = np.where(np.isnan(iou), np.inf, iou)
-    match_key = np.where(truth_mask[:, None, :] & predicted_mask[:, :, None], match_key, -np.inf)
+    match_key = np.where(truth_mask[:, None, :] & predicted_mask[:, :, None], iou, -np.inf)
 
     num_queries, num_predicted, num_truth = iou.shape
     taken = np.zeros((num_queries, len(thresholds), num_truth), dtype=bool)
@@ -407,7 +443,7 @@ def _detection_average_precision(
 def _top1_iou(moments: _Moments, truth_mask: np.ndarray) -> np.ndarray:
     """Hull IoU of each query's first listed window with its best GT window (first of equal IoUs) -> (Q,)."""
     iou = np.where(truth_mask, _pairwise_iou(moments.top1[:, None, :], moments.truth)[:, 0, :], -np.inf)
-    best = np.argmax(iou, axis=1)  # a NaN IoU wins, as np.argmax does in the reference
+    best = np.argmax(iou, axis=1)
     return _hull_iou(moments.top1, moments.truth[np.arange(len(best)), best])
 
 
@@ -455,21 +491,30 @@ def _ranked(scores: np.ndarray, valid: np.ndarray, *arrays: np.ndarray) -> tuple
     return take(scores), take(valid), *(take(array) for array in arrays)
 
 
-def _tied_block_average_precision(scores: np.ndarray, valid: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def _tied_block_average_precision(
+    scores: np.ndarray, valid: np.ndarray, labels: np.ndarray, multiplicity: np.ndarray
+) -> np.ndarray:
     """Interpolated AP of binary clip labels, tied scores forming one block (the reference's sklearn AP).
 
-    scores, valid: (Q, N) predicted clip scores and which clips exist; labels: (levels, Q, N, A) binary,
-    one column per annotator. For each distinct recall level reached at a cut between distinct scores,
-    take the best precision at that recall or higher; AP is the plain mean over the levels. A column
-    without positives gives 0, an all-positive one 1. Returns (levels, Q, A).
+    scores, valid, multiplicity: (Q, N) predicted clip scores, which columns exist and how many identical
+    clips (same score, same labels) each column stands for (1 for an ordinary clip); labels: (levels, Q,
+    N, A) binary, one column per annotator. For each distinct recall level reached at a cut between
+    distinct scores, take the best precision at that recall or higher; AP is the plain mean over the
+    levels. A column without positives gives 0, an all-positive one 1. Returns (levels, Q, A).
+
+    Only block ends are scored, so a column standing for k tied clips gives exactly the AP of k columns.
     """
-    scores, valid, labels = _ranked(scores, valid, labels.transpose(1, 2, 0, 3))  # clips on axis 1
+    multiplicity = np.where(valid, multiplicity, 0)
+    scores, valid, labels, multiplicity = _ranked(
+        scores, valid, labels.transpose(1, 2, 0, 3), multiplicity
+    )  # clips on axis 1
     labels = labels.transpose(2, 0, 1, 3).astype(np.float64)
     block_end = valid.copy()  # last clip of a block of tied scores
     block_end[:, :-1] &= (scores[:, 1:] != scores[:, :-1]) | ~valid[:, 1:]
     block_end = block_end[..., None]  # (Q, N, 1)
-    hits = np.cumsum(labels, axis=-2)
-    precision = np.where(block_end, hits / np.arange(1, scores.shape[1] + 1)[:, None], 0.0)
+    hits = np.cumsum(labels * multiplicity[..., None], axis=-2)
+    rank = np.maximum(np.cumsum(multiplicity, axis=1), 1)[..., None]  # clips up to here (>= 1 if valid)
+    precision = np.where(block_end, hits / rank, 0.0)
     precision = np.flip(np.maximum.accumulate(np.flip(precision, -2), axis=-2), -2)
     hits_before = np.maximum.accumulate(np.where(block_end, hits, 0.0), axis=-2)  # at the previous block end
     hits_before = np.concatenate([np.zeros_like(hits_before[..., :1, :]), hits_before[..., :-1, :]], axis=-2)
@@ -478,19 +523,28 @@ def _tied_block_average_precision(scores: np.ndarray, valid: np.ndarray, labels:
         new_level.sum(axis=-2), 1
     )
     positives = hits[..., -1, :]
-    num_clips = valid.sum(axis=1)[:, None]
+    num_clips = multiplicity.sum(axis=1)[:, None]
     return np.where(positives == 0, 0.0, np.where(positives == num_clips, 1.0, average_precision))
 
 
 def _highlight_sections(
     predictions: _Rows, references: _Rows, matching: _Matching
 ) -> dict[str, dict[str, float]]:
-    """``{"HL-min-<level>": {"HL-mAP": .., "HL-Hit1": ..}}`` for QVHighlights (last row of each query)."""
+    """``{"HL-min-<level>": {"HL-mAP": .., "HL-Hit1": ..}}`` for QVHighlights (last row of each query).
+
+    As the reference: a video has int(duration / 2) clips, the clips without a rating score 0 for every
+    annotator, a score list longer than the video is cut and a shorter one padded with 0.0 (a warning
+    says how many queries have a list of another length). Memory grows with the score lists and the
+    clip ids, not with the duration.
+    """
     scores, score_counts = predictions.number_lists("pred_saliency_scores", matching.last_row)
     rows = matching.reference_row
     duration = references.numbers("duration", rows)
     if (duration < CLIP_SECONDS).any():
         references.fail(rows[np.argmax(duration < CLIP_SECONDS)], "duration", "is below 2 seconds")
+    if (duration > _MAX_DURATION).any():  # its clip count would not be an exact integer
+        index = int(np.argmax(duration > _MAX_DURATION))
+        references.fail(rows[index], "duration", f"is {duration[index]:g}, above {_MAX_DURATION:g} seconds")
     num_clips = np.trunc(duration / CLIP_SECONDS).astype(np.int64)  # the reference's int(duration / 2)
     clip_ids, id_counts = references.number_lists("relevant_clip_ids", rows, integer=True)
     ratings, rating_counts = references.number_rows("saliency_scores", rows, width=3, exact=True)
@@ -510,21 +564,48 @@ def _highlight_sections(
             "relevant_clip_ids",
             f"holds {clip_ids[np.argmax(outside)]:.0f}, outside the {num_clips[index]} clips of the video",
         )
-    max_clips = int(num_clips.max())
-    ratings_per_clip = np.zeros((len(rows), max_clips, 3))  # unannotated clips score 0
+    mismatched = int((score_counts != num_clips).sum())
+    if mismatched:
+        logger.warning(
+            "%d of %d queries have a number of 'pred_saliency_scores' other than the clip count of their "
+            "video (int(duration / 2)); as in the official evaluation, longer lists are cut and shorter "
+            "ones padded with 0.0",
+            mismatched,
+            len(rows),
+        )
+
+    # The clips past both the score list and the last annotated clip all score 0.0 (padding) and have no
+    # rating: one column stands for all of them (the "tail"), so memory follows the input and not the
+    # duration. Columns: the `explicit` clips, then the tail column if the tail is not empty.
+    last_id = np.full(len(rows), -1, dtype=np.int64)
+    np.maximum.at(last_id, query_of_id, clip_ids.astype(np.int64))
+    explicit = np.minimum(num_clips, np.maximum(score_counts, last_id + 1))  # (Q,)
+    tail = num_clips - explicit
+    columns = int(explicit.max()) + 1
+    column = np.arange(columns)
+    valid = column < (explicit + (tail > 0))[:, None]
+    multiplicity = np.where(column == explicit[:, None], tail[:, None], 1)
+    ratings_per_clip = np.zeros((len(rows), columns, 3))  # unannotated clips score 0
     ratings_per_clip[query_of_id, clip_ids.astype(np.int64)] = ratings
 
-    raw, raw_mask = _pad(scores, score_counts, -np.inf)
-    best_clip = np.argmax(raw, axis=1)  # on the raw list: an arg-max beyond the video is a miss
-    valid = np.arange(max_clips) < num_clips[:, None]
-    width = min(raw.shape[1], max_clips)
-    aligned = np.zeros((len(rows), max_clips))  # cut to the video's clips, missing clips padded with 0.0
-    aligned[:, :width] = np.where(raw_mask[:, :width], raw[:, :width], 0.0)
+    # Scores, without padding the lists to the longest one: the arg-max of each list (first maximum), and
+    # the scores of its explicit clips (a list longer than the video is cut, a shorter one padded with 0.0).
+    starts = np.cumsum(score_counts) - score_counts  # every list has a score
+    query_of_score = np.repeat(np.arange(len(rows)), score_counts)
+    position = np.arange(len(scores)) - starts[query_of_score]
+    is_maximum = scores == np.repeat(np.maximum.reduceat(scores, starts), score_counts)
+    best_clip = np.minimum.reduceat(np.where(is_maximum, position, np.iinfo(np.int64).max), starts)
+    aligned = np.zeros((len(rows), columns))
+    kept = position < explicit[query_of_score]
+    aligned[query_of_score[kept], position[kept]] = scores[kept]
 
     minimum = np.array([level for _, level in HIGHLIGHT_LEVELS])[:, None, None, None]
     positive = ratings_per_clip[None] >= minimum  # (levels, Q, clips, 3 annotators)
-    average_precision = _tied_block_average_precision(aligned, valid, positive)  # (levels, Q, 3)
-    best_clip_positive = positive[:, np.arange(len(rows)), np.minimum(best_clip, max_clips - 1)].any(axis=-1)
+    average_precision = _tied_block_average_precision(
+        aligned, valid, positive, multiplicity
+    )  # (levels, Q, 3)
+    # On the raw list: an arg-max beyond the video is a miss; one inside it is an explicit clip.
+    best_clip_positive = positive[:, np.arange(len(rows)), np.minimum(best_clip, columns - 1)].any(axis=-1)
     hit = best_clip_positive & (best_clip < num_clips)  # any annotator
     return {
         f"HL-min-{name}": {
