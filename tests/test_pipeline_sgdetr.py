@@ -1,5 +1,6 @@
 """The "video-moment-retrieval" pipeline and its long-video machinery (windows, span and saliency fusion)."""
 
+import json
 import math
 
 import numpy as np
@@ -405,3 +406,112 @@ def test_non_finite_outputs_of_finite_weights_blame_the_forward_pass(retriever, 
         NonFiniteOutputError, match=r"det_scores \(10 of 10 values\).*overflowed in torch.float32"
     ):
         retriever({"video_features": video}, text_features=texts)
+
+
+# ------------------------------------------------------------------------------ duration and window settings
+@pytest.mark.parametrize(
+    "duration, message",
+    [
+        (math.inf, "duration must be a finite, positive number of seconds"),  # answered as non-JSON Infinity
+        (math.nan, "duration must be a finite, positive number of seconds"),
+        (True, "duration must be a finite, positive number of seconds"),  # was taken as 1 s
+        ("20", "duration must be a finite, positive number of seconds"),
+        (1000.0, r"duration 1000.0 s is too long for 10 clips of 2.0 s: they cover 20 s of video"),
+        (1e300, "too long for 10 clips"),
+        (22.0, r"too long for 10 clips of 2.0 s.*a duration below 22 s"),  # ceil(22 / 2) = 11 clips
+        (18.0, "too short for 10 clips"),
+    ],
+)
+def test_a_duration_the_features_cannot_have_is_refused(retriever, duration, message):
+    """10 clips of 2 s are a video of (18, 20] s, or (18, 22) s for an extractor that drops a partial last clip:
+    the too-short check refuses 18 s and less; its mirror refuses 22 s and more (1000 s was accepted)."""
+    video, texts = _features(10)
+    with pytest.raises(ValueError, match=message):
+        retriever({"video_features": video, "duration": duration}, text_features=texts)
+
+
+def test_a_duration_may_be_any_real_number_type(retriever):
+    """np.float32(20.0) was refused ("must be a positive number") while np.float64(20.0) was accepted."""
+    video, texts = _features(10)
+    reference = retriever({"video_features": video, "duration": 20.0}, text_features=texts, top_k=3)
+    for duration in (np.float32(20.0), np.float64(20.0), 20, np.int64(20)):
+        answer = retriever({"video_features": video, "duration": duration}, text_features=texts, top_k=3)
+        assert answer == reference and type(answer[0]["duration"]) is float
+    # the ends of the accepted range: the last clip nearly empty, or one clip missing from the features
+    for duration in (18.01, 21.99):
+        (answer,) = retriever({"video_features": video, "duration": duration}, text_features=texts[:1])
+        assert answer["duration"] == duration
+        # (the post-processing clips windows to the duration in float32)
+        assert max(end for _, end, _ in answer["pred_relevant_windows"]) <= duration + 1e-5
+
+
+def test_every_real_dataset_duration_fits_its_features(shared_data):
+    """Every QVHighlights, Charades-STA and TACoS duration passes with the features of its video, cut by the
+    project's convention (ceil(duration / clip_length) clips) or by an extractor that floors instead."""
+    from sgdetr_hf.data.schema import CLIP_LENGTHS, num_clips
+    from sgdetr_hf.long_video_sgdetr import checked_duration
+
+    files = {
+        "qvhighlights": "qvhighlights/highlight_*_release.jsonl",
+        "charades-sta": "charades_sta/charades_*_release.jsonl",
+        "tacos": "tacos/tacos_*_release.jsonl",
+    }
+    checked = 0
+    for dataset, pattern in files.items():
+        clip_length = CLIP_LENGTHS[dataset]
+        durations = {
+            json.loads(line)["duration"] for path in shared_data.glob(pattern) for line in path.open()
+        }
+        for duration in durations:
+            ceil = num_clips(duration, clip_length)
+            for clips in {ceil, max(1, math.floor(duration / clip_length + 1e-6))}:
+                assert checked_duration(duration, clips, clip_length) == duration, (dataset, duration, clips)
+            with pytest.raises(ValueError, match="too long"):  # features two clips short
+                checked_duration(duration, ceil - 2, clip_length)
+            checked += 1
+    assert checked > 1000
+
+
+def test_retrieve_moments_checks_its_own_arguments(retriever):
+    video, texts = _features(10, num_tokens=(4,))
+    args = (retriever.model, video, texts[0][None], torch.ones(1, 4))
+    with pytest.raises(ValueError, match="duration must be a finite number of seconds, got nan"):
+        retrieve_moments(*args, duration=math.nan)  # nan <= x and nan >= x are both False
+    with pytest.raises(ValueError, match=r"window_batch_size must be an integer >= 1, got 2.7"):
+        retrieve_moments(*args, window_batch_size=2.7)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"window_batch_size": "x"}, r"window_batch_size must be a positive integer .*got 'x'"),
+        (
+            {"window_batch_size": 2.7},
+            r"window_batch_size must be a positive integer .*got 2.7",
+        ),  # was cut to 2
+        ({"window_batch_size": True}, "window_batch_size must be a positive integer"),
+        ({"window_batch_size": 0}, "window_batch_size must be a positive integer"),
+        ({"window_overlap": "x"}, r"window_overlap must be a fraction in \[0, 1\) .*got 'x'"),
+        ({"window_overlap": math.nan}, r"window_overlap must be a fraction in \[0, 1\)"),
+        ({"window_overlap": True}, r"window_overlap must be a fraction in \[0, 1\)"),
+    ],
+)
+def test_window_settings_that_are_no_numbers_in_range_are_refused_naming_them(retriever, settings, message):
+    video, texts = _features(10)
+    with pytest.raises(ValueError, match=message):
+        retriever({"video_features": video}, text_features=texts, **settings)
+
+
+def test_window_settings_of_any_numeric_type_give_the_same_answer(retriever):
+    video, texts = _features(200, num_tokens=(4,))  # 400 s: windows, so both settings are used
+    reference = retriever(
+        {"video_features": video}, text_features=texts, window_batch_size=2, window_overlap=0.5
+    )
+    for batch_size, overlap in ((np.int64(2), np.float32(0.5)), (2.0, np.float64(0.5))):
+        answer = retriever(
+            {"video_features": video},
+            text_features=texts,
+            window_batch_size=batch_size,
+            window_overlap=overlap,
+        )
+        assert answer == reference

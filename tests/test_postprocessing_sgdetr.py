@@ -3,6 +3,7 @@ jsonl writer."""
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -260,3 +261,112 @@ def test_what_post_processing_does_not_read_may_be_anything():
     (prediction,) = post_process_moment_retrieval(outputs, [16.0])
     assert len(prediction["pred_saliency_scores"]) == 8
     json.dumps(prediction, allow_nan=False)
+
+
+@pytest.mark.parametrize("clip_length", [0.0, -2.0, math.nan, math.inf, True, "2.0"])
+def test_a_clip_length_that_is_no_finite_positive_number_is_refused(clip_length):
+    """0 s made start == end, -2 s inverted windows, NaN NaN windows: all refused, naming the argument."""
+    with pytest.raises(
+        ValueError, match=r"clip_length must be a finite number > 0 \(seconds per clip\), got"
+    ):
+        post_process_moment_retrieval(_hand_outputs(), [19.0], clip_length=clip_length)
+
+
+@pytest.mark.parametrize("round_to", [math.inf, math.nan, -2.0, True, "2"])
+def test_round_to_must_be_a_finite_positive_number(round_to):
+    with pytest.raises(
+        ValueError, match="round_to must be None or a finite number > 0"
+    ):  # inf: 0 * inf = NaN
+        post_process_moment_retrieval(_hand_outputs(), [19.0], round_to=round_to)
+
+
+def test_numpy_and_python_numbers_are_one_setting():
+    import numpy as np
+
+    reference = post_process_moment_retrieval(_hand_outputs(), [19.0], clip_length=2.0, round_to=2.0)
+    assert reference == post_process_moment_retrieval(
+        _hand_outputs(), [19.0], clip_length=np.float32(2.0), round_to=np.float64(2.0),
+        wbf_weights=np.array([1.0, 1.0]),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "weights", [(math.inf, 1.0), (1.0, math.nan), (1.0, -1.0), (0.0, 1.0), ("1", 1.0), (True, 1.0), 1.0, "11"]
+)
+def test_wbf_weights_must_be_two_finite_positive_numbers(weights):
+    with pytest.raises(ValueError, match=r"wbf_weights must be two finite numbers > 0 \(DETR, ATSS\), got"):
+        post_process_moment_retrieval(_hand_outputs(), [19.0], wbf_weights=weights)
+
+
+def test_wbf_windows_depend_on_the_ratio_of_the_weights_only(tiny_outputs):
+    """(1e39, 1) overflowed float32 into NaN windows and scores, (1e-45, 1e-45) underflowed to denormals (top
+    score 1.0, the others 0.0): the weights are rescaled first, so only their ratio matters."""
+    equal = [[8.0, 12.0, 0.7], [17.0, 19.0, 0.15], [1.5, 2.5, 0.05]]
+    for weights in ((1e-45, 1e-45), (1e39, 1e39), (3e-30, 3e-30)):
+        windows = post_process_moment_retrieval(_hand_outputs(), [19.0], wbf_weights=weights)
+        _close(windows[0]["pred_relevant_windows"], equal)
+    # a huge ratio: the DETR windows and scores, the ATSS-only one at (almost) nothing; no NaN
+    (lopsided,) = post_process_moment_retrieval(_hand_outputs(), [19.0], wbf_weights=(1e39, 1.0))
+    json.dumps(lopsided, allow_nan=False)
+    _close(lopsided["pred_relevant_windows"], [[8.0, 12.0, 0.8], [1.5, 2.5, 0.1], [17.0, 19.0, 0.0]])
+    # a power of two is exact in floating point: the same windows to the last bit, on a real model's outputs
+    config, out, _ = tiny_outputs
+    for weights in ((1.0, 1.0), (3.0, 1.0)):
+        reference = post_process_moment_retrieval(out, None, config=config, wbf_weights=weights)
+        for power in (-140, -20, 20, 120):
+            scaled = tuple(w * 2.0**power for w in weights)
+            assert post_process_moment_retrieval(out, None, config=config, wbf_weights=scaled) == reference
+
+
+def test_a_video_without_clips_is_refused():
+    """An all-zero mask gave windows [0, 0] (or [0, duration]) of a video that has no clip, with no saliency."""
+    outputs = _hand_outputs()
+    outputs["video_mask"] = torch.zeros(1, 10, dtype=torch.bool)
+    for durations in (None, [19.0]):
+        with pytest.raises(
+            ValueError, match=r"video_mask is all zero for sample\(s\) \[0\]: a video without"
+        ):
+            post_process_moment_retrieval(outputs, durations)
+
+
+def test_one_empty_sample_of_a_batch_is_named(tiny_outputs):
+    config, out, lengths = tiny_outputs
+    mask = torch.arange(75)[None] < lengths[:, None]
+    mask[2] = False
+    with pytest.raises(ValueError, match=r"all zero for sample\(s\) \[2\]"):
+        post_process_moment_retrieval(out, None, mask, config=config)
+
+
+@pytest.mark.parametrize("shape", [(1, 12), (1, 9), (2, 10), (10,)])
+def test_a_mask_of_another_shape_than_the_outputs_is_refused(shape):
+    """A (1, 12) mask for L = 10 raised a bare IndexError from inside the finiteness check."""
+    with pytest.raises(
+        ValueError,
+        match=rf"video_mask must have the outputs' shape \(B, L\) = \(1, 10\).*got {re.escape(str(shape))}",
+    ):
+        post_process_moment_retrieval(_hand_outputs(), [19.0], video_mask=torch.ones(shape))
+
+
+def test_a_mask_may_be_a_nested_list():
+    """A list mask raised AttributeError ('list' has no attribute 'shape'); it is one of 0/1 like a tensor's."""
+    mask = [[1] * 8 + [0] * 2]
+    from_list = post_process_moment_retrieval(_hand_outputs(), [16.0], video_mask=mask)
+    assert from_list == post_process_moment_retrieval(_hand_outputs(), [16.0], video_mask=torch.tensor(mask))
+    assert len(from_list[0]["pred_saliency_scores"]) == 8
+    with pytest.raises(ValueError, match=r"video_mask must be a \(B, L\) = \(1, 10\) tensor or nested list"):
+        post_process_moment_retrieval(_hand_outputs(), [16.0], video_mask=[[1] * 8, [1]])
+
+
+@pytest.mark.parametrize("durations", [["19"], [None], [True], "19", [object()], [[19.0, 1.0], [2.0]]])
+def test_durations_that_are_not_numbers_are_refused_naming_them(durations):
+    """["19"] raised "too many dimensions 'str'", [None] a TypeError: neither said which argument."""
+    with pytest.raises(ValueError, match=r"durations must be numbers of seconds, one per sample \(1\), got"):
+        post_process_moment_retrieval(_hand_outputs(), durations)
+
+
+def test_durations_of_any_numeric_form_give_the_same_windows():
+    import numpy as np
+
+    reference = post_process_moment_retrieval(_hand_outputs(), [19.0])
+    for durations in (19.0, 19, (19,), np.array([19.0]), np.float32(19.0), torch.tensor([19.0])):
+        assert post_process_moment_retrieval(_hand_outputs(), durations) == reference

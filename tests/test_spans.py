@@ -200,3 +200,42 @@ def test_weighted_span_fusion_single_box_is_halved_and_agreement_rewarded():
     assert torch.allclose(conf[0, :2], torch.tensor([0.7, 0.45]))
     assert torch.allclose(fused[0, 0], torch.tensor([(0.8 * 0.1 + 0.6 * 0.12) / 1.4, 0.3]))
     assert torch.allclose(fused[0, 1], torch.tensor([0.7, 0.9]))
+
+
+def _fusion_inputs(seed=0, batch=4, n=24):
+    g = torch.Generator().manual_seed(seed)
+    start = torch.rand(batch, n, generator=g) * 0.8
+    spans = torch.stack((start, start + 0.05 + torch.rand(batch, n, generator=g) * 0.15), -1)
+    scores = torch.rand(batch, n, generator=g)
+    models = torch.arange(n).remainder(2).expand(batch, -1)
+    return spans, scores, models, torch.ones(batch, n, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (3.0, 1.0), (1.0, 0.3)])
+def test_weighted_span_fusion_depends_on_the_ratio_of_the_weights_only(weights):
+    """float32 products of scores and weights overflowed (1e39: NaN spans and confidences) or underflowed
+    (1e-45: denormals, every score but the best one 0): the weights are scaled by a power of two first."""
+    inputs = _fusion_inputs()
+    reference = weighted_span_fusion(*inputs, weights)
+    for power in (-149, -60, 60, 127, 200):  # a power of two: the same result to the last bit
+        scaled = weighted_span_fusion(*inputs, [w * 2.0**power for w in weights])
+        for got, want in zip(scaled, reference):
+            assert torch.equal(got, want), power
+    for factor in (1e-45, 1e-30, 1e30, 1e39, 1e300):  # any factor: the same up to float32 rounding
+        fused, conf, valid = weighted_span_fusion(*inputs, [w * factor for w in weights])
+        assert torch.equal(valid, reference[2]) and torch.isfinite(fused).all()
+        torch.testing.assert_close(fused, reference[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(conf[valid], reference[1][valid], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("weights", [(math.inf, 1.0), (1.0, math.nan), (1.0, -0.5), (0.0, 0.0), ()])
+def test_weighted_span_fusion_refuses_weights_that_are_not_finite_and_positive(weights):
+    with pytest.raises(ValueError, match="weights must be finite numbers >= 0, one at least > 0"):
+        weighted_span_fusion(*_fusion_inputs(), weights)
+
+
+def test_weighted_span_fusion_weight_zero_leaves_one_model_out_of_the_scores():
+    """A zero weight stays allowed here (the post-processing asks for > 0): that model adds no score."""
+    spans, scores, models, valid = _fusion_inputs()
+    fused, conf, ok = weighted_span_fusion(spans, scores, models, valid, (1.0, 0.0))
+    assert torch.isfinite(conf[ok]).all() and torch.isfinite(fused).all()

@@ -9,6 +9,7 @@ Request::
 
     {"inputs": {"video": "<base64 of a video file>",        # or "video_features": [[...], ...]
                 "video_mask": [1, 1, ...],                  # optional, with video_features
+                "duration": 151.3,                          # optional, with video_features (seconds)
                 "queries": ["a man rides a bike", ...],     # one string or a list
                 "text_features": [[[...]], ...],            # optional, instead of query strings
                 "text_mask": [[1, 1, 0], ...]},             # optional, one 0/1 mask per text_features entry
@@ -18,16 +19,18 @@ A raw video body (``inputs`` as bytes, e.g. ``Content-Type: video/mp4``) works t
 ``parameters["queries"]``.
 
 Response: ``{"results": [{"query", "pred_relevant_windows": [[start_s, end_s, score], ...],
-"pred_saliency_scores": [...], "clip_length"}, ...]}``, one entry per query; on bad input
+"pred_saliency_scores": [...], "clip_length", "duration"}, ...]}``, one entry per query; on bad input
 ``{"error": "<what was wrong and how to fix it>", "error_type": "ValueError"}``. The handler never lets an
 exception (or its stack trace) reach the client: unexpected failures are logged here and answered with
-a JSON error as well.
+a JSON error as well. Answers are strict JSON: one that would hold NaN or Infinity is answered with an
+error instead.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import os
 import tempfile
@@ -118,4 +121,14 @@ class EndpointHandler:
             logger.exception("SG-DETR request failed")  # the server's log keeps the paths
             message = _without_upload_path(str(error), upload)
             return _error(f"the request could not be processed: {message}", type(error).__name__)
-        return {"results": results if isinstance(results, list) else [results]}
+        answer = {"results": results if isinstance(results, list) else [results]}
+        try:  # NaN / Infinity are no JSON: a strict client's parser fails on them
+            json.dumps(answer, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            logger.error("SG-DETR answer is not strict JSON (%s): %r", error, answer)
+            return _error(
+                f"the request could not be processed: its answer is not strict JSON ({error}); please report "
+                "it with the request",
+                type(error).__name__,
+            )
+        return answer

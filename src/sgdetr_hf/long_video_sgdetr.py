@@ -27,6 +27,7 @@ the longest moment expected. Shipped to the Hub as remote code: imports only tor
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -144,6 +145,36 @@ def fuse_window_saliency(saliency: Tensor, windows: Tensor, num_clips: int) -> T
     return total / norm
 
 
+def checked_duration(duration: float | None, num_clips: int, clip_length: float) -> float:
+    """The duration in seconds of a video of ``num_clips`` feature rows (``None``: ``num_clips * clip_length``),
+    refused (``ValueError``) unless finite and in ``((L - 1) * clip_length, (L + 1) * clip_length)``.
+
+    The features of a video cover ``ceil(duration / clip_length)`` clips, the last one possibly partial: a
+    duration at most ``(L - 1) * clip_length`` would leave the last clip after the end of the video; its
+    mirror image, a duration of ``(L + 1) * clip_length`` or more, is longer than the features cover by a
+    clip or more. The one clip let through on either side keeps the features of an extractor that leaves a
+    partial last clip out (``floor`` instead of ``ceil``) usable: every QVHighlights, Charades-STA and TACoS
+    duration passes with the clip count of either convention (tested on their annotations).
+    """
+    if duration is None:
+        return num_clips * clip_length
+    duration = float(duration)
+    if not math.isfinite(duration):
+        raise ValueError(f"duration must be a finite number of seconds, got {duration}")
+    if duration <= (num_clips - 1) * clip_length:
+        raise ValueError(
+            f"duration {duration} s is too short for {num_clips} clips of {clip_length} s: the last clip would start "
+            "after the end of the video; pass the video's real duration (or none)"
+        )
+    if duration >= (num_clips + 1) * clip_length:
+        raise ValueError(
+            f"duration {duration} s is too long for {num_clips} clips of {clip_length} s: they cover "
+            f"{num_clips * clip_length:g} s of video (a duration below {(num_clips + 1) * clip_length:g} s); "
+            "pass the video's real duration (or none), or the features of the whole video"
+        )
+    return duration
+
+
 @torch.no_grad()
 def retrieve_moments(
     model,
@@ -162,11 +193,12 @@ def retrieve_moments(
         model: an ``SGDetrForMomentRetrieval`` in eval mode.
         video_features: ``(L, d_v)`` clip features of the whole video.
         text_features: ``(Q, N, d_t)`` token features of the queries, ``text_mask`` ``(Q, N)`` 1 = token.
-        duration: the video's duration in seconds (windows are clipped to it); default ``L * clip_length``.
+        duration: the video's duration in seconds (windows are clipped to it), finite and in
+            ``((L - 1) * clip_length, (L + 1) * clip_length)``; default ``L * clip_length``.
         top_k: windows returned per query.
         window_overlap: fraction of a window shared with the next one, in ``[0, 1)``; only used when the
             video has more than ``config.max_num_clips`` clips.
-        window_batch_size: (window, query) pairs per forward pass (bounds the memory).
+        window_batch_size: (window, query) pairs per forward pass (bounds the memory), an integer >= 1.
         duplicate_iou: spans of overlapping windows with an IoU above this are one moment (1-D NMS; 0.6 as
             for the ATSS candidates of the post-processing).
 
@@ -178,16 +210,13 @@ def retrieve_moments(
     config = model.config
     if not 0.0 <= window_overlap < 1.0:
         raise ValueError(f"window_overlap must be a fraction in [0, 1), got {window_overlap}")
+    if isinstance(window_batch_size, bool) or not isinstance(window_batch_size, numbers.Integral):
+        raise ValueError(f"window_batch_size must be an integer >= 1, got {window_batch_size!r}")
     if window_batch_size < 1:
         raise ValueError(f"window_batch_size must be >= 1, got {window_batch_size}")
     num_clips, num_queries = video_features.shape[0], text_features.shape[0]
     clip_length = float(config.clip_length)
-    duration = float(duration) if duration is not None else num_clips * clip_length
-    if duration <= (num_clips - 1) * clip_length:
-        raise ValueError(
-            f"duration {duration} s is too short for {num_clips} clips of {clip_length} s: the last clip would start "
-            "after the end of the video; pass the video's real duration (or none)"
-        )
+    duration = checked_duration(duration, num_clips, clip_length)
     windows = sliding_windows(num_clips, config.max_num_clips, int(window_overlap * config.max_num_clips))
     num_windows, window = windows.shape
     window_offsets = windows[:, 0].to(torch.float32) * clip_length  # (W,) seconds
@@ -248,6 +277,7 @@ def retrieve_moments(
 
 
 __all__ = [
+    "checked_duration",
     "fuse_window_saliency",
     "fuse_window_spans",
     "mean_clip_relevance",

@@ -22,6 +22,8 @@ Registered by the ``sgdetr_hf`` package; saved model repositories carry it in ``
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 from typing import Any
 
@@ -44,6 +46,11 @@ logger = logging.getLogger(__name__)
 
 ENCODER_SUBFOLDER = "encoder"
 _INPUT_KEYS = {"video", "video_features", "video_mask", "duration", "queries", "text_features", "text_mask"}
+
+
+def _is_real(value: Any) -> bool:
+    """A real number of any type (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def _as_float_tensor(value: Any, name: str, ndim: int) -> torch.Tensor:
@@ -215,8 +222,21 @@ class VideoMomentRetrievalPipeline(Pipeline):
                 raise ValueError(f"top_k must be a positive int, got {top_k!r}")
             forward["top_k"] = top_k
         if window_overlap is not None:
+            if not (_is_real(window_overlap) and 0.0 <= window_overlap < 1.0):
+                raise ValueError(
+                    f"window_overlap must be a fraction in [0, 1) (the share of a window the next one repeats), "
+                    f"got {window_overlap!r}"
+                )
             forward["window_overlap"] = float(window_overlap)
         if window_batch_size is not None:
+            integral = isinstance(window_batch_size, numbers.Integral) or (
+                isinstance(window_batch_size, float) and window_batch_size.is_integer()
+            )
+            if isinstance(window_batch_size, bool) or not integral or window_batch_size < 1:
+                raise ValueError(
+                    "window_batch_size must be a positive integer ((window, query) pairs per forward pass), "
+                    f"got {window_batch_size!r}"
+                )
             forward["window_batch_size"] = int(window_batch_size)
         return {k: v for k, v in preprocess.items() if v is not None}, forward, {}
 
@@ -245,8 +265,12 @@ class VideoMomentRetrievalPipeline(Pipeline):
             mask = _as_mask(inputs["video_mask"], "video_mask", (features.shape[0],), "clip")
             features = features[: _valid_length(mask, "video_mask")]
         duration = inputs.get("duration")
-        if duration is not None and not (isinstance(duration, (int, float)) and duration > 0):
-            raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
+        if duration is not None:
+            if not (_is_real(duration) and math.isfinite(duration) and duration > 0):
+                raise ValueError(
+                    f"duration must be a finite, positive number of seconds (the video's length), got {duration!r}"
+                )
+            duration = float(duration)
         return features, duration
 
     def _text_inputs(self, queries, text_features, text_mask) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

@@ -23,6 +23,8 @@ plain lists and writes no file (``sgdetr_hf.write_qvhighlights_predictions`` wri
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -87,7 +89,18 @@ def _check_finite(outputs: Any, mask: Tensor, saliency: Tensor) -> None:
 
 
 def _as_batch_vector(values: Any, batch: int, name: str, device: torch.device) -> Tensor:
-    t = torch.as_tensor(values, dtype=torch.float32, device=device).flatten()
+    """``values`` (a number, a sequence of numbers, an array or a tensor) as a float32 ``(batch,)`` tensor of
+    finite seconds > 0; ``ValueError`` naming ``name`` otherwise."""
+    try:
+        t = torch.as_tensor(values, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or t.dtype == torch.bool or t.is_complex():
+        raise ValueError(
+            f"{name} must be numbers of seconds, one per sample ({batch}), got {values!r}; pass floats "
+            "such as [150.0] (or None for L_b * clip_length)."
+        )
+    t = t.to(torch.float32).flatten()
     if t.numel() == 1 and batch > 1:
         t = t.expand(batch)
     if t.numel() != batch:
@@ -95,6 +108,48 @@ def _as_batch_vector(values: Any, batch: int, name: str, device: torch.device) -
     if not torch.isfinite(t).all() or (t <= 0).any():
         raise ValueError(f"{name} must be finite and > 0 (seconds), got {t.tolist()}.")
     return t
+
+
+def _is_real(value: Any) -> bool:
+    """A real number (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _finite_positive(value: Any, name: str, what: str) -> float:
+    """``value`` as a float when it is a finite real number > 0; ``ValueError`` naming ``name`` otherwise."""
+    if not (_is_real(value) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0 ({what}), got {value!r}.")
+    return float(value)
+
+
+def _video_mask(mask: Any, saliency: Tensor, device: torch.device) -> Tensor:
+    """The ``(B, L)`` bool mask of real clips, of the outputs' shape and with a clip in every sample."""
+    expected = tuple(saliency.shape)
+    if mask is None:
+        raise ValueError(
+            f"video_mask {expected} (B, L) is required: pass it or use outputs that carry video_mask."
+        )
+    if not isinstance(mask, Tensor):
+        try:
+            mask = torch.as_tensor(mask)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                f"video_mask must be a (B, L) = {expected} tensor or nested list of 0/1, got "
+                f"{type(mask).__name__}."
+            ) from None
+    if tuple(mask.shape) != expected:
+        raise ValueError(
+            f"video_mask must have the outputs' shape (B, L) = {expected} (1 = real clip), got "
+            f"{tuple(mask.shape)}: pass the video_mask of the batch these outputs were computed on."
+        )
+    mask = mask.to(device).bool()
+    empty = (~mask.any(1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"video_mask is all zero for sample(s) {empty}: a video without clips has no windows or "
+            "saliency (the model refuses such a video too); drop those samples or pass their real mask."
+        )
+    return mask
 
 
 def _atss_candidates(
@@ -161,10 +216,11 @@ def post_process_moment_retrieval(
     Args:
         outputs: an [`SGDetrOutput`] (or a dict with the same keys) of a batch of B queries.
         durations: ``(B,)`` video durations in seconds (windows are clipped to them); None: ``L_b * clip_length``.
-        video_mask: ``(B, L)`` 1 = real clip; defaults to ``outputs.video_mask``.
+        video_mask: ``(B, L)`` 1 = real clip (a tensor or a nested list), at least one per sample; defaults to
+            ``outputs.video_mask``.
         top_k: windows per query (the QVHighlights evaluator reads 10).
         config: the model's config (``model.config``), for its clip length (without it: 2-second clips).
-        clip_length: seconds per clip; default ``config.clip_length``.
+        clip_length: seconds per clip, a finite number > 0; default ``config.clip_length``.
         fusion_mode: ``"wbf"`` (weighted span fusion of the DETR and ATSS windows), ``"detr"`` or ``"atss"``
             (one head alone); default ``"wbf"`` when the outputs have the ATSS head, else ``"detr"``.
         round_to: round window endpoints to multiples of this many seconds (the QVHighlights evaluation: 2.0);
@@ -172,15 +228,23 @@ def post_process_moment_retrieval(
         atss_pre_nms_topk, atss_nms_iou, atss_post_nms_topk: ATSS candidates kept before 1-D NMS, its IoU
             threshold and the candidates kept after it (§4.4: 100, 0.6, 25).
         wbf_iou_thr, wbf_weights, wbf_skip_thr: weighted span fusion's merge IoU, the (DETR, ATSS) weights
-            and the score below which a window is left out (0.55, (1, 1), 0).
+            and the score below which a window is left out (0.55, (1, 1), 0). The weights are finite and > 0;
+            only their ratio matters (multiplying both by one factor gives the same windows, up to float32
+            rounding).
     Returns:
         B dicts ``{"pred_relevant_windows": [[start, end, score], ...], "pred_saliency_scores": [...]}``; windows
         are best first, inside ``[0, duration]`` with ``start < end``; scores rounded to 4 decimals.
 
     Raises:
         NonFiniteOutputError: the outputs hold NaN or Inf (never turned into windows: NaN is not JSON).
+        ValueError: an argument is out of range (it is named), the mask does not fit the outputs or a sample
+            has no clip.
     """
-    clip_length = float(clip_length if clip_length is not None else (config or _DEFAULTS).clip_length)
+    clip_length = _finite_positive(
+        clip_length if clip_length is not None else (config or _DEFAULTS).clip_length,
+        "clip_length",
+        "seconds per clip",
+    )
     has_atss = _get(outputs, "atss_logits") is not None
     mode = fusion_mode or ("wbf" if has_atss else "detr")
     if mode not in _FUSION_MODES:
@@ -199,27 +263,34 @@ def post_process_moment_retrieval(
     ):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value!r}.")
-    if len(wbf_weights) != 2 or not all(w > 0 for w in wbf_weights):
-        raise ValueError(f"wbf_weights must be two numbers > 0 (DETR, ATSS), got {wbf_weights!r}.")
-    if round_to is not None and not round_to > 0:
-        raise ValueError(f"round_to must be None or > 0 seconds, got {round_to!r}.")
+    listed = wbf_weights.tolist() if hasattr(wbf_weights, "tolist") else wbf_weights  # a tensor or an array
+    weights = list(listed) if isinstance(listed, Sequence) and not isinstance(listed, str) else None
+    if (
+        weights is None
+        or len(weights) != 2
+        or not all(_is_real(w) and math.isfinite(w) and w > 0 for w in weights)
+    ):
+        raise ValueError(f"wbf_weights must be two finite numbers > 0 (DETR, ATSS), got {wbf_weights!r}.")
+    if round_to is not None and not (_is_real(round_to) and math.isfinite(round_to) and round_to > 0):
+        raise ValueError(f"round_to must be None or a finite number > 0 of seconds, got {round_to!r}.")
+    round_to = None if round_to is None else float(round_to)
     if mode != "detr" and not has_atss:
         raise ValueError(f"fusion_mode={mode!r} needs ATSS outputs; this model has no ATSS head, use 'detr'.")
 
     spans = _get(outputs, "pred_spans").float()
     scores = _get(outputs, "det_scores").float()
     batch, device = spans.shape[0], spans.device
-    mask = video_mask if video_mask is not None else _get(outputs, "video_mask")
-    if mask is None or tuple(mask.shape[:1]) != (batch,):
-        raise ValueError("video_mask (B, L) is required (pass it or use outputs that carry video_mask).")
-    mask = mask.to(device).bool()
-    lengths = mask.sum(1)
-    extent = lengths.float() * clip_length  # T_b
-    duration = extent if durations is None else _as_batch_vector(durations, batch, "durations", device)
-
     saliency = _get(outputs, "global_saliency")
     if saliency is None:
         saliency = _get(outputs, "local_saliency")
+    if saliency is None:
+        raise ValueError("outputs carry neither global_saliency nor local_saliency: pass SG-DETR outputs.")
+    mask = _video_mask(
+        video_mask if video_mask is not None else _get(outputs, "video_mask"), saliency, device
+    )
+    lengths = mask.sum(1)
+    extent = lengths.float() * clip_length  # T_b
+    duration = extent if durations is None else _as_batch_vector(durations, batch, "durations", device)
     _check_finite(outputs, mask, saliency)
 
     detr_spans = span_cw_to_se(spans).clamp(0.0, 1.0)
@@ -244,7 +315,7 @@ def post_process_moment_retrieval(
                 torch.cat((scores, atss_scores), 1),
                 model_index,
                 torch.cat((detr_valid, atss_valid), 1),
-                list(wbf_weights),
+                [float(w) for w in weights],
                 wbf_iou_thr,
                 wbf_skip_thr,
             )

@@ -140,6 +140,21 @@ def nms_1d(spans: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float) -
     return keep
 
 
+def _scale_free_weights(weights: list[float] | tuple[float, ...]) -> list[float]:
+    """``weights`` times the power of two that brings the largest into ``[1, 2)``; ``ValueError`` unless they
+    are finite, ``>= 0`` and not all zero."""
+    try:
+        values = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        values = []
+    if not values or not all(math.isfinite(w) and w >= 0 for w in values) or max(values) <= 0:
+        raise ValueError(
+            f"weights must be finite numbers >= 0, one at least > 0 (one per model), got {list(weights)!r}"
+        )
+    exponent = math.frexp(max(values))[1] - 1  # max = m * 2**(exponent + 1) with m in [0.5, 1)
+    return [math.ldexp(w, -exponent) for w in values]
+
+
 def weighted_span_fusion(
     spans: Tensor,
     scores: Tensor,
@@ -158,9 +173,16 @@ def weighted_span_fusion(
     3. A cluster's span is the score-weighted mean of its members' endpoints; its confidence is the mean
        member score times ``min(n_models, cluster_size) / sum(weights)``.
 
+    Only the ratios of the weights matter: they are first scaled by the power of two that brings the largest
+    into ``[1, 2)``, so that weights of any magnitude neither overflow nor underflow float32. The scaling is
+    exact in floating point: weights whose largest is in ``[1, 2)``, such as the default ``(1, 1)``, are used
+    as given, and weights a power of two apart give the same result to the last bit (any other common
+    factor: the same up to float32 rounding).
+
     Args:
         spans: ``(B, N, 2)`` (start, end). scores: ``(B, N)`` raw scores. model_index: ``(B, N)`` long index
-        into ``weights``. valid: ``(B, N)`` bool. weights: one weight per model.
+        into ``weights``. valid: ``(B, N)`` bool. weights: one finite weight ``>= 0`` per model, one at
+        least ``> 0``.
     Returns:
         fused spans ``(B, N, 2)``, confidences ``(B, N)``, validity ``(B, N)`` bool; sorted by confidence
         (best first), clusters beyond the count of each row are invalid (confidence -inf, span zeros).
@@ -168,7 +190,7 @@ def weighted_span_fusion(
     batch, n = scores.shape
     device = scores.device
     spans = spans.float()
-    w = torch.as_tensor(list(weights), dtype=torch.float32, device=device)
+    w = torch.as_tensor(_scale_free_weights(weights), dtype=torch.float32, device=device)
     weighted = scores.float() * w[model_index]
     valid = valid & (scores >= skip_threshold)
     order = torch.sort(weighted.masked_fill(~valid, -math.inf), dim=1, descending=True, stable=True).indices

@@ -212,3 +212,32 @@ def test_errors_do_not_name_the_servers_temporary_files(handler, tmp_path):
     answer = _call(handler, {"inputs": {"video": broken, "queries": "a dog"}})
     assert answer["error_type"] == "ValueError" and "the uploaded video" in answer["error"]
     assert tempfile.gettempdir() not in answer["error"] and "/video" not in answer["error"], answer["error"]
+
+
+@pytest.mark.parametrize(
+    "duration, message",
+    [
+        (float("inf"), "duration must be a finite, positive number of seconds"),
+        (1000.0, "duration 1000.0 s is too long for 12 clips of 2.0 s"),
+        (True, "duration must be a finite, positive number of seconds"),
+    ],
+)
+def test_a_bad_duration_is_a_json_error_not_an_infinite_answer(handler, duration, message):
+    """Python's json reads ``Infinity``; the answer was ``"duration": Infinity``, which is no JSON."""
+    request = {"inputs": {"video_features": FEATURES, "text_features": TEXT, "duration": duration}}
+    answer = handler(json.loads(json.dumps(request)))
+    assert answer["error_type"] == "ValueError" and re.search(message, answer["error"]), answer
+    json.dumps(answer, allow_nan=False)
+
+
+def test_a_duration_in_json_is_answered(handler):
+    answer = _call(handler, {"inputs": {"video_features": FEATURES, "text_features": TEXT, "duration": 23.5}})
+    assert [r["duration"] for r in answer["results"]] == [23.5, 23.5]
+    assert all(e <= 23.5 + 1e-5 for r in answer["results"] for _, e, _ in r["pred_relevant_windows"])
+
+
+def test_an_answer_that_is_not_strict_json_becomes_an_error(handler, monkeypatch):
+    monkeypatch.setattr(handler, "pipeline", lambda *a, **k: [{"query": "a", "duration": float("nan")}])
+    answer = handler({"inputs": {"video_features": FEATURES, "queries": "a"}})
+    assert answer["error_type"] == "ValueError" and "not strict JSON" in answer["error"], answer
+    json.dumps(answer, allow_nan=False)
