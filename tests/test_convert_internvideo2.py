@@ -9,6 +9,7 @@ from safetensors import safe_open
 
 from internvideo2_testing import VOCAB, tiny_config, tiny_model
 from sgdetr_hf import InternVideo2Model, SGDetrProcessor
+from sgdetr_hf.commands import main
 from sgdetr_hf.commands.convert_internvideo2 import convert_internvideo2_checkpoint, convert_state_dict
 
 
@@ -173,3 +174,45 @@ def test_missing_inputs_are_reported(tmp_path):
         convert_internvideo2_checkpoint(tmp_path / "release.pt", tmp_path / "vocab.txt", tmp_path / "out")
     with pytest.raises(ValueError, match="checkpoint not found"):
         convert_internvideo2_checkpoint(tmp_path / "release.pt", VOCAB, tmp_path / "out")
+
+
+def test_a_failed_conversion_leaves_no_folder_and_a_used_one_is_refused_before_reading(
+    model, tmp_path, monkeypatch, capsys
+):
+    checkpoint = save_checkpoint(tmp_path / "release.pt", official_state_dict(model))
+    with pytest.raises(ValueError, match="max_query_length"):  # the processor refuses it
+        convert_internvideo2_checkpoint(
+            checkpoint, VOCAB, tmp_path / "out", config=tiny_config(), max_query_length=2
+        )
+
+    def crash(*args, **kwargs):  # the disk fills up while the processor is written, after the weights
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(SGDetrProcessor, "save_pretrained", crash)
+    with pytest.raises(OSError, match="No space left"):
+        convert_internvideo2_checkpoint(checkpoint, VOCAB, tmp_path / "out", config=tiny_config())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["release.pt"]  # no output, no staging folder
+    monkeypatch.undo()
+
+    used = tmp_path / "mine"
+    used.mkdir()
+    (used / "notes.txt").write_text("keep me")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("the checkpoint was read"))
+    with pytest.raises(FileExistsError, match="mine already exists and is not an empty folder"):
+        convert_internvideo2_checkpoint(checkpoint, VOCAB, used, config=tiny_config())
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            [
+                "convert-internvideo2",
+                "--checkpoint",
+                str(checkpoint),
+                "--vocab",
+                str(VOCAB),
+                "--output",
+                str(used),
+            ]
+        )
+    assert (
+        exit_.value.code == 2 and "mine already exists and is not an empty folder" in capsys.readouterr().err
+    )
+    assert [p.name for p in used.iterdir()] == ["notes.txt"]

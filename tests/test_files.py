@@ -6,8 +6,10 @@ import re
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from metrics_testing import QVH_REFERENCE
 from sgdetr_hf.files import (
     atomic_output,
     atomic_write_bytes,
@@ -15,7 +17,9 @@ from sgdetr_hf.files import (
     atomic_write_jsonl,
     atomic_write_text,
     strict_json,
+    write_qvhighlights_predictions,
 )
+from sgdetr_hf.metrics import compute_metrics, read_jsonl
 
 
 def test_atomic_write_leaves_only_the_file(tmp_path):
@@ -82,3 +86,95 @@ def test_a_failing_writer_removes_its_temporary_file(tmp_path):
         assert temporary.parent == tmp_path and temporary.name.startswith(".shard.parquet.")
         temporary.write_text("new")
     assert path.read_text() == "new"
+
+
+# ----------------------------------------------------------------------- write_qvhighlights_predictions
+GOOD_RECORD = {"qid": 1, "query": "q", "vid": "v", "pred_relevant_windows": [[40, 80, 0.9]]}
+BAD_RECORDS = {
+    "reversed window": (
+        {"pred_relevant_windows": [[0, 10, 0.9], [10, 5, 0.5]]},
+        r"record 1 \(qid 1\): 'pred_relevant_windows' entry 1 is \[10, 5, 0.5\], whose start is after its "
+        r"end; expected .*start <= end",
+    ),
+    "two numbers": ({"pred_relevant_windows": [[10, 5]]}, r"entry 0 is \[10, 5\], with 2 number\(s\)"),
+    "four numbers": ({"pred_relevant_windows": [[1, 5, 0.5, 2]]}, r"entry 0 is \[1, 5, 0.5, 2\], with 4"),
+    "qid None": ({"qid": None}, r"record 1 needs 'qid' and 'pred_relevant_windows' \(not None\)"),
+    "qid missing": ({"qid": ...}, r"record 1 needs 'qid'"),  # ... removes the key
+    "qid bool": ({"qid": True}, r"record 1: 'qid' is True; expected an int or a string"),
+    "qid float": ({"qid": 1.0}, r"record 1: 'qid' is 1.0; expected an int or a string"),
+    "strings in a window": (
+        {"pred_relevant_windows": [["1", "2", "0.5"]]},
+        r"record 1 \(qid 1\): 'pred_relevant_windows' entry 0 holds '1' \(element 0\), which is not a number",
+    ),
+    "bools in a window": ({"pred_relevant_windows": [[True, False, True]]}, r"holds True \(element 0\)"),
+    "None in a window": ({"pred_relevant_windows": [[None, 2, 0.5]]}, r"entry 0 holds None \(element 0\)"),
+    "NaN in a window": ({"pred_relevant_windows": [[0, math.nan, 0.5]]}, r"holds nan .*not a finite number"),
+    "huge int in a window": ({"pred_relevant_windows": [[0, 10**400, 0.5]]}, r"not a finite number"),
+    "window not a list": ({"pred_relevant_windows": [5]}, r"entry 0 is 5, not a list"),
+    "windows an int": (
+        {"pred_relevant_windows": 5},
+        r"record 1 \(qid 1\): 'pred_relevant_windows' is 5; expected",
+    ),
+    "windows a string": (
+        {"pred_relevant_windows": "0 10 1"},
+        r"'pred_relevant_windows' is '0 10 1'; expected",
+    ),
+    "windows None": ({"pred_relevant_windows": None}, r"record 1 needs 'qid' and 'pred_relevant_windows'"),
+    "text saliency": (
+        {"pred_saliency_scores": [0.5, "a"]},
+        r"record 1 \(qid 1\): 'pred_saliency_scores' holds 'a' \(element 1\), which is not a number",
+    ),
+    "saliency an int": ({"pred_saliency_scores": 3}, r"'pred_saliency_scores' is 3, not a list"),
+    "array in another key": (
+        {"extra": np.zeros(2)},
+        r"record 1 \(qid 1\): Object of type ndarray is not JSON serializable",
+    ),
+}
+
+
+@pytest.mark.parametrize("change, message", BAD_RECORDS.values(), ids=BAD_RECORDS)
+def test_write_predictions_refuses_what_the_evaluator_would_reject(tmp_path, change, message):
+    path = tmp_path / "preds.jsonl"
+    path.write_text("old\n")
+    bad = {key: value for key, value in {**GOOD_RECORD, **change}.items() if value is not ...}
+    with pytest.raises(ValueError, match=message):
+        write_qvhighlights_predictions(path, [GOOD_RECORD, bad])
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["preds.jsonl"]
+
+
+def test_write_predictions_refuses_a_record_that_is_not_a_mapping(tmp_path):
+    with pytest.raises(ValueError, match=r"record 1 is 5 \(int\); expected a mapping with 'qid'"):
+        write_qvhighlights_predictions(tmp_path / "p.jsonl", [GOOD_RECORD, 5])
+    with pytest.raises(ValueError, match=r"record 0 is \[1, 2\] \(list\); expected a mapping"):
+        write_qvhighlights_predictions(tmp_path / "p.jsonl", [[1, 2]])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_predictions_accepts_numpy_and_what_the_evaluator_reads(tmp_path):
+    records = [
+        {
+            "qid": np.int64(1),
+            "pred_relevant_windows": np.array([[40, 80, 0.9], [60, 60, 0.5]], dtype=np.float32),
+            "pred_saliency_scores": np.arange(75, dtype=np.float64) / 75,
+        },
+        {
+            "qid": 2,
+            "pred_relevant_windows": [(np.float32(0.5), 10, np.int64(1))],
+            "pred_saliency_scores": None,
+        },
+    ]
+    path = write_qvhighlights_predictions(tmp_path / "p.jsonl", records)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["qid"] == 1 and lines[0]["pred_relevant_windows"] == [
+        [40.0, 80.0, 0.8999999761581421],
+        [60.0, 60.0, 0.5],
+    ]
+    assert len(lines[0]["pred_saliency_scores"]) == 75
+    assert lines[1] == {"qid": 2, "pred_relevant_windows": [[0.5, 10.0, 1.0]]}  # None saliency: absent
+    references = [{**QVH_REFERENCE, "qid": qid} for qid in (1, 2)]  # MR only: the second has no saliency
+    assert compute_metrics("charades_sta", read_jsonl(path), references) == compute_metrics(
+        "charades_sta", records, references
+    )
+    assert compute_metrics("qvhighlights", read_jsonl(path)[:1], references[:1]) == compute_metrics(
+        "qvhighlights", records[:1], references[:1]
+    )

@@ -104,6 +104,28 @@ def test_a_pickle_only_folder_is_refused_and_never_unpickled(repo, kind, nothing
         MODELS[kind].from_pretrained(folder)
 
 
+@pytest.mark.parametrize("name", ["weights.bin", "model.safetensors", "config.json"])
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_file_given_as_the_model_path_is_refused_and_never_unpickled(
+    repo, kind, name, nothing_is_built, monkeypatch
+):
+    # transformers loads a weights file given as the path, a pickle included, and reads config.json as weights
+    folder = _folder(repo, kind)
+    torch.save({"sg_detr.token_type_embeddings.weight": torch.zeros(2, 32)}, folder / "weights.bin")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    config = MODELS[kind].config_class.from_pretrained(folder)
+    with pytest.raises(CheckpointError, match=rf"{folder / name} is a file: pass the folder that holds"):
+        MODELS[kind].from_pretrained(folder / name, config=config)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_config_json_that_is_not_an_object_is_refused_before_building(repo, kind, nothing_is_built):
+    folder = _folder(repo, kind)
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=f"config.json of {folder} holds a JSON list, not an object"):
+        MODELS[kind].from_pretrained(folder)
+
+
 @pytest.mark.parametrize("kind", MODELS)
 def test_a_folder_without_config_json_is_refused_before_building(repo, kind, nothing_is_built):
     folder = _folder(repo, kind)

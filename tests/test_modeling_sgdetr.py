@@ -355,6 +355,7 @@ def _bad_cases():
             r"text_mask is all zero for sample\(s\) \[0\]",
         ),
         "batch mismatch": ((video, vmask, text[:1], tmask[:1]), "batch sizes differ"),
+        "empty batch": ((video[:0], vmask[:0], text[:0], tmask[:0]), r"the batch is empty \(0 samples\)"),
         "nan": ((nan_video, vmask, text, tmask), "video_features contains NaN or Inf"),
         "inf": ((video, vmask, inf_text, tmask), "text_features contains NaN or Inf"),
         "rank": ((video[0], vmask, text, tmask), r"rank 3 .* x\[None\]"),

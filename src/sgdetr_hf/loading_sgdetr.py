@@ -4,7 +4,7 @@ file and what was expected, never a randomly initialised model that runs to comp
 - :func:`check_config_dict`: a folder's ``config.json`` exists and is of the expected ``model_type``
   (transformers builds a default config, e.g. a 1B InternVideo2, when ``config.json`` is missing);
 - :func:`check_weights_files`: a local folder's weights are readable safetensors; a pickle-only folder
-  (``pytorch_model.bin``) is refused, since unpickling can run code;
+  (``pytorch_model.bin``) is refused, since unpickling can run code, and so is a file given as the model's path;
 - :func:`from_pretrained_checked`: ``PreTrainedModel.from_pretrained`` with those checks first, and missing,
   unexpected or shape-mismatched weights an error unless ``allow_missing_weights=True`` (fine-tuning with new
   heads), read from transformers' own ``output_loading_info``;
@@ -66,6 +66,11 @@ def check_config_dict(
     ``config_class``'s ``model_type``; :class:`CheckpointError` naming ``path`` and ``expected_folder`` otherwise."""
     if not config_dict:
         raise CheckpointError(f"{path} has no {CONFIG_NAME}: expected {expected_folder}")
+    if not isinstance(config_dict, dict):
+        raise CheckpointError(
+            f"the {CONFIG_NAME} of {path} holds a JSON {type(config_dict).__name__}, not an object of config "
+            f"keys: expected {expected_folder}"
+        )
     found, expected = config_dict.get("model_type"), config_class.model_type
     if found != expected:
         raise CheckpointError(
@@ -104,8 +109,15 @@ def check_safetensors_file(path: str | os.PathLike) -> None:
 
 def check_weights_files(folder: str | os.PathLike, expected_folder: str) -> None:
     """A local ``folder`` holds readable safetensors weights (one file, or shards listed by an index), not only
-    a pickle. A Hub id (not a local folder) is left to the download, whose errors name the repository."""
+    a pickle. A file is refused (transformers would load a weights file given as a path, pickles included, and
+    take a config file for weights). A Hub id (not a local path) is left to the download, whose errors name the
+    repository."""
     folder = os.fspath(folder)
+    if os.path.isfile(folder):
+        raise CheckpointError(
+            f"{folder} is a file: pass the folder that holds the model's {CONFIG_NAME} and {WEIGHTS_NAME} "
+            f"({expected_folder})"
+        )
     if not os.path.isdir(folder):
         return
     index = os.path.join(folder, WEIGHTS_INDEX_NAME)

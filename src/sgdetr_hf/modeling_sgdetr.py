@@ -246,6 +246,8 @@ def validate_inputs(
             f"{text_features.shape[0]}; pass one query per video (repeat the video for several queries)."
         )
     batch, length = video_features.shape[:2]
+    if batch == 0:
+        raise ValueError("the batch is empty (0 samples); pass at least one video and its query.")
     _check_mask_shape("video_mask", video_mask, (batch, length), "clips")
     _check_mask_shape("text_mask", text_mask, (batch, text_features.shape[1]), "tokens")
     if not torch.compiler.is_compiling() and not bool(

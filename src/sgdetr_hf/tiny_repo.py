@@ -18,8 +18,6 @@ The test suite builds its tiny models and folders with the same functions (``tes
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from transformers import BertTokenizer
 
 from .configuration_internvideo2 import InternVideo2Config
 from .configuration_sgdetr import SGDetrConfig
+from .files import atomic_folder
 from .modeling_internvideo2 import InternVideo2Model
 from .modeling_sgdetr import SGDetrForMomentRetrieval
 from .pipeline_sgdetr import ENCODER_SUBFOLDER, VideoMomentRetrievalPipeline
@@ -130,25 +129,13 @@ def build_tiny_repo(directory: str | os.PathLike, seed: int = 0, **config_overri
     Raises:
         FileExistsError: ``directory`` exists and is not an empty folder.
     """
-    directory = Path(directory)
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise FileExistsError(f"{directory} already exists and is not an empty folder: choose a new OUTPUT")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
-    try:
+    with atomic_folder(directory) as build:
         model = tiny_sgdetr_model(seed, **config_overrides)
         # Pipeline.save_pretrained writes config.json with "custom_pipelines" and the remote-code modules, which
         # is what makes the folder load with pipeline(model=..., trust_remote_code=True).
         VideoMomentRetrievalPipeline(model=model, encoder=False).save_pretrained(build)
         save_tiny_encoder(build / ENCODER_SUBFOLDER, seed=seed)
-        # mkdtemp makes the folder 0700 and safetensors writes its files 0600: the repository is ordinary files
-        for path in (build, *build.rglob("*")):
-            os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        os.replace(build, directory)  # an empty directory is replaced
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
-    return directory
+    return Path(directory)
 
 
 __all__ = [

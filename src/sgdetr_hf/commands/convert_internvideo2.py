@@ -25,8 +25,10 @@ from pathlib import Path
 import torch
 
 from ..configuration_internvideo2 import InternVideo2Config
+from ..files import atomic_folder
 from ..modeling_internvideo2 import InternVideo2Model, interpolate_position_table
 from ..processing_sgdetr import DEFAULT_MAX_QUERY_TOKENS
+from . import CommandLineError
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +211,8 @@ def convert_internvideo2_checkpoint(
     Args:
         checkpoint_path: the release ``.pt`` file.
         vocab_path: the bert-large-uncased ``vocab.txt`` (30 522 lines); the checkpoint has no tokenizer.
-        output_dir: created if needed.
+        output_dir: a new folder, or an empty one (``FileExistsError`` otherwise, before anything is read); it is
+            written whole or not at all.
         config: the native config (default: the Stage2-1B one).
         num_frames: frames per clip to build the model for (default: the config's, 4); the position table is
             resampled when it differs from the checkpoint's.
@@ -231,23 +234,28 @@ def convert_internvideo2_checkpoint(
     config = config if config is not None else InternVideo2Config()
     if num_frames is not None:
         config.vision_config.num_frames = num_frames
-    state_dict = convert_state_dict(
-        load_official_checkpoint(checkpoint_path, allow_unsafe_pickle), config, dtype
-    )
-
-    with torch.device("meta"):
-        model = InternVideo2Model(config)
-    model.load_state_dict(state_dict, strict=False, assign=True)  # non-persistent BERT buffers are not in it
-    if dtype is not None:
-        model.config.dtype = dtype
-    output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
-
-    tokenizer = BertTokenizer(vocab=str(vocab_path), do_lower_case=True, model_max_length=max_query_length)
-    video_processor = SGDetrVideoProcessor(frames_per_clip=config.vision_config.num_frames)
-    SGDetrProcessor(video_processor, tokenizer, max_query_length=max_query_length).save_pretrained(output_dir)
+    # the folder is complete or absent (a failure, even while the weights are written, leaves nothing); the
+    # cheap checks (the folder, the processor's settings) come before the checkpoint is read
+    with atomic_folder(output_dir) as build:
+        tokenizer = BertTokenizer(
+            vocab=str(vocab_path), do_lower_case=True, model_max_length=max_query_length
+        )
+        video_processor = SGDetrVideoProcessor(frames_per_clip=config.vision_config.num_frames)
+        processor = SGDetrProcessor(video_processor, tokenizer, max_query_length=max_query_length)
+        state_dict = convert_state_dict(
+            load_official_checkpoint(checkpoint_path, allow_unsafe_pickle), config, dtype
+        )
+        with torch.device("meta"):
+            model = InternVideo2Model(config)
+        model.load_state_dict(
+            state_dict, strict=False, assign=True
+        )  # non-persistent BERT buffers are not in it
+        if dtype is not None:
+            model.config.dtype = dtype
+        model.save_pretrained(build)
+        processor.save_pretrained(build)
     logger.info("wrote %s", output_dir)
-    return output_dir
+    return Path(output_dir)
 
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "keep": None}
@@ -273,16 +281,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = InternVideo2Config.from_json_file(args.config) if args.config else None
-    output = convert_internvideo2_checkpoint(
-        args.checkpoint,
-        args.vocab,
-        args.output,
-        config=config,
-        num_frames=args.num_frames,
-        dtype=DTYPES[args.dtype],
-        max_query_length=args.max_query_length,
-        allow_unsafe_pickle=args.allow_unsafe_pickle,
-    )
+    try:
+        output = convert_internvideo2_checkpoint(
+            args.checkpoint,
+            args.vocab,
+            args.output,
+            config=config,
+            num_frames=args.num_frames,
+            dtype=DTYPES[args.dtype],
+            max_query_length=args.max_query_length,
+            allow_unsafe_pickle=args.allow_unsafe_pickle,
+        )
+    except (FileExistsError, ValueError) as error:  # what the inputs were wrong in, said as such
+        raise CommandLineError(str(error)) from None
     print(f"converted {args.checkpoint} -> {output}")
     return 0
 
