@@ -22,7 +22,6 @@ Registered by the ``sgdetr_hf`` package; saved model repositories carry it in ``
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 import os
 from typing import Any
@@ -39,6 +38,8 @@ from .postprocessing_sgdetr import (
     DEFAULT_TOP_K,
     NonFiniteOutputError,
     describe_non_finite_weights,
+    is_finite_positive,
+    is_real_number,
     non_finite_parameters,
 )
 
@@ -46,11 +47,6 @@ logger = logging.getLogger(__name__)
 
 ENCODER_SUBFOLDER = "encoder"
 _INPUT_KEYS = {"video", "video_features", "video_mask", "duration", "queries", "text_features", "text_mask"}
-
-
-def _is_real(value: Any) -> bool:
-    """A real number of any type (Python or NumPy), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def _as_float_tensor(value: Any, name: str, ndim: int) -> torch.Tensor:
@@ -222,7 +218,7 @@ class VideoMomentRetrievalPipeline(Pipeline):
                 raise ValueError(f"top_k must be a positive int, got {top_k!r}")
             forward["top_k"] = top_k
         if window_overlap is not None:
-            if not (_is_real(window_overlap) and 0.0 <= window_overlap < 1.0):
+            if not (is_real_number(window_overlap) and 0.0 <= window_overlap < 1.0):
                 raise ValueError(
                     f"window_overlap must be a fraction in [0, 1) (the share of a window the next one repeats), "
                     f"got {window_overlap!r}"
@@ -266,7 +262,7 @@ class VideoMomentRetrievalPipeline(Pipeline):
             features = features[: _valid_length(mask, "video_mask")]
         duration = inputs.get("duration")
         if duration is not None:
-            if not (_is_real(duration) and math.isfinite(duration) and duration > 0):
+            if not is_finite_positive(duration):
                 raise ValueError(
                     f"duration must be a finite, positive number of seconds (the video's length), got {duration!r}"
                 )

@@ -110,14 +110,19 @@ def _as_batch_vector(values: Any, batch: int, name: str, device: torch.device) -
     return t
 
 
-def _is_real(value: Any) -> bool:
-    """A real number (Python or NumPy), not a bool."""
+def is_real_number(value: Any) -> bool:
+    """A real number of any type (Python or NumPy), not a bool (NumPy's bool is no ``numbers.Real``)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_finite_positive(value: Any) -> bool:
+    """A finite real number > 0 (:func:`is_real_number`)."""
+    return is_real_number(value) and math.isfinite(value) and value > 0
 
 
 def _finite_positive(value: Any, name: str, what: str) -> float:
     """``value`` as a float when it is a finite real number > 0; ``ValueError`` naming ``name`` otherwise."""
-    if not (_is_real(value) and math.isfinite(value) and value > 0):
+    if not is_finite_positive(value):
         raise ValueError(f"{name} must be a finite number > 0 ({what}), got {value!r}.")
     return float(value)
 
@@ -265,13 +270,9 @@ def post_process_moment_retrieval(
             raise ValueError(f"{name} must be in [0, 1], got {value!r}.")
     listed = wbf_weights.tolist() if hasattr(wbf_weights, "tolist") else wbf_weights  # a tensor or an array
     weights = list(listed) if isinstance(listed, Sequence) and not isinstance(listed, str) else None
-    if (
-        weights is None
-        or len(weights) != 2
-        or not all(_is_real(w) and math.isfinite(w) and w > 0 for w in weights)
-    ):
+    if weights is None or len(weights) != 2 or not all(is_finite_positive(w) for w in weights):
         raise ValueError(f"wbf_weights must be two finite numbers > 0 (DETR, ATSS), got {wbf_weights!r}.")
-    if round_to is not None and not (_is_real(round_to) and math.isfinite(round_to) and round_to > 0):
+    if round_to is not None and not is_finite_positive(round_to):
         raise ValueError(f"round_to must be None or a finite number > 0 of seconds, got {round_to!r}.")
     round_to = None if round_to is None else float(round_to)
     if mode != "detr" and not has_atss:
@@ -349,6 +350,8 @@ __all__ = [
     "DEFAULT_TOP_K",
     "NonFiniteOutputError",
     "describe_non_finite_weights",
+    "is_finite_positive",
+    "is_real_number",
     "non_finite_parameters",
     "post_process_moment_retrieval",
 ]
