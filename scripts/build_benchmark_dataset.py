@@ -36,7 +36,7 @@ from huggingface_hub import DatasetCard
 from sgdetr_hf.data.builder import FeatureFolder, build_dataset
 from sgdetr_hf.data.npz_features import POOLED_TOKEN_CHOICES, PUBLISHED_LAYOUTS, NpzFeatures
 from sgdetr_hf.data.readers import read_annotations
-from sgdetr_hf.data.schema import CLIP_LENGTHS
+from sgdetr_hf.data.schema import CLIP_LENGTHS, MAX_CLIP_MISMATCH
 from sgdetr_hf.files import strict_json
 
 HUB_CARDS = Path(__file__).resolve().parents[1] / "hub" / "datasets"
@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         "--dataset", required=True, choices=sorted(CLIP_LENGTHS), help="annotation format and config name"
     )
     parser.add_argument(
-        "--split", action="append", required=True, metavar="NAME=FILE", help="a split and its .jsonl"
+        "--split",
+        action="append",
+        required=True,
+        metavar="NAME=FILE",
+        help="a split and its .jsonl (repeat for each split; one file per split)",
     )
     parser.add_argument(
         "--features", required=True, help="feature folder (safetensors: videos/ and queries/ inside)"
@@ -108,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--card", default=None, help="card to take prose and metadata from (default: hub/datasets/<dataset>)"
     )
+    parser.add_argument(
+        "--max-clip-mismatch",
+        type=int,
+        default=MAX_CLIP_MISMATCH,
+        help="clips a video's feature length may differ from ceil(duration / clip length), and the .npz "
+        f"feature types from each other (default: {MAX_CLIP_MISMATCH})",
+    )
     parser.add_argument("--max-shard-mib", type=int, default=512)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -153,17 +164,26 @@ def feature_source(args: argparse.Namespace, parser: argparse.ArgumentParser):
         dataclasses.replace(layout, **overrides),
         tef=args.tef,
         pooled_token=args.pooled_token,
+        max_clip_mismatch=args.max_clip_mismatch,
     )
 
 
 def build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.max_clip_mismatch < 0:
+        parser.error(f"--max-clip-mismatch must be >= 0 clips, got {args.max_clip_mismatch}")
     features = feature_source(args, parser)
-    splits = {}
-    for item in args.split:
+    files: dict[str, str] = {}
+    for item in args.split:  # every name checked before any file is read
         name, _, path = item.partition("=")
         if not path:
             parser.error(f"--split expects NAME=FILE, got {item!r}")
-        splits[name] = read_annotations(path, args.dataset, args.clip_length)
+        if name in files:
+            parser.error(
+                f"--split {name}= is given twice ({files[name]} and {path}); one file per split: join the "
+                "files into one .jsonl, or give the second split another name"
+            )
+        files[name] = path
+    splits = {name: read_annotations(path, args.dataset, args.clip_length) for name, path in files.items()}
     card_path = Path(args.card) if args.card else HUB_CARDS / args.dataset / "README.md"
     card_body, metadata = None, {}
     if card_path.is_file():
@@ -190,6 +210,7 @@ def build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         max_shard_bytes=args.max_shard_mib * 2**20,
         card_body=card_body,
         card_metadata=metadata,
+        max_clip_mismatch=args.max_clip_mismatch,
     )
     summary = {k: v for k, v in vars(report).items() if k not in ("files", "reused_files")}
     summary["reused_shards"] = len(report.reused_files)

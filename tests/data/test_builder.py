@@ -175,3 +175,100 @@ def test_dataset_join_respects_selections_and_checks_videos(tmp_path, toy_rows):
     np.testing.assert_array_equal(picked[0]["video_features"], rows[3]["video_features"])
     with pytest.raises(ValueError, match=r"3 queries' videos have no features"):
         MomentRetrievalDataset(loaded.queries, loaded.videos.select([0]))
+
+
+def _row(qid, vid, duration, windows=((0.0, 2.0),), clip_ids=(0,), **extra):
+    return {
+        "qid": qid, "vid": vid, "query": "a query", "duration": duration, "clip_length": 2.0,
+        "relevant_windows": [list(w) for w in windows], "relevant_clip_ids": list(clip_ids),
+        "saliency_scores": [[2.0, 2.0, 2.0]] * len(clip_ids), "domain": "", "label": [], **extra,
+    }  # fmt: skip
+
+
+def _save_folder(root, videos, texts):
+    for kind, key, arrays in (("videos", "video_features", videos), ("queries", "text_features", texts)):
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for name, array in arrays.items():
+            save_file({key: np.asarray(array)}, root / kind / f"{name}.safetensors")
+    return FeatureFolder(root)
+
+
+def test_feature_length_must_match_the_annotated_duration(tmp_path):
+    rng = np.random.default_rng(0)
+    text = {q: rng.normal(size=(3, 4)).astype(np.float32) for q in ("q1", "q2", "q3")}
+    # 'good' has 3 clips (6 s) of features, but the annotation says 150 s, window [100, 110], clips 50, 51.
+    source = _save_folder(tmp_path / "feats", {"good": np.ones((3, 4), np.float32)}, text)
+    rows = [_row("q1", "good", 150.0, [(100.0, 110.0)], (50, 51))]
+    with pytest.raises(
+        ValueError,
+        match=r"the video features of 1 videos do not match their annotated durations \(more than 2 clips "
+        r"apart\): video 'good' has L=3 feature clips, but query 'q1' says duration 150 s, i\.e\. 75 clips "
+        r"of 2 s\. .*another clip length .*max_clip_mismatch \(--max-clip-mismatch\)",
+    ):
+        build_dataset(tmp_path / "out", "toy", {"train": rows}, source)
+    assert not (tmp_path / "out").exists()
+    # 500 clips for a 20-s video (window [0, 4] would become a 0.004-wide span): refused too.
+    many = ArrayFeatures({"long": np.ones((500, 4), np.float32)}, text)
+    with pytest.raises(
+        ValueError, match=r"'long' has L=500 feature clips, but query 'q2' says duration 20 s"
+    ):
+        build_dataset(tmp_path / "out", "toy", {"train": [_row("q2", "long", 20.0, [(0.0, 4.0)])]}, many)
+    # Published sets differ by a clip or two: 73 and 77 clips for 150 s (75) are kept; 72 is not.
+    near = ArrayFeatures({"a": np.ones((73, 4)), "b": np.ones((77, 4)), "c": np.ones((72, 4))}, text)
+    report = build_dataset(
+        tmp_path / "ok", "toy", {"train": [_row("q1", "a", 150.0), _row("q2", "b", 150.0)]}, near
+    )
+    assert report.queries == {"train": 2}
+    with pytest.raises(ValueError, match=r"'c' has L=72 feature clips"):
+        build_dataset(tmp_path / "ok", "toy", {"train": [_row("q3", "c", 150.0)]}, near)
+    report = build_dataset(
+        tmp_path / "ok", "toy", {"train": [_row("q3", "c", 150.0)]}, near, max_clip_mismatch=3
+    )
+    assert report.queries == {"train": 1}
+    # Per-clip label rows (TVSum, YouTube Highlights) are not compared: their duration is not clips x seconds.
+    tvsum = _row("q1", "a", 73.0, (), (), label=[[1.0]] * 73)
+    assert build_dataset(tmp_path / "tv", "toy", {"train": [tvsum]}, near).queries == {"train": 1}
+    with pytest.raises(
+        ValueError, match=r"query 'q1' \(video 'a'\): duration nan and clip_length 2.0 must be"
+    ):
+        build_dataset(tmp_path / "bad", "toy", {"train": [_row("q1", "a", float("nan"))]}, near)
+
+
+def test_non_finite_and_float16_overflowing_features_are_errors_naming_vid_qid_and_file(tmp_path):
+    rows = [_row("q1", "v1", 6.0)]
+    text = {"q1": np.ones((2, 4), np.float32)}
+    nan = np.ones((3, 4), np.float32)
+    nan[1, 2] = np.nan
+    folder = _save_folder(tmp_path / "nan", {"v1": nan}, text)
+    path = tmp_path / "nan" / "videos" / "v1.safetensors"
+    with pytest.raises(
+        ValueError, match=rf"{path}: tensor 'video_features' holds 1 NaN or infinite values of 12"
+    ):
+        build_dataset(tmp_path / "out", "toy", {"train": rows}, folder)
+    for name, values in (
+        ("big", np.full((3, 4), 1e6)),
+        ("normal", np.random.default_rng(0).normal(size=(3, 4)) * 6e4),
+    ):
+        folder = _save_folder(tmp_path / name, {"v1": values.astype(np.float32)}, text)
+        path = tmp_path / name / "videos" / "v1.safetensors"
+        with pytest.raises(
+            ValueError,
+            match=rf"video 'v1' \({path}\): \d+ of 12 feature values are beyond float16's range \(\|x\| up to "
+            r".* > 65504; first in row \d\), and the dataset stores float16; normalise or rescale",
+        ):
+            build_dataset(tmp_path / "out", "toy", {"train": rows}, folder)
+    # In-memory features: the vid / qid is named; text features are checked the same way.
+    with pytest.raises(
+        ValueError, match=r"video 'v1': 1 of 12 feature values are NaN or infinite \(first in row 1\)"
+    ):
+        build_dataset(tmp_path / "out", "toy", {"train": rows}, ArrayFeatures({"v1": nan}, text))
+    with pytest.raises(ValueError, match=r"query 'q1': 8 of 8 feature values are beyond float16's range"):
+        build_dataset(
+            tmp_path / "out",
+            "toy",
+            {"train": rows},
+            ArrayFeatures({"v1": np.ones((3, 4))}, {"q1": np.full((2, 4), -7e4)}),
+        )
+    # 65504 itself is float16's largest value and is stored.
+    edge = ArrayFeatures({"v1": np.full((3, 4), 65504.0)}, text)
+    assert build_dataset(tmp_path / "edge", "toy", {"train": rows}, edge).queries == {"train": 1}

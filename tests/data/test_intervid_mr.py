@@ -220,3 +220,129 @@ def test_generated_rows_build_into_a_dataset(tmp_path):
     expected = features.videos[ytid][round(float(start) / 2) : round(float(end) / 2)]
     np.testing.assert_array_equal(row["video_features"], expected)
     assert row["duration"] == float(end) - float(start) == len(expected) * 2
+
+
+class _CountingSamples:
+    """Counts the captions a run processes (generate_sample calls)."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        original = intervid_mr.generate_sample
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(intervid_mr, "generate_sample", counted)
+
+    def take(self):
+        count, self.count = self.count, 0
+        return count
+
+
+def test_a_rerun_with_other_settings_captions_durations_or_features_redoes_their_shards(
+    tmp_path, monkeypatch
+):
+    captions, features = _toy_inputs()  # 30 captions of 6 videos: shards of 8 = 4 shards
+    run, calls = tmp_path / "run", _CountingSamples(monkeypatch)
+    default = generate_intervid_mr(captions, features, run, shard_size=8)
+    assert calls.take() == 30
+    # Other settings: every shard is redone, and the result is that of a fresh run with them.
+    loose = InterVidMRConfig(threshold_sigmas=0.3)
+    rerun = generate_intervid_mr(captions, features, run, config=loose, shard_size=8)
+    assert calls.take() == 30
+    fresh = generate_intervid_mr(captions, features, tmp_path / "fresh", config=loose, shard_size=8)
+    calls.take()
+    assert (
+        rerun == fresh
+        and rerun["grades"] != default["grades"]
+        and _outputs(run) == _outputs(tmp_path / "fresh")
+    )
+    # validation_size only splits the finished rows: every shard is kept.
+    generate_intervid_mr(captions, features, run, config=InterVidMRConfig(threshold_sigmas=0.3, validation_size=5), shard_size=8)  # fmt: skip
+    assert calls.take() == 0
+    # One caption changed (in shard 1): that shard only.
+    edited = [dict(c) for c in captions]
+    edited[9]["query"] = "another caption"
+    generate_intervid_mr(edited, features, run, config=loose, shard_size=8)
+    assert calls.take() == 8
+    # Other features for video yt5 (shard 3 only), or another duration for yt0 (shard 0 only).
+    features.videos["yt5"] = features.videos["yt5"] * 2
+    generate_intervid_mr(edited, features, run, config=loose, shard_size=8)
+    assert calls.take() == 6
+    generate_intervid_mr(edited, features, run, config=loose, shard_size=8, durations={"yt0": 170.0})
+    assert calls.take() == 8
+    # Another shard size: the old shards are deleted, not left beside the new ones.
+    generate_intervid_mr(edited, features, run, config=loose, shard_size=16)
+    assert sorted(p.name for p in (run / "shards").iterdir()) == ["shard-00000-of-00002.jsonl", "shard-00001-of-00002.jsonl"]  # fmt: skip
+
+
+def test_a_rerun_sees_re_extracted_and_newly_extracted_feature_files(tmp_path, monkeypatch):
+    from safetensors.numpy import save_file
+
+    from sgdetr_hf.data.builder import FeatureFolder
+
+    captions, arrays = _toy_inputs(num_videos=2)
+    root = tmp_path / "feats"
+    (root / "videos").mkdir(parents=True)
+    (root / "queries").mkdir()
+    for qid, text in arrays.texts.items():
+        save_file({"text_features": text}, root / "queries" / f"{qid}.safetensors")
+    save_file({"video_features": arrays.videos["yt0"]}, root / "videos" / "yt0.safetensors")
+    calls = _CountingSamples(monkeypatch)
+    first = generate_intervid_mr(captions, FeatureFolder(root), tmp_path / "run", shard_size=5)
+    assert first["samples"] == 5 and first["sample_filter_reasons"] == {"missing_features": 5}
+    assert first["missing_features_examples"] == ["video 'yt1'"]
+    calls.take()
+    # yt1 extracted afterwards: its shard is redone, yt0's kept.
+    save_file({"video_features": arrays.videos["yt1"]}, root / "videos" / "yt1.safetensors")
+    second = generate_intervid_mr(captions, FeatureFolder(root), tmp_path / "run", shard_size=5)
+    assert second["samples"] == 10 and calls.take() == 5
+    # yt0 re-extracted (a new file): its shard is redone.
+    save_file({"video_features": arrays.videos["yt0"][::-1].copy()}, root / "videos" / "yt0.safetensors")
+    generate_intervid_mr(captions, FeatureFolder(root), tmp_path / "run", shard_size=5)
+    assert calls.take() == 5
+
+
+def test_non_finite_features_and_durations_are_errors_naming_the_video(tmp_path):
+    captions, features = _toy_inputs(num_videos=2, captions_per_video=2)
+    nan_video = features.videos["yt1"].copy()
+    nan_video[:] = np.nan
+    bad = ArrayFeatures({**features.videos, "yt1": nan_video}, features.texts)
+    with pytest.raises(ValueError, match=r"caption '2': the features of video 'yt1' \(its window's clips \d+..\d+\) hold \d+ NaN"):  # fmt: skip
+        generate_intervid_mr(captions, bad, tmp_path / "a")
+    texts = {**features.texts, "1": np.full((2, 8), np.inf, np.float32)}
+    with pytest.raises(ValueError, match=r"caption '1': the features of its text features \(row 0"):
+        generate_intervid_mr(captions, ArrayFeatures(features.videos, texts), tmp_path / "b")
+    with pytest.raises(
+        ValueError, match=r"durations: video 'yt1' has duration nan; durations must be finite"
+    ):
+        generate_intervid_mr(
+            captions, features, tmp_path / "c", durations={"yt0": 160.0, "yt1": float("nan")}
+        )
+    with pytest.raises(ValueError, match=r"caption '7': the duration of video 'v' is nan"):
+        generate_sample({"qid": "7", "ytid": "v", "start": 0.0, "end": 4.0, "query": "q"}, np.ones((9, 2)), np.ones((1, 2)), float("nan"), CONFIG)  # fmt: skip
+    with pytest.raises(ValueError, match=r"setting threshold_sigmas must be a finite number, got nan"):
+        InterVidMRConfig(threshold_sigmas=float("nan"))
+    with pytest.raises(ValueError, match=r"max_coverage = 0 \(must be in \(0, 1\]\)"):
+        InterVidMRConfig(max_coverage=0)
+
+
+def test_bad_caption_records_name_their_location(tmp_path):
+    rows = [{"ytid": "v1", "start": 0, "end": 5, "query": "a man rides a horse"},
+            {"YoutubeID": "v1", "Start_timestamp": "00:00:01.000", "Caption": "a dog runs"}]  # fmt: skip
+    with pytest.raises(ValueError, match=r"^flt.jsonl:7: missing field 'End_timestamp' \(or 'end'\)$"):
+        filter_captions(rows, locations=["flt.jsonl:3", "flt.jsonl:7"])
+    with pytest.raises(ValueError, match=r"^record 2: missing field 'End_timestamp'"):
+        filter_captions(rows)
+    with pytest.raises(ValueError, match=r"^record 1: expected a JSON object, got list"):
+        filter_captions([[1, 2]])
+    captions, features = _toy_inputs(num_videos=1, captions_per_video=3)
+    broken = [*captions[:2], {k: v for k, v in captions[2].items() if k != "end"}]
+    with pytest.raises(ValueError, match=r"^captions.jsonl:3: caption lacks \['end'\]"):
+        generate_intervid_mr(broken, features, tmp_path, locations=["captions.jsonl:1", "captions.jsonl:2", "captions.jsonl:3"])  # fmt: skip
+    twice = [*captions[:2], {**captions[2], "qid": captions[0]["qid"]}]
+    with pytest.raises(ValueError, match=r"^record 3: qid '0' repeats record 1"):
+        generate_intervid_mr(twice, features, tmp_path)
+    with pytest.raises(ValueError, match=r"^record 1: start nan must be a finite number"):
+        generate_intervid_mr([{**captions[0], "start": float("nan")}], features, tmp_path)

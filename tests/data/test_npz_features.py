@@ -329,13 +329,62 @@ def test_charades_sta_lighthouse_release_has_one_second_clips(shared_data, tmp_p
     assert np.isfinite(np.asarray(dataset[0]["text_features"], np.float32)).all()
 
 
-def test_types_at_different_clip_rates_are_cut_with_a_warning_and_bad_patterns_refused(tmp_path, caplog):
+def test_types_at_different_clip_rates_are_refused_unless_allowed_and_bad_patterns_refused(tmp_path, caplog):
     save_npz(tmp_path / "clip" / "A.npz", features=np.ones((75, 4), np.float16))
     save_npz(tmp_path / "slowfast" / "A.npz", features=np.ones((38, 4), np.float16))  # 4 s clips
+    save_npz(tmp_path / "clip" / "B.npz", features=np.ones((75, 4), np.float16))
+    save_npz(tmp_path / "slowfast" / "B.npz", features=np.ones((77, 4), np.float16))  # 2 more: rounding
     (tmp_path / "text").mkdir()
     source = NpzFeatures(tmp_path, ["clip", "slowfast"], "text")
+    with pytest.raises(
+        ValueError,
+        match=r"video 'A': its feature types differ by 37 clips \(more than 2\): .*clip/A.npz: 75 clips, "
+        r".*slowfast/A.npz: 38 clips; were they extracted at different clip lengths",
+    ):
+        source.video_shape("A")
+    assert source.video_shape("B") == (75, 8) and source.report()["truncated_clips"] == {2: 1}
+    allowed = NpzFeatures(tmp_path, ["clip", "slowfast"], "text", max_clip_mismatch=40)
     with caplog.at_level("WARNING"):
-        assert source.video_shape("A") == (38, 8)
-    assert "cutting 37 clips to the shortest" in caplog.text and source.report()["truncated_max_clips"] == 37
+        assert allowed.video_shape("A") == (38, 8)
+    assert "cutting 37 clips to the shortest" in caplog.text and allowed.report()["truncated_max_clips"] == 37
     with pytest.raises(ValueError, match="must contain {qid} and no other field"):
         NpzFeatures(tmp_path, ["clip"], "text", NpzLayout(query_file="{vid}_{qid}.npz"))
+
+
+def test_npz_values_beyond_float16_and_lengths_off_the_duration_are_errors(tmp_path, capsys):
+    annotations = tmp_path / "train.jsonl"
+    record = {
+        "qid": 0,
+        "query": "a man talks",
+        "duration": 10.0,
+        "vid": "V0",
+        "relevant_windows": [[2.0, 6.0]],
+    }
+    annotations.write_text(json.dumps(record) + "\n")
+    release = tmp_path / "release"
+    rng = np.random.default_rng(0)
+    save_npz(release / "clip" / "V0.npz", features=(rng.standard_normal((10, 8)) * 1e5).astype(np.float32))
+    save_npz(release / "clip_text" / "qid0.npz", last_hidden_state=np.ones((3, 8), np.float32),
+             pooler_output=np.ones(8, np.float32))  # fmt: skip
+    argv = ["--dataset", "charades-sta", "--features-format", "moment_detr", "--features", str(release),
+            "--video-features", "clip", "--text-features", "clip_text", "--split", f"train={annotations}",
+            "--output", str(tmp_path / "out")]  # fmt: skip
+    script = load_script("build_benchmark_dataset")
+    with pytest.raises(SystemExit) as stopped:
+        script.main(argv + ["--no-normalize-video"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stopped.value.code == 2 and f"video 'V0' ({release / 'clip' / 'V0.npz'}): " in error
+    assert "feature values are beyond float16's range" in error and "leave --normalize-video" in error
+    script.main(argv)  # normalised (the default), the same file builds
+    assert json.loads(capsys.readouterr().out)["queries"] == {"train": 1}
+    # 10 s of 1-s clips is 10 clips: 14 are refused, naming the video; --max-clip-mismatch 4 allows them.
+    save_npz(release / "clip" / "V0.npz", features=rng.standard_normal((14, 8)).astype(np.float32))
+    with pytest.raises(SystemExit) as stopped:
+        script.main(argv)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stopped.value.code == 2
+    assert (
+        "video 'V0' has L=14 feature clips, but query '0' says duration 10 s, i.e. 10 clips of 1 s" in error
+    )
+    script.main(argv + ["--max-clip-mismatch", "4"])
+    assert json.loads(capsys.readouterr().out)["queries"] == {"train": 1}

@@ -115,6 +115,100 @@ def test_malformed_line_names_file_and_line(tmp_path, bad, dataset, message):
     assert str(error.value).startswith(f"{path}:3: ")
 
 
+QVH = {
+    "qid": 5,
+    "query": "a man rides a bike",
+    "vid": "v_0.0_20.0",
+    "duration": 20,
+    "relevant_windows": [[10, 14]],
+    "relevant_clip_ids": [5, 6],
+    "saliency_scores": [[4, 3, 2], [1, 0, 2]],
+}
+CHARADES = {
+    "qid": 5,
+    "query": "a person opens a door",
+    "vid": "AO8RW",
+    "duration": 20.0,
+    "relevant_windows": [[2, 6]],
+}
+
+
+@pytest.mark.parametrize(
+    "bad, dataset, message",
+    [
+        ({**QVH, "relevant_windows": [[10, 300]]}, "qvhighlights", r"\[10.0, 300.0\] ends 280 s past the video's end \(duration 20 s"),
+        ({**QVH, "relevant_clip_ids": [100, 101]}, "qvhighlights", r"relevant_clip_ids \[100, 101\] lie past the video's 10 clips"),
+        ({**QVH, "relevant_clip_ids": [5, 5]}, "qvhighlights", "repeat a clip"),
+        ('{"qid": 5, "query": "q", "vid": "v", "duration": 20, "relevant_clip_ids": [5], "saliency_scores": [[NaN, 1, 1]]}',
+         "qvhighlights", r"saliency_scores must be finite annotator scores 0..4 .*got \[nan\]"),
+        ({**QVH, "saliency_scores": [[4, 3, 2], [-5, 0, 99]]}, "qvhighlights", r"0..4 \(the QVHighlights scale\), got \[-5.0, 99.0\]"),
+        ({**QVH, "saliency_scores": [[4, 3, 2], [1, 0, 5]]}, "intervid-mr", "0..4"),
+        ({**QVH, "query": ""}, "qvhighlights", "field 'query' is blank"),
+        ({**QVH, "query": "  \t "}, "qvhighlights", "field 'query' is blank"),
+        ({**QVH, "vid": ""}, "qvhighlights", "field 'vid' is blank"),
+        ({**QVH, "qid": " "}, "qvhighlights", "field 'qid' is blank"),
+        ({**QVH, "duration": 1e300}, "qvhighlights", r"duration must be a finite number of seconds in \(0, 86400\]"),
+        ('{"qid": 5, "query": "q", "vid": "v", "duration": NaN}', "qvhighlights", "duration must be a finite"),
+        ({**CHARADES, "relevant_windows": [[30, 40]]}, "charades-sta", r"\[30.0, 40.0\] starts at or after the video's end"),
+        ({**CHARADES, "relevant_windows": [[2, 21.5]]}, "charades-sta", r"ends 1.5 s past .*up to one clip, 1 s"),
+        ({**CHARADES, "duration": 0}, "tacos", "duration must be"),
+        ({**CHARADES, "query": ""}, "tacos", "blank"),
+        ({**GOOD, "query": " "}, "tvsum", "blank"),
+    ],
+)  # fmt: skip
+def test_impossible_labels_name_file_line_and_what_is_wrong(tmp_path, bad, dataset, message):
+    path = _write(tmp_path, [{**GOOD, "qid": 0}, bad])
+    with pytest.raises(ValueError, match=message) as error:
+        read_annotations(path, dataset)
+    assert str(error.value).startswith(f"{path}:2: ")
+
+
+def test_window_ends_up_to_one_clip_past_the_duration_are_clamped(tmp_path, caplog):
+    path = _write(
+        tmp_path, [{**CHARADES, "relevant_windows": [[15, 20.6]]}, {**QVH, "qid": 6, "duration": 19.5}]
+    )
+    with caplog.at_level("INFO"):
+        first, second = read_annotations(path, "charades-sta")
+    assert first["relevant_windows"] == [[15.0, 20.0]] and first["relevant_clip_ids"] == list(range(15, 20))
+    assert second["relevant_windows"] == [[10.0, 14.0]]  # inside: unchanged
+    assert "1 window ends past their video's duration (by at most 0.6 s) clamped" in caplog.text
+    # QVHighlights: the last clip of a 19.5-s video is clip 9; an end 2 s past it is clamped too.
+    (row,) = read_annotations(_write(tmp_path, [{**QVH, "duration": 19.5, "relevant_windows": [[16, 21.5]],
+                                                "relevant_clip_ids": [9], "saliency_scores": [[1, 1, 1]]}]), "qvhighlights")  # fmt: skip
+    assert row["relevant_windows"] == [[16.0, 19.5]]
+
+
+SHARED_FILES = {
+    "qvhighlights/highlight_train_release.jsonl": "qvhighlights",
+    "qvhighlights/highlight_val_release.jsonl": "qvhighlights",
+    "qvhighlights/highlight_test_release.jsonl": "qvhighlights",
+    "charades_sta/charades_train_release.jsonl": "charades-sta",
+    "charades_sta/charades_test_release.jsonl": "charades-sta",
+    "tacos/tacos_train_release.jsonl": "tacos",
+    "tacos/tacos_val_release.jsonl": "tacos",
+    "tacos/tacos_test_release.jsonl": "tacos",
+    "tvsum/tvsum_train_release.jsonl": "tvsum",
+    "tvsum/tvsum_val_release.jsonl": "tvsum",
+    "youtube_highlights/youtube_highlight_train_release.jsonl": "youtube-highlights",
+    "youtube_highlights/youtube_highlight_val_release.jsonl": "youtube-highlights",
+}
+
+
+def test_every_real_annotation_passes_the_label_rules_unchanged(shared_data, caplog):
+    """All 45,096 real annotations are accepted, none of their windows clamped, every clip id inside."""
+    total = 0
+    with caplog.at_level("INFO"):
+        for name, dataset in SHARED_FILES.items():
+            path = shared_data / name
+            rows = read_annotations(path, dataset)
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            assert len(rows) == len(records), name
+            for row, record in zip(rows, records):
+                assert row["relevant_windows"] == (record.get("relevant_windows") or []), (name, row["qid"])
+            total += len(rows)
+    assert total == 45_096 and "clamped" not in caplog.text
+
+
 def test_unknown_format_raises(tmp_path):
     with pytest.raises(ValueError, match="unknown annotation format"):
         read_annotations(_write(tmp_path, [GOOD]), "kinetics")

@@ -34,7 +34,12 @@ Feature folder format::
     <root>/videos/<vid>.safetensors     tensor "video_features": (L, d_v), any float dtype
     <root>/queries/<qid>.safetensors    tensor "text_features":  (N, d_t), any float dtype
 
-Features are stored as float16. Every shard is written to a temporary file in its folder and moved into
+Features are stored as float16: a value that is NaN or infinite, or finite but beyond float16's range
+(|x| > 65504, which the cast would turn into inf), is an error naming the vid / qid and its file. Each video's
+feature length L must match the clip count of its annotated duration, ``num_clips(duration, clip_length)``,
+within :data:`~sgdetr_hf.data.schema.MAX_CLIP_MISMATCH` (2) clips (``max_clip_mismatch``; not checked for
+rows with per-clip ``label`` lists, TVSum and YouTube Highlights, whose ``duration`` is not their clip count
+in seconds). Every shard is written to a temporary file in its folder and moved into
 place with ``os.replace``, so a reader never sees half a shard. Resuming: a source that can fingerprint
 its files (``FeatureFolder``, ``NpzFeatures``: path, size and mtime of every file, plus its options) has
 that digest, with the shard's annotation rows, stored in each shard's Parquet metadata; a rerun of an
@@ -60,13 +65,19 @@ import pyarrow.parquet as pq
 from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file
 from tqdm.auto import tqdm
 
 from .._deprecation import moved_names
 from ..files import atomic_output, atomic_write_text, strict_json
-from .schema import ANNOTATION_COLUMNS, annotation_features, video_features_features
+from .schema import (
+    ANNOTATION_COLUMNS,
+    MAX_CLIP_MISMATCH,
+    annotation_features,
+    num_clips,
+    video_features_features,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +91,10 @@ class FeatureSource(Protocol):
     """Where the builder reads features: shapes first (cheap, for validation), then the arrays.
 
     Optional extras the builder uses when a source has them: ``describe_missing(keys) -> list[str]`` (the
-    absent files, named in the missing-features error), ``fingerprint(kind, keys) -> str`` ("video" or
-    "text": a digest of what those features are made of, so that a rerun skips finished shards) and
-    ``report() -> dict`` (copied into :attr:`BuildReport.feature_source`).
+    absent files, named in the missing-features error), ``feature_files(kind, key) -> list[str]`` (the files
+    of one video or query, named in the errors about its values), ``fingerprint(kind, keys) -> str``
+    ("video" or "text": a digest of what those features are made of, so that a rerun skips finished shards)
+    and ``report() -> dict`` (copied into :attr:`BuildReport.feature_source`).
     """
 
     def video_shape(self, vid: str) -> tuple[int, ...] | None: ...
@@ -124,7 +136,16 @@ class FeatureFolder:
 
     @staticmethod
     def _load(path: Path, key: str) -> np.ndarray:
-        return load_file(path)[key]
+        try:
+            array = load_file(path)[key]
+        except (SafetensorError, OSError) as error:  # a file damaged or replaced since its header was read
+            raise ValueError(f"{path} is not a readable safetensors file ({error}); re-extract it") from None
+        if not np.isfinite(array).all():
+            bad = int((~np.isfinite(array)).sum())
+            raise ValueError(
+                f"{path}: tensor {key!r} holds {bad} NaN or infinite values of {array.size}; re-extract it"
+            )
+        return array
 
     def video_shape(self, vid: str) -> tuple[int, ...] | None:
         return self._shape(self.video_path(vid), VIDEO_KEY)
@@ -137,6 +158,9 @@ class FeatureFolder:
 
     def text(self, qid: str) -> np.ndarray:
         return self._load(self.text_path(qid), TEXT_KEY)
+
+    def feature_files(self, kind: str, key: str) -> list[str]:
+        return [str(self.video_path(key) if kind == "video" else self.text_path(key))]
 
     def fingerprint(self, kind: str, keys: Sequence[str]) -> str:
         return file_fingerprint(self.video_path(k) if kind == "video" else self.text_path(k) for k in keys)
@@ -210,6 +234,81 @@ def _feature_dim(shapes: Mapping[str, tuple[int, ...]], what: str) -> int:
 
 def _float16(matrix: np.ndarray) -> np.ndarray:
     return np.asarray(matrix, dtype=np.float16)
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+def checked_float16(matrix: Any, what: str) -> np.ndarray:
+    """``matrix`` as float16, refusing NaN / inf in it and finite values that float16 turns into inf.
+
+    Args:
+        what: names the features in the error, e.g. ``"video 'abc' (feats/videos/abc.safetensors)"``.
+    """
+    values = np.asarray(matrix)
+    with np.errstate(over="ignore", invalid="ignore"):
+        half = values.astype(np.float16)
+    finite = np.isfinite(half)
+    if finite.all():
+        return half
+    source_bad = ~np.isfinite(values)
+    if source_bad.any():
+        raise ValueError(
+            f"{what}: {int(source_bad.sum())} of {values.size} feature values are NaN or infinite (first in "
+            f"row {int(np.argwhere(source_bad)[0][0])}); re-extract these features"
+        )
+    row = int(np.argwhere(~finite)[0][0])
+    raise ValueError(
+        f"{what}: {int((~finite).sum())} of {values.size} feature values are beyond float16's range "
+        f"(|x| up to {float(np.abs(values).max()):.4g} > {FLOAT16_MAX:g}; first in row {row}), and the dataset "
+        "stores float16; normalise or rescale the features (a .npz release: leave --normalize-video / "
+        "--normalize-text on)"
+    )
+
+
+def _describe(features: Any, kind: str, key: str) -> str:
+    """``"video 'abc'"`` plus the source's files for it, when it can name them."""
+    files = getattr(features, "feature_files", None)
+    names = files(kind, key) if files is not None else []
+    return f"{'video' if kind == 'video' else 'query'} {key!r}" + (f" ({', '.join(names)})" if names else "")
+
+
+def _clip_count_mismatches(
+    kept: Mapping[str, Sequence[Mapping[str, Any]]],
+    video_shapes: Mapping[str, tuple[int, ...]],
+    max_clip_mismatch: int,
+) -> list[str]:
+    """Videos whose feature length L is more than ``max_clip_mismatch`` clips from what a row's duration implies.
+
+    Rows with a per-clip ``label`` (TVSum, YouTube Highlights) are not compared: their ``duration`` is not the
+    seconds of their clips (the real TVSum files give the clip count, YouTube Highlights ~2-5x its labels).
+    """
+    problems: list[str] = []
+    checked: set[tuple[str, float, float]] = set()
+    for split, rows in kept.items():
+        for row in rows:
+            vid, qid = str(row["vid"]), str(row["qid"])
+            try:
+                duration, clip_length = float(row["duration"]), float(row["clip_length"])
+            except (TypeError, ValueError):
+                duration = clip_length = math.nan
+            if not (
+                math.isfinite(duration) and duration > 0 and math.isfinite(clip_length) and clip_length > 0
+            ):
+                raise ValueError(
+                    f"split {split!r} query {qid!r} (video {vid!r}): duration {row['duration']!r} and "
+                    f"clip_length {row['clip_length']!r} must be finite numbers of seconds > 0"
+                )
+            if (row["label"] is not None and len(row["label"])) or (vid, duration, clip_length) in checked:
+                continue
+            checked.add((vid, duration, clip_length))
+            length, expected = video_shapes[vid][0], num_clips(duration, clip_length)
+            if abs(length - expected) > max_clip_mismatch:
+                problems.append(
+                    f"video {vid!r} has L={length} feature clips, but query {qid!r} says duration {duration:g} s, "
+                    f"i.e. {expected} clips of {clip_length:g} s"
+                )
+    return problems
 
 
 def _matrix_column(matrices: Sequence[np.ndarray], width: int) -> pa.Array:
@@ -356,6 +455,7 @@ def build_dataset(
     max_shard_bytes: int = 512 * 2**20,
     card_body: str | None = None,
     card_metadata: Mapping[str, Any] | None = None,
+    max_clip_mismatch: int = MAX_CLIP_MISMATCH,
 ) -> BuildReport:
     """Join annotation rows with their features and write the dataset ``name`` into ``output_dir``.
 
@@ -369,13 +469,16 @@ def build_dataset(
         max_shard_bytes: target size of one Parquet shard (features dominate: L * d * 2 bytes a video).
         card_body: the card's Markdown below the YAML; default: keep the existing card's body.
         card_metadata: extra YAML keys (``license``, ``tags``, ``pretty_name``...).
+        max_clip_mismatch: how many clips a video's feature length may differ from the clip count of its
+            rows' duration (module docstring); larger differences are an error naming the videos.
 
     Returns:
         a :class:`BuildReport`.
 
     Raises:
         ValueError: bad arguments, missing features (unless ``skip_missing``), features that are not
-            (rows, d) matrices, or dims that differ between videos or between queries.
+            (rows, d) matrices, dims that differ between videos or between queries, a feature length
+            that does not match its duration, or feature values that are NaN, inf or beyond float16.
     """
     start = time.perf_counter()
     output_dir = Path(output_dir)
@@ -385,6 +488,8 @@ def build_dataset(
         )
     if not splits or any(not _SPLIT_NAME.match(split) for split in splits):
         raise ValueError(f"splits must be a non-empty mapping of word-character names, got {list(splits)}")
+    if isinstance(max_clip_mismatch, bool) or not isinstance(max_clip_mismatch, int) or max_clip_mismatch < 0:
+        raise ValueError(f"max_clip_mismatch must be an integer >= 0 clips, got {max_clip_mismatch!r}")
     report = BuildReport(name=name)
 
     # 1. Inventory: every feature's shape, read without loading any tensor.
@@ -432,6 +537,14 @@ def build_dataset(
         raise ValueError("no query has both its video and its text features; nothing to build")
     report.video_dim = _feature_dim(video_shapes, "video features")
     report.text_dim = _feature_dim(text_shapes, "text features")
+    mismatches = _clip_count_mismatches(kept, video_shapes, max_clip_mismatch)
+    if mismatches:
+        raise ValueError(
+            f"the video features of {len(mismatches)} videos do not match their annotated durations (more than "
+            f"{max_clip_mismatch} clips apart): {'; '.join(mismatches[:5])}. Are they another video's features, "
+            "or extracted at another clip length (--clip-length)? Re-extract them or fix the durations; a "
+            "feature set known to differ more can pass max_clip_mismatch (--max-clip-mismatch)"
+        )
     if hasattr(features, "report"):
         report.feature_source = features.report()
 
@@ -457,12 +570,19 @@ def build_dataset(
             columns = {c: [rows[i][c] for i in part] for c in ANNOTATION_COLUMNS}
             columns["qid"] = [str(q) for q in columns["qid"]]
             # stored as float16: converted one by one, so a shard's worth in memory is float16 too
-            columns[TEXT_KEY] = [_float16(features.text(qid)) for qid in _counting(columns["qid"], bar)]
+            columns[TEXT_KEY] = [
+                checked_float16(features.text(qid), _describe(features, "text", qid))
+                for qid in _counting(columns["qid"], bar)
+            ]
             return columns
 
         def video_columns(part: np.ndarray, vids=vids, bar=bar) -> dict[str, list]:
             ids = [vids[i] for i in part]
-            return {"vid": ids, VIDEO_KEY: [_float16(features.video(vid)) for vid in _counting(ids, bar)]}
+            matrices = [
+                checked_float16(features.video(vid), _describe(features, "video", vid))
+                for vid in _counting(ids, bar)
+            ]
+            return {"vid": ids, VIDEO_KEY: matrices}
 
         def query_digest(part: np.ndarray, rows=rows) -> str | None:
             annotations = [{c: rows[i][c] for c in ANNOTATION_COLUMNS} for i in part]

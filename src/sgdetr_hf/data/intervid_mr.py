@@ -9,7 +9,13 @@ Two stages, because features are only worth extracting for the captions that sur
 2. :func:`generate_intervid_mr` (steps 2-12): for each caption, a window of at most 150 s around its
    interval, the clip-caption cosine similarities (eq. 16), the threshold ``S_min`` (eq. 17), the new
    positive intervals and the grades 1-4 (eq. 18), written as QVHighlights-format rows in resumable
-   JSON Lines shards, plus ``summary.json`` and ``window_lengths.png``.
+   JSON Lines shards, plus ``summary.json`` and ``window_lengths.png``. Each shard stores a digest of what
+   made it (the settings, its captions, its videos' durations and its features' fingerprint); a rerun keeps
+   the shards whose digest matches and redoes the others, as the Parquet builder does with its shards.
+
+Bad input is an error naming it: a caption record without a field or with a bad timestamp (``file:line``
+when the caller passes ``locations``), a duration that is not a finite number of seconds > 0 (the ytid),
+and NaN / infinite features in a caption's window or embedding (the ytid and qid).
 
 Caption filter rules (§4.3.2 step 1; a caption is dropped by the first rule that fires, and the
 reason is counted):
@@ -33,6 +39,7 @@ keeps the interval inside the window, the interval is clipped to it (by less tha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -47,7 +54,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..files import atomic_write_json, atomic_write_jsonl
+from ..files import atomic_write_json, atomic_write_jsonl, strict_json
 from .builder import FeatureSource
 from .schema import binary_clip_saliency
 
@@ -93,11 +100,36 @@ class InterVidMRConfig:
     validation_size: int = 2000
     seed: int = 0
 
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"InterVid-MR setting {name} must be a finite number, got {value!r}")
+        problems = [
+            f"{name} = {getattr(self, name)!r} (must be {rule})"
+            for name, rule, ok in (
+                ("clip_length", "> 0", self.clip_length > 0),
+                ("max_window", ">= clip_length", self.max_window >= self.clip_length),
+                ("min_interval", ">= 0", self.min_interval >= 0),
+                ("max_words", ">= min_words", self.max_words >= self.min_words),
+                ("grade_sigmas", ">= 0", self.grade_sigmas >= 0),
+                ("max_gap_clips", ">= 0", self.max_gap_clips >= 0),
+                ("max_coverage", "in (0, 1]", 0 < self.max_coverage <= 1),
+                ("max_windows", ">= 1", self.max_windows >= 1),
+                ("num_annotators", ">= 1", self.num_annotators >= 1),
+                ("validation_size", ">= 0", self.validation_size >= 0),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError(f"bad InterVid-MR settings: {'; '.join(problems)}")
+
 
 # ------------------------------------------------------------------------------------------ step 1
 def _seconds(value: Any) -> float:
     """Seconds from a number or an ``HH:MM:SS.mmm`` timestamp (InternVid's format)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"timestamp {value!r} is not a finite number of seconds")
         return float(value)
     match = _TIMESTAMP.match(str(value).strip())
     if not match:
@@ -112,6 +144,8 @@ def parse_internvid_record(record: Mapping[str, Any]) -> dict[str, Any]:
     Accepts InternVid's column names (``YoutubeID``, ``Start_timestamp``, ``End_timestamp``, ``Caption``)
     or ``ytid, start, end, caption``. Raises ValueError on a missing field or a bad timestamp.
     """
+    if not isinstance(record, Mapping):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
     names = (
         ("YoutubeID", "ytid"),
         ("Start_timestamp", "start"),
@@ -149,18 +183,37 @@ def caption_rejection(caption: str, config: InterVidMRConfig) -> str | None:
     return None
 
 
+def _where(locations: Sequence[str] | None, index: int) -> str:
+    return locations[index] if locations is not None else f"record {index + 1}"
+
+
 def filter_captions(
-    records: Iterable[Mapping[str, Any]], config: InterVidMRConfig | None = None
+    records: Iterable[Mapping[str, Any]],
+    config: InterVidMRConfig | None = None,
+    *,
+    locations: Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], Counter]:
     """Step 1: keep the meaningful captions of InternVid rows (see the module docstring for the rules).
+
+    Args:
+        locations: where each record comes from (e.g. ``"flt.jsonl:17"``), named in the errors; default
+            ``"record <n>"`` (1-based).
 
     Returns:
         ``(captions, reasons)``: the kept ``{qid, ytid, start, end, query}`` rows in input order, with
         ``qid`` their index as a string (the name of the caption's feature file), and the count of each
         rejection reason.
+
+    Raises:
+        ValueError: ``"<location>: <what is wrong>"`` for a record without a field or with a bad timestamp.
     """
     config = config or InterVidMRConfig()
-    parsed = [parse_internvid_record(record) for record in records]
+    parsed = []
+    for index, record in enumerate(records):
+        try:
+            parsed.append(parse_internvid_record(record))
+        except ValueError as error:
+            raise ValueError(f"{_where(locations, index)}: {error}") from None
     reasons: Counter = Counter()
     copies = Counter((row["ytid"], row["query"].lower()) for row in parsed)
     seen: set[tuple[str, str]] = set()
@@ -301,6 +354,11 @@ class WindowFeatures:
     def text(self, qid: str) -> np.ndarray:
         return self.videos.text(qid)
 
+    def feature_files(self, kind: str, key: str) -> list[str]:
+        """The wrapped source's files of a window's video (or of a query), for the builder's errors."""
+        files = getattr(self.videos, "feature_files", None)
+        return files(kind, self._window(key)[0] if kind == "video" else key) if files is not None else []
+
 
 def generate_sample(
     caption: Mapping[str, Any],
@@ -319,6 +377,11 @@ def generate_sample(
     """
     c = config.clip_length
     duration = len(video_features) * c if duration is None else duration
+    if not _is_duration(duration):
+        raise ValueError(
+            f"caption {caption['qid']!r}: the duration of video {caption['ytid']!r} is {duration!r}; it must be "
+            "a finite number of seconds > 0"
+        )
     rng = np.random.default_rng([config.seed, zlib.crc32(str(caption["qid"]).encode())])
     placed = trim_window(caption["start"], caption["end"], duration, rng, config)
     if isinstance(placed, str):
@@ -328,10 +391,23 @@ def generate_sample(
     clips = np.asarray(video_features)[first : first + num_clips]
     if len(clips) < num_clips:
         return "features_shorter_than_window"
-    interval = (max(0.0, caption["start"] - u), min(window, caption["end"] - u))
-    moments = annotate_moments(
-        clip_similarities(clips, np.asarray(text_features)[0]), interval, window, config
+    text = np.asarray(text_features)
+    if text.ndim != 2 or len(text) == 0:
+        raise ValueError(
+            f"caption {caption['qid']!r}: text features of shape {text.shape}, expected (N >= 1, d)"
+        )
+    checks = (
+        (f"video {caption['ytid']!r} (its window's clips {first}..{first + num_clips - 1})", clips),
+        ("its text features (row 0, the sentence embedding)", text[0]),
     )
+    for what, values in checks:
+        if not np.isfinite(values).all():
+            raise ValueError(
+                f"caption {caption['qid']!r}: the features of {what} hold {int((~np.isfinite(values)).sum())} "
+                "NaN or infinite values; re-extract them"
+            )
+    interval = (max(0.0, caption["start"] - u), min(window, caption["end"] - u))
+    moments = annotate_moments(clip_similarities(clips, text[0]), interval, window, config)
     if isinstance(moments, str):
         return moments
     return {
@@ -346,6 +422,103 @@ def generate_sample(
 
 
 # ----------------------------------------------------------------------------------- sharded run
+def _is_duration(value: Any) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
+
+
+def check_durations(durations: Mapping[str, Any], source: str = "durations") -> None:
+    """ValueError naming ``source`` and the first video whose duration is not a finite number of seconds > 0."""
+    if not isinstance(durations, Mapping):
+        raise ValueError(
+            f"{source}: expected a JSON object {{ytid: seconds}}, got {type(durations).__name__}"
+        )
+    for ytid, value in durations.items():
+        if not _is_duration(value):
+            raise ValueError(
+                f"{source}: video {ytid!r} has duration {value!r}; durations must be finite numbers of seconds > 0"
+            )
+
+
+def check_captions(captions: Sequence[Mapping[str, Any]], locations: Sequence[str] | None = None) -> None:
+    """ValueError ``"<location>: ..."`` for a caption that :func:`filter_captions` could not have written."""
+    first: dict[str, int] = {}
+    for index, caption in enumerate(captions):
+        where = _where(locations, index)
+        if not isinstance(caption, Mapping):
+            raise ValueError(f"{where}: expected a caption object, got {type(caption).__name__}")
+        missing = [key for key in ("qid", "ytid", "start", "end", "query") if key not in caption]
+        if missing:
+            raise ValueError(f"{where}: caption lacks {missing}; write the captions with the filter step")
+        qid, ytid = caption["qid"], caption["ytid"]
+        if isinstance(qid, bool) or not isinstance(qid, int | str) or not str(qid).strip():
+            raise ValueError(f"{where}: qid {qid!r} must be a non-blank string or an integer")
+        if not isinstance(ytid, str) or not ytid.strip() or not isinstance(caption["query"], str):
+            raise ValueError(f"{where}: ytid {ytid!r} and query must be strings, ytid non-blank")
+        for key in ("start", "end"):
+            value = caption[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{where}: {key} {value!r} must be a finite number of seconds")
+        if str(qid) in first:
+            raise ValueError(
+                f"{where}: qid {str(qid)!r} repeats {_where(locations, first[str(qid)])} (it names the "
+                "caption's feature file)"
+            )
+        first[str(qid)] = index
+
+
+def _features_identity(features: FeatureSource, ytids: Sequence[str], qids: Sequence[str]) -> Any:
+    """What the features of these videos and captions are: the source's fingerprint of their files (or, for
+    a source without one, a hash of the arrays), and which of them are absent."""
+    fingerprint = getattr(features, "fingerprint", None)
+    if fingerprint is not None:
+        try:  # the usual case, every file present: no header is read
+            return [fingerprint("video", list(ytids)), fingerprint("text", list(qids))]
+        except FileNotFoundError:
+            pass
+    videos = [ytid for ytid in ytids if features.video_shape(ytid) is not None]
+    texts = [qid for qid in qids if features.text_shape(qid) is not None]
+    absent = [sorted(set(ytids) - set(videos)), sorted(set(qids) - set(texts))]
+    if fingerprint is not None:
+        return [fingerprint("video", videos), fingerprint("text", texts), absent]
+    digest = hashlib.sha256()
+    for kind, keys, load in (("video", videos, features.video), ("text", texts, features.text)):
+        for key in keys:
+            array = np.ascontiguousarray(load(key))
+            digest.update(f"{kind}\0{key}\0{array.dtype.str}\0{array.shape}\n".encode())
+            digest.update(array.tobytes())
+    return [digest.hexdigest(), absent]
+
+
+def _shard_digest(
+    part: Sequence[Mapping[str, Any]],
+    features: FeatureSource,
+    durations: Mapping[str, float],
+    config: InterVidMRConfig,
+) -> str:
+    """SHA-256 of what makes a shard: the settings (all but ``validation_size``, which only splits the
+    finished rows), its captions, its videos' durations and the identity of their features."""
+    ytids = sorted({caption["ytid"] for caption in part})
+    settings = {key: value for key, value in asdict(config).items() if key != "validation_size"}
+    inputs = {
+        "settings": settings,
+        "captions": [dict(caption) for caption in part],
+        "durations": {ytid: durations.get(ytid) for ytid in ytids},
+        "features": _features_identity(features, ytids, [str(caption["qid"]) for caption in part]),
+    }
+    return hashlib.sha256(strict_json(inputs, "the shard's inputs", sort_keys=True).encode()).hexdigest()
+
+
+def _stored_digest(path: Path) -> str | None:
+    """The digest a finished shard was written with (its last line), or None (absent, or written without)."""
+    try:
+        last = path.read_text(encoding="utf-8").rstrip("\n").rsplit("\n", 1)[-1]
+        return json.loads(last).get("_digest")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 @dataclass
 class ShardStats:
     """What one shard produced: samples written and the reasons for the others."""
@@ -356,6 +529,7 @@ class ShardStats:
     num_windows: list[int] | None = None
     coverage: list[float] | None = None
     grades: list[int] | None = None
+    missing_examples: list[str] | None = None  # a few of the absent features, e.g. "video 'yt1'"
 
 
 def _run_shard(
@@ -366,7 +540,7 @@ def _run_shard(
     progress: tqdm,
 ) -> tuple[list[dict[str, Any]], ShardStats]:
     rows, reasons = [], Counter()
-    lengths, num_windows, coverage, grades = [], [], [], []
+    lengths, num_windows, coverage, grades, missing = [], [], [], [], []
     cached_ytid, video = None, None
     for caption in captions:  # one caption at a time: each step inside is vectorised over clips
         progress.update(1)
@@ -375,6 +549,9 @@ def _run_shard(
             video = features.video(cached_ytid) if features.video_shape(cached_ytid) is not None else None
         if video is None or features.text_shape(caption["qid"]) is None:
             reasons["missing_features"] += 1
+            absent = f"video {cached_ytid!r}" if video is None else f"query {str(caption['qid'])!r}"
+            if len(missing) < 5 and absent not in missing:
+                missing.append(absent)
             continue
         row = generate_sample(
             caption, video, features.text(caption["qid"]), durations.get(caption["ytid"]), config
@@ -388,7 +565,7 @@ def _run_shard(
         num_windows.append(len(windows))
         coverage.append(len(row["relevant_clip_ids"]) * config.clip_length / row["duration"])
         grades += [g[0] for g in row["saliency_scores"]]
-    stats = ShardStats(len(rows), dict(reasons), lengths, num_windows, coverage, grades)
+    stats = ShardStats(len(rows), dict(reasons), lengths, num_windows, coverage, grades, missing)
     return rows, stats
 
 
@@ -405,14 +582,19 @@ def generate_intervid_mr(
     durations: Mapping[str, float] | None = None,
     shard_size: int = 1000,
     caption_reasons: Mapping[str, int] | None = None,
+    locations: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Steps 2-12 over all captions, in resumable shards; returns the summary (also ``summary.json``).
 
     Captions are sorted by video, then cut into shards of ``shard_size``. Shard k is written as
     ``shards/shard-k-of-n.jsonl``: rows in the QVHighlights format, then one last line
-    ``{"_stats": ...}``, all in one atomic write, so a shard file is either complete or absent. A re-run
-    skips every shard whose file exists, so a run killed at any moment loses only the shard in progress.
-    Every random choice is seeded by ``(config.seed, qid)``: the output does not depend on the sharding.
+    ``{"_stats": ..., "_digest": ...}``, all in one atomic write, so a shard file is either complete or
+    absent. The digest covers what made the shard (the config but ``validation_size``, its captions, its
+    videos' durations, the fingerprint of its features' files, or a hash of the arrays for a source without
+    one). A re-run keeps every shard whose digest matches and redoes the others (other settings, captions,
+    durations or features), so a run killed at any moment loses only the shard in progress, and a run with
+    other inputs never reuses old rows; shards of another shard count are deleted. Every random choice is
+    seeded by ``(config.seed, qid)``: the output does not depend on the sharding.
 
     Finally, ``train.jsonl`` / ``validation.jsonl`` (``validation_size`` samples, whole videos, chosen by a
     hash of the YouTube id), ``summary.json`` and ``window_lengths.png`` are written.
@@ -422,26 +604,46 @@ def generate_intervid_mr(
         features: videos by YouTube id (whole video, (L, d)), caption token features by qid.
         durations: video lengths in seconds by YouTube id; a missing one is ``L * clip_length``.
         caption_reasons: the rejection counts of :func:`filter_captions`, for the summary.
+        locations: where each caption comes from (e.g. ``"captions.jsonl:3"``), named in the errors.
+
+    Raises:
+        ValueError: a malformed caption (naming its location), a duration that is not a finite number of
+            seconds > 0, or NaN / infinite features (naming the video and caption).
     """
     config = config or InterVidMRConfig()
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    check_captions(captions, locations)
+    durations = durations or {}
+    check_durations(durations)
     output_dir = Path(output_dir)
     (output_dir / "shards").mkdir(parents=True, exist_ok=True)
     for leftover in (output_dir / "shards").glob(".*.tmp"):  # a killed write's temporary file
         leftover.unlink()
     ordered = sorted(captions, key=lambda caption: caption["ytid"])  # stable: input order within a video
     count = max(1, math.ceil(len(ordered) / shard_size))
-    durations = durations or {}
+    reused = redone = 0
     with tqdm(total=len(ordered), desc="InterVid-MR", unit="caption") as progress:
         for index in range(count):
             part = ordered[index * shard_size : (index + 1) * shard_size]
             path = _shard_path(output_dir, index, count)
-            if path.is_file():
+            digest = _shard_digest(part, features, durations, config)
+            stored = _stored_digest(path) if path.is_file() else None
+            if stored == digest:
+                reused += 1
                 progress.update(len(part))
                 continue
+            redone += path.is_file()
             rows, stats = _run_shard(part, features, durations, config, progress)
-            atomic_write_jsonl(path, [*rows, {"_stats": asdict(stats)}])
+            atomic_write_jsonl(path, [*rows, {"_stats": asdict(stats), "_digest": digest}])
+    current = {_shard_path(output_dir, index, count).name for index in range(count)}
+    for stale in (output_dir / "shards").glob("shard-*-of-*.jsonl"):  # another shard count's
+        if stale.name not in current:
+            stale.unlink()
+    if redone:
+        logger.info("redid %d shards made from other settings, captions, durations or features", redone)
+    if reused:
+        logger.info("kept %d shards made from the same inputs", reused)
     return _finalise(output_dir, count, len(captions), caption_reasons or {}, config)
 
 
@@ -478,8 +680,10 @@ def _finalise(
         atomic_write_jsonl(output_dir / f"{split}.jsonl", split_rows)
 
     reasons = Counter()
+    missing: list[str] = []
     for shard in stats:
         reasons.update(shard["reasons"])
+        missing += [m for m in shard.get("missing_examples") or [] if m not in missing][: 5 - len(missing)]
     lengths = np.concatenate([np.asarray(s["window_lengths"], dtype=np.float64) for s in stats])
     grades = np.concatenate([np.asarray(s["grades"], dtype=np.int64) for s in stats])
     num_windows = np.concatenate([np.asarray(s["num_windows"], dtype=np.int64) for s in stats])
@@ -490,6 +694,7 @@ def _finalise(
         "caption_filter_reasons": dict(sorted(caption_reasons.items())),
         "samples": len(rows),
         "sample_filter_reasons": dict(sorted(reasons.items())),
+        "missing_features_examples": missing,
         "splits": {split: len(split_rows) for split, split_rows in splits.items()},
         "windows_per_sample": {str(k): int(v) for k, v in zip(*np.unique(num_windows, return_counts=True))},
         "grades": {str(k): int(v) for k, v in zip(*np.unique(grades, return_counts=True))},

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..files import atomic_output
 from .builder import file_fingerprint
+from .schema import MAX_CLIP_MISMATCH
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +109,13 @@ class NpzFeatures:
         pooled_token: ``"drop"`` (tokens only, the reference default), ``"prepend"`` (the pooled vector as
             an extra first token: first, so that the collator's token cap never cuts it) or ``"only"``
             (the pooled vector as a single token).
+        max_clip_mismatch: how many clips the feature types of one video may differ in length (they are
+            cut to the shortest); more means types at different clip lengths, an error naming the files.
+            The builder holds the cut length to the same rule against the annotated duration.
 
     Raises ``ValueError`` naming the file for an unreadable archive, a missing key, a shape that is not a
-    matrix or whose width differs from the other files of its folder, a non-float array, or NaN / inf.
+    matrix or whose width differs from the other files of its folder, a non-float array, or NaN / inf;
+    and naming the video's files for feature types more than ``max_clip_mismatch`` clips apart.
     """
 
     def __init__(
@@ -122,6 +127,7 @@ class NpzFeatures:
         *,
         tef: bool = False,
         pooled_token: str = "drop",
+        max_clip_mismatch: int = MAX_CLIP_MISMATCH,
     ):
         self.root = Path(root)
         self.video_types = list(video_types)
@@ -129,6 +135,13 @@ class NpzFeatures:
         self.layout = layout
         self.tef = tef
         self.pooled_token = pooled_token
+        self.max_clip_mismatch = max_clip_mismatch
+        if (
+            isinstance(max_clip_mismatch, bool)
+            or not isinstance(max_clip_mismatch, int)
+            or max_clip_mismatch < 0
+        ):
+            raise ValueError(f"max_clip_mismatch must be an integer >= 0 clips, got {max_clip_mismatch!r}")
         if pooled_token not in POOLED_TOKEN_CHOICES:
             raise ValueError(f"pooled_token must be one of {POOLED_TOKEN_CHOICES}, got {pooled_token!r}")
         if not self.video_types or len(set(self.video_types)) != len(self.video_types):
@@ -231,6 +244,13 @@ class NpzFeatures:
             self._check_width(path, self.layout.video_key, folder, columns)
             lengths.append(rows)
             width += columns
+        if max(lengths) - min(lengths) > self.max_clip_mismatch:
+            detail = ", ".join(f"{path}: {rows} clips" for path, rows in zip(paths, lengths))
+            raise ValueError(
+                f"video {vid!r}: its feature types differ by {max(lengths) - min(lengths)} clips (more than "
+                f"{self.max_clip_mismatch}): {detail}; were they extracted at different clip lengths? "
+                "Re-extract them at one (or pass max_clip_mismatch, --max-clip-mismatch)"
+            )
         if max(lengths) != min(lengths):
             self.truncated_clips[vid] = cut = max(lengths) - min(lengths)
             # A clip or two is the extractors' rounding; more suggests types at different clip rates.
@@ -281,6 +301,10 @@ class NpzFeatures:
         return l2_normalize(matrix) if self.layout.normalize_text else matrix
 
     # ----------------------------------------------------- builder extras
+    def feature_files(self, kind: str, key: str) -> list[str]:
+        """The files behind one video ("video") or query ("text"), named in the builder's value errors."""
+        return [str(path) for path in (self.video_paths(key) if kind == "video" else [self.text_path(key)])]
+
     def describe_missing(self, keys: Sequence[str]) -> list[str]:
         """The absent files behind these missing vids / qids (for the builder's error and report)."""
         return [str(path) for key in keys for path in self.missing_files.get(key, [])]

@@ -113,6 +113,14 @@ def source_video_id(vid: str) -> str:
     return match.group("source") if match else vid
 
 
+#: How many clips a video's feature length L may differ from ``num_clips(duration, clip_length)`` (and the
+#: feature types of one ``.npz`` release from each other): published feature sets differ by a clip or two
+#: (QVHighlights' SlowFast + CLIP features of ``B3yOejNbNks_210.0_360.0``, duration 142 s: 71 rows, its audio
+#: features 70, TencentARC/UMT issue #29; SlowFast is often one clip longer than CLIP). More means features of
+#: another video, or of another clip length, whose targets would be missing or rescaled.
+MAX_CLIP_MISMATCH = 2
+
+
 def num_clips(duration: float, clip_length: float) -> int:
     """Number of feature rows of a video: ``ceil(duration / clip_length)``, the last clip may be short.
 
