@@ -54,7 +54,7 @@ def test_train_takes_recipe_overrides_and_the_log_level_on_either_side(capsys):
         (
             ["evaluate-model", "--model", "m", "--dataset", "d", "--output-dir", "o", "--dataset-config", "c",
              "--dataset-name", "qvhighlights", "--top-k", "0"],
-            "--batch-size and --top-k must be >= 1",
+            "--batch-size, --top-k and --max-samples must be >= 1",
         ),
     ],
 )  # fmt: skip

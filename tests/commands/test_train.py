@@ -162,7 +162,16 @@ NO_DROPOUT = ["--model.dropout", "0", "--model.input_dropout", "0", "--max_steps
 def test_two_processes_and_gradient_accumulation_match_one_process(data, tmp_path):
     one, two, accumulated = tmp_path / "one", tmp_path / "two", tmp_path / "accumulated"
     _run([sys.executable, "scripts/train.py", *_args(data, one), *NO_DROPOUT])
-    command = ["torchrun", "--standalone", "--nproc_per_node", "2", "scripts/train.py", *_args(data, two)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "scripts/train.py",
+        *_args(data, two),
+    ]
     result = _run([*command, *NO_DROPOUT], ACCELERATE_USE_CPU="1")
     assert "terminate called" not in result.stderr
     accumulation = ["--gradient_accumulation_steps", "2"]
@@ -233,3 +242,88 @@ def test_evaluate_model_refuses_a_damaged_model_in_one_line(tmp_path, damage, ca
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: ") and named in err
+
+
+def _main_error(argv: list[str], capsys) -> str:
+    """Run ``sgdetr`` in this process on arguments it must refuse: exit code 2, one message, no traceback.
+    Returns the message line (``error: ...`` or argparse's ``sgdetr <command>: error: ...``)."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # CommandLineError: the usage, then the message
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        # recipe values: refused before anything is loaded or written (before: after an epoch, at the first
+        # steps or at the first checkpoint)
+        (["--main_metric", "MR-full-map"], "main_metric='MR-full-map' is not a qvhighlights metric (did you mean 'MR-full-mAP'?)"),
+        (["--learning_rate", "1e10"], "learning_rate must be <= 1"),
+        (["--gamma", "inf"], "gamma must be a finite number, got inf"),
+        (["--max_train_samples", "0"], "max_train_samples must be >= 1"),
+        (["--seed", "-1"], "seed must be in [0, 2**32 - 1]"),
+        # what the run is given (before: tracebacks)
+        (["--dataset_path", "null"], "error: recipe 'demo' has no dataset_path: pass --dataset_path"),
+        (["--dataset_config", "nosuch"], "error: cannot load split 'train' of config 'nosuch' from dataset"),
+        (["--eval_split", "nosuch"], "error: cannot load split 'nosuch' of config 'demo' from dataset"),
+        (["--model.hidden_size", "30"], "error: the recipe's model section (model.<key>) is not a valid config: "
+         "SGDetrConfig.hidden_size (30) must be divisible by num_attention_heads (4)"),
+        (["--processor_path", "/nonexistent"], "error: processor_path '/nonexistent' does not exist"),
+        (["--init-from", "{data}"], "error: {data} has no model.safetensors: expected an SG-DETR model folder"),
+        (["--dataset_path", "{model}"], "error: cannot load split 'train' of config 'demo' from dataset '{model}': "
+         "it is a model folder, not a dataset"),
+    ],
+    ids=["main_metric", "lr", "gamma", "max_train_samples", "seed", "no-dataset", "config", "eval_split",
+         "model-config", "processor", "init-from-data", "dataset-is-a-model"],
+)  # fmt: skip
+def test_train_refuses_bad_input_in_one_line(data, tmp_path, capsys, extra, message):
+    model = save_tiny_model_repo(tmp_path / "model")
+    extra = [value.format(data=data, model=model) for value in extra]
+    line = _main_error(["train", *_args(data, tmp_path / "run"), *extra], capsys)  # the last value wins
+    assert message.format(data=data, model=model) in line
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_train_refuses_a_changed_recipe_or_a_damaged_checkpoint_in_one_line(
+    data, single_run, tmp_path, capsys
+):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoint = checkpoints / "step_00000002"
+    shutil.copytree(single_run / "checkpoints" / "step_00000002", checkpoint)
+    args = ["train", *_args(data, tmp_path), "--resume"]
+    line = _main_error([*args, "--learning_rate", "0.1", "--seed", "5"], capsys)
+    assert line.startswith(
+        f"error: cannot resume {checkpoint}: the recipe differs from the run's in 2 setting(s)"
+    )
+    assert "learning_rate: 0.0005 (run) -> 0.1; seed: 42 (run) -> 5" in line
+    line = _main_error([*args, str(checkpoints)], capsys)  # before: the right message, in a traceback
+    assert (
+        f"error: {checkpoints} is not a complete training checkpoint" in line and "['step_00000002']" in line
+    )
+    damage_file(checkpoint / "optimizer.bin", "zero-byte")  # before: a bare EOFError
+    line = _main_error(args, capsys)
+    assert f"error: cannot resume {checkpoint}: the checkpoint is damaged: optimizer.bin is 0 bytes" in line
+    assert "a fresh run in another --output_dir" in line
+    assert not (tmp_path / "final_model").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--split", "nosuch"], "error: cannot load split 'nosuch' of config 'demo'"),
+        (["--dataset-config", "nosuch"], "error: cannot load split 'validation' of config 'nosuch'"),
+        (["--max-samples", "0"], "--max-samples must be >= 1"),
+        ([], "error: model {model} does not fit the dataset: video_feature_dim=16 (dataset: 64)"),
+    ],
+    ids=["split", "config", "max-samples", "feature-width"],
+)
+def test_evaluate_model_refuses_bad_input_in_one_line(data, tmp_path, capsys, extra, message):
+    """before: tracebacks (only CheckpointError and OSError were caught)"""
+    model = save_tiny_model_repo(tmp_path / "model")  # 16-d features; the demo data has 64
+    argv = ["evaluate-model", "--model", str(model), "--dataset", str(data), "--dataset-config", "demo",
+            "--dataset-name", "qvhighlights", "--output-dir", str(tmp_path / "out"), *extra]  # fmt: skip
+    assert message.format(model=model) in _main_error(argv, capsys)

@@ -1,11 +1,14 @@
 """Crash-safe checkpoints: folder swaps, rotation, and a save/load round trip (atomic files: test_files.py)."""
 
+import json
 import logging
+import re
 
 import pytest
 import torch
 from accelerate.state import AcceleratorState
 
+from pipeline_testing import damage_file
 from sgdetr_hf.training.checkpointing import (
     TRAINER_STATE_NAME,
     CheckpointManager,
@@ -15,6 +18,7 @@ from sgdetr_hf.training.checkpointing import (
     replace_dir,
 )
 from sgdetr_hf.training.distributed import build_accelerator
+from sgdetr_hf.training.errors import DamagedCheckpointError, RunInputError
 
 
 @pytest.fixture
@@ -136,3 +140,82 @@ def test_an_unreadable_rng_file_is_refused_without_a_recorded_checksum(saved_che
     (second / "random_states_0.pkl").write_bytes(b"tampered")
     with pytest.raises(InexactResumeError, match="random_states_0.pkl cannot be read as random states"):
         manager.load(second)
+
+
+def test_trainer_state_fields_of_the_wrong_type_are_named(tmp_path):
+    """before: "epoch": "x" loaded, and the loop failed with a TypeError deep inside"""
+    TrainerState(epoch=1, global_step=6).save(tmp_path / TRAINER_STATE_NAME)
+    for field, value, expected in [
+        ("epoch", "x", "'epoch' must be a count >= 0, got 'x'"),
+        ("global_step", -1, "'global_step' must be a count >= 0"),
+        ("batches_done", True, "'batches_done' must be a count >= 0"),
+        ("best_metric", "high", "'best_metric' must be a number or null"),
+        ("history", {"step": 1}, "'history' must be a list of objects"),
+        ("files", {"model.safetensors": "big"}, "'files' must be an object of file names to sizes"),
+    ]:
+        values = json.loads((tmp_path / TRAINER_STATE_NAME).read_text())
+        (tmp_path / "bad.json").write_text(json.dumps({**values, field: value}))
+        with pytest.raises(
+            DamagedCheckpointError, match=f"not a valid trainer_state.json: {re.escape(expected)}"
+        ):
+            TrainerState.load(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(DamagedCheckpointError, match="expected a JSON object"):
+        TrainerState.load(tmp_path / "bad.json")
+
+
+@pytest.fixture
+def trained_checkpoints(accelerator, tmp_path):
+    """Two checkpoints of a model with an optimizer and a scheduler (the files a training run's have)."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    manager = CheckpointManager(accelerator, tmp_path, total_limit=2)
+    first = manager.save(TrainerState(global_step=1))
+    second = manager.save(TrainerState(global_step=2))
+    return manager, first, second
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda c: damage_file(c / "model.safetensors", "truncated"), r"model.safetensors is \d+ bytes, not the \d+ saved"),
+        (lambda c: (c / "model.safetensors").unlink(), "model.safetensors is missing"),
+        (lambda c: damage_file(c / "model.safetensors", "bad-header"), "model.safetensors is not a readable safetensors file"),
+        (lambda c: damage_file(c / "optimizer.bin", "zero-byte"), r"optimizer.bin is 0 bytes, not the \d+ saved"),
+        (lambda c: (c / "scheduler.bin").unlink(), "scheduler.bin is missing"),
+        (lambda c: (c / "optimizer.bin").write_bytes(b"x" * (c / "optimizer.bin").stat().st_size), "optimizer.bin is not a readable torch.save file"),
+    ],
+    ids=["truncated-model", "deleted-model", "bad-header", "empty-optimizer", "missing-scheduler", "same-size-garbage"],
+)  # fmt: skip
+def test_a_damaged_checkpoint_file_is_named_before_accelerate_reads_it(trained_checkpoints, damage, message):
+    """before: SafetensorError (invalid header length), FileNotFoundError for pytorch_model.bin (a file never
+    written), a bare EOFError, FileNotFoundError; never bypassed by allow_inexact_resume."""
+    manager, first, second = trained_checkpoints
+    damage(second)
+    for allow in (False, True):
+        with pytest.raises(DamagedCheckpointError, match=message) as error:
+            manager.load(second, allow_inexact_resume=allow)
+        assert str(error.value).startswith(f"cannot resume {second}: the checkpoint is damaged")
+        assert f"another checkpoint of the run (step_00000001; e.g. --resume {first})" in str(error.value)
+    assert manager.load(first).global_step == 1
+
+
+def test_a_checkpoint_without_the_file_record_still_checks_accelerate_s_files(trained_checkpoints):
+    manager, first, second = trained_checkpoints
+    state = TrainerState.load(second / TRAINER_STATE_NAME)
+    assert set(state.files) == {"model.safetensors", "optimizer.bin", "scheduler.bin"}
+    state.files = {}  # written before the sizes were recorded
+    state.save(second / TRAINER_STATE_NAME)
+    assert manager.load(second).global_step == 2
+    damage_file(second / "optimizer.bin", "zero-byte")
+    with pytest.raises(DamagedCheckpointError, match="optimizer.bin is empty"):
+        manager.load(second)
+
+
+def test_the_checkpoints_folder_is_not_a_checkpoint_and_the_message_lists_them(trained_checkpoints):
+    manager, first, second = trained_checkpoints
+    with pytest.raises(RunInputError, match=r"checkpoints is not a complete training checkpoint .*"
+                       r"it holds the checkpoints \['step_00000001', 'step_00000002'\]"):  # fmt: skip
+        manager.load(manager.root)

@@ -1,14 +1,31 @@
 """Recipes: the paper's values, command-line overrides and the errors for bad keys and values."""
 
+import math
+
 import pytest
 import yaml
 
+from metrics_testing import (
+    CHARADES_PREDICTIONS,
+    CHARADES_REFERENCES,
+    DESCENDING,
+    QVH_REFERENCE,
+    TVSUM_LABELS,
+    YOUTUBE_LABELS,
+    highlight_rows,
+    qvh_prediction,
+)
 from sgdetr_hf.commands.train import model_config_keys
+from sgdetr_hf.metrics import TVSUM_DOMAINS, YOUTUBE_DOMAINS, compute_metrics
 from sgdetr_hf.training.recipe import (
     DATASET_MAIN_METRICS,
+    RESUME_FREE_KEYS,
+    TrainingRecipe,
     available_recipes,
+    brief_metric_names,
     load_recipe,
     parse_override_tokens,
+    recipe_differences,
     save_recipe,
 )
 
@@ -111,11 +128,106 @@ def test_misspelled_model_key_lists_the_config_keys():
         ),
         ({"dataset_name": "kinetics"}, "dataset_name='kinetics' is not an evaluation protocol"),
         ({"mixed_precision": "fp8"}, "mixed_precision must be"),
+        # before: each of these failed only after the first epoch, at the first steps, at the first checkpoint
+        # (inf is not JSON) or never (NaN clipping silently off), or with numpy's message (seed)
+        (
+            {"main_metric": "MR-full-map"},
+            "main_metric='MR-full-map' is not a qvhighlights metric.*'MR-full-mAP'",
+        ),
+        ({"dataset_name": "tvsum", "main_metric": "MR-full-mAP"}, "is not a tvsum metric.*'TVSum-top5-mAP'"),
+        ({"eval_top_k": 0}, "eval_top_k must be >= 1, got 0"),
+        ({"window_round_seconds": 0}, "window_round_seconds must be > 0 .* or null for no rounding; got 0"),
+        ({"window_round_seconds": -2}, "window_round_seconds must be > 0"),
+        ({"window_round_seconds": math.inf}, "window_round_seconds must be a finite number, got inf"),
+        ({"learning_rate": math.inf}, "learning_rate must be a finite number, got inf"),
+        ({"learning_rate": math.nan}, "learning_rate must be a finite number, got nan"),
+        ({"learning_rate": 1e10}, "learning_rate must be <= 1"),
+        ({"gamma": math.inf}, "gamma must be a finite number, got inf"),
+        ({"warmup_factor": math.nan}, "warmup_factor must be a finite number"),
+        ({"weight_decay": math.nan}, "weight_decay must be a finite number"),
+        ({"max_grad_norm": math.nan}, "max_grad_norm must be a finite number, got nan"),
+        ({"max_grad_norm": -1}, "max_grad_norm must be > 0 .*, or 0 for no clipping"),
+        ({"max_train_samples": 0}, "max_train_samples must be >= 1 .*, got 0"),
+        ({"max_train_samples": -3}, "max_train_samples must be >= 1"),
+        ({"max_eval_samples": 0}, "max_eval_samples must be >= 1"),
+        ({"max_query_tokens": 0}, "max_query_tokens must be >= 1"),
+        ({"seed": -1}, r"seed must be in \[0, 2\*\*32 - 1\] \(numpy's seed range\), got -1"),
+        ({"seed": 2**32}, "seed must be in"),
+        ({"adam_beta1": 1}, r"adam_beta1 must be in \[0, 1\), got 1.0"),
+        ({"adam_beta2": -0.1}, "adam_beta2 must be in"),
+        ({"adam_epsilon": -1e-8}, "adam_epsilon must be >= 0"),
+        ({"model.dropout": math.inf}, "model.dropout must be a finite number"),
     ],
 )
 def test_bad_values_are_value_errors(overrides, match):
     with pytest.raises(ValueError, match=match):
         load_recipe("qvhighlights", overrides)
+
+
+def test_boundary_and_off_values_are_accepted():
+    recipe = load_recipe(
+        "qvhighlights",
+        {"max_grad_norm": 0, "window_round_seconds": None, "seed": 2**32 - 1, "adam_beta1": 0,
+         "adam_epsilon": 0, "learning_rate": 1, "max_train_samples": 1, "main_metric": "HL-min-VeryGood-Hit1"},
+    )  # fmt: skip
+    assert (recipe.max_grad_norm, recipe.window_round_seconds, recipe.seed) == (0.0, None, 2**32 - 1)
+
+
+def test_main_metric_left_out_is_the_dataset_s():
+    """Also for a recipe built in Python: TrainingRecipe(dataset_name="tvsum") used to select by MR-full-mAP,
+    which TVSum does not report."""
+    for dataset_name, metric in DATASET_MAIN_METRICS.items():
+        assert TrainingRecipe(dataset_name=dataset_name).main_metric == metric
+        assert metric in brief_metric_names(dataset_name)
+
+
+def test_brief_metric_names_are_what_the_metrics_report():
+    """brief_metric_names mirrors the evaluators' names: every protocol, on inputs that report them all."""
+    windows = [[0, 10, 0.9], [40, 80, 0.8], [130, 150, 0.7]]
+    qvhighlights = compute_metrics(
+        "qvhighlights", [qvh_prediction(windows, [0.5] * 75)], [QVH_REFERENCE]
+    )  # fmt: skip
+    assert sorted(qvhighlights["brief"]) == sorted(brief_metric_names("qvhighlights"))
+    for name in ("charades_sta", "tacos"):
+        reported = compute_metrics(name, CHARADES_PREDICTIONS, CHARADES_REFERENCES)["brief"]
+        assert sorted(reported) == sorted(brief_metric_names(name))
+    for name, domains, labels in (
+        ("youtube_highlights", YOUTUBE_DOMAINS, YOUTUBE_LABELS),
+        ("tvsum", TVSUM_DOMAINS, TVSUM_LABELS),
+    ):
+        videos = [(f"v{i}", domain, labels, DESCENDING[: len(labels)]) for i, domain in enumerate(domains)]
+        reported = compute_metrics(name, *highlight_rows(videos))["brief"]
+        assert sorted(reported) == sorted(brief_metric_names(name))
+
+
+def test_recipe_differences_leave_out_what_cannot_change_the_run():
+    recorded = load_recipe("demo", {"dataset_path": "data", "model.dropout": 0.2}).to_dict()
+    free = {"output_dir": "elsewhere", "logging_steps": 1, "num_workers": 2, "save_every_steps": 3,
+            "checkpoints_total_limit": 9, "retain_cpu_memory": False, "name": "renamed"}  # fmt: skip
+    assert set(free) == RESUME_FREE_KEYS
+    assert (
+        recipe_differences(
+            recorded, load_recipe("demo", {**free, "dataset_path": "data", "model.dropout": 0.2})
+        )
+        == []
+    )
+    changed = load_recipe(
+        "demo", {"dataset_path": "data", "learning_rate": 0.1, "model.ffn_dim": 64, "eval_every_epochs": 1}
+    )
+    assert recipe_differences(recorded, changed) == [
+        "learning_rate: 0.001 (run) -> 0.1",
+        "eval_every_epochs: 2 (run) -> 1",
+        "model.dropout: 0.2 (run) -> (not set)",
+        "model.ffn_dim: 128 (run) -> 64",
+    ]
+    # a key recorded before it existed had its default
+    older = {k: v for k, v in recorded.items() if k != "retain_cpu_memory" and k != "torch_compile"}
+    assert (
+        recipe_differences(older, load_recipe("demo", {"dataset_path": "data", "model.dropout": 0.2})) == []
+    )
+    assert recipe_differences(
+        older, load_recipe("demo", {"dataset_path": "data", "model.dropout": 0.2, "torch_compile": True})
+    ) == ["torch_compile: False (run) -> True"]
 
 
 def test_unknown_recipe_and_bad_tokens():
@@ -160,3 +272,16 @@ def test_extends_merges_the_model_section_and_refuses_cycles(tmp_path):
     loop.write_text(f"extends: {loop}\n")
     with pytest.raises(ValueError, match="extends must name another recipe, without cycles"):
         load_recipe(str(loop))
+
+
+def test_recipe_differences_see_one_folder_written_two_ways(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path)
+    recorded = load_recipe("demo", {"dataset_path": "data"}).to_dict()
+    assert recipe_differences(recorded, load_recipe("demo", {"dataset_path": str(tmp_path / "data")})) == []
+    assert recipe_differences(recorded, load_recipe("demo", {"dataset_path": "other"})) == [
+        "dataset_path: 'data' (run) -> 'other'"
+    ]
+    hub = load_recipe("demo", {"dataset_path": "owner/name"}).to_dict()  # no local folder: compared as text
+    assert recipe_differences(hub, load_recipe("demo", {"dataset_path": "owner/other"})) != []

@@ -1,10 +1,15 @@
 """The Trainer in this process: training for a number of steps, evaluating every N steps."""
 
 import json
+import math
+import re
+import shutil
 
 import pytest
 import torch
+import yaml
 from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
 from transformers import pipeline
 
 from internvideo2_testing import tiny_processor
@@ -13,8 +18,14 @@ from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval
 from sgdetr_hf.data.demo import build_demo_dataset
 from sgdetr_hf.loading_sgdetr import CheckpointError
 from sgdetr_hf.processing_sgdetr import SGDetrProcessor
+from sgdetr_hf.training.errors import (
+    DamagedCheckpointError,
+    RecipeMismatchError,
+    RunInputError,
+    TrainingDivergedError,
+)
 from sgdetr_hf.training.recipe import load_recipe
-from sgdetr_hf.training.trainer import Trainer, build_model
+from sgdetr_hf.training.trainer import Trainer, build_model, train
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +168,164 @@ def test_bf16_mixed_precision_trains_under_autocast_with_float32_weights(
     losses = [record["loss"] for record in trainer.state.history if "loss" in record]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert any(not torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
+# ------------------------------------------------------------------------------------------ resuming
+RUN = {
+    "batch_size": 4, "epochs": 2, "milestones": [1], "logging_steps": 1, "save_every_steps": 2,
+    "checkpoints_total_limit": 10, "model.hidden_size": 32, "model.ffn_dim": 64, "model.num_dn_groups": 1,
+}  # fmt: skip
+
+
+def _recipe(data, output_dir, **changes):
+    return load_recipe("demo", {**RUN, "dataset_path": str(data), "output_dir": str(output_dir), **changes})
+
+
+@pytest.fixture(scope="module")
+def finished_run(demo_data, tmp_path_factory):
+    """A finished run: 3 steps per epoch, 2 epochs, checkpoints at steps 2, 3 (epoch end), 4 and 6."""
+    folder = tmp_path_factory.mktemp("finished")
+    train(_recipe(demo_data, folder))
+    assert [p.name for p in (folder / "checkpoints").iterdir()] != []
+    return folder
+
+
+def _crashed_copy(finished_run, destination, keep="step_00000004"):
+    """The finished run as a crash left it: no model folders, no checkpoint after ``keep``."""
+    shutil.copytree(finished_run, destination)
+    for name in ("best_model", "final_model"):
+        shutil.rmtree(destination / name)
+    for checkpoint in (destination / "checkpoints").iterdir():
+        if checkpoint.name > keep:
+            shutil.rmtree(checkpoint)
+    return destination
+
+
+def _weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
+@pytest.mark.parametrize(
+    "changes, differences",
+    [
+        ({"learning_rate": 0.1, "seed": 5}, "learning_rate: 0.001 (run) -> 0.1; seed: 42 (run) -> 5"),
+        ({"batch_size": 2}, "batch_size: 4 (run) -> 2"),
+        ({"model.hidden_size": 64}, "model.hidden_size: 32 (run) -> 64"),
+        ({"epochs": 1}, "epochs: 2 (run) -> 1"),
+    ],
+    ids=["lr-and-seed", "batch-size", "model-width", "fewer-epochs"],
+)
+def test_a_resume_with_another_recipe_is_refused_and_the_run_s_record_kept(
+    demo_data, finished_run, tmp_path, changes, differences
+):
+    """before: rc 0 with the checkpoint's old lr and records saying the new one; a run past max_steps; a
+    traceback of size mismatches; an empty epoch range and a report naming a best_model that does not exist."""
+    run = _crashed_copy(finished_run, tmp_path / "run")
+    recorded = (run / "recipe.yaml").read_text()
+    with pytest.raises(RecipeMismatchError) as error:
+        train(_recipe(demo_data, run, **changes), resume="latest")
+    message = str(error.value)
+    assert f"cannot resume {run / 'checkpoints' / 'step_00000004'}: the recipe differs" in message
+    assert f"that change what it computes: {differences}. Resume with the run's own recipe" in message
+    assert f"--recipe {run / 'recipe.yaml'}" in message and "another --output_dir" in message
+    assert (run / "recipe.yaml").read_text() == recorded  # never replaced by settings that were not used
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoints",
+        "learning_curves.png",
+        "logs",
+        "recipe.yaml",
+    ]
+
+
+def test_a_resume_may_change_only_what_cannot_change_the_run_and_stays_exact(
+    demo_data, finished_run, tmp_path
+):
+    """The crashed run, moved to another folder and resumed with other logging and checkpoint settings,
+    ends with the uninterrupted run's weights; the recipe it records has the new values."""
+    run = _crashed_copy(finished_run, tmp_path / "moved")
+    free = {
+        "logging_steps": 2,
+        "save_every_steps": 0,
+        "checkpoints_total_limit": 3,
+        "retain_cpu_memory": False,
+    }
+    result = train(_recipe(demo_data, run, **free), resume="latest")
+    assert result.global_step == 6 and result.model_dir == run / "best_model" and result.model_dir.is_dir()
+    expected, resumed = _weights(finished_run / "final_model"), _weights(run / "final_model")
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
+    recorded = yaml.safe_load((run / "final_model" / "training_recipe.yaml").read_text())
+    assert (recorded["output_dir"], recorded["logging_steps"]) == (str(run), 2)
+
+
+def test_a_finished_run_resumes_to_nothing_and_never_names_a_missing_model(demo_data, finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = _weights(run / "final_model")
+    result = train(_recipe(demo_data, run), resume="latest")  # nothing left to train
+    assert (result.global_step, result.model_dir) == (6, run / "best_model") and result.metrics is not None
+    assert all(torch.equal(before[name], _weights(run / "final_model")[name]) for name in before)
+    shutil.rmtree(run / "best_model")
+    with pytest.raises(RunInputError, match=f"{run / 'best_model'} does not exist: the run ended at step 6"):
+        train(_recipe(demo_data, run), resume="latest")
+
+
+def test_a_checkpoint_without_a_recorded_recipe_ending_the_shorter_recipe_names_no_missing_model(
+    demo_data, finished_run, tmp_path
+):
+    """A checkpoint written before recipes were recorded cannot be compared: resumed with a recipe that ends at
+    it (epochs 1, checkpoint at the end of epoch 1) it trains nothing, and the report must not name a
+    best_model that was never saved (before: rc 0 and "model: .../best_model")."""
+    run = _crashed_copy(finished_run, tmp_path / "run", keep="step_00000003")
+    state_file = run / "checkpoints" / "step_00000003" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "recipe"}))
+    (run / "recipe.yaml").unlink()
+    with pytest.raises(RunInputError, match="best_model does not exist: the run ended at step 3"):
+        train(_recipe(demo_data, run, epochs=1), resume="latest")
+
+
+def test_a_checkpoint_position_that_is_not_the_run_s_is_refused(demo_data, finished_run, tmp_path):
+    run = _crashed_copy(finished_run, tmp_path / "run")
+    state_file = run / "checkpoints" / "step_00000004" / "trainer_state.json"
+    state_file.write_text(state_file.read_text().replace('"global_step": 4', '"global_step": 5'))
+    with pytest.raises(
+        DamagedCheckpointError, match=r"position \(epoch 1, batch 1, step 5\) is not one of this run"
+    ):
+        train(_recipe(demo_data, run), resume="latest")
+
+
+def test_a_folder_holding_another_run_s_models_is_never_trained_over(demo_data, finished_run, tmp_path):
+    """before: a folder with best_model/final_model and no checkpoints/ was overwritten without a word"""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    shutil.rmtree(run / "checkpoints")
+    message = f"{run} already holds best_model and final_model of a run, and no checkpoint to resume it from"
+    with pytest.raises(RunInputError, match=re.escape(message)):
+        Trainer(_recipe(demo_data, run)).run()  # also when resume() is never called
+    with pytest.raises(RunInputError, match=re.escape(message)):
+        train(_recipe(demo_data, run), resume="latest")
+    # nor resumed into from another run's checkpoint
+    other = finished_run / "checkpoints" / "step_00000004"
+    with pytest.raises(RunInputError, match=f"cannot resume {other} into {run}: that folder holds"):
+        train(_recipe(demo_data, run), resume=str(other))
+    assert _weights(run / "final_model").keys() == _weights(finished_run / "final_model").keys()
+
+
+def test_max_steps_is_a_hard_stop_even_from_an_offset_position(demo_data, tmp_path):
+    """A position ahead of its epoch (what a checkpoint of another batch size gave, before the recipe
+    check: the run went on to step 11 of max_steps 8) still ends at max_steps, with its final model."""
+    trainer = Trainer(_recipe(demo_data, tmp_path, max_steps=5, save_every_steps=0))
+    assert (trainer.steps_per_epoch, trainer.num_epochs) == (3, 2)
+    trainer.state.global_step = 3  # at the start of epoch 0
+    result = trainer.run()
+    assert result.global_step == 5 and (tmp_path / "final_model").is_dir()
+    assert [record["step"] for record in trainer.state.history if "loss" in record] == [4, 5]
+
+
+def test_weights_gone_non_finite_end_the_run_with_the_learning_rate_named(demo_data, tmp_path):
+    """before: "Non-finite matching cost" from inside the loss, as a traceback"""
+    trainer = Trainer(_recipe(demo_data, tmp_path, max_steps=2))
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(math.nan)
+    with pytest.raises(TrainingDivergedError, match=r"training diverged at step 1: .* \(learning_rate 0.001"):
+        trainer.run()

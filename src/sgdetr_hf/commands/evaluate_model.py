@@ -4,6 +4,7 @@ over a dataset split; write the prediction JSON Lines and the metrics JSON, prin
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..loading_sgdetr import CheckpointError
     from ..metrics import format_metrics_table
     from ..training.distributed import process_group_teardown
+    from ..training.errors import RunInputError
     from ..training.evaluate_model import evaluate_model
     from ..training.recipe import TrainingRecipe
 
@@ -80,9 +82,13 @@ def run(args: argparse.Namespace) -> int:
         args.batch_size < 1
         or args.top_k < 1
         or args.plot < 0
-        or (args.round_seconds is not None and args.round_seconds <= 0)
+        or (args.round_seconds is not None and not 0 < args.round_seconds < math.inf)
+        or (args.max_samples is not None and args.max_samples < 1)
     ):
-        raise CommandLineError("--batch-size and --top-k must be >= 1, --plot >= 0 and --round-seconds > 0")
+        raise CommandLineError(
+            "--batch-size, --top-k and --max-samples must be >= 1, --plot >= 0 and --round-seconds a finite "
+            "number > 0"
+        )
     try:
         recipe = TrainingRecipe(
             name="evaluate",
@@ -99,8 +105,9 @@ def run(args: argparse.Namespace) -> int:
     with process_group_teardown():
         try:
             metrics = evaluate_model(args.model, recipe, predict_only=args.predict_only, num_plots=args.plot)
-        # A model folder that cannot give the model (which file, what was expected), or none there: no trace.
-        except (CheckpointError, OSError) as error:
+        # A model folder that cannot give the model (which file, what was expected), or none there; a dataset,
+        # config or split that cannot be loaded, or a model that does not fit the data: no trace.
+        except (CheckpointError, OSError, RunInputError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
     if metrics is not None and int(os.environ.get("RANK", "0")) == 0:

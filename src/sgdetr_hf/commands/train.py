@@ -95,12 +95,15 @@ def run(args: argparse.Namespace) -> int:
     if args.print_recipe:
         print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
         return 0
-    from ..training.checkpointing import InexactResumeError
+    from ..loading_sgdetr import CheckpointError
+    from ..training.errors import RunInputError
 
     try:
         with process_group_teardown():
             result = train(recipe, resume=args.resume, allow_inexact_resume=args.allow_inexact_resume)
-    except InexactResumeError as error:
+    # What the run was given cannot work (data, model or processor source, output folder, checkpoint, a
+    # diverging learning rate): the message names it and what to do. Any other error keeps its traceback.
+    except (RunInputError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:

@@ -9,6 +9,7 @@ from Python::
     result = train(load_recipe("qvhighlights", {"dataset_path": "data/qvhighlights"}))
 """
 
+from .errors import RunInputError
 from .recipe import DATASET_MAIN_METRICS, TrainingRecipe, available_recipes, load_recipe
 from .schedule import build_warmup_multistep_scheduler, warmup_multistep_factor
 
@@ -28,6 +29,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "DATASET_MAIN_METRICS",
+    "RunInputError",
     "TrainingRecipe",
     "TrainingResult",
     "available_recipes",

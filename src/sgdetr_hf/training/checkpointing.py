@@ -9,6 +9,11 @@ A checkpoint is written into a ``.partial-*`` folder and renamed into place only
 (``trainer_state.json`` stays our own JSON file rather than an ``accelerator.register_for_checkpointing``
 object, which accelerate would pickle and which could not mark the checkpoint complete.)
 
+``trainer_state.json`` also records the run's resolved recipe (a resume with other settings is refused,
+:func:`~sgdetr_hf.training.recipe.recipe_differences`) and the size of every other file of the checkpoint, so
+that a file missing, truncated or emptied is a :class:`DamagedCheckpointError` naming it before accelerate
+reads anything (accelerate would fail on it with a bare ``EOFError``, or look for ``pytorch_model.bin``).
+
 Exact resume needs the RNG files: accelerate's ``load_state`` catches any failure to read them, logs it at
 INFO level and carries on with the current random state, so a damaged or replaced ``random_states_<rank>.pkl``
 would silently give another run. ``trainer_state.json`` records their SHA-256 at save time, and
@@ -25,10 +30,12 @@ import logging
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_json, atomic_write_text
+from .errors import DamagedCheckpointError, RunInputError
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +44,12 @@ STEP_DIR_PATTERN = re.compile(r"^step_(\d+)$")
 #: accelerate's per-process RNG file (``RNG_STATE_NAME``) and the states it must hold to restore the run
 RNG_STATE_FILE = "random_states_{rank}.pkl"
 RNG_STATE_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
+#: what the trainer's accelerator writes besides the RNG files (one model with safetensors, one optimizer, one
+#: scheduler): checked in checkpoints written before the files' sizes were recorded
+ACCELERATE_STATE_FILES = ("model.safetensors", "optimizer.bin", "scheduler.bin")
 
 
-class InexactResumeError(ValueError):
+class InexactResumeError(RunInputError):
     """A checkpoint whose random states cannot be restored: resuming it would not continue the run exactly."""
 
 
@@ -108,17 +118,128 @@ class TrainerState:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     #: RNG file name -> SHA-256 at save time (empty in checkpoints written before it was recorded)
     rng_state_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: the run's resolved recipe (``TrainingRecipe.to_dict()``; empty in checkpoints written before it was
+    #: recorded): a resume compares its own recipe with it
+    recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: every other file of the checkpoint (path relative to it) -> its size in bytes at save time (empty in
+    #: checkpoints written before it was recorded); the RNG files have their SHA-256 instead
+    files: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> TrainerState:
+        """Read ``path``; a file that is not JSON or holds a field of the wrong type is a
+        :class:`DamagedCheckpointError` naming the field (the loop would fail on it much later)."""
         try:
             values = json.loads(Path(path).read_text())
-            return cls(**values)
-        except (OSError, json.JSONDecodeError, TypeError) as error:
-            raise ValueError(f"{path} is not a valid {TRAINER_STATE_NAME}: {error}") from error
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DamagedCheckpointError(f"{path} is not a valid {TRAINER_STATE_NAME}: {error}") from error
+        problem = _trainer_state_problem(values)
+        if problem is not None:
+            raise DamagedCheckpointError(f"{path} is not a valid {TRAINER_STATE_NAME}: {problem}")
+        return cls(**values)
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, dataclasses.asdict(self))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _trainer_state_problem(values: Any) -> str | None:
+    """What is wrong with the JSON ``values`` of a ``trainer_state.json``, or ``None``."""
+    if not isinstance(values, dict):
+        return f"expected a JSON object, got {type(values).__name__}"
+    fields = {field.name for field in dataclasses.fields(TrainerState)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        return f"unknown field(s) {unknown}"
+    checks = {
+        "epoch": (_is_count, "a count >= 0"),
+        "batches_done": (_is_count, "a count >= 0"),
+        "global_step": (_is_count, "a count >= 0"),
+        "best_metric": (lambda v: v is None or _is_number(v), "a number or null"),
+        "best_step": (lambda v: v is None or _is_count(v), "a count >= 0 or null"),
+        "history": (
+            lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+            "a list of objects",
+        ),
+        "rng_state_sha256": (
+            lambda v: isinstance(v, dict) and all(isinstance(h, str) for h in v.values()),
+            "an object of file names to SHA-256 strings",
+        ),
+        "recipe": (lambda v: isinstance(v, dict), "an object (the recipe)"),
+        "files": (
+            lambda v: isinstance(v, dict) and all(_is_count(size) for size in v.values()),
+            "an object of file names to sizes",
+        ),
+    }
+    for key, (valid, expected) in checks.items():
+        if key in values and not valid(values[key]):
+            return f"{key!r} must be {expected}, got {values[key]!r}"[:300]
+    return None
+
+
+def complete_step_dirs(root: Path) -> list[Path]:
+    """The complete checkpoints in ``root`` (``step_*`` folders with a ``trainer_state.json``), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [
+        (int(match.group(1)), path)
+        for path in root.iterdir()
+        if (match := STEP_DIR_PATTERN.match(path.name)) and (path / TRAINER_STATE_NAME).is_file()
+    ]
+    return [path for _, path in sorted(found)]
+
+
+def _state_files(folder: Path) -> dict[str, int]:
+    """The size of every file of a checkpoint folder but its RNG files and ``trainer_state.json``."""
+    rng = re.compile(RNG_STATE_FILE.format(rank=r"\d+").replace(".", r"\."))
+    return {
+        path.relative_to(folder).as_posix(): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != TRAINER_STATE_NAME and not rng.fullmatch(path.name)
+    }
+
+
+def _content_problem(file: Path) -> str | None:
+    """Why a checkpoint file of the same size as saved still cannot be read, from its cheap-to-read parts:
+    a safetensors header, the zip directory at the end of a ``torch.save`` file; or ``None``."""
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(file), framework="pt"):  # parses the header and checks the data's extent
+                pass
+        except (SafetensorError, OSError) as error:
+            return f"{file.name} is not a readable safetensors file ({error})"
+    elif file.suffix == ".bin" and not zipfile.is_zipfile(file):  # torch.save writes zip archives
+        return f"{file.name} is not a readable torch.save file (no zip directory)"
+    return None
+
+
+def state_file_problems(path: Path, state: TrainerState) -> list[str]:
+    """The files of checkpoint ``path`` that are missing, not the size saved in ``state.files`` or unreadable
+    (in a checkpoint that predates the record: accelerate's files that are missing, empty or unreadable)."""
+    expected = state.files or dict.fromkeys(ACCELERATE_STATE_FILES)
+    problems = []
+    for name, size in expected.items():
+        file = path / name
+        if not file.is_file():
+            problems.append(f"{name} is missing")
+        elif size is not None and file.stat().st_size != size:
+            problems.append(
+                f"{name} is {file.stat().st_size} bytes, not the {size} saved (truncated or replaced)"
+            )
+        elif size is None and file.stat().st_size == 0:
+            problems.append(f"{name} is empty")
+        elif (problem := _content_problem(file)) is not None:
+            problems.append(problem)
+    return problems
 
 
 class CheckpointManager:
@@ -139,14 +260,7 @@ class CheckpointManager:
 
     def step_dirs(self) -> list[Path]:
         """Complete checkpoints, oldest first (a folder without trainer_state.json is not one)."""
-        if not self.root.is_dir():
-            return []
-        found = [
-            (int(match.group(1)), path)
-            for path in self.root.iterdir()
-            if (match := STEP_DIR_PATTERN.match(path.name)) and (path / TRAINER_STATE_NAME).is_file()
-        ]
-        return [path for _, path in sorted(found)]
+        return complete_step_dirs(self.root)
 
     def recover(self) -> None:
         """Finish what a crash interrupted: restore parked step folders, drop partial ones. Collective."""
@@ -180,6 +294,7 @@ class CheckpointManager:
             state.rng_state_sha256 = {
                 path.name: _sha256(path) for path in sorted(staged.glob(RNG_STATE_FILE.format(rank="*")))
             }
+            state.files = _state_files(staged)
             state.save(staged / TRAINER_STATE_NAME)
             replace_dir(staged, final)
             for old in self.step_dirs()[: -self.total_limit]:
@@ -188,20 +303,57 @@ class CheckpointManager:
         logger.info("saved training state to %s", final)
         return final
 
-    def load(self, path: str | Path, allow_inexact_resume: bool = False) -> TrainerState:
-        """Restore model, optimizer, scheduler, sampler and RNG states from ``path``; return its position.
+    def way_on(self, path: Path) -> str:
+        """What to do instead of resuming the checkpoint ``path``: another checkpoint of its run, or a fresh run."""
+        others = [p.name for p in complete_step_dirs(path.parent) if p.name != path.name]
+        fresh = "start a fresh run in another --output_dir"
+        if not others:
+            return fresh[0].upper() + fresh[1:]
+        return (
+            f"Resume from another checkpoint of the run ({', '.join(others)}; e.g. --resume "
+            f"{path.parent / others[-1]}) or {fresh}"
+        )
 
-        Every process checks the RNG files of all processes first (so all take the same decision): one
-        that is missing, unreadable, or not the file saved with the checkpoint raises
-        :class:`InexactResumeError`, or only warns when ``allow_inexact_resume``.
+    def read(self, path: str | Path) -> TrainerState:
+        """The training position saved in checkpoint ``path``, checked; nothing is restored yet.
+
+        Raises:
+            RunInputError: ``path`` is no complete checkpoint (e.g. the ``checkpoints`` folder itself).
+            DamagedCheckpointError: its ``trainer_state.json`` is unreadable or holds a wrong field.
         """
         path = Path(path)
         if not (path / TRAINER_STATE_NAME).is_file():
-            raise ValueError(
-                f"{path} is not a complete training checkpoint (no {TRAINER_STATE_NAME}); "
-                f"complete ones are the step_* folders under {self.root}"
+            inside = [p.name for p in complete_step_dirs(path)]
+            hint = (
+                f"it holds the checkpoints {inside}: pass one of them, or --resume alone for the newest one of "
+                "--output_dir"
+                if inside
+                else f"complete ones are the step_* folders under {self.root}"
             )
-        state = TrainerState.load(path / TRAINER_STATE_NAME)
+            raise RunInputError(
+                f"{path} is not a complete training checkpoint (no {TRAINER_STATE_NAME}); {hint}"
+            )
+        try:
+            return TrainerState.load(path / TRAINER_STATE_NAME)
+        except DamagedCheckpointError as error:
+            raise DamagedCheckpointError(f"cannot resume {path}: {error}. {self.way_on(path)}") from None
+
+    def restore(self, path: str | Path, state: TrainerState, allow_inexact_resume: bool = False) -> None:
+        """Restore model, optimizer, scheduler, sampler and RNG states from checkpoint ``path`` (whose
+        position :meth:`read` gave ``state``).
+
+        Every file is checked first, on every process (so that all take the same decision): one that is
+        missing, not the size saved or unreadable is a :class:`DamagedCheckpointError` (never bypassed by
+        ``allow_inexact_resume``); an RNG file that is missing,
+        unreadable, or not the file saved with the checkpoint raises :class:`InexactResumeError`, or only
+        warns when ``allow_inexact_resume``.
+        """
+        path = Path(path)
+        damaged = state_file_problems(path, state)
+        if damaged:
+            raise DamagedCheckpointError(
+                f"cannot resume {path}: the checkpoint is damaged: {'; '.join(damaged)}. {self.way_on(path)}"
+            )
         names = [RNG_STATE_FILE.format(rank=rank) for rank in range(self.accelerator.num_processes)]
         problems = [
             problem
@@ -215,13 +367,18 @@ class CheckpointManager:
                 "uninterrupted run"
             )
             if not allow_inexact_resume:
-                others = [p.name for p in self.step_dirs() if p != path]
+                others = [p.name for p in complete_step_dirs(path.parent) if p.name != path.name]
                 raise InexactResumeError(
                     f"{message}. Restore the file, resume from another checkpoint"
                     f"{f' ({others})' if others else ''}, or pass --allow-inexact-resume to continue anyway"
                 )
             logger.warning("%s; continuing as --allow-inexact-resume asks", message)
         self.accelerator.load_state(str(path))
+
+    def load(self, path: str | Path, allow_inexact_resume: bool = False) -> TrainerState:
+        """:meth:`read` then :meth:`restore` checkpoint ``path``; return its position."""
+        state = self.read(path)
+        self.restore(path, state, allow_inexact_resume=allow_inexact_resume)
         return state
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ..data import ANNOTATION_COLUMNS, MomentRetrievalCollator
 from ..data.dataset import MomentRetrievalDataset, load_moment_retrieval
+from .errors import RunInputError
 from .recipe import TrainingRecipe
 
 # Columns every split needs: the collator's inputs and the metrics' references.
@@ -29,26 +31,43 @@ def _check_columns(dataset: MomentRetrievalDataset, recipe: TrainingRecipe, spli
     ):
         missing = [c for c in columns if c not in table.column_names]
         if missing:
-            raise ValueError(
+            raise RunInputError(
                 f"dataset {recipe.dataset_path!r} config {config!r} split {split!r} lacks the column(s) "
                 f"{missing} (it has {table.column_names}); build it with scripts/build_benchmark_dataset.py"
             )
+
+
+def _load_failure(recipe: TrainingRecipe, split: str, error: Exception) -> str:
+    """The message for a dataset that ``datasets`` could not load: the settings, its reason, what is expected."""
+    path, config = Path(recipe.dataset_path), recipe.dataset_config
+    what = f"cannot load split {split!r} of config {config!r} from dataset {recipe.dataset_path!r}"
+    expected = "a folder built by scripts/build_benchmark_dataset.py or a Hub dataset id"
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return f"{what}: it is a model folder, not a dataset; expected {expected}"
+    reason = str(error).strip() or type(error).__name__
+    return f"{what}: {reason} (expected {expected}, with the configs {config!r} and {f'{config}-features'!r})"
 
 
 def load_split(recipe: TrainingRecipe, split: str, max_samples: int | None = None) -> MomentRetrievalDataset:
     """One split of the recipe's dataset (a folder or a Hub id), restricted to ``recipe.domain`` when set.
 
     Raises:
-        ValueError: no ``dataset_path``, a missing column (named), or no rows left.
+        RunInputError: no ``dataset_path``, a folder or Hub id that is not such a dataset, an unknown
+            config or split (``datasets``' reason included), a missing column (named), or no rows left.
     """
     if recipe.dataset_path is None:
-        raise ValueError(
+        raise RunInputError(
             f"recipe {recipe.name!r} has no dataset_path: pass --dataset_path with a folder built by "
             "scripts/build_benchmark_dataset.py or a Hub dataset id"
         )
-    dataset = load_moment_retrieval(
-        recipe.dataset_path, recipe.dataset_config, split, revision=recipe.dataset_revision
-    )
+    try:
+        dataset = load_moment_retrieval(
+            recipe.dataset_path, recipe.dataset_config, split, revision=recipe.dataset_revision
+        )
+    # datasets: ValueError for an unknown config or split or files it cannot read as one format, OSError
+    # (FileNotFoundError, ConnectionError) for no data files or an unreachable Hub id; the join: ValueError
+    except (ValueError, OSError) as error:
+        raise RunInputError(_load_failure(recipe, split, error)) from error
     _check_columns(dataset, recipe, split)
     queries = dataset.queries
     if recipe.domain is not None:
@@ -56,7 +75,9 @@ def load_split(recipe: TrainingRecipe, split: str, max_samples: int | None = Non
     if max_samples is not None:
         queries = queries.select(range(min(max_samples, len(queries))))
     if len(queries) == 0:
-        raise ValueError(f"split {split!r} of {recipe.dataset_path!r} has no rows (domain={recipe.domain!r})")
+        raise RunInputError(
+            f"split {split!r} of {recipe.dataset_path!r} has no rows (domain={recipe.domain!r})"
+        )
     return dataset if queries is dataset.queries else MomentRetrievalDataset(queries, dataset.videos)
 
 
@@ -64,7 +85,7 @@ def dataset_properties(dataset: MomentRetrievalDataset) -> dict[str, Any]:
     """The model-config values a dataset fixes: feature widths and the clip length (seconds)."""
     clip_lengths = dataset.queries.with_format(None).unique("clip_length")
     if len(clip_lengths) != 1:
-        raise ValueError(
+        raise RunInputError(
             f"the dataset mixes clip lengths {sorted(clip_lengths)}; one model needs one clip length"
         )
     return {
@@ -74,15 +95,18 @@ def dataset_properties(dataset: MomentRetrievalDataset) -> dict[str, Any]:
     }
 
 
-def check_matches_data(values: Mapping[str, Any], properties: Mapping[str, Any], what: str) -> None:
-    """Raise ``ValueError`` when ``values`` (config keys) contradict the dataset's ``properties``."""
+def check_matches_data(
+    values: Mapping[str, Any], properties: Mapping[str, Any], what: str, advice: str = ""
+) -> None:
+    """Raise :class:`RunInputError` when ``values`` (config keys) contradict the dataset's ``properties``;
+    ``advice`` ends the message (what to do)."""
     conflicts = [
         f"{key}={values[key]} (dataset: {value})"
         for key, value in properties.items()
         if key in values and not math.isclose(float(values[key]), float(value))
     ]
     if conflicts:
-        raise ValueError(f"{what} does not fit the dataset: {', '.join(conflicts)}")
+        raise RunInputError(f"{what} does not fit the dataset: {', '.join(conflicts)}{advice}")
 
 
 def build_collator(config, seed: int, max_query_tokens: int) -> MomentRetrievalCollator:

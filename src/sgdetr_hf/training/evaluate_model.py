@@ -18,6 +18,7 @@ from ..modeling_sgdetr import SGDetrForMomentRetrieval
 from ..visualization import plot_timeline
 from .data import build_collator, check_matches_data, dataset_properties, load_split
 from .distributed import build_accelerator
+from .errors import RunInputError
 from .evaluation import evaluate_predictions, predict, references_of
 from .recipe import TrainingRecipe
 
@@ -40,14 +41,19 @@ def evaluate_model(
     output_dir = Path(recipe.output_dir)
     accelerator = build_accelerator(output_dir, recipe.mixed_precision, seed=recipe.seed, log_with=None)
     if recipe.micro_batch_size % accelerator.num_processes:
-        raise ValueError(
+        raise RunInputError(
             f"--batch-size {recipe.micro_batch_size} must be divisible by {accelerator.num_processes} processes"
         )
     model = SGDetrForMomentRetrieval.from_pretrained(model_path)
     config = model.config
     with accelerator.main_process_first():
         dataset = load_split(recipe, split, recipe.max_eval_samples)
-    check_matches_data(config.to_dict(), dataset_properties(dataset), f"model {model_path}")
+    check_matches_data(
+        config.to_dict(),
+        dataset_properties(dataset),
+        f"model {model_path}",
+        advice=": evaluate it on a dataset with the features (and clip length) it was trained on",
+    )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=recipe.micro_batch_size,

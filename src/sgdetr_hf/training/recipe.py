@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import types
 import typing
 from importlib import resources
@@ -34,6 +36,42 @@ DATASET_MAIN_METRICS: dict[str, str] = {
     "tvsum": "TVSum-top5-mAP",
 }
 
+#: numpy's seed range: set_seed seeds numpy's global generator, which takes 0 <= seed < 2**32
+MAX_SEED = 2**32 - 1
+#: AdamW moves each weight by up to about the learning rate per step: beyond 1 any model diverges at once
+MAX_LEARNING_RATE = 1.0
+
+
+def brief_metric_names(dataset_name: str) -> tuple[str, ...]:
+    """The ``brief`` metric keys that :func:`sgdetr_hf.metrics.compute_metrics` reports for an evaluation
+    protocol on the trainer's predictions (windows and saliency scores): the valid ``main_metric`` values.
+
+    The evaluators build these names from the constants used here (``mr_hd_metrics``: length buckets,
+    highlight levels, domains) and a few literal thresholds; ``tests/training/test_recipe.py`` checks this
+    list against what they report. Data can still leave a name out (a QVHighlights length bucket without
+    ground-truth windows, a domain absent from the split): the trainer then says so at the evaluation.
+    """
+    from ..metrics.sgdetr_eval import mr_hd_metrics as metrics  # numpy only
+
+    if dataset_name == "qvhighlights":
+        return (
+            *(f"MR-{bucket}-mAP" for bucket in metrics.LENGTH_BUCKETS),
+            "MR-full-mAP@0.5", "MR-full-mAP@0.75", "MR-full-R1@0.5", "MR-full-R1@0.7",
+            *(f"HL-min-{level}-{kind}" for level, _ in metrics.HIGHLIGHT_LEVELS for kind in ("mAP", "Hit1")),
+        )  # fmt: skip
+    if dataset_name in ("charades_sta", "tacos"):
+        return (
+            "MR-full-R1@0.3", "MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "MR-full-mAP@0.5",
+            "MR-full-mAP@0.75", "MR-full-mIoU",
+        )  # fmt: skip
+    if dataset_name == "youtube_highlights":
+        return ("YT-mAP", *(f"YT-mAP-{domain}" for domain in metrics.YOUTUBE_DOMAINS))
+    if dataset_name == "tvsum":
+        return ("TVSum-top5-mAP", *(f"TVSum-top5-mAP-{domain}" for domain in metrics.TVSUM_DOMAINS))
+    raise ValueError(
+        f"unknown evaluation protocol {dataset_name!r}; use one of {sorted(DATASET_MAIN_METRICS)}"
+    )
+
 
 @dataclasses.dataclass
 class TrainingRecipe:
@@ -50,36 +88,39 @@ class TrainingRecipe:
     train_split: str = "train"
     eval_split: str | None = "validation"  # None: no evaluation (e.g. pre-training)
     domain: str | None = None  # YouTube Highlights / TVSum: train one model per domain
-    max_train_samples: int | None = None  # debugging: keep the first N training rows
-    max_eval_samples: int | None = None
+    max_train_samples: int | None = None  # debugging: keep the first N training rows (>= 1; null: all)
+    max_eval_samples: int | None = None  # the same for the evaluation split
     num_workers: int = 0  # DataLoader worker processes per training process
     # -- optimisation (paper §4.4)
     epochs: int = 150
     max_steps: int = 0  # > 0: stop after this many optimizer steps instead (the last epoch may end early)
     batch_size: int = 128  # global batch per optimizer step, summed over processes and accumulation steps
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-4
+    learning_rate: float = 5e-4  # in (0, 1]
     weight_decay: float = 0.1  # AdamW, applied to every parameter
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
+    adam_beta1: float = 0.9  # in [0, 1)
+    adam_beta2: float = 0.999  # in [0, 1)
+    adam_epsilon: float = 1e-8  # >= 0
     warmup_iters: int = 45  # optimizer steps of linear warm-up
     warmup_factor: float = 0.001  # lr factor at step 0 of the warm-up
     milestones: list[int] = dataclasses.field(default_factory=lambda: [100, 125])  # epochs
     gamma: float = 0.5  # lr factor applied at each milestone
-    max_grad_norm: float = 0.1  # global L2 norm; <= 0 disables clipping
+    max_grad_norm: float = 0.1  # global L2 norm to clip to (> 0); 0 disables clipping
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16 (auto: the launcher's, else bf16 on a bf16 GPU)
     torch_compile: bool = False  # torch.compile the model in place (its state dict and checkpoints unchanged)
     retain_cpu_memory: bool = True  # CPU runs: malloc keeps freed memory for reuse (sgdetr_hf.cpu_memory)
-    seed: int = 42
+    seed: int = 42  # 0 <= seed < 2**32 (numpy's range)
     # -- evaluation and checkpoints
     eval_every_epochs: int = 1
     eval_every_steps: int = 0  # > 0: evaluate every this many optimizer steps instead, and at the end
-    main_metric: str = "MR-full-mAP"  # key of the metrics' "brief" section; higher is better
+    # key of the metrics' "brief" section (brief_metric_names); higher is better. "": the dataset's
+    # (DATASET_MAIN_METRICS)
+    main_metric: str = ""
     select_best: bool = True  # False: keep the last evaluated model (pre-training, Charades-STA)
-    eval_top_k: int = 10  # predicted windows kept per query
+    eval_top_k: int = 10  # predicted windows kept per query (>= 1)
     max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS  # token cap of the collator and the saved processor
-    window_round_seconds: float | None = None  # round predicted windows to this grid (QVHighlights: 2 s)
+    # round predicted windows to this grid in seconds (> 0; QVHighlights: 2 s); null: no rounding
+    window_round_seconds: float | None = None
     output_dir: str = "outputs/run"
     save_every_steps: int = 0  # 0: resumable state only at each epoch end
     checkpoints_total_limit: int = 2  # resumable states kept on disk
@@ -93,28 +134,75 @@ class TrainingRecipe:
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.main_metric and self.dataset_name in DATASET_MAIN_METRICS:
+            self.main_metric = DATASET_MAIN_METRICS[self.dataset_name]
         self.validate()
 
     def validate(self) -> None:
-        """Check values that YAML types alone cannot; raise ``ValueError`` naming the key."""
+        """Check values that YAML types alone cannot; raise ``ValueError`` naming the key.
+
+        Everything that can be checked without the data is checked here, so a bad value fails before a run
+        loads anything or writes a file (not after an epoch, or as a NaN loss).
+        """
         if self.dataset_name not in DATASET_MAIN_METRICS:
             raise ValueError(
                 f"dataset_name={self.dataset_name!r} is not an evaluation protocol; "
                 f"use one of {sorted(DATASET_MAIN_METRICS)}"
             )
+        names = brief_metric_names(self.dataset_name)
+        if self.main_metric not in names:
+            close = difflib.get_close_matches(self.main_metric, names, n=1)
+            raise ValueError(
+                f"main_metric={self.main_metric!r} is not a {self.dataset_name} metric"
+                f"{f' (did you mean {close[0]!r}?)' if close else ''}; use one of {list(names)}"
+            )
+        # NaN passes every comparison below, and neither NaN nor Infinity can be written to the run's JSON
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{field.name} must be a finite number, got {value}")
         positive = (
             "epochs",
             "batch_size",
             "gradient_accumulation_steps",
             "eval_every_epochs",
             "logging_steps",
+            "eval_top_k",
+            "max_query_tokens",
         )
         for key in positive:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1 (or null for every row), got {getattr(self, key)}")
         for key in ("learning_rate", "warmup_factor", "gamma"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        if self.learning_rate > MAX_LEARNING_RATE:
+            raise ValueError(
+                f"learning_rate must be <= {MAX_LEARNING_RATE:g} (AdamW moves every weight by about the "
+                f"learning rate per step: the model would diverge), got {self.learning_rate}"
+            )
+        for key in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.adam_epsilon < 0:
+            raise ValueError(f"adam_epsilon must be >= 0, got {self.adam_epsilon}")
+        if self.max_grad_norm < 0:
+            raise ValueError(
+                f"max_grad_norm must be > 0 (the norm to clip to), or 0 for no clipping; got {self.max_grad_norm}"
+            )
+        if self.window_round_seconds is not None and not self.window_round_seconds > 0:
+            raise ValueError(
+                f"window_round_seconds must be > 0 (the grid in seconds), or null for no rounding; "
+                f"got {self.window_round_seconds}"
+            )
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2**32 - 1] (numpy's seed range), got {self.seed}")
+        for key, value in self.model.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"model.{key} must be a finite number, got {value}")
         for key in (
             "warmup_iters",
             "weight_decay",
@@ -318,11 +406,82 @@ def load_recipe(
         for key in checked["model"]:
             if key not in valid:
                 raise _unknown_key_error(key, valid, "model config (model.<key>)")
-    if "main_metric" not in checked:
-        checked["main_metric"] = DATASET_MAIN_METRICS.get(checked.get("dataset_name", "qvhighlights"), "")
-    return TrainingRecipe(**checked)
+    return TrainingRecipe(**checked)  # an unset main_metric is the dataset's
 
 
 def save_recipe(recipe: TrainingRecipe, path: str | Path) -> None:
     """Write the resolved recipe as YAML (atomically), so a run records exactly what it trained with."""
     atomic_write_text(Path(path), yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+
+
+#: Keys a resumed run may change, because they cannot change what it computes or selects:
+#: where its files go (output_dir; name, the tracker's project name), when it logs and keeps checkpoints
+#: (logging_steps; save_every_steps and checkpoints_total_limit: saving reads the random states, it draws
+#: none), and how the host feeds it (num_workers: the collator's draws are a function of (seed, epoch,
+#: sample) and the DataLoader draws its base seed from the global RNG whatever the worker count;
+#: retain_cpu_memory: malloc's trimming). Every other key changes the trajectory or what the run selects and
+#: records, and a resume refuses it: the data and its order (dataset_*, *_split, domain, max_*_samples,
+#: seed), the model and its start (model, init_from, allow_missing_weights), the optimisation and its
+#: length (epochs, max_steps, batch sizes, every optimiser and schedule value, mixed_precision,
+#: torch_compile: other kernels round otherwise), the evaluation (which steps, the metric and the
+#: post-processing decide the best model, and an evaluation's data loader draws from the RNG), and what is
+#: saved with the model (processor_path, max_query_tokens).
+RESUME_FREE_KEYS = frozenset(
+    {
+        "name",
+        "output_dir",
+        "logging_steps",
+        "save_every_steps",
+        "checkpoints_total_limit",
+        "num_workers",
+        "retain_cpu_memory",
+    }
+)
+
+
+_UNSET = object()  # a model key one side does not set
+#: keys naming a local folder (or a Hub id): the same folder written another way (relative, absolute) is the same
+_PATH_KEYS = ("dataset_path", "init_from", "processor_path")
+
+
+def _same_folder(first: Any, second: Any) -> bool:
+    if not (isinstance(first, str) and isinstance(second, str)):
+        return False
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them is no local path (a Hub id, or gone)
+        return False
+
+
+def _show(value: Any) -> str:
+    return "(not set)" if value is _UNSET else repr(value)
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
+
+
+def recipe_differences(recorded: typing.Mapping[str, Any], recipe: TrainingRecipe) -> list[str]:
+    """The settings in which ``recipe`` differs from ``recorded`` (a run's ``TrainingRecipe.to_dict()``),
+    as ``"key: <recorded> (run) -> <now>"``, model keys as ``model.<key>``; keys in :data:`RESUME_FREE_KEYS`
+    are left out, and so is a folder written another way (``data/qvh`` and its absolute path). A key missing
+    from ``recorded`` (a run recorded before the key existed) had its default."""
+    defaults = {field.name: _field_default(field) for field in dataclasses.fields(TrainingRecipe)}
+    current = recipe.to_dict()
+    pairs = [
+        (key, recorded.get(key, defaults[key]), value)
+        for key, value in current.items()
+        if key not in RESUME_FREE_KEYS and key != "model"
+    ]
+    recorded_model, model = dict(recorded.get("model") or {}), current["model"]
+    pairs += [
+        (f"model.{key}", recorded_model.get(key, _UNSET), model.get(key, _UNSET))
+        for key in sorted(set(recorded_model) | set(model))
+    ]
+    return [
+        f"{key}: {_show(before)} (run) -> {_show(now)}"
+        for key, before, now in pairs
+        if before != now and not (key in _PATH_KEYS and _same_folder(before, now))
+    ]

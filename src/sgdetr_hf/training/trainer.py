@@ -14,7 +14,11 @@ loss is exactly its share of the global batch's loss: W processes x A micro-batc
 one process with the whole batch (up to floating-point order, and dropout, whose random streams are per
 process). Resume is exact: model, optimizer, scheduler, sampler and RNG states come from the
 checkpoint, and the interrupted epoch skips the batches already consumed (``skip_first_batches``): the
-collator's random choices are a function of (seed, epoch, sample), so skipped batches need no replay.
+collator's random choices are a function of (seed, epoch, sample), so skipped batches need no replay. So a
+resume refuses what would make it another run: a recipe other than the one the checkpoint records (but for
+:data:`~sgdetr_hf.training.recipe.RESUME_FREE_KEYS`), a damaged checkpoint, a position that does not fit the
+data. ``max_steps`` is a hard stop. What a run is given that cannot work is a
+:class:`~sgdetr_hf.training.errors.RunInputError` naming it (``sgdetr train`` prints it on one line).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from huggingface_hub.errors import HFValidationError
 from tqdm.auto import tqdm
 
 from ..configuration_sgdetr import SGDetrConfig
@@ -41,9 +47,10 @@ from ..visualization import plot_learning_curves
 from .checkpointing import CheckpointManager, TrainerState, recover_dir, save_model_dir
 from .data import build_collator, check_matches_data, dataset_properties, load_split
 from .distributed import build_accelerator
+from .errors import DamagedCheckpointError, RecipeMismatchError, RunInputError, TrainingDivergedError
 from .evaluation import evaluate_predictions, predict, references_of
 from .global_batch import build_batch_contexts, split_micro_batches
-from .recipe import TrainingRecipe, save_recipe
+from .recipe import TrainingRecipe, recipe_differences, save_recipe
 from .schedule import build_warmup_multistep_scheduler, epochs_to_steps
 
 logger = logging.getLogger(__name__)
@@ -60,19 +67,66 @@ class TrainingResult:
 
 
 # -------------------------------------------------------------------------------------------- model
+def missing_source(key: str, value: str) -> RunInputError | None:
+    """The error for a recipe's model or processor source (``key``: ``init_from``, ``processor_path``) that
+    is a local path that does not exist, or ``None`` (a folder, or possibly a Hub id: owner/name or name).
+
+    Without it, Hugging Face reads "/nonexistent" as a malformed Hub id ("Repo id must be in the form ...").
+    """
+    if Path(value).expanduser().exists():
+        return None
+    if Path(value).is_absolute() or value.startswith((".", "~")) or value.count("/") > 1:
+        return RunInputError(f"{key} {value!r} does not exist (a local folder, or a Hub repo id owner/name)")
+    return None
+
+
 def build_model(recipe: TrainingRecipe, data_properties: dict[str, Any]) -> SGDetrForMomentRetrieval:
     """The model of the recipe: fresh, or from ``init_from`` (fine-tuning), with its config overrides.
 
     Feature widths and clip length come from the data; a recipe value that contradicts them is an error.
+
+    Raises:
+        RunInputError: the model section contradicts the data or is no valid config, or ``init_from`` does
+            not exist or cannot be read (the loader's reason included).
+        CheckpointError: ``init_from`` is no folder of this model's weights (what it lacks, named).
     """
-    check_matches_data(recipe.model, data_properties, "the recipe's model section")
+    check_matches_data(
+        recipe.model, data_properties, "the recipe's model section", advice=": drop those model keys"
+    )
     overrides = {**recipe.model, **data_properties}
     if recipe.init_from:
+        if (error := missing_source("init_from", recipe.init_from)) is not None:
+            raise error
         logger.info("initialising every weight from %s", recipe.init_from)
-        return SGDetrForMomentRetrieval.from_pretrained(
-            recipe.init_from, allow_missing_weights=recipe.allow_missing_weights, **overrides
-        )
-    return SGDetrForMomentRetrieval(SGDetrConfig(**overrides))
+        try:
+            return SGDetrForMomentRetrieval.from_pretrained(
+                recipe.init_from, allow_missing_weights=recipe.allow_missing_weights, **overrides
+            )
+        except OSError as error:  # CheckpointError already names the folder and what it lacks
+            raise RunInputError(
+                f"init_from {recipe.init_from!r} cannot initialise the model: {error}"
+            ) from error
+    try:
+        config = SGDetrConfig(**overrides)
+    except ValueError as error:  # the config's own checks, naming the key
+        raise RunInputError(
+            f"the recipe's model section (model.<key>) is not a valid config: {error}"
+        ) from error
+    return SGDetrForMomentRetrieval(config)
+
+
+def _load_processor(recipe: TrainingRecipe) -> SGDetrProcessor:
+    """The processor of ``recipe.processor_path``, with the recipe's query-length cap."""
+    if (error := missing_source("processor_path", recipe.processor_path)) is not None:
+        raise error
+    try:
+        processor = SGDetrProcessor.from_pretrained(recipe.processor_path)
+    except (OSError, HFValidationError) as error:  # CheckpointError already names the folder and its lack
+        raise RunInputError(
+            f"processor_path {recipe.processor_path!r} gives no processor: {error}"
+        ) from error
+    processor.max_query_length = recipe.max_query_tokens
+    return processor
 
 
 # --------------------------------------------------------------------------------------------- loop
@@ -137,7 +191,7 @@ class Trainer:
             self.output_dir, recipe.mixed_precision, 1, recipe.seed
         )
         if recipe.micro_batch_size % accelerator.num_processes:
-            raise ValueError(
+            raise RunInputError(
                 f"batch_size / gradient_accumulation_steps = {recipe.micro_batch_size} samples per forward "
                 f"pass cannot be split evenly over {accelerator.num_processes} processes"
             )
@@ -150,7 +204,7 @@ class Trainer:
                 load_split(recipe, recipe.eval_split, recipe.max_eval_samples) if recipe.eval_split else None
             )
         if len(self.train_set) < recipe.batch_size:
-            raise ValueError(
+            raise RunInputError(
                 f"the training split has {len(self.train_set)} samples, fewer than one batch of "
                 f"{recipe.batch_size} (training drops incomplete batches): lower --batch_size"
             )
@@ -160,10 +214,7 @@ class Trainer:
         self.collator = build_collator(model.config, recipe.seed, recipe.max_query_tokens)
         # Saved next to the model so that the folder also serves raw videos (pipeline, Space), with the
         # query-length cap of the training data: the model then sees at inference what it was trained on.
-        self.processor = None
-        if recipe.processor_path:
-            self.processor = SGDetrProcessor.from_pretrained(recipe.processor_path)
-            self.processor.max_query_length = recipe.max_query_tokens
+        self.processor = _load_processor(recipe) if recipe.processor_path else None
         loader_options = {"num_workers": recipe.num_workers, "pin_memory": torch.cuda.is_available()}
         # One batch per optimizer step (split into micro-batches by _train_step). drop_last: every step sees
         # the recipe's batch, and in-batch negative pairs need 2+ samples.
@@ -202,37 +253,109 @@ class Trainer:
             self.references = references_of(self.eval_set) if accelerator.is_main_process else None
         self.checkpoints = CheckpointManager(accelerator, self.output_dir, recipe.checkpoints_total_limit)
         self.checkpoints.recover()
-        self.state = TrainerState()
+        self.state = TrainerState(recipe=recipe.to_dict())
         self.best_dir, self.final_dir = self.output_dir / "best_model", self.output_dir / "final_model"
         if accelerator.is_main_process:
             recover_dir(self.best_dir)
             recover_dir(self.final_dir)
+        accelerator.wait_for_everyone()  # every process sees the recovered folders
+        self._resume_checked = False  # run() checks the output folder when resume() was not called
 
     # ------------------------------------------------------------------------------------- resume
+    def _run_products(self) -> list[str]:
+        """What in the output folder belongs to a run: its complete checkpoints, best_model, final_model."""
+        products = ["checkpoints/"] if self.checkpoints.latest() is not None else []
+        return products + [d.name for d in (self.best_dir, self.final_dir) if d.is_dir()]
+
     def resume(self, resume: str | None, allow_inexact_resume: bool = False) -> None:
         """Continue from a checkpoint: ``"latest"`` (in the output folder, if any) or a checkpoint path.
 
-        ``None`` refuses an output folder that already holds checkpoints, so a run is never overwritten.
-        A checkpoint whose random states cannot be restored is refused unless ``allow_inexact_resume``
-        (:meth:`CheckpointManager.load`).
+        ``None`` refuses an output folder that already holds a run (checkpoints, ``best_model`` or
+        ``final_model``), so a run is never overwritten; so does a resume from another folder's checkpoint.
+        The checkpoint must be complete and undamaged, its recipe the same as ``self.recipe`` (but for
+        :data:`~sgdetr_hf.training.recipe.RESUME_FREE_KEYS`) and its position one of this run; a checkpoint
+        whose random states cannot be restored is refused unless ``allow_inexact_resume``
+        (:meth:`CheckpointManager.restore`). Everything is checked before anything is restored.
+
+        Raises:
+            RunInputError: one of those refusals, naming the folder, file or settings and what to do.
         """
+        self._resume_checked = True
         latest = self.checkpoints.latest()
-        if resume is None:
+        products = self._run_products()
+        if resume is None or (resume == "latest" and latest is None):
             if latest is not None:
-                raise ValueError(
+                raise RunInputError(
                     f"{self.output_dir} already holds checkpoints: pass --resume to continue that run, "
                     "or another --output_dir"
                 )
+            if products:  # a finished run whose checkpoints were deleted
+                raise RunInputError(
+                    f"{self.output_dir} already holds {' and '.join(products)} of a run, and no checkpoint to "
+                    "resume it from: pass another --output_dir (or remove those folders to start over)"
+                )
+            if resume is not None:
+                logger.info("no checkpoint in %s: starting a new run", self.output_dir)
             return
         path = latest if resume == "latest" else Path(resume)
-        if path is None:
-            logger.info("no checkpoint in %s: starting a new run", self.output_dir)
-            return
-        self.state = self.checkpoints.load(path, allow_inexact_resume=allow_inexact_resume)
+        state = self.checkpoints.read(path)
+        if products and path.resolve().parent != self.checkpoints.root.resolve():
+            raise RunInputError(
+                f"cannot resume {path} into {self.output_dir}: that folder holds {' and '.join(products)} of "
+                "another run; pass --output_dir with the checkpoint's own run folder or a new one"
+            )
+        self._check_recipe(path, state)
+        self._check_position(path, state)
+        self.checkpoints.restore(path, state, allow_inexact_resume=allow_inexact_resume)
+        state.recipe = self.recipe.to_dict()  # the same but for the free keys: their values from now on
+        self.state = state
         logger.info(
             "resumed from %s: epoch %d, batch %d, step %d",
             path, self.state.epoch, self.state.batches_done, self.state.global_step,
         )  # fmt: skip
+
+    def _check_recipe(self, path: Path, state: TrainerState) -> None:
+        """Refuse a resume whose recipe differs from the one recorded with the checkpoint (or, for a checkpoint
+        written before recipes were recorded there, in its run folder's recipe.yaml)."""
+        run_recipe = path.parent.parent / "recipe.yaml"
+        recorded = state.recipe
+        if not recorded and run_recipe.is_file():
+            try:
+                recorded = yaml.safe_load(run_recipe.read_text()) or {}
+            except yaml.YAMLError:
+                recorded = {}
+        if not isinstance(recorded, dict) or not recorded:
+            logger.warning(
+                "%s records no recipe: cannot check that this resume trains with the run's settings", path
+            )
+            return
+        differences = recipe_differences(recorded, self.recipe)
+        if differences:
+            run = path.parent.parent
+            own = f"--recipe {run_recipe}, " if run_recipe.is_file() else ""
+            models = [d for d in (run / "final_model", run / "best_model") if d.is_dir()]
+            weights = f" (--init-from {models[0]} to start from its weights)" if models else ""
+            raise RecipeMismatchError(
+                f"cannot resume {path}: the recipe differs from the run's in {len(differences)} setting(s) "
+                f"that change what it computes: {'; '.join(differences)}. Resume with the run's own recipe "
+                f"({own}or the command line that started it), or start a new run in another --output_dir"
+                f"{weights}"
+            )
+
+    def _check_position(self, path: Path, state: TrainerState) -> None:
+        """Refuse a checkpoint whose position is not one of this run's: an edited trainer_state.json, or a
+        training split that changed (its steps per epoch with it) since the checkpoint."""
+        steps, epoch, done = state.global_step, state.epoch, state.batches_done
+        # a step checkpoint at an epoch's last batch has batches_done == steps_per_epoch
+        inside = done <= self.steps_per_epoch and steps == epoch * self.steps_per_epoch + done
+        finished = done == 0 and steps == self.total_steps and epoch == self.num_epochs
+        if steps > self.total_steps or not (inside or finished):
+            raise DamagedCheckpointError(
+                f"cannot resume {path}: its trainer_state.json position (epoch {epoch}, batch {done}, step "
+                f"{steps}) is not one of this run ({self.steps_per_epoch} steps per epoch, {self.total_steps} "
+                f"in all): the training split changed since the checkpoint ({len(self.train_set)} samples now) "
+                f"or the file was edited. {self.checkpoints.way_on(path)}"
+            )
 
     # ------------------------------------------------------------------------------------ training
     def _batches(self, epoch: int):
@@ -260,7 +383,14 @@ class Trainer:
             last = index == len(micro_batches) - 1
             # gradients are all-reduced once, after the last micro-batch
             with contextlib.nullcontext() if last else accelerator.no_sync(self.model):
-                outputs = self.model(**micro_batch, batch_context=context)
+                try:
+                    outputs = self.model(**micro_batch, batch_context=context)
+                except ValueError as error:  # e.g. the matcher's "Non-finite matching cost"
+                    if self._weights_are_finite():
+                        raise
+                    raise self._diverged(
+                        self.state.global_step + 1, "the weights hold NaN or Inf after the last update"
+                    ) from error
                 # the losses of the parts add up to the global one; DDP averages over the processes
                 accelerator.backward(outputs.loss * accelerator.num_processes)
             meter.add(outputs.loss, outputs.loss_dict)
@@ -271,19 +401,38 @@ class Trainer:
         self.optimizer.zero_grad()
         meter.end_step()
 
+    def _weights_are_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def _diverged(self, step: int, what: str) -> TrainingDivergedError:
+        recipe = self.recipe
+        return TrainingDivergedError(
+            f"training diverged at step {step}: {what} (learning_rate "
+            f"{recipe.learning_rate:g}, now {self.scheduler.get_last_lr()[0]:g} in the schedule; max_grad_norm "
+            f"{recipe.max_grad_norm:g}). Lower --learning_rate (or the warm-up's end, or set --max_grad_norm), "
+            "in a new --output_dir"
+        )
+
     def _train_epoch(self, epoch: int, meter: _LossMeter, progress: tqdm) -> None:
         accelerator, recipe, state = self.accelerator, self.recipe, self.state
         self.model.train()
         for batch_index, batch in self._batches(epoch):
+            if state.global_step >= self.total_steps:  # max_steps is a hard stop, whatever the epoch
+                break
             batch.pop("meta")
             self._train_step(batch, meter)
             state.global_step += 1
             progress.update(1)
-            last_step = state.global_step == self.total_steps
+            last_step = state.global_step >= self.total_steps
             fraction = epoch + (batch_index + 1) / len(self.train_loader)
             # The last step logs too, so that the loss of a last, shorter interval is not lost.
             if state.global_step % recipe.logging_steps == 0 or last_step:
                 terms = meter.read()
+                # fp16's loss scaling skips a step with an overflow: only weights gone non-finite end a run
+                if not math.isfinite(terms["loss"]) and not self._weights_are_finite():
+                    raise self._diverged(
+                        state.global_step, f"the loss is {terms['loss']} and the weights NaN/Inf"
+                    )
                 lr = self.scheduler.get_last_lr()[0]
                 accelerator.log(
                     {**{f"train/{k}": v for k, v in terms.items()}, "train/lr": lr}, step=state.global_step
@@ -320,10 +469,10 @@ class Trainer:
         outcome = broadcast_object_list([outcome])[0]
         if isinstance(outcome, Exception):
             raise outcome
-        if recipe.main_metric not in outcome["brief"]:
-            raise ValueError(
-                f"main_metric {recipe.main_metric!r} is not among the {recipe.dataset_name} metrics: "
-                f"{sorted(outcome['brief'])}"
+        if recipe.main_metric not in outcome["brief"]:  # e.g. a length bucket without windows in the split
+            raise RunInputError(
+                f"main_metric {recipe.main_metric!r} is not among the {recipe.dataset_name} metrics of split "
+                f"{recipe.eval_split!r}: {sorted(outcome['brief'])}; choose one of those"
             )
         return outcome
 
@@ -358,7 +507,7 @@ class Trainer:
         """Evaluate when due, keep the best and the final model, then save the resumable state."""
         recipe, state = self.recipe, self.state
         state.epoch, state.batches_done = epoch + 1, 0
-        last_epoch = epoch + 1 == self.num_epochs
+        last_epoch = epoch + 1 == self.num_epochs or state.global_step >= self.total_steps
         every_epochs = not recipe.eval_every_steps and (epoch + 1) % recipe.eval_every_epochs == 0
         metrics = None
         if self.eval_loader is not None and (every_epochs or last_epoch):
@@ -372,6 +521,9 @@ class Trainer:
     def run(self) -> TrainingResult:
         """Train from the current state to the end of the recipe; return the selected model."""
         accelerator, recipe = self.accelerator, self.recipe
+        if not self._resume_checked:  # never train over another run's folder
+            self.resume(None)
+        # After resume()'s check, the recipe is the run's but for keys that change nothing it computes.
         if accelerator.is_main_process:
             save_recipe(recipe, self.output_dir / "recipe.yaml")
         hyper_parameters = {
@@ -390,8 +542,12 @@ class Trainer:
             desc="training",
             disable=not accelerator.is_local_main_process,
         )
+        if self.state.global_step >= self.total_steps:
+            logger.info("the run had already ended at step %d: nothing to train", self.state.global_step)
         try:
             for epoch in range(self.state.epoch, self.num_epochs):
+                if self.state.global_step >= self.total_steps:
+                    break
                 self._train_epoch(epoch, meter, progress)
                 self._end_of_epoch(epoch)
         except torch.OutOfMemoryError as error:
@@ -404,6 +560,12 @@ class Trainer:
             )
         accelerator.end_training()
         model_dir = self.best_dir if recipe.select_best and self.eval_loader is not None else self.final_dir
+        if not model_dir.is_dir():  # a resumed, finished run whose model folder was removed since
+            raise RunInputError(
+                f"{model_dir} does not exist: the run ended at step {self.state.global_step} (its last checkpoint "
+                f"is {self.checkpoints.latest()}), and that folder was removed or moved since. Restore it, or "
+                "train again in another --output_dir"
+            )
         results = model_dir / "eval_results.json"  # the best model may come from an earlier, resumed session
         metrics = json.loads(results.read_text()) if results.is_file() else None
         return TrainingResult(self.output_dir, model_dir, metrics, self.state.global_step)
