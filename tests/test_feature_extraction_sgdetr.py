@@ -17,14 +17,17 @@ from pipeline_testing import save_tiny_model_repo
 from sgdetr_hf import SGDetrFeatureExtractor
 from sgdetr_hf.commands import main
 from sgdetr_hf.commands.extract_features import (
+    SourceError,
     extract_features,
     list_videos,
     read_queries,
     weights_checksum,
 )
 from sgdetr_hf.data.builder import FeatureFolder
+from sgdetr_hf.feature_extraction_sgdetr import ExtractorSettingsError
 from sgdetr_hf.loading_sgdetr import CheckpointError
 from sgdetr_hf.modeling_internvideo2 import InternVideo2Model
+from sgdetr_hf.processing_sgdetr import SGDetrProcessor
 from sgdetr_hf.video_io_sgdetr import prefetch
 
 
@@ -119,6 +122,37 @@ def test_extract_features_refuses_an_sgdetr_folder_as_the_encoder_in_one_line(tm
     assert err.strip().splitlines()[-1].startswith(f"error: {repo}/config.json has model_type='sg-detr'")
 
 
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (
+            {"max_query_length": 0},
+            r"max_query_length must be an int >= 3 \(room for \[CLS\] word \[SEP\]\), got 0",
+        ),
+        ({"max_query_length": 2}, "max_query_length must be an int >= 3"),
+        ({"max_query_length": 5.0}, "max_query_length must be an int >= 3"),
+        ({"max_query_length": True}, "max_query_length must be an int >= 3"),
+        ({"max_query_length": 65}, "max_query_length=65 exceeds the text encoder's 64 positions"),
+        ({"clips_per_batch": 0}, "clips_per_batch must be an int >= 1"),
+        ({"video_feature": "cls"}, "video_feature must be one of"),
+    ],
+)
+def test_settings_are_refused_before_the_encoder_is_built(checkpoint, settings, message, monkeypatch):
+    """Only ``None`` means the processor's query length: 0 was silently taken as the default (32)."""
+    monkeypatch.setattr(InternVideo2Model, "__init__", lambda *a, **k: pytest.fail("the encoder was built"))
+    with pytest.raises(ExtractorSettingsError, match=message):
+        SGDetrFeatureExtractor.from_pretrained(checkpoint, **settings)
+
+
+def test_max_query_length_none_is_the_processors(checkpoint):
+    saved = SGDetrProcessor.from_pretrained(checkpoint).max_query_length
+    extractor = SGDetrFeatureExtractor.from_pretrained(checkpoint, max_query_length=None)
+    assert extractor.processor.max_query_length == saved
+    assert (
+        SGDetrFeatureExtractor.from_pretrained(checkpoint, max_query_length=3).processor.max_query_length == 3
+    )
+
+
 def test_a_device_this_torch_cannot_use_is_refused(checkpoint, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="device cuda:0 asked for"):
@@ -195,17 +229,128 @@ def test_feature_folder_is_complete_resumable_and_readable_by_the_builder(extrac
 
 
 def test_bad_sources(tmp_path, video):
-    with pytest.raises(ValueError, match="video source not found"):
+    with pytest.raises(SourceError, match="video source not found"):
         list_videos([str(tmp_path / "nowhere")])
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     os.link(video, tmp_path / "a" / "x.mp4")
     os.link(video, tmp_path / "b" / "x.mp4")
-    with pytest.raises(ValueError, match="two videos share the id 'x'"):
+    with pytest.raises(SourceError, match="two videos share the id 'x'"):
         list_videos([str(tmp_path / "a"), str(tmp_path / "b")])
     (tmp_path / "bad.jsonl").write_text('{"vid": "x"}\n')
-    with pytest.raises(ValueError, match="bad.jsonl:1 has no 'qid'"):
+    with pytest.raises(SourceError, match="bad.jsonl:1 has no 'qid'"):
         read_queries([str(tmp_path / "bad.jsonl")])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no video here")
+    with pytest.raises(
+        SourceError, match=r"nothing to extract: the folder .*empty holds no video file \(read: .mp4"
+    ):
+        list_videos([str(tmp_path / "a"), str(tmp_path / "empty")])
+    (tmp_path / "list.txt").write_text("# only a comment\n\n")
+    with pytest.raises(SourceError, match="list.txt names no video"):
+        list_videos([str(tmp_path / "list.txt")])
+
+
+def _jsonl(path, *lines):
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"qid": 1, "query": "a dog"}', '{"qid": 2, "query": "a cat"'], r"x.jsonl:2 is not valid JSON \(Expecting"),
+        (['{"qid": 1, "query": "a dog"}', '{"qid": 9, "query": "  "}'], r"x.jsonl:2: the query of qid '9' is empty"),
+        (['{"qid": 9, "query": null}'], r"x.jsonl:1: the query of qid '9' is a NoneType, not a string"),
+        (['{"qid": null, "query": "a dog"}'], r"x.jsonl:1: the qid None is a NoneType"),
+        (['{"qid": "a/b", "query": "a dog"}'], r"x.jsonl:1: the qid 'a/b' cannot name a file"),
+        (['[1, "a dog"]'], r"x.jsonl:1 is a JSON list, not an object"),
+        (
+            ['{"qid": 1, "query": "a dog"}', "", '{"qid": "1", "query": "a cat"}'],
+            r"x.jsonl:3: qid '1' has the query 'a cat', but 'a dog' at .*x.jsonl:1",
+        ),
+        ([""], r"nothing to extract: the annotations file .*x.jsonl holds no query"),
+    ],
+)  # fmt: skip
+def test_annotations_are_checked_when_read_naming_file_line_and_qid(tmp_path, lines, message):
+    with pytest.raises(SourceError, match=message):
+        read_queries([_jsonl(tmp_path / "x.jsonl", *lines)])
+
+
+def test_a_qid_repeated_with_the_same_query_is_read_once(tmp_path):
+    file = _jsonl(tmp_path / "x.jsonl", '{"qid": 1, "query": "a dog"}', '{"qid": 1, "query": "a dog"}')
+    assert read_queries([file, file]) == {"1": "a dog"}  # the same file given twice, a repeated line
+
+
+def test_unreadable_annotation_files_name_the_file(tmp_path):
+    with pytest.raises(SourceError, match="annotations file not found: .*missing.jsonl"):
+        read_queries([str(tmp_path / "missing.jsonl")])
+    with pytest.raises(SourceError, match="is a folder, not an annotations file"):
+        read_queries([str(tmp_path)])
+    (tmp_path / "latin1.jsonl").write_bytes(
+        '{"qid": 1, "query": "a dog"}\n{"qid": 2, "query": "caf\xe9"}\n'.encode("latin-1")
+    )
+    with pytest.raises(SourceError, match="latin1.jsonl:2 is not UTF-8 text"):
+        read_queries([str(tmp_path / "latin1.jsonl")])
+
+
+def test_an_empty_query_is_named_by_qid_before_anything_is_written(extractor, tmp_path):
+    output = tmp_path / "features"
+    with pytest.raises(ValueError, match="the query of qid 'q7' is empty"):
+        extract_features(extractor, {}, {"q1": "a dog", "q7": " "}, output)
+    assert not output.exists()
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    """Paths the command-line cases below refer to as ``{name}``."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("not a folder")
+    return {
+        "tmp": str(tmp_path),
+        "good": _jsonl(tmp_path / "good.jsonl", '{"qid": 1, "query": "a dog"}'),
+        "bad": _jsonl(tmp_path / "bad.jsonl", '{"qid": 1, "query": "a dog"}', "{oops"),
+        "empty_query": _jsonl(tmp_path / "empty_query.jsonl", '{"qid": 1, "query": "a dog"}', '{"qid": 5, "query": ""}'),
+        "twice": _jsonl(tmp_path / "twice.jsonl", '{"qid": 1, "query": "a dog"}', '{"qid": 1, "query": "a cat"}'),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "nothing to extract: give --videos (video files, folders of videos, .txt lists of paths) and/or --annotations"),
+        (["--videos", "{tmp}/nowhere"], "video source not found: {tmp}/nowhere"),
+        (["--videos", "{tmp}/empty"], "nothing to extract: the folder {tmp}/empty holds no video file"),
+        (["--annotations", "{tmp}/missing.jsonl"], "annotations file not found: {tmp}/missing.jsonl"),
+        (["--annotations", "{bad}"], "{bad}:2 is not valid JSON (Expecting property name"),
+        (["--annotations", "{empty_query}"], "{empty_query}:2: the query of qid '5' is empty"),
+        (["--annotations", "{twice}"], "{twice}:2: qid '1' has the query 'a cat', but 'a dog' at {twice}:1"),
+        (["--annotations", "{good}", "--clip-length", "0"], "--clip-length must be a finite number of seconds > 0, got 0.0"),
+        (["--annotations", "{good}", "--clip-length", "nan"], "--clip-length must be a finite number of seconds > 0, got nan"),
+        (["--annotations", "{good}", "--clip-length", "inf"], "--clip-length must be a finite number of seconds > 0, got inf"),
+        (["--annotations", "{good}", "--frames-per-clip", "0"], "--frames-per-clip must be >= 1, got 0"),
+        (["--annotations", "{good}", "--clips-per-batch", "0"], "--clips-per-batch must be >= 1, got 0"),
+        (["--annotations", "{good}", "--max-query-length", "0"], "--max-query-length must be >= 3 (room for [CLS], a word and [SEP]), got 0"),
+        (["--annotations", "{good}", "--max-query-length", "2"], "--max-query-length must be >= 3"),
+        (["--annotations", "{good}", "--max-query-length", "65"], "max_query_length=65 exceeds the text encoder's 64 positions"),
+        (["--annotations", "{good}", "--output", "{tmp}/a_file"], "--output {tmp}/a_file: it is a file, not a folder; give the feature folder"),
+        (["--annotations", "{good}", "--output", "{tmp}/a_file/sub"], "--output {tmp}/a_file/sub: {tmp}/a_file is a file, not a folder"),
+        (["--annotations", "{good}", "--output", "{tmp}/" + "o" * 300], "it cannot be written (File name too long)"),
+    ],
+)  # fmt: skip
+def test_bad_inputs_are_one_line_errors_before_the_encoder_is_built(
+    checkpoint, bad_inputs, extra, message, monkeypatch, capsys
+):
+    monkeypatch.setattr(InternVideo2Model, "__init__", lambda *a, **k: pytest.fail("the encoder was built"))
+    argv = ["extract-features", "--model", str(checkpoint), "--output", f"{bad_inputs['tmp']}/out"]
+    argv += [argument.format(**bad_inputs) for argument in extra]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("sgdetr extract-features: error: ") and message.format(**bad_inputs) in line, err
+    assert not os.path.exists(f"{bad_inputs['tmp']}/out")
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 import logging
 
+import numpy as np
 import pytest
 from matplotlib.patches import Rectangle
 from PIL import Image
@@ -63,6 +64,66 @@ def test_timeline_rejects_bad_windows(tmp_path):
         plot_timeline({"pred_relevant_windows": [[5.0, 1.0, 0.3]]}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="at least one prediction"):
         plot_timeline([], tmp_path / "x.png")
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"duration": -5.0}, r"prediction 0 \(qid '7'\): duration must be > 0 and finite \(seconds\), got -5.0"),
+        ({"duration": INF}, r"prediction 0 \(qid '7'\): duration must be > 0 and finite \(seconds\), got inf"),
+        ({"duration": 0.0}, r"prediction 0 \(qid '7'\): duration must be > 0"),
+        ({"duration": "20"}, r"prediction 0 \(qid '7'\): duration must be > 0 and finite \(seconds\), got '20'"),
+        ({"pred_saliency_scores": [0.1, NAN, 0.3]}, r"qid '7'\): pred_saliency_scores must be finite, got nan at clip 1"),
+        ({"pred_saliency_scores": [0.1, 0.2, INF]}, r"qid '7'\): pred_saliency_scores must be finite, got inf at clip 2"),
+        ({"pred_saliency_scores": [[0.1, 0.2]]}, r"qid '7'\): pred_saliency_scores must be a list of numbers"),
+        ({"pred_relevant_windows": [[NAN, 4.0, 0.9]]}, r"qid '7'\): pred_relevant_windows must hold finite numbers"),
+        ({"pred_relevant_windows": [[0.0, INF, 0.9]]}, r"qid '7'\): pred_relevant_windows must hold finite numbers"),
+        ({"pred_relevant_windows": [[0.0, 4.0, NAN]]}, r"qid '7'\): pred_relevant_windows must hold finite numbers"),
+        ({"pred_relevant_windows": [[0.0, 4.0]]}, r"pred_relevant_windows must be a list of \[start, end, score\] numbers"),
+        ({"pred_relevant_windows": [[0.0, 4.0, 0.9], [1.0]]}, r"pred_relevant_windows must be a list of \[start, end, score\]"),
+        ({"relevant_windows": [[2.0, NAN]]}, r"qid '7'\): relevant_windows must hold finite numbers"),
+    ],
+)  # fmt: skip
+def test_unplottable_fields_are_refused_naming_the_prediction_and_the_field(change, message):
+    with pytest.raises(ValueError, match=message):
+        timeline_figure({**PREDICTION, **change})
+
+
+def test_an_unplottable_prediction_without_qid_is_named_by_its_index():
+    second = {"query": "q", "pred_relevant_windows": [[1.0, 3.0, 0.5]], "duration": -1.0}
+    with pytest.raises(ValueError, match=r"^prediction 1: duration must be > 0"):
+        timeline_figure([PREDICTION, second])
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"clip_length": NAN}, r"clip_length must be > 0 and finite \(seconds per saliency value\), got nan"),
+        ({"clip_length": INF}, r"clip_length must be > 0 and finite .*, got inf"),
+        ({"clip_length": 0.0}, r"clip_length must be > 0 and finite .*, got 0.0"),
+        ({"top_k": 2.5}, r"top_k must be an int >= 1 \(predicted windows drawn per query\), got 2.5"),
+        ({"top_k": 0}, r"top_k must be an int >= 1 .*, got 0"),
+        ({"top_k": True}, r"top_k must be an int >= 1 .*, got True"),
+        ({"duration": INF}, r"duration must be > 0 and finite \(seconds\) or None, got inf"),
+        ({"duration": NAN}, r"duration must be > 0 and finite \(seconds\) or None, got nan"),
+    ],
+)  # fmt: skip
+def test_unplottable_arguments_are_refused(arguments, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        plot_timeline(PREDICTION, tmp_path / "x.png", **arguments)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_legend_names_only_what_is_drawn_and_numpy_inputs_are_plotted():
+    (axes,) = timeline_figure({"qid": "9", "pred_relevant_windows": [], "duration": 10.0}).axes
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == []  # was "top-0 predicted"
+    numpy_item = {**PREDICTION, "pred_saliency_scores": np.asarray(PREDICTION["pred_saliency_scores"])}
+    (axes,) = timeline_figure(numpy_item, top_k=np.int64(2)).axes
+    labels = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert labels == ["saliency", "top-2 predicted", "ground truth"]
 
 
 def test_learning_curves(tmp_path):

@@ -10,6 +10,8 @@ L2-normalised): SG-DETR normalises rows and appends its temporal endpoint featur
 """
 
 import contextlib
+import inspect
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -29,6 +31,49 @@ from .video_processing_sgdetr import SGDetrVideoProcessor
 VIDEO_FEATURES = ("projected", "pooled")
 # Text: text_projection of every token (512-d) or the raw hidden states (1024-d).
 TEXT_FEATURES = ("projected", "hidden")
+#: The shortest query cap: room for [CLS] word [SEP] (SGDetrProcessor refuses less).
+MIN_QUERY_LENGTH = 3
+
+
+class ExtractorSettingsError(ValueError):
+    """Settings the extractor cannot run with (a feature kind, ``clips_per_batch``, ``max_query_length``),
+    raised by :meth:`SGDetrFeatureExtractor.from_pretrained` before the encoder's weights are loaded."""
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_settings(
+    video_feature: str,
+    text_feature: str,
+    clips_per_batch: int,
+    max_query_length: int | None,
+    max_positions: int | None = None,
+) -> None:
+    """Raise :class:`ExtractorSettingsError` for settings the extractor cannot run with.
+
+    Args:
+        max_query_length: ``None`` (the processor's) or an int from ``MIN_QUERY_LENGTH`` to ``max_positions``
+            (the text encoder's positions; ``None``: not checked).
+    """
+    if video_feature not in VIDEO_FEATURES:
+        raise ExtractorSettingsError(f"video_feature must be one of {VIDEO_FEATURES}, got {video_feature!r}")
+    if text_feature not in TEXT_FEATURES:
+        raise ExtractorSettingsError(f"text_feature must be one of {TEXT_FEATURES}, got {text_feature!r}")
+    if not _is_integer(clips_per_batch) or clips_per_batch < 1:
+        raise ExtractorSettingsError(f"clips_per_batch must be an int >= 1, got {clips_per_batch!r}")
+    if max_query_length is None:
+        return
+    if not _is_integer(max_query_length) or max_query_length < MIN_QUERY_LENGTH:
+        raise ExtractorSettingsError(
+            f"max_query_length must be an int >= {MIN_QUERY_LENGTH} (room for [CLS] word [SEP]), "
+            f"got {max_query_length!r}"
+        )
+    if max_positions is not None and max_query_length > max_positions:
+        raise ExtractorSettingsError(
+            f"max_query_length={max_query_length} exceeds the text encoder's {max_positions} positions; lower it"
+        )
 
 
 @dataclass
@@ -82,18 +127,13 @@ class SGDetrFeatureExtractor:
         text_feature: str = "projected",
         clips_per_batch: int = 32,
     ):
-        if video_feature not in VIDEO_FEATURES:
-            raise ValueError(f"video_feature must be one of {VIDEO_FEATURES}, got {video_feature!r}")
-        if text_feature not in TEXT_FEATURES:
-            raise ValueError(f"text_feature must be one of {TEXT_FEATURES}, got {text_feature!r}")
-        if clips_per_batch < 1:
-            raise ValueError(f"clips_per_batch must be >= 1, got {clips_per_batch}")
-        max_positions = model.config.text_config.max_position_embeddings
-        if processor.max_query_length > max_positions:
-            raise ValueError(
-                f"max_query_length={processor.max_query_length} exceeds the text encoder's "
-                f"{max_positions} positions; lower it"
-            )
+        _check_settings(
+            video_feature,
+            text_feature,
+            clips_per_batch,
+            processor.max_query_length,
+            model.config.text_config.max_position_embeddings,
+        )
         self.model = model.eval()
         self.processor = processor
         self.video_feature = video_feature
@@ -112,30 +152,43 @@ class SGDetrFeatureExtractor:
     ) -> "SGDetrFeatureExtractor":
         """Load a converted InternVideo2 folder (model + processor).
 
-        The device, the folder's config, processor and weights files are checked before the encoder is built, so
-        a wrong folder (e.g. an SG-DETR model's) fails at once with a
-        :class:`~loading_sgdetr.CheckpointError` naming the file, not after minutes.
+        The device, the settings, the folder's config, processor and weights files are checked before the
+        encoder is built, so a wrong folder (e.g. an SG-DETR model's) fails at once with a
+        :class:`~loading_sgdetr.CheckpointError` naming the file, and a wrong setting with an
+        :class:`ExtractorSettingsError` (a ``ValueError``), not after minutes.
 
         Args:
             device: default CUDA when available, else CPU.
             dtype: default bfloat16 on GPU (the release's inference dtype), float32 on CPU.
-            max_query_length: override the processor's (e.g. 64 for TACoS).
+            max_query_length: override the processor's (e.g. 64 for TACoS); ``None``: the processor's. At
+                least ``MIN_QUERY_LENGTH`` (3: [CLS] word [SEP]) and at most the text encoder's positions.
             video_processor_kwargs: override video processor settings, e.g. `{"clip_length": 1.0}` (Charades-STA).
             kwargs: see the class arguments.
         """
         device = resolve_device(device)
         dtype = dtype if dtype is not None else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        # The class arguments, checked before anything is read (an unknown one: TypeError, as from cls(...)).
+        arguments = inspect.signature(cls.__init__).bind(None, None, None, **kwargs)
+        arguments.apply_defaults()
+        settings = {
+            name: arguments.arguments[name] for name in ("video_feature", "text_feature", "clips_per_batch")
+        }
         # The small files first (config.json and its model_type, the processor), then the large model.
         config = InternVideo2Config.from_pretrained(path)
+        _check_settings(
+            **settings,
+            max_query_length=max_query_length,
+            max_positions=config.text_config.max_position_embeddings,
+        )
         processor = SGDetrProcessor.from_pretrained(path)
-        model = InternVideo2Model.from_pretrained(path, config=config, dtype=dtype).to(device)
         video_settings = {**processor.video_processor.to_dict(), **(video_processor_kwargs or {})}
         video_settings.pop("video_processor_type")
         processor = SGDetrProcessor(
-            SGDetrVideoProcessor(**video_settings),
+            SGDetrVideoProcessor(**video_settings),  # its own checks (clip_length, frames_per_clip, ...)
             processor.tokenizer,
-            max_query_length=max_query_length or processor.max_query_length,
+            max_query_length=processor.max_query_length if max_query_length is None else max_query_length,
         )
+        model = InternVideo2Model.from_pretrained(path, config=config, dtype=dtype).to(device)
         return cls(model, processor, **kwargs)
 
     def _check_finite(self, features: torch.Tensor, what: str) -> torch.Tensor:
@@ -242,4 +295,10 @@ class SGDetrFeatureExtractor:
         )
 
 
-__all__ = ["QueryFeatures", "SGDetrFeatureExtractor", "VideoFeatures"]
+__all__ = [
+    "MIN_QUERY_LENGTH",
+    "ExtractorSettingsError",
+    "QueryFeatures",
+    "SGDetrFeatureExtractor",
+    "VideoFeatures",
+]

@@ -74,6 +74,21 @@ def atomic_folder(directory: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def unwritable_reason(path: Path, folder: bool = False) -> str | None:
+    """Why ``path`` cannot be written as a file (``folder=False``) or made a folder, or ``None``: the other kind
+    stands there, a file stands where a parent folder would be made, or the name is impossible (e.g. too long
+    for the file system). For checking an output path before the work that fills it."""
+    try:
+        if path.exists() and path.is_dir() != folder:
+            return "it is a file, not a folder" if folder else "it is a folder, not a file"
+        existing = next((parent for parent in path.parents if parent.exists()), None)
+    except OSError as error:
+        return f"it cannot be written ({error.strerror or error})"
+    if existing is not None and not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    return None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically, flushed to disk before the rename."""
     with atomic_output(path) as temporary, open(temporary, "wb") as file:
@@ -235,5 +250,6 @@ __all__ = [
     "atomic_write_jsonl",
     "atomic_write_text",
     "strict_json",
+    "unwritable_reason",
     "write_qvhighlights_predictions",
 ]

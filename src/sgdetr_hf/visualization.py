@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import numbers
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from matplotlib.ft2font import FT2Font
 from matplotlib.patches import Patch
 
 from .files import atomic_write_bytes
+from .postprocessing_sgdetr import is_finite_positive
 
 PREDICTION_COLOR = "tab:orange"
 TRUTH_COLOR = "tab:green"
@@ -44,12 +46,65 @@ def _save_png(figure: Figure, path: str | Path, dpi: int) -> Path:
 
 
 def _as_windows(value: Any, width: int, what: str) -> np.ndarray:
-    windows = np.asarray(value if value is not None else [], dtype=np.float64).reshape(-1, width)
+    form = "[start, end, score]" if width == 3 else "[start, end]"
+    try:
+        windows = np.asarray(value if value is not None else [], dtype=np.float64)
+        if windows.ndim != 2 or windows.shape[1] != width:
+            windows = windows.reshape(-1, width) if windows.size == 0 else None
+    except (TypeError, ValueError):  # ragged, or not numbers
+        windows = None
+    if windows is None:
+        raise ValueError(f"{what} must be a list of {form} numbers, got {value!r}")
+    if not np.isfinite(windows).all():
+        raise ValueError(f"{what} must hold finite numbers (no NaN or inf), got {windows.tolist()}")
     if (windows[:, 1] < windows[:, 0]).any():
         raise ValueError(
             f"{what}: every window must be [start, end, ...] with end >= start, got {windows.tolist()}"
         )
     return windows
+
+
+def _item_name(index: int, item: Mapping[str, Any]) -> str:
+    qid = item.get("qid")
+    return f"prediction {index}" + (f" (qid {qid!r})" if qid is not None else "")
+
+
+def _timeline_data(
+    index: int, item: Any, clip_length: float, top_k: int, duration: float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``(windows, truth, saliency, duration)`` of one prediction, checked before anything is drawn: a
+    ``ValueError`` names the prediction (and its qid) and the field, instead of an inverted, empty or
+    unlabelled plot or matplotlib's error about axis limits."""
+    if not isinstance(item, Mapping):
+        raise ValueError(
+            f"prediction {index} must be a mapping (a prediction line), got {type(item).__name__}"
+        )
+    name = _item_name(index, item)
+    windows = _as_windows(item.get("pred_relevant_windows"), 3, f"{name}: pred_relevant_windows")[:top_k]
+    truth = _as_windows(item.get("relevant_windows"), 2, f"{name}: relevant_windows")
+    scores = item.get("pred_saliency_scores")
+    try:
+        saliency = np.asarray(scores if scores is not None else [], dtype=np.float64)
+    except (TypeError, ValueError):
+        saliency = None
+    if saliency is None or saliency.ndim != 1:
+        raise ValueError(
+            f"{name}: pred_saliency_scores must be a list of numbers (one per clip), got {scores!r}"
+        )
+    if not np.isfinite(saliency).all():
+        bad = np.flatnonzero(~np.isfinite(saliency))
+        raise ValueError(
+            f"{name}: pred_saliency_scores must be finite, got {saliency[bad[0]]} at clip {bad[0]} "
+            f"({bad.size} non-finite value(s))"
+        )
+    if duration is None and item.get("duration") is not None:
+        duration = item["duration"]
+        if not is_finite_positive(duration):
+            raise ValueError(f"{name}: duration must be > 0 and finite (seconds), got {duration!r}")
+    if duration is None:  # the clip grid's end: the video ends in its last clip
+        ends = [len(saliency) * clip_length, windows[:, 1].max(initial=0.0), truth[:, 1].max(initial=0.0)]
+        duration = max(ends) or clip_length
+    return windows, truth, saliency, float(duration)
 
 
 def window_lanes(windows: np.ndarray) -> list[int]:
@@ -128,20 +183,15 @@ def _drawable_title(text: str) -> tuple[str, list[str]]:
 
 
 def _draw_timeline(
-    axes, item: Mapping[str, Any], clip_length: float, top_k: int, duration: float | None
+    axes,
+    item: Mapping[str, Any],
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, float],
+    clip_length: float,
 ) -> None:
-    """Draw one query on ``axes``: x in seconds from 0 to the video's end, saliency on the y axis, the
-    predicted windows as bars in lanes at the top (overlapping windows in separate lanes), the ground truth
-    as a bar at the bottom."""
-    windows = _as_windows(item.get("pred_relevant_windows"), 3, "pred_relevant_windows")[:top_k]
-    truth = _as_windows(item.get("relevant_windows"), 2, "relevant_windows")
-    saliency = np.asarray(item.get("pred_saliency_scores") or [], dtype=np.float64)
-    duration = duration or item.get("duration")
-    if not duration:  # the clip grid's end: the video ends in its last clip
-        ends = [len(saliency) * clip_length, windows[:, 1].max(initial=0.0), truth[:, 1].max(initial=0.0)]
-        duration = max(ends) or clip_length
-    duration = float(duration)
-
+    """Draw one query on ``axes`` (``data``: from :func:`_timeline_data`): x in seconds from 0 to the video's
+    end, saliency on the y axis, the predicted windows as bars in lanes at the top (overlapping windows in
+    separate lanes), the ground truth as a bar at the bottom."""
+    windows, truth, saliency, duration = data
     lanes = window_lanes(windows)
     num_lanes = max(lanes, default=-1) + 1
     # y layout in axes fractions: the truth bar at the bottom, the saliency curve, the window lanes on top
@@ -180,7 +230,11 @@ def _draw_timeline(
     query = item.get("query")
     title, families = _drawable_title(_title_lines(str(query)) if query else str(item.get("qid", "")))
     axes.set_title(title, fontsize=10, loc="left", fontfamily=families)
-    legend = [Patch(color=PREDICTION_COLOR, alpha=0.9, label=f"top-{len(windows)} predicted")]
+    legend = (
+        [Patch(color=PREDICTION_COLOR, alpha=0.9, label=f"top-{len(windows)} predicted")]
+        if len(windows)
+        else []
+    )
     if len(truth):
         legend.append(Patch(color=TRUTH_COLOR, label="ground truth"))
     handles, _ = axes.get_legend_handles_labels()
@@ -193,18 +247,30 @@ def timeline_figure(
     top_k: int = 3,
     duration: float | None = None,
 ) -> Figure:
-    """The figure of :func:`plot_timeline`: one row of axes per query, x in seconds, 10 inches wide."""
+    """The figure of :func:`plot_timeline`: one row of axes per query, x in seconds, 10 inches wide.
+
+    Raises:
+        ValueError: no prediction, ``clip_length`` or ``duration`` not a finite number > 0, ``top_k`` not
+            an int >= 1, or a prediction (named with its index and qid) whose field cannot be plotted:
+            windows not ``[start, end, ...]`` finite numbers with end >= start, non-finite saliency, a
+            duration that is not a finite number > 0.
+    """
     items = [predictions] if isinstance(predictions, Mapping) else list(predictions)
     if not items:
         raise ValueError("plot_timeline needs at least one prediction")
-    if clip_length <= 0 or top_k < 1 or (duration is not None and duration <= 0):
+    if not is_finite_positive(clip_length):
         raise ValueError(
-            f"clip_length and duration must be > 0 and top_k >= 1, got {clip_length}, {duration} and {top_k}"
+            f"clip_length must be > 0 and finite (seconds per saliency value), got {clip_length!r}"
         )
+    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1 (predicted windows drawn per query), got {top_k!r}")
+    if duration is not None and not is_finite_positive(duration):
+        raise ValueError(f"duration must be > 0 and finite (seconds) or None, got {duration!r}")
+    data = [_timeline_data(index, item, clip_length, top_k, duration) for index, item in enumerate(items)]
     figure = Figure(figsize=(10, 2.6 * len(items)), layout="constrained")
     axes_list = figure.subplots(len(items), 1, squeeze=False)[:, 0]
-    for axes, item in zip(axes_list, items):
-        _draw_timeline(axes, item, clip_length, top_k, duration)
+    for axes, item, item_data in zip(axes_list, items, data):
+        _draw_timeline(axes, item, item_data, clip_length)
     axes_list[-1].set_xlabel("time (s)")
     return figure
 
@@ -229,6 +295,9 @@ def plot_timeline(
         top_k: predicted windows drawn, labelled ``#rank score``; overlapping ones in separate lanes.
         duration: the video's length in seconds, the end of the x axis (default: each prediction's
             ``duration``, else the end of its last clip).
+
+    Raises:
+        ValueError: inputs that cannot be plotted, see :func:`timeline_figure`.
 
     Returns:
         ``path``.

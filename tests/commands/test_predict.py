@@ -13,6 +13,7 @@ from internvideo2_testing import write_video
 from pipeline_testing import damage_file, edit_weights, save_tiny_model_repo
 from sgdetr_hf import VideoMomentRetrievalPipeline
 from sgdetr_hf.commands import main
+from sgdetr_hf.commands import predict as predict_command
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -171,3 +172,67 @@ def test_predict_says_why_a_query_gets_fewer_windows_than_top_k(repo, video_file
     message = record.getMessage()
     assert f"{found} window(s), not the 500 asked for (--top-k)" in message
     assert "1-D NMS" in message and "10.0-s video (5 clips of 2 s)" in message
+
+
+@pytest.mark.parametrize(
+    "option, where, message",
+    [
+        (
+            "--json",
+            "folder",
+            "--json {tmp}: it is a folder, not a file; give a file path, e.g. {tmp}/moments.json",
+        ),
+        (
+            "--plot",
+            "folder",
+            "--plot {tmp}: it is a folder, not a file; give a file path, e.g. {tmp}/timeline.png",
+        ),
+        (
+            "--json",
+            "under a file",
+            "--json {tmp}/a_file/moments.json: {tmp}/a_file is a file, not a folder",
+        ),
+    ],
+)
+def test_an_output_path_that_cannot_be_a_file_is_refused_before_the_work(
+    repo, video_file, tmp_path, option, where, message, monkeypatch, capsys
+):
+    (tmp_path / "a_file").write_text("a file")
+    path = tmp_path if where == "folder" else tmp_path / "a_file" / "moments.json"
+    monkeypatch.setattr(predict_command, "load_retriever", lambda args: pytest.fail("the model was loaded"))
+    assert main(["predict", str(video_file), "a dog", "--model", str(repo), option, str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no table: nothing was predicted
+    assert _error_line_of(captured.err).startswith(f"error: {message.format(tmp=tmp_path)}")
+
+
+def _error_line_of(err: str) -> str:
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_an_impossible_file_name_is_refused_before_the_work(repo, video_file, tmp_path, capsys):
+    too_long = tmp_path / ("m" * 300 + ".json")  # longer than a file system's 255 bytes: stat() fails
+    assert main(["predict", str(video_file), "a dog", "--model", str(repo), "--json", str(too_long)]) == 2
+    captured = capsys.readouterr()
+    assert (
+        captured.out == ""
+        and _error_line_of(captured.err)
+        == f"error: --json {too_long}: it cannot be written (File name too long)"
+    )
+
+
+def test_a_write_the_disk_refuses_is_a_one_line_error(repo, tmp_path, monkeypatch, capsys):
+    features, out_json = tmp_path / "video.safetensors", tmp_path / "moments.json"
+    save_file({"video_features": torch.randn(10, 16)}, features)
+
+    def refused(path, obj):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(
+        predict_command, "atomic_write_json", refused
+    )  # as a read-only folder does (not to root)
+    assert main(["predict", str(features), "a dog", "--model", str(repo), "--json", str(out_json)]) == 2
+    captured = capsys.readouterr()
+    assert 'query: "a dog"' in captured.out
+    assert _error_line_of(captured.err) == f"error: cannot write --json {out_json} (Permission denied)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..files import strict_json
+from . import CommandLineError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from ..modeling_sgdetr import SGDetrForMomentRetrieval
     from ..postprocessing_sgdetr import post_process_moment_retrieval
 
-    if args.num_clips < 1 or args.num_tokens < 1:
-        raise SystemExit("--num-clips and --num-tokens must be >= 1")
+    for option, value in (
+        ("--num-clips", args.num_clips),
+        ("--num-tokens", args.num_tokens),
+        ("--top-k", args.top_k),
+    ):
+        if value < 1:
+            raise CommandLineError(f"{option} must be >= 1, got {value}")
     torch.manual_seed(args.seed)
     config = SGDetrConfig()
     model = SGDetrForMomentRetrieval(config).eval()

@@ -11,10 +11,14 @@ Output (the ``FeatureFolder`` format read by ``sgdetr_hf.data.builder``)::
     <output>/fingerprint.json            what determines the features, per kind (see below)
 
 ``<vid>`` is the video file's name without extension; queries come from QVHighlights-style JSON Lines
-annotations (``qid``, ``query``). Every file is written atomically, so a run can be killed and restarted:
-finished files are skipped. Work is split across processes with Accelerate, e.g.
-``accelerate launch --multi_gpu --num_processes 8 scripts/extract_features.py``. A video that cannot be
-decoded is logged, listed in ``<output>/failed_videos.txt`` and skipped.
+annotations (``qid``, ``query``): every query needs a word, and a ``qid`` given twice must have the same query
+both times (it names the query's file; the same file given twice is fine). The sources are read and the
+options checked before the encoder loads: a missing or malformed file, a folder without videos, an empty
+query or an impossible option is a one-line error naming it, not a failure minutes later. Every file is
+written atomically, so a run can be killed and restarted: finished files are skipped. Work is split across
+processes with Accelerate, e.g. ``accelerate launch --multi_gpu --num_processes 8
+scripts/extract_features.py``. A video that cannot be decoded is logged, listed in
+``<output>/failed_videos.txt`` and skipped.
 
 A file counts as finished only when it was made by the same features: its metadata ``fingerprint`` is the
 SHA-256 of everything that determines them (:func:`feature_fingerprints`: the encoder's config, a checksum
@@ -32,6 +36,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -43,8 +48,14 @@ from safetensors import safe_open
 from safetensors.torch import save
 from tqdm.auto import tqdm
 
-from ..feature_extraction_sgdetr import TEXT_FEATURES, VIDEO_FEATURES, SGDetrFeatureExtractor
-from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, strict_json
+from ..feature_extraction_sgdetr import (
+    MIN_QUERY_LENGTH,
+    TEXT_FEATURES,
+    VIDEO_FEATURES,
+    ExtractorSettingsError,
+    SGDetrFeatureExtractor,
+)
+from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, strict_json, unwritable_reason
 from ..loading_sgdetr import CheckpointError
 from ..training.distributed import build_accelerator, process_group_teardown
 from ..video_io_sgdetr import BACKENDS
@@ -56,45 +67,129 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".m
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
+class SourceError(ValueError):
+    """A video source or annotations file that cannot be read as one (named, with the line where it helps)."""
+
+
 def list_videos(sources: list[str]) -> dict[str, Path]:
     """``vid -> path`` for video files, folders (their video files, not recursive) and ``.txt`` lists of paths.
 
     Raises:
-        ValueError: a missing source, or two files with the same ``vid`` (file name without extension).
+        SourceError: a missing source, a folder without video files or a list without paths (nothing to
+            extract), an unreadable list, or two files with the same ``vid`` (file name without extension).
     """
     paths: list[Path] = []
     for source in map(Path, sources):
         if source.is_dir():
-            paths += sorted(p for p in source.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+            found = sorted(
+                p for p in source.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
+            )
+            if not found:
+                raise SourceError(
+                    f"nothing to extract: the folder {source} holds no video file (read: "
+                    f"{' '.join(VIDEO_EXTENSIONS)}; sub-folders are not searched)"
+                )
+            paths += found
         elif source.suffix == ".txt" and source.is_file():
-            lines = source.read_text().splitlines()
-            paths += [
-                (source.parent / line.strip()) for line in lines if line.strip() and not line.startswith("#")
-            ]
+            try:
+                lines = source.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as error:
+                raise SourceError(f"cannot read the video list {source} ({error})") from None
+            listed = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+            if not listed:
+                raise SourceError(
+                    f"nothing to extract: the video list {source} names no video (one path a line)"
+                )
+            paths += [source.parent / line for line in listed]
         elif source.is_file():
             paths.append(source)
         else:
-            raise ValueError(f"video source not found: {source}")
+            raise SourceError(
+                f"video source not found: {source} (give video files, folders of videos or .txt lists of paths)"
+            )
     videos: dict[str, Path] = {}
     for path in paths:
         if path.stem in videos and videos[path.stem] != path:
-            raise ValueError(f"two videos share the id {path.stem!r}: {videos[path.stem]} and {path}")
+            raise SourceError(f"two videos share the id {path.stem!r}: {videos[path.stem]} and {path}")
         videos[path.stem] = path
     return videos
 
 
+def _shown(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else f"{text[: limit - 3]}...")
+
+
+def _query_problem(qid: Any, query: Any) -> str | None:
+    """What makes ``qid`` / ``query`` unusable (the qid names the file ``queries/<qid>.safetensors``)."""
+    if isinstance(qid, bool) or not isinstance(qid, (int, str)):
+        return f"the qid {qid!r} is a {type(qid).__name__}, not an int or a string"
+    if not str(qid).strip() or str(qid) in (".", "..") or any(sep in str(qid) for sep in ("/", "\\", "\0")):
+        return f"the qid {str(qid)!r} cannot name a file (empty, '.', '..' or with a path separator)"
+    if not isinstance(query, str):
+        return f"the query of qid {str(qid)!r} is a {type(query).__name__}, not a string"
+    if not query.strip():
+        return f"the query of qid {str(qid)!r} is empty; every query needs at least one word"
+    return None
+
+
 def read_queries(annotation_files: list[str]) -> dict[str, str]:
-    """``qid -> query`` from JSON Lines annotations (QVHighlights format)."""
+    """``qid -> query`` from JSON Lines annotations (QVHighlights format: one object a line with ``qid`` and
+    ``query``; blank lines are skipped). A qid given twice with the same query (e.g. a file given twice) is
+    read once; with another query it is refused, as its features would silently be the last one's.
+
+    Raises:
+        SourceError: a missing or unreadable file, one without queries, or a line (named ``file:line``)
+            that is not a JSON object, lacks ``qid`` or ``query``, has an empty query, or repeats a qid with
+            another query.
+    """
     queries: dict[str, str] = {}
+    first_seen: dict[str, str] = {}
     for file in annotation_files:
-        with open(file, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
+        try:
+            data = Path(file).read_bytes()
+        except FileNotFoundError:
+            raise SourceError(f"annotations file not found: {file}") from None
+        except IsADirectoryError:
+            raise SourceError(
+                f"{file} is a folder, not an annotations file (JSON Lines: qid, query)"
+            ) from None
+        except OSError as error:
+            raise SourceError(f"cannot read the annotations file {file} ({error.strerror})") from None
+        rows = 0
+        for number, raw in enumerate(data.splitlines(), 1):
+            where = f"{file}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SourceError(f"{where} is not UTF-8 text: annotations are JSON Lines (UTF-8)") from None
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                if "qid" not in row or "query" not in row:
-                    raise ValueError(f"{file}:{number} has no 'qid' or 'query' field")
-                queries[str(row["qid"])] = row["query"]
+            except json.JSONDecodeError as error:
+                raise SourceError(
+                    f"{where} is not valid JSON ({error.msg}, column {error.colno}): annotations are JSON "
+                    "Lines, one object with 'qid' and 'query' a line"
+                ) from None
+            if not isinstance(row, dict):
+                raise SourceError(
+                    f"{where} is a JSON {type(row).__name__}, not an object with 'qid' and 'query'"
+                )
+            if "qid" not in row or "query" not in row:
+                raise SourceError(f"{where} has no 'qid' or 'query' field")
+            if problem := _query_problem(row["qid"], row["query"]):
+                raise SourceError(f"{where}: {problem}")
+            qid, query = str(row["qid"]), row["query"]
+            if qid in queries and queries[qid] != query:
+                raise SourceError(
+                    f"{where}: qid {qid!r} has the query {_shown(query)}, but {_shown(queries[qid])} at "
+                    f"{first_seen[qid]}: a qid names one query (its features file); give each query its own qid"
+                )
+            queries.setdefault(qid, query)
+            first_seen.setdefault(qid, where)
+            rows += 1
+        if not rows:
+            raise SourceError(f"nothing to extract: the annotations file {file} holds no query")
     return queries
 
 
@@ -263,6 +358,9 @@ def extract_features(
     Returns:
         The ids of the videos this process could not decode.
     """
+    for qid, query in queries.items():  # before any work: named by qid, not by its place in a batch
+        if problem := _query_problem(qid, query):
+            raise ValueError(problem)
     output_dir = Path(output_dir)
     fingerprints = feature_fingerprints(extractor, storage_dtype)
     digests = {kind: _digest(fingerprint) for kind, fingerprint in fingerprints.items()}
@@ -349,7 +447,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--clip-length", type=float, help="clip length in seconds (default: the processor's, 2)"
     )
     parser.add_argument("--frames-per-clip", type=int, help="frames per clip (default: the processor's, 4)")
-    parser.add_argument("--max-query-length", type=int, help="tokens per query (default: the processor's)")
+    parser.add_argument(
+        "--max-query-length",
+        type=int,
+        help=f"tokens per query, [CLS] and [SEP] included (>= {MIN_QUERY_LENGTH}; default: the processor's)",
+    )
     parser.add_argument("--backend", choices=BACKENDS, help="video decoder (default: the processor's, pyav)")
     parser.add_argument("--video-feature", choices=VIDEO_FEATURES, default="projected")
     parser.add_argument("--text-feature", choices=TEXT_FEATURES, default="projected")
@@ -364,10 +466,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def _output_problem(output: Path) -> str | None:
+    """Why ``output`` cannot be (or become) the feature folder, or ``None``."""
+    reason = unwritable_reason(output, folder=True)
+    if reason is None:
+        return None
+    hint = (
+        "; give the feature folder to write (new or a previous run's)"
+        if reason.startswith("it is a file")
+        else ""
+    )
+    return f"--output {output}: {reason}{hint}"
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse options that cannot give features (:class:`CommandLineError`), before anything is read."""
     if not args.videos and not args.annotations:
-        raise ValueError("nothing to extract: give --videos and/or --annotations")
-    videos, queries = list_videos(args.videos), read_queries(args.annotations)
+        raise CommandLineError(
+            "nothing to extract: give --videos (video files, folders of videos, .txt lists of paths) and/or "
+            "--annotations (JSON Lines with qid and query)"
+        )
+    if args.clip_length is not None and not (math.isfinite(args.clip_length) and args.clip_length > 0):
+        raise CommandLineError(
+            f"--clip-length must be a finite number of seconds > 0, got {args.clip_length}"
+        )
+    for option, value, least, why in (
+        ("--frames-per-clip", args.frames_per_clip, 1, ""),
+        ("--clips-per-batch", args.clips_per_batch, 1, ""),
+        (
+            "--max-query-length",
+            args.max_query_length,
+            MIN_QUERY_LENGTH,
+            " (room for [CLS], a word and [SEP])",
+        ),
+    ):
+        if value is not None and value < least:
+            raise CommandLineError(f"{option} must be >= {least}{why}, got {value}")
+    if problem := _output_problem(Path(args.output)):
+        raise CommandLineError(problem)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    try:
+        videos, queries = list_videos(args.videos), read_queries(args.annotations)
+    except SourceError as error:  # a wrong path or a malformed file: the user's to fix
+        raise CommandLineError(str(error)) from None
     accelerator = build_accelerator(args.output, mixed_precision="no", log_with=None)
     video_settings = {
         key: value
@@ -392,6 +536,8 @@ def run(args: argparse.Namespace) -> int:
         except CheckpointError as error:  # not an InternVideo2 folder, or a damaged one: which file, no trace
             print(f"error: {error}", file=sys.stderr)
             return 2
+        except ExtractorSettingsError as error:  # e.g. --max-query-length beyond the text encoder's positions
+            raise CommandLineError(str(error)) from None
         try:
             failed = extract_features(
                 extractor,
@@ -421,6 +567,7 @@ def run(args: argparse.Namespace) -> int:
 
 __all__ = [
     "OtherFeaturesError",
+    "SourceError",
     "extract_features",
     "feature_fingerprints",
     "list_videos",

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_json
+from ..files import atomic_write_json, unwritable_reason
 from ..hub_ids import DEFAULT_MODEL_REPO, HOW_TO_GET_A_MODEL
 
 logger = logging.getLogger(__name__)
@@ -140,6 +140,17 @@ def load_retriever(args: argparse.Namespace):
     return retriever
 
 
+def output_file_problem(path: Path | None, option: str) -> str | None:
+    """Why ``path`` cannot be written as a file, or ``None``: checked before the work, so that a typo does not
+    lose the predictions at the end."""
+    reason = None if path is None else unwritable_reason(path)
+    if reason is None:
+        return None
+    example = path / ("moments.json" if option == "--json" else "timeline.png")
+    hint = f"; give a file path, e.g. {example}" if reason.startswith("it is a folder") else ""
+    return f"{option} {path}: {reason}{hint}"
+
+
 def run(args: argparse.Namespace) -> int:
     truth = [list(window) for window in args.ground_truth or []]
     problem = None
@@ -147,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
         problem = f"--top-k must be >= 1, got {args.top_k}"
     elif any(not 0 <= start < end for start, end in truth):
         problem = f"every --ground-truth window needs 0 <= START < END seconds, got {truth}"
+    else:
+        problem = output_file_problem(args.json, "--json") or output_file_problem(args.plot, "--plot")
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -164,17 +177,29 @@ def run(args: argparse.Namespace) -> int:
         return 2
     warn_fewer_windows(results, args.top_k)
     print(format_table(results))
-    if args.json:
-        atomic_write_json(args.json, results)
-        logger.info("wrote %s", args.json)
-    if args.plot:
-        from ..visualization import plot_timeline
-
-        plot_timeline(
-            [{**result, "relevant_windows": truth} for result in results],
-            args.plot,
-            clip_length=results[0]["clip_length"],
-            top_k=min(PLOTTED_WINDOWS, args.top_k),
-        )
-        logger.info("wrote %s", args.plot)
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is None:
+            continue
+        try:
+            write_output(option, path, results, truth, args.top_k)
+        except OSError as error:  # checked above, but the disk can still refuse (permissions, space)
+            reason = error.strerror or str(error)
+            print(f"error: cannot write {option} {path} ({reason})", file=sys.stderr)
+            return 2
+        logger.info("wrote %s", path)
     return 0
+
+
+def write_output(option: str, path: Path, results: list[dict[str, Any]], truth: list, top_k: int) -> None:
+    """Write ``results`` as JSON (``--json``) or the timeline PNG (``--plot``) to ``path``, atomically."""
+    if option == "--json":
+        atomic_write_json(path, results)
+        return
+    from ..visualization import plot_timeline
+
+    plot_timeline(
+        [{**result, "relevant_windows": truth} for result in results],
+        path,
+        clip_length=results[0]["clip_length"],
+        top_k=min(PLOTTED_WINDOWS, top_k),
+    )
