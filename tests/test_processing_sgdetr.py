@@ -58,6 +58,11 @@ def test_nothing_to_process():
         tiny_processor()()
     with pytest.raises(ValueError, match="max_query_length"):
         SGDetrProcessor(tiny_processor().video_processor, tiny_processor().tokenizer, max_query_length=2)
+    for length in (5.5, True, "32"):
+        with pytest.raises(ValueError, match="max_query_length must be an int"):
+            SGDetrProcessor(
+                tiny_processor().video_processor, tiny_processor().tokenizer, max_query_length=length
+            )
 
 
 def test_video_and_text_together(tmp_path):

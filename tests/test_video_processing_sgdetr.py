@@ -205,6 +205,9 @@ def test_save_and_load_round_trip(tmp_path):
     "kwargs, message",
     [
         ({"clip_length": 0}, "clip_length"),
+        ({"clip_length": float("inf")}, "clip_length must be a finite number"),  # one clip for any video
+        ({"clip_length": float("nan")}, "clip_length must be a finite number"),
+        ({"clip_length": "2"}, "clip_length must be a finite number"),
         ({"frames_per_clip": 0}, "frames_per_clip"),
         ({"size": {"height": 224}}, "size"),
         ({"resample": "nearest"}, "resample"),

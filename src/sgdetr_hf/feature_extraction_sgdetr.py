@@ -23,7 +23,7 @@ from .configuration_internvideo2 import InternVideo2Config
 from .loading_sgdetr import resolve_device
 from .modeling_internvideo2 import InternVideo2Model
 from .postprocessing_sgdetr import NonFiniteOutputError, describe_non_finite_weights, non_finite_parameters
-from .processing_sgdetr import SGDetrProcessor
+from .processing_sgdetr import MIN_QUERY_LENGTH, SGDetrProcessor
 from .video_io_sgdetr import prefetch
 from .video_processing_sgdetr import SGDetrVideoProcessor
 
@@ -31,8 +31,6 @@ from .video_processing_sgdetr import SGDetrVideoProcessor
 VIDEO_FEATURES = ("projected", "pooled")
 # Text: text_projection of every token (512-d) or the raw hidden states (1024-d).
 TEXT_FEATURES = ("projected", "hidden")
-#: The shortest query cap: room for [CLS] word [SEP] (SGDetrProcessor refuses less).
-MIN_QUERY_LENGTH = 3
 
 
 class ExtractorSettingsError(ValueError):

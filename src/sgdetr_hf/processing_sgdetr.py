@@ -3,6 +3,7 @@ the post-processing of the model's outputs into windows in seconds."""
 
 import inspect
 import logging
+import numbers
 import os
 
 import numpy as np
@@ -18,6 +19,8 @@ from .video_processing_sgdetr import SGDetrVideoProcessor
 DEFAULT_MAX_QUERY_TOKENS = 32
 
 logger = logging.getLogger(__name__)
+#: The shortest query cap: room for [CLS] word [SEP].
+MIN_QUERY_LENGTH = 3
 
 
 class SGDetrProcessor(ProcessorMixin):
@@ -39,9 +42,11 @@ class SGDetrProcessor(ProcessorMixin):
     def __init__(
         self, video_processor=None, tokenizer=None, max_query_length: int = DEFAULT_MAX_QUERY_TOKENS, **kwargs
     ):
-        if max_query_length < 3:
+        if isinstance(max_query_length, bool) or not isinstance(max_query_length, numbers.Integral):
+            raise ValueError(f"max_query_length must be an int (tokens per query), got {max_query_length!r}")
+        if max_query_length < MIN_QUERY_LENGTH:
             raise ValueError(
-                f"max_query_length must leave room for [CLS] word [SEP] (>= 3), got {max_query_length}"
+                f"max_query_length must leave room for [CLS] word [SEP] (>= {MIN_QUERY_LENGTH}), got {max_query_length}"
             )
         self.max_query_length = max_query_length
         super().__init__(video_processor, tokenizer, **kwargs)
@@ -197,4 +202,4 @@ class SGDetrProcessor(ProcessorMixin):
         return ["pixel_values", "input_ids", "attention_mask"]
 
 
-__all__ = ["SGDetrProcessor"]
+__all__ = ["MIN_QUERY_LENGTH", "SGDetrProcessor"]

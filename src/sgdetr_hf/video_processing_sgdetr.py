@@ -12,6 +12,7 @@ be installed beside the CPU build of torch) and loads as Hub remote code.
 
 import contextlib
 import math
+import numbers
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,8 +93,9 @@ class SGDetrVideoProcessor(VideoProcessorMixin):
             raise TypeError(f"unknown SGDetrVideoProcessor arguments: {sorted(unknown)}")
         super().__init__()
         size = dict(size) if size is not None else {"height": 224, "width": 224}
-        if not clip_length > 0:
-            raise ValueError(f"clip_length must be > 0 seconds, got {clip_length}")
+        real = isinstance(clip_length, numbers.Real) and not isinstance(clip_length, bool)
+        if not (real and math.isfinite(clip_length) and clip_length > 0):
+            raise ValueError(f"clip_length must be a finite number of seconds > 0, got {clip_length!r}")
         if frames_per_clip < 1 or clips_per_chunk < 1:
             raise ValueError(
                 f"frames_per_clip and clips_per_chunk must be >= 1, got {frames_per_clip}, {clips_per_chunk}"
