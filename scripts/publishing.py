@@ -24,12 +24,13 @@ model's results) holds only numbers measured for the weights being published: th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval, VideoMomentRetriev
 from sgdetr_hf.files import atomic_write_text
 from sgdetr_hf.hub_ids import DEFAULT_MODEL_REPO
 from sgdetr_hf.pipeline_sgdetr import ENCODER_SUBFOLDER
+from sgdetr_hf.training.checkpointing import replace_dir
 
 logger = logging.getLogger(__name__)
 
@@ -372,18 +374,31 @@ def render_model_card(
 
 
 # ------------------------------------------------------------------------------------------ build
-def _replace_folder(build: Path, out_dir: Path) -> Path:
-    """Move a finished build folder to ``out_dir``, replacing an older build there."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    build.rename(out_dir)
-    return out_dir
-
-
-def _new_build_folder(out_dir: Path) -> Path:
-    """A scratch folder beside ``out_dir`` (same file system, so the final rename is atomic)."""
+@contextlib.contextmanager
+def _building(out_dir: Path) -> Iterator[Path]:
+    """A scratch folder beside ``out_dir`` (same file system) to build a repository in; on success it replaces
+    ``out_dir``, on error it is removed. ``out_dir`` may be new, empty or an earlier build: a folder holding
+    anything the build does not write (it may be the user's) is refused, never deleted."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file: give the folder to write the repository to")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield build
+        foreign = (
+            sorted({p.name for p in out_dir.iterdir()} - {p.name for p in build.iterdir()})
+            if out_dir.exists()
+            else []
+        )
+        if foreign:
+            raise FileExistsError(
+                f"{out_dir} holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which a build "
+                "does not write: it is not an earlier build; give a new or empty folder"
+            )
+        replace_dir(build, out_dir)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
 
 
 def build_model_repo(
@@ -422,8 +437,7 @@ def build_model_repo(
     if measured is None:
         measured = load_run_results(model_dir)
     model = SGDetrForMomentRetrieval.from_pretrained(model_dir)
-    build = _new_build_folder(out_dir)
-    try:
+    with _building(out_dir) as build:
         # Pipeline.save_pretrained writes the weights, config.json with "custom_pipelines" and every .py
         # module the pipeline imports; the encoder is copied as it is (never loaded here).
         VideoMomentRetrievalPipeline(model=model, encoder=False).save_pretrained(build)
@@ -439,10 +453,7 @@ def build_model_repo(
             template_path=source_root / "model_card.md",
         )
         atomic_write_text(build / "README.md", str(card))
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
-    return _replace_folder(build, out_dir)
+    return out_dir
 
 
 def build_space_repo(
@@ -455,8 +466,7 @@ def build_space_repo(
     pip-install it from a registry)."""
     out_dir = Path(out_dir)
     space_src = source_root / "hub" / "space"
-    build = _new_build_folder(out_dir)
-    try:
+    with _building(out_dir) as build:
         for name in ("app.py", "requirements.txt"):
             shutil.copy2(space_src / name, build / name)
         card = (
@@ -464,10 +474,7 @@ def build_space_repo(
         )
         atomic_write_text(build / "README.md", card)
         shutil.copytree(source_root / "src" / "sgdetr_hf", build / "sgdetr_hf", ignore=_COPY_IGNORE)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
-    return _replace_folder(build, out_dir)
+    return out_dir
 
 
 def _patterns(data_files: Any) -> list[tuple[str, str]]:

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             private=args.private or None,
             space_model_id=args.model_repo_id if args.what == "space" else None,
         )
-    except ValueError as error:
+    except (ValueError, FileExistsError) as error:  # bad inputs, or an output folder that is not a build
         parser.error(str(error))
     logger.info("uploaded %s: %s", args.repo_id, getattr(commit, "commit_url", commit))
     return 0

@@ -212,6 +212,24 @@ def test_other_frame_counts_and_resolutions_need_interpolation(model):
 
 
 @torch.no_grad()
+def test_inputs_the_towers_would_misread_are_refused(model):
+    with pytest.raises(ValueError, match=r"normalised floats, got torch.uint8 .*SGDetrVideoProcessor"):
+        model.get_video_features((clips() * 255).to(torch.uint8))  # raw frames were encoded as they were
+    with pytest.raises(ValueError, match="at least one clip"):
+        model.vision_model(clips()[:0])
+    ids = torch.tensor([[3, 14, 25, 11, 22, 4]] * 2)
+    with pytest.raises(
+        ValueError, match=r"attention_mask must have the shape of input_ids \(2, 6\), got \(2, 4\)"
+    ):
+        model.get_text_features(ids, attention_mask=torch.ones(2, 4))  # was taken as all ones
+    with pytest.raises(ValueError, match="at least one query and token"):
+        model.get_text_features(ids[:, :0])
+    positions = model.config.text_config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"more than the text encoder's {positions} positions"):
+        model.get_text_features(ids[:, :1].repeat(1, positions + 1))
+
+
+@torch.no_grad()
 def test_image_input_uses_the_image_table(model):
     pixel_values = clips(frames=1)
     before = model.vision_model(pixel_values).pooler_output

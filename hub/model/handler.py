@@ -58,10 +58,14 @@ def _without_upload_path(message: str, upload: str | None) -> str:
 
 
 def _decode_video(value: Any) -> bytes:
-    """Video bytes from raw bytes or a base64 string."""
+    """Video bytes from raw bytes or a base64 string: standard or URL-safe alphabet, line-wrapped or not (as
+    the ``base64`` tool writes it), optionally as a ``data:video/...;base64,`` URL."""
     if isinstance(value, (bytes, bytearray)):
         data = bytes(value)
     elif isinstance(value, str):
+        if value.startswith("data:") and ";base64," in value[:100]:
+            value = value.split(";base64,", 1)[1]
+        value = "".join(value.split()).replace("-", "+").replace("_", "/")
         try:
             data = base64.b64decode(value, validate=True)
         except binascii.Error as error:
@@ -90,6 +94,8 @@ def _parse(data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         )
     if "video" in inputs:
         inputs = {**inputs, "video": _decode_video(inputs["video"])}
+    if "queries" in inputs and "queries" in parameters:
+        raise ValueError("queries are given twice, in inputs and in parameters: give them in one place")
     return inputs, parameters
 
 

@@ -438,14 +438,37 @@ class InternVideo2VisionModel(InternVideo2PreTrainedModel):
             `BaseModelOutputWithPooling` with `last_hidden_state` (B, 1 + T/tubelet * (H/p) * (W/p), D) and
             `pooler_output` (B, pooler_output_size).
         """
-        if pixel_values.ndim != 5:
+        if pixel_values.ndim != 5 or pixel_values.shape[0] == 0:
             raise ValueError(
-                f"pixel_values must be (batch, frames, channels, height, width), got shape {tuple(pixel_values.shape)}"
+                "pixel_values must be (batch, frames, channels, height, width) with at least one clip, got shape "
+                f"{tuple(pixel_values.shape)}"
+            )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be normalised floats, got {pixel_values.dtype} (raw frames?): preprocess the "
+                "video with SGDetrVideoProcessor (or SGDetrProcessor)"
             )
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         last_hidden_state = self.encoder(hidden_states, **kwargs).last_hidden_state
         return BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state, pooler_output=self.pooler(last_hidden_state)
+        )
+
+
+def _check_text_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config) -> None:
+    """``ValueError`` for token ids BERT would fail on cryptically (or, for a mask of another shape, ignore)."""
+    if input_ids.ndim != 2 or 0 in input_ids.shape:
+        raise ValueError(
+            f"input_ids must be (batch, tokens) with at least one query and token, got shape {tuple(input_ids.shape)}"
+        )
+    if input_ids.shape[1] > config.max_position_embeddings:
+        raise ValueError(
+            f"input_ids hold {input_ids.shape[1]} tokens, more than the text encoder's "
+            f"{config.max_position_embeddings} positions: tokenise with max_length <= {config.max_position_embeddings}"
+        )
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}"
         )
 
 
@@ -546,6 +569,7 @@ class InternVideo2Model(InternVideo2PreTrainedModel):
             [`InternVideo2TextFeaturesOutput`] with `token_embeds` (B, L, projection_dim) and
             `pooler_output` (B, projection_dim), neither normalised.
         """
+        _check_text_inputs(input_ids, attention_mask, self.config.text_config)
         outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         token_embeds = self.text_projection(outputs.last_hidden_state)
         return InternVideo2TextFeaturesOutput(

@@ -85,6 +85,14 @@ def test_video_request_base64_and_raw_body(handler, video_bytes):
         handler, {"inputs": video_bytes, "parameters": {"queries": ["a red car", "a dog"], "top_k": 2}}
     )
     assert raw == answer
+    # what encoders write besides plain base64: line-wrapped (the `base64` tool), a data URL, URL-safe
+    for other in (
+        base64.encodebytes(video_bytes).decode(),
+        "data:video/mp4;base64," + encoded,
+        base64.urlsafe_b64encode(video_bytes).decode(),
+    ):
+        request_ = {"inputs": {"video": other, "queries": ["a red car", "a dog"]}, "parameters": {"top_k": 2}}
+        assert _call(handler, request_) == answer
 
 
 @pytest.mark.parametrize(
@@ -95,6 +103,10 @@ def test_video_request_base64_and_raw_body(handler, video_bytes):
         ({"inputs": {"video": "AAAA", "video_features": FEATURES, "queries": "a"}}, "exactly one of"),
         ({"inputs": {"video": "not base64!", "queries": "a"}}, "base64 encoding"),
         ({"inputs": {"video": "", "queries": "a"}}, "is empty"),
+        (
+            {"inputs": {"video_features": FEATURES, "queries": "a"}, "parameters": {"queries": "b"}},
+            "queries are given twice",  # "b" was dropped
+        ),
         ({"inputs": {"video": base64.b64encode(b"not a video").decode(), "queries": "a"}}, "video"),
         ({"inputs": {"video_features": FEATURES, "query": "a"}}, "unknown input keys \\['query'\\]"),
         (

@@ -165,6 +165,25 @@ def test_space_repo_bundles_the_app_and_the_package(tmp_path):
     )
 
 
+def test_a_build_replaces_an_earlier_build_but_never_a_folder_of_other_files(tmp_path):
+    # the Space is the cheap build; the model repository goes through the same replacement
+    folder = publishing.build_space_repo(tmp_path / "space", model_repo_id="org/one")
+    (folder / "app.py").write_text("stale")
+    publishing.build_space_repo(folder, model_repo_id="org/two")  # an earlier build: replaced whole
+    assert (folder / "app.py").read_text() != "stale" and "org/two" in (folder / "README.md").read_text()
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match=r"mine holds precious.txt, which a build does not write"):
+        publishing.build_space_repo(mine)
+    assert [p.name for p in mine.iterdir()] == ["precious.txt"]  # it was deleted before
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(FileExistsError, match="a_file is a file"):
+        publishing.build_space_repo(tmp_path / "a_file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mine", "space"]  # no build left beside
+
+
 # ------------------------------------------------------------------------------------------ upload
 def test_upload_plan_applies_the_ignores(tmp_path):
     for name in (
