@@ -343,3 +343,108 @@ def test_decord_failure_messages_without_decord(tmp_path, monkeypatch):
     monkeypatch.setattr(video_io_sgdetr, "av", None)  # PyAV not installed: nothing to ask
     message = str(video_io_sgdetr._decord_failure(str(valid), reason, "open"))
     assert "corrupt or one decord cannot decode" in message and "pip install av" in message
+
+
+# ------------------------------------------------------- damaged timestamps and durations, bad arguments
+def damaged_mkv(path, damage):
+    """A 10-s, 100-frame MKV (no frame index, unlike MP4) cut in half or with 2000 random bytes mid-file."""
+    data = bytearray(write_video(path.with_suffix(".full.mkv"), num_frames=100, fps=10).read_bytes())
+    middle = len(data) // 2
+    if damage == "cut":
+        data = data[:middle]
+    else:
+        data[middle : middle + 2000] = np.random.default_rng(0).bytes(2000)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbage"])
+def test_a_damaged_mkv_ending_short_of_its_declared_duration_warns(tmp_path, caplog, damage):
+    path = damaged_mkv(tmp_path / "damaged.mkv", damage)
+    with caplog.at_level("WARNING", logger="sgdetr_hf.video_io_sgdetr"), open_video(path) as decoder:
+        assert decoder.metadata.duration < 8
+    (record,) = caplog.records
+    assert str(path) in record.getMessage() and "the container declares 10.000 s" in record.getMessage()
+    assert "truncated or corrupt" in record.getMessage()
+
+
+def test_a_valid_mkv_does_not_warn(tmp_path, caplog):
+    path = write_video(tmp_path / "ok.mkv", num_frames=30, fps=10)
+    with caplog.at_level("WARNING", logger="sgdetr_hf.video_io_sgdetr"), open_video(path) as decoder:
+        assert decoder.metadata.num_frames == 30
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_broken_timestamp_is_refused_not_a_million_clips(tmp_path, backend):
+    path = write_video(tmp_path / "jump.mkv", 5, fps=10, frame_times=np.array([0, 0.1, 0.2, 0.3, 1e6]))
+    with pytest.raises(
+        VideoDecodingError, match=r"jump\.mkv has a broken timestamp: frame 4 is 99999\d\.\d+ s after"
+    ):
+        processor(backend=backend)(path)
+
+
+def test_a_long_pause_is_not_a_broken_timestamp(tmp_path):
+    path = write_video(tmp_path / "pause.mkv", 5, fps=10, frame_times=np.array([0, 0.1, 0.2, 0.3, 50.3]))
+    with open_video(path) as decoder:
+        assert decoder.metadata.duration == pytest.approx(50.4)
+
+
+@pytest.mark.parametrize(
+    "trim",
+    [{"start": float("nan")}, {"end": float("nan")}, {"start": True}, {"end": "1"}, {"start": float("inf")}],
+)
+def test_trim_times_must_be_finite_numbers(trim):
+    (name,) = trim
+    with pytest.raises(ValueError, match=f"{name} must be a finite number of seconds"):
+        SGDetrVideoProcessor().plan_clips(metadata(np.arange(30) / 10, 3.0), **trim)
+
+    frames = np.zeros((30, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=f"{name} must be a finite number of seconds"):
+        processor().preprocess(frames, fps=10, **trim)
+
+
+def test_an_infinite_end_is_the_end_of_the_video():
+    video = metadata(np.arange(30) / 10, 3.0)
+    plan = SGDetrVideoProcessor().plan_clips(video, end=float("inf"))
+    assert plan.timestamps.tolist() == SGDetrVideoProcessor().plan_clips(video).timestamps.tolist()
+
+
+@pytest.mark.parametrize(
+    "frames, fps, message",
+    [
+        (np.zeros((5, 8, 8, 3), np.uint8), float("inf"), "finite fps >= 0.001"),
+        (np.zeros((5, 8, 8, 3), np.uint8), float("nan"), "finite fps >= 0.001"),
+        (np.zeros((5, 8, 8, 3), np.uint8), 1e-9, "finite fps >= 0.001"),  # 5e9 s: 37 GiB of clips
+        (np.zeros((5, 8, 8, 3), np.uint8), True, "finite fps >= 0.001"),
+        (np.zeros((3, 0, 0, 3), np.uint8), 10, r"frames are empty \(height 0, width 0\)"),
+        (np.zeros((3, 8, 0, 3), np.uint8), 10, r"frames are empty \(height 8, width 0\)"),
+    ],
+)
+def test_bad_in_memory_frames(frames, fps, message):
+    with pytest.raises(VideoDecodingError, match=message):
+        processor()(frames, fps=fps)
+
+
+def test_decord_failure_on_a_file_without_video_says_so(tmp_path):
+    """decord fails on an audio-only file; PyAV's diagnosis (no video stream) is passed on, not 'corrupt'."""
+    from sgdetr_hf import video_io_sgdetr
+
+    path = tmp_path / "audio.mkv"
+    no_video_stream(path)
+    reason = RuntimeError("ERROR cannot find video stream with wanted index: -1")
+    message = str(video_io_sgdetr._decord_failure(str(path), reason, "open"))
+    assert message.startswith(f"{path} has no video stream (decord cannot open it: ERROR cannot find")
+    assert "corrupt" not in message
+
+
+def test_frames_ending_short_of_the_video_streams_own_duration_raise(tmp_path):
+    """An MP4 stream declares its own duration (2 s here): frames ending 1.5 s short of it is an error."""
+    path = write_video(tmp_path / "ok.mp4", num_frames=50)
+    with open_video(path) as decoder:
+        decoder._check_declared_duration(1.5)  # 0.5 s short: within the margin
+        with pytest.raises(
+            VideoDecodingError,
+            match=r"ok\.mp4: the video frames end at 0\.500 s but its video stream declares 2\.000 s",
+        ):
+            decoder._check_declared_duration(0.5)

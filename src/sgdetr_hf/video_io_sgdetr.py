@@ -26,6 +26,9 @@ FFmpeg libraries, so a file FFmpeg cannot read, decord cannot either.
 
 import contextlib
 import itertools
+import logging
+import math
+import numbers
 import os
 import queue
 import re
@@ -46,8 +49,22 @@ except ImportError:  # reported when a PyAV decoder is requested
     av = None
 
 
+logger = logging.getLogger(__name__)
+
+
 class VideoDecodingError(ValueError):
     """A video file that cannot be read (missing, not a video, no frames, corrupt or truncated)."""
+
+
+class _NoVideoError(VideoDecodingError):
+    """The file has no video stream or no video frames: a fact about the file, not a decoder failure."""
+
+
+# The lowest frame rate accepted for in-memory frames: below it a handful of frames spans hours of clips.
+MIN_ARRAY_FPS = 1e-3
+# A gap between consecutive frames longer than both of these (the typical period is the median gap) is a
+# broken timestamp, not a pause: it would make the video hours or years long.
+_MAX_GAP_PERIODS, _MAX_GAP_SECONDS = 100.0, 60.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,22 @@ def _frame_period(frame_times: np.ndarray, nominal_fps: float | None) -> float:
     if len(gaps):
         return float(np.median(gaps))
     return 1.0 / nominal_fps if nominal_fps else 1.0
+
+
+def _check_frame_gaps(path: str, frame_times: np.ndarray) -> None:
+    """Refuse a timestamp jump far beyond the typical frame period (one bad pts makes a 1e6-s video)."""
+    gaps = np.diff(frame_times)
+    positive = gaps[gaps > 0]
+    if not len(positive):
+        return
+    limit = max(_MAX_GAP_PERIODS * float(np.median(positive)), _MAX_GAP_SECONDS)
+    (jumps,) = np.nonzero(gaps > limit)
+    if len(jumps):
+        index = int(jumps[0])
+        raise VideoDecodingError(
+            f"{path} has a broken timestamp: frame {index + 1} is {gaps[index]:.3f} s after frame {index} "
+            f"(typical frame period {np.median(positive):.3f} s); the file is corrupt: re-encode it"
+        )
 
 
 def _check_file(path: str) -> None:
@@ -140,8 +173,18 @@ class FrameArrayDecoder(VideoDecoder):
             )
         if len(frames) == 0:
             raise VideoDecodingError("in-memory video has no frames")
-        if fps is None or not fps > 0:
-            raise VideoDecodingError(f"an in-memory video needs its frame rate: pass fps > 0 (got {fps})")
+        if frames.shape[1] == 0 or frames.shape[2] == 0:
+            raise VideoDecodingError(
+                f"in-memory video frames are empty (height {frames.shape[1]}, width {frames.shape[2]})"
+            )
+        if fps is None:
+            raise VideoDecodingError("an in-memory video needs its frame rate: pass fps > 0")
+        real = isinstance(fps, numbers.Real) and not isinstance(fps, (bool, np.bool_))
+        if not (real and math.isfinite(fps) and fps >= MIN_ARRAY_FPS):
+            raise VideoDecodingError(
+                f"an in-memory video needs its frame rate: pass a finite fps >= {MIN_ARRAY_FPS} frames/s "
+                f"(got {fps!r})"
+            )
         self._frames = frames
         times = np.arange(len(frames)) / float(fps)
         self.metadata = VideoMetadata(
@@ -179,7 +222,7 @@ class PyAVDecoder(VideoDecoder):
             raise VideoDecodingError(f"cannot open {self.path} as a video: {error}") from error
         try:
             if not self._container.streams.video:
-                raise VideoDecodingError(f"{self.path} has no video stream")
+                raise _NoVideoError(f"{self.path} has no video stream")
             self._stream = self._container.streams.video[0]
             self._stream.thread_type = "AUTO"
             self._stream.codec_context.thread_count = num_threads
@@ -197,7 +240,7 @@ class PyAVDecoder(VideoDecoder):
         except av.FFmpegError as error:
             raise VideoDecodingError(f"{self.path} is corrupt or truncated: {error}") from error
         if not packets:
-            raise VideoDecodingError(f"{self.path} has no video frames")
+            raise _NoVideoError(f"{self.path} has no video frames")
         if stream.frames > len(packets):  # the container's index (MP4, AVI) lists frames the file lacks
             raise VideoDecodingError(
                 f"{self.path} is truncated: its index lists {stream.frames} frames, only {len(packets)} are present"
@@ -215,9 +258,42 @@ class PyAVDecoder(VideoDecoder):
             times = (self._pts - self._pts[0]) * float(stream.time_base)
             last_duration = durations[order[-1]] * float(stream.time_base)
             last_period = last_duration if last_duration > 0 else _frame_period(times, nominal_fps)
+            _check_frame_gaps(self.path, times)
+            self._check_declared_duration(self._pts[-1] * float(stream.time_base) + last_period)
         duration = float(times[-1]) + last_period
         context = stream.codec_context
         return VideoMetadata(self.path, times, duration, context.width, context.height)
+
+    def _check_declared_duration(self, video_end: float) -> None:
+        """Compare where the video's frames end (``video_end``, seconds of presentation time) with the
+        duration the file declares. The frame index catches truncated MP4/AVI files; MKV and WebM have none,
+        so a truncated or damaged one would silently be a shorter video. The stream's own duration is about
+        the video alone: falling short of it is an error. The container's covers every track (an audio
+        track may outlast the video): falling short of it is only a warning."""
+        stream, container = self._stream, self._container
+        # FFmpeg estimates a stream's duration (from the container's, or the bit rate) when it found none of
+        # the stream's timestamps, and then leaves its start time unset: only a stream with both declares one.
+        if stream.duration and stream.start_time is not None:
+            start = stream.start_time
+            declared_start = start * float(stream.time_base)
+            declared_end = (start + stream.duration) * float(stream.time_base)
+            source = "its video stream"
+        elif container.duration:
+            declared_start = (container.start_time or 0) / av.time_base
+            declared_end = declared_start + container.duration / av.time_base
+            source = "the container"
+        else:
+            return
+        missing = declared_end - video_end
+        if missing <= max(1.0, 0.1 * (declared_end - declared_start)):
+            return
+        message = (
+            f"{self.path}: the video frames end at {video_end:.3f} s but {source} declares {declared_end:.3f} s; "
+            "the file is probably truncated or corrupt"
+        )
+        if source == "its video stream":
+            raise VideoDecodingError(message)
+        logger.warning("%s (or another track outlasts the video)", message)
 
     def _decode_from(self, first_index: int) -> Iterator[tuple[int, "av.VideoFrame"]]:
         """(index, frame) pairs in presentation order, from the keyframe at or before ``first_index``."""
@@ -274,13 +350,16 @@ class PyAVDecoder(VideoDecoder):
 
 
 def _pyav_reads(path: str) -> bool | None:
-    """Whether PyAV opens ``path`` and decodes its first and last frames (None: PyAV is not installed)."""
+    """Whether PyAV opens ``path`` and decodes its first and last frames (None: PyAV is not installed).
+    A file without video (no video stream or no frames) raises PyAV's error, which says so."""
     if av is None:
         return None
     try:
         with PyAVDecoder(path, num_threads=1) as decoder:
             last = decoder.metadata.num_frames - 1
             return sum(len(batch) for batch in decoder.iter_frames(np.array([0, last]), 2)) == 2
+    except _NoVideoError:
+        raise
     except VideoDecodingError:
         return False
 
@@ -290,7 +369,10 @@ def _decord_failure(path: str, error: Exception, action: str) -> VideoDecodingEr
     files (72-px-wide or 2x2 frames, GIFs), so PyAV is asked before the file is called corrupt."""
     # decord prefixes its messages with "[hh:mm:ss] /path/of/its/source.cc:123: ": noise to a user
     reason = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", str(error)).strip()
-    readable = _pyav_reads(path)
+    try:
+        readable = _pyav_reads(path)
+    except _NoVideoError as no_video:  # e.g. an audio-only file: say that, not "corrupt"
+        return VideoDecodingError(f"{no_video} (decord cannot {action} it: {reason})")
     if readable:
         return VideoDecodingError(
             f"decord cannot {action} {path} ({reason}), but the file is a valid video that PyAV reads: "
@@ -329,6 +411,7 @@ class DecordDecoder(VideoDecoder):
         if not num_frames:
             raise VideoDecodingError(f"{self.path} has no video frames")
         times = stamps[:, 0] - stamps[0, 0]
+        _check_frame_gaps(self.path, times)
         self.metadata = VideoMetadata(self.path, times, float(stamps[-1, 1] - stamps[0, 0]), width, height)
 
     def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:

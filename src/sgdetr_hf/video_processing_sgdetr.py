@@ -50,6 +50,19 @@ class ClipPlan:
         return len(self.timestamps)
 
 
+def _seconds(name: str, value) -> float:
+    """A trim time given by the caller, as a finite float (NaN would reach an integer cast; True is no time)."""
+    invalid = isinstance(value, (bool, np.bool_, str, bytes))
+    if not invalid:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            invalid = True
+    if invalid or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
+    return value
+
+
 class SGDetrVideoProcessor(VideoProcessorMixin):
     r"""
     Turns a video (file or in-memory frames) into clips of normalised frames for InternVideo2.
@@ -132,8 +145,9 @@ class SGDetrVideoProcessor(VideoProcessorMixin):
             metadata: the decoded video's frame times and duration.
             start, end: optional trim, in seconds from the first frame.
         """
-        start = 0.0 if start is None else float(start)
-        end = metadata.duration if end is None else min(float(end), metadata.duration)
+        start = 0.0 if start is None else _seconds("start", start)
+        to_the_end = end is None or (isinstance(end, float) and end == math.inf)  # inf: the end, as before
+        end = metadata.duration if to_the_end else min(_seconds("end", end), metadata.duration)
         if start < 0 or start >= metadata.duration:
             raise ValueError(
                 f"start={start} s lies outside {metadata.path} (duration {metadata.duration:.3f} s)"
