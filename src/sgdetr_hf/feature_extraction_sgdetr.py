@@ -11,7 +11,6 @@ L2-normalised): SG-DETR normalises rows and appends its temporal endpoint featur
 
 import contextlib
 import inspect
-import numbers
 import os
 from dataclasses import dataclass
 
@@ -22,7 +21,12 @@ from transformers.image_processing_utils import BatchFeature
 from .configuration_internvideo2 import InternVideo2Config
 from .loading_sgdetr import resolve_device
 from .modeling_internvideo2 import InternVideo2Model
-from .postprocessing_sgdetr import NonFiniteOutputError, describe_non_finite_weights, non_finite_parameters
+from .postprocessing_sgdetr import (
+    NonFiniteOutputError,
+    describe_non_finite_weights,
+    is_integer,
+    non_finite_parameters,
+)
 from .processing_sgdetr import MIN_QUERY_LENGTH, SGDetrProcessor
 from .video_io_sgdetr import prefetch
 from .video_processing_sgdetr import SGDetrVideoProcessor
@@ -36,10 +40,6 @@ TEXT_FEATURES = ("projected", "hidden")
 class ExtractorSettingsError(ValueError):
     """Settings the extractor cannot run with (a feature kind, ``clips_per_batch``, ``max_query_length``),
     raised by :meth:`SGDetrFeatureExtractor.from_pretrained` before the encoder's weights are loaded."""
-
-
-def _is_integer(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _check_settings(
@@ -59,11 +59,11 @@ def _check_settings(
         raise ExtractorSettingsError(f"video_feature must be one of {VIDEO_FEATURES}, got {video_feature!r}")
     if text_feature not in TEXT_FEATURES:
         raise ExtractorSettingsError(f"text_feature must be one of {TEXT_FEATURES}, got {text_feature!r}")
-    if not _is_integer(clips_per_batch) or clips_per_batch < 1:
+    if not is_integer(clips_per_batch) or clips_per_batch < 1:
         raise ExtractorSettingsError(f"clips_per_batch must be an int >= 1, got {clips_per_batch!r}")
     if max_query_length is None:
         return
-    if not _is_integer(max_query_length) or max_query_length < MIN_QUERY_LENGTH:
+    if not is_integer(max_query_length) or max_query_length < MIN_QUERY_LENGTH:
         raise ExtractorSettingsError(
             f"max_query_length must be an int >= {MIN_QUERY_LENGTH} (room for [CLS] word [SEP]), "
             f"got {max_query_length!r}"

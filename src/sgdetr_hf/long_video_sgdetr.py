@@ -27,13 +27,12 @@ the longest moment expected. Shipped to the Hub as remote code: imports only tor
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .postprocessing_sgdetr import DEFAULT_TOP_K, post_process_moment_retrieval
+from .postprocessing_sgdetr import DEFAULT_TOP_K, is_integer, post_process_moment_retrieval
 from .spans import nms_1d
 
 
@@ -210,7 +209,7 @@ def retrieve_moments(
     config = model.config
     if not 0.0 <= window_overlap < 1.0:
         raise ValueError(f"window_overlap must be a fraction in [0, 1), got {window_overlap}")
-    if isinstance(window_batch_size, bool) or not isinstance(window_batch_size, numbers.Integral):
+    if not is_integer(window_batch_size):
         raise ValueError(f"window_batch_size must be an integer >= 1, got {window_batch_size!r}")
     if window_batch_size < 1:
         raise ValueError(f"window_batch_size must be >= 1, got {window_batch_size}")

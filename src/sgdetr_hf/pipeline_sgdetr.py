@@ -22,7 +22,6 @@ Registered by the ``sgdetr_hf`` package; saved model repositories carry it in ``
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 from typing import Any
 
@@ -39,6 +38,7 @@ from .postprocessing_sgdetr import (
     NonFiniteOutputError,
     describe_non_finite_weights,
     is_finite_positive,
+    is_integer,
     is_real_number,
     non_finite_parameters,
 )
@@ -225,10 +225,10 @@ class VideoMomentRetrievalPipeline(Pipeline):
                 )
             forward["window_overlap"] = float(window_overlap)
         if window_batch_size is not None:
-            integral = isinstance(window_batch_size, numbers.Integral) or (
+            integral = is_integer(window_batch_size) or (
                 isinstance(window_batch_size, float) and window_batch_size.is_integer()
             )
-            if isinstance(window_batch_size, bool) or not integral or window_batch_size < 1:
+            if not integral or window_batch_size < 1:
                 raise ValueError(
                     "window_batch_size must be a positive integer ((window, query) pairs per forward pass), "
                     f"got {window_batch_size!r}"

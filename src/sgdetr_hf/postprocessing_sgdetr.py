@@ -115,6 +115,11 @@ def is_real_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def is_integer(value: Any) -> bool:
+    """An integer of any type (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def is_finite_positive(value: Any) -> bool:
     """A finite real number > 0 (:func:`is_real_number`)."""
     return is_real_number(value) and math.isfinite(value) and value > 0
@@ -351,6 +356,7 @@ __all__ = [
     "NonFiniteOutputError",
     "describe_non_finite_weights",
     "is_finite_positive",
+    "is_integer",
     "is_real_number",
     "non_finite_parameters",
     "post_process_moment_retrieval",

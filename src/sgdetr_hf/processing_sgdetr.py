@@ -3,7 +3,6 @@ the post-processing of the model's outputs into windows in seconds."""
 
 import inspect
 import logging
-import numbers
 import os
 
 import numpy as np
@@ -12,7 +11,7 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.video_processing_utils import VideoProcessorMixin
 
 from .loading_sgdetr import PROCESSOR_FOLDER, CheckpointError
-from .postprocessing_sgdetr import DEFAULT_TOP_K, post_process_moment_retrieval
+from .postprocessing_sgdetr import DEFAULT_TOP_K, is_integer, post_process_moment_retrieval
 from .video_processing_sgdetr import SGDetrVideoProcessor
 
 #: Tokens per query, [CLS] and [SEP] included (Moment-DETR / CG-DETR's 32; the TACoS recipe uses 64).
@@ -42,7 +41,7 @@ class SGDetrProcessor(ProcessorMixin):
     def __init__(
         self, video_processor=None, tokenizer=None, max_query_length: int = DEFAULT_MAX_QUERY_TOKENS, **kwargs
     ):
-        if isinstance(max_query_length, bool) or not isinstance(max_query_length, numbers.Integral):
+        if not is_integer(max_query_length):
             raise ValueError(f"max_query_length must be an int (tokens per query), got {max_query_length!r}")
         if max_query_length < MIN_QUERY_LENGTH:
             raise ValueError(
