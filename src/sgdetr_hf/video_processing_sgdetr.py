@@ -12,7 +12,6 @@ be installed beside the CPU build of torch) and loads as Hub remote code.
 
 import contextlib
 import math
-import numbers
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from torch.nn import functional as F
 from transformers.image_processing_utils import BatchFeature
 from transformers.video_processing_utils import VideoProcessorMixin
 
+from .postprocessing_sgdetr import is_finite_positive
 from .video_io_sgdetr import BACKENDS, VideoMetadata, open_video, prefetch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -106,8 +106,7 @@ class SGDetrVideoProcessor(VideoProcessorMixin):
             raise TypeError(f"unknown SGDetrVideoProcessor arguments: {sorted(unknown)}")
         super().__init__()
         size = dict(size) if size is not None else {"height": 224, "width": 224}
-        real = isinstance(clip_length, numbers.Real) and not isinstance(clip_length, bool)
-        if not (real and math.isfinite(clip_length) and clip_length > 0):
+        if not is_finite_positive(clip_length):
             raise ValueError(f"clip_length must be a finite number of seconds > 0, got {clip_length!r}")
         if frames_per_clip < 1 or clips_per_chunk < 1:
             raise ValueError(
