@@ -79,6 +79,11 @@ _BLACKLIST = re.compile(
 _TIMESTAMP = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
 
 
+def _finite_number(value: Any) -> bool:
+    """A finite int or float (a JSON number), not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class InterVidMRConfig:
     """Every threshold of the generation (defaults: paper §4.3.2)."""
@@ -102,7 +107,7 @@ class InterVidMRConfig:
 
     def __post_init__(self):
         for name, value in asdict(self).items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            if not _finite_number(value):
                 raise ValueError(f"InterVid-MR setting {name} must be a finite number, got {value!r}")
         problems = [
             f"{name} = {getattr(self, name)!r} (must be {rule})"
@@ -128,7 +133,7 @@ class InterVidMRConfig:
 def _seconds(value: Any) -> float:
     """Seconds from a number or an ``HH:MM:SS.mmm`` timestamp (InternVid's format)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):
+        if not _finite_number(value):
             raise ValueError(f"timestamp {value!r} is not a finite number of seconds")
         return float(value)
     match = _TIMESTAMP.match(str(value).strip())
@@ -423,9 +428,7 @@ def generate_sample(
 
 # ----------------------------------------------------------------------------------- sharded run
 def _is_duration(value: Any) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    )
+    return _finite_number(value) and value > 0
 
 
 def check_durations(durations: Mapping[str, Any], source: str = "durations") -> None:
@@ -458,7 +461,7 @@ def check_captions(captions: Sequence[Mapping[str, Any]], locations: Sequence[st
             raise ValueError(f"{where}: ytid {ytid!r} and query must be strings, ytid non-blank")
         for key in ("start", "end"):
             value = caption[key]
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            if not _finite_number(value):
                 raise ValueError(f"{where}: {key} {value!r} must be a finite number of seconds")
         if str(qid) in first:
             raise ValueError(
