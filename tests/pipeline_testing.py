@@ -36,10 +36,17 @@ def edit_weights(folder: Path, drop: int = 0, add: dict[str, torch.Tensor] | Non
 
 
 def damage_file(path: Path, how: str) -> Path:
-    """Make ``path`` a ``"zero-byte"`` file, ``"truncated"`` to half its size, or with a ``"bad-header"`` (its
-    8-byte header length overwritten), as interrupted downloads and disk errors leave files."""
+    """Make ``path`` a ``"zero-byte"`` file, ``"truncated"`` to half its size, with a ``"bad-header"`` (its
+    8-byte header length overwritten), or (a safetensors file) with a ``"random-body"`` under its intact header,
+    as interrupted downloads and disk errors leave files."""
     data = path.read_bytes()
-    damaged = {"zero-byte": b"", "truncated": data[: len(data) // 2], "bad-header": b"\xff" * 8 + data[8:]}
+    body = 8 + int.from_bytes(data[:8], "little")  # where a safetensors file's tensors start
+    damaged = {
+        "zero-byte": b"",
+        "truncated": data[: len(data) // 2],
+        "bad-header": b"\xff" * 8 + data[8:],
+        "random-body": data[:body] + np.random.default_rng(0).bytes(len(data) - body),
+    }
     path.write_bytes(damaged[how])
     return path
 

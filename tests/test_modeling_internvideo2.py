@@ -227,6 +227,14 @@ def test_inputs_the_towers_would_misread_are_refused(model):
     positions = model.config.text_config.max_position_embeddings
     with pytest.raises(ValueError, match=f"more than the text encoder's {positions} positions"):
         model.get_text_features(ids[:, :1].repeat(1, positions + 1))
+    vocab = model.config.text_config.vocab_size
+    for outside in (vocab, -1):  # were an IndexError from the embedding lookup
+        with pytest.raises(
+            ValueError, match=rf"token ids from -?\d+ to \d+, outside .* vocabulary of {vocab}"
+        ):
+            model.get_text_features(torch.tensor([[3, outside, 4]]))
+    with pytest.raises(ValueError, match="input_ids must be integer token ids, got torch.float32"):
+        model.get_text_features(ids.float())
 
 
 @torch.no_grad()

@@ -7,7 +7,8 @@ file and what was expected, never a randomly initialised model that runs to comp
   (``pytorch_model.bin``) is refused, since unpickling can run code, and so is a file given as the model's path;
 - :func:`from_pretrained_checked`: ``PreTrainedModel.from_pretrained`` with those checks first, and missing,
   unexpected or shape-mismatched weights an error unless ``allow_missing_weights=True`` (fine-tuning with new
-  heads), read from transformers' own ``output_loading_info``;
+  heads), read from transformers' own ``output_loading_info``, and so are weights that hold NaN or Inf
+  (:func:`non_finite_weights`: safetensors has no checksum, so a damaged body under an intact header loads);
 - :func:`resolve_device`: a torch device this torch build can use.
 
 Shipped as remote code (the configurations, models, processor and pipeline import it): third-party imports only.
@@ -165,6 +166,20 @@ def weight_problems(loading_info: dict[str, Any]) -> list[str]:
     return problems + list(loading_info.get("error_msgs") or [])
 
 
+def non_finite_weights(model: torch.nn.Module) -> list[str]:
+    """The names of ``model``'s floating-point parameters and buffers that hold NaN or Inf, or values whose
+    float32 sum overflows (beyond any trained weight: a damaged file's random bytes are up to 3.4e38).
+    One reduction per tensor; tensors not materialised (the meta device of an offloaded model) are skipped."""
+    named = [
+        (name, tensor)
+        for name, tensor in model.state_dict(keep_vars=True).items()
+        if tensor.is_floating_point() and tensor.device.type != "meta" and tensor.numel()
+    ]
+    with torch.no_grad():
+        sums = [tensor.sum(dtype=torch.float32).cpu() for _, tensor in named]
+    return [name for (name, _), total in zip(named, sums) if not torch.isfinite(total)]
+
+
 def from_pretrained_checked(
     load: Callable[..., Any],
     pretrained_model_name_or_path: str | os.PathLike | None,
@@ -178,7 +193,8 @@ def from_pretrained_checked(
     Before anything is built: a local folder's weights must be readable safetensors (pickled weights are
     never loaded: ``use_safetensors=True``). After loading: weights missing from the file, unexpected in it or
     of another shape are a :class:`CheckpointError`, unless ``allow_missing_weights`` (then they start freshly
-    initialised, with a warning), e.g. to fine-tune a pre-trained model with new heads.
+    initialised, with a warning), e.g. to fine-tune a pre-trained model with new heads. Weights holding NaN or
+    Inf (a damaged file, or one saved from a diverged run) are a :class:`CheckpointError` in every case.
     ``ignore_mismatched_sizes=True`` given by the caller allows shape mismatches alone.
     """
     if pretrained_model_name_or_path is None:  # weights given as state_dict=...: nothing to check on disk
@@ -215,6 +231,12 @@ def from_pretrained_checked(
                 "purpose (fine-tuning with new heads), pass allow_missing_weights=True"
             )
         logger.warning("%s (allowed: allow_missing_weights=True)", message)
+    if broken := non_finite_weights(model):
+        raise CheckpointError(
+            f"the weights in {location} hold NaN, Inf or absurdly large values in {len(broken)} tensors "
+            f"({_quoted(broken)}): the file is damaged, or was saved from a run that diverged; download or "
+            "save it again"
+        )
     return (model, loading_info) if return_loading_info else model
 
 

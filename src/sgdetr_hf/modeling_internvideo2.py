@@ -470,6 +470,15 @@ def _check_text_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | N
         raise ValueError(
             f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}"
         )
+    if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+    # one host read: the embedding lookup would fail with an IndexError (CPU) or a device assert (CUDA)
+    low, high = torch.aminmax(input_ids)
+    if low < 0 or high >= config.vocab_size:
+        raise ValueError(
+            f"input_ids hold token ids from {int(low)} to {int(high)}, outside this text encoder's vocabulary "
+            f"of {config.vocab_size}: tokenise with the tokenizer saved beside these weights"
+        )
 
 
 class InternVideo2TextModel(BertModel):

@@ -112,6 +112,11 @@ def test_source_video_id():
         ({"video_features": np.zeros((0, 4))}, "non-empty"),
         ({"text_features": np.zeros(4)}, "non-empty"),
         ({"clip_length": 0.0}, "clip_length"),
+        (
+            {"video_features": np.array([[0.0] * 4, [0.0, np.nan, 0.0, 0.0], [np.inf] * 4])},
+            r"sample '1': video_features hold NaN or Inf in 2 rows \(the first: row 1\)",
+        ),
+        ({"text_features": np.full((3, 4), 1e39)}, r"sample '1': text_features hold NaN or Inf in 3 rows"),
     ],
 )
 def test_bad_rows_raise(change, message):

@@ -23,7 +23,9 @@ from .schema import source_video_id
 
 def _as_matrix(value: Any, name: str, qid: str) -> torch.Tensor:
     """A (rows, d) float32 tensor from a numpy array, tensor or nested list; ValueError otherwise."""
-    matrix = torch.as_tensor(np.asarray(value, dtype=np.float32))
+    # a value beyond float32 becomes Inf, refused by the caller with the sample's qid
+    with np.errstate(over="ignore"):
+        matrix = torch.as_tensor(np.asarray(value, dtype=np.float32))
     if matrix.ndim != 2 or matrix.shape[0] == 0:
         raise ValueError(
             f"sample {qid!r}: {name} must be a non-empty (rows, d) matrix, got shape {tuple(matrix.shape)}; "
@@ -118,6 +120,13 @@ class MomentRetrievalCollator:
             for row, q in zip(rows, qids)
         ]
         for name, matrices in (("video_features", videos), ("text_features", texts)):
+            for qid, matrix in zip(qids, matrices):
+                # the model's own check can only name a batch position; here the sample is known
+                if bad_rows := (~torch.isfinite(matrix).all(1)).nonzero().flatten().tolist():
+                    raise ValueError(
+                        f"sample {qid!r}: {name} hold NaN or Inf in {len(bad_rows)} rows (the first: row "
+                        f"{bad_rows[0]}); check or re-extract the feature files this dataset was built from"
+                    )
             dims = {m.shape[1] for m in matrices}
             if len(dims) > 1:
                 raise ValueError(
