@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from internvideo2_testing import read_index, write_video
-from sgdetr_hf import SGDetrVideoProcessor
+from sgdetr_hf import SGDetrVideoProcessor, video_io_sgdetr
 from sgdetr_hf.video_io_sgdetr import IsolatedDecoder, VideoDecodingError, VideoMetadata, open_video
 from sgdetr_hf.video_processing_sgdetr import IMAGENET_MEAN, IMAGENET_STD
 
@@ -358,20 +358,30 @@ def damaged_mkv(path, damage):
     return path
 
 
+@pytest.mark.parametrize("isolate", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("damage", ["cut", "garbage"])
-def test_a_damaged_mkv_ending_short_of_its_declared_duration_warns(tmp_path, caplog, damage):
+def test_a_damaged_mkv_ending_short_of_its_declared_duration_warns(
+    tmp_path, caplog, damage, backend, isolate
+):
+    # decord reads no declared duration: the header is read with PyAV; a decoding child's warning reaches
+    # this process's logger
     path = damaged_mkv(tmp_path / "damaged.mkv", damage)
-    with caplog.at_level("WARNING", logger="sgdetr_hf.video_io_sgdetr"), open_video(path) as decoder:
+    logs = caplog.at_level("WARNING", logger="sgdetr_hf.video_io_sgdetr")
+    with logs, open_video(path, backend=backend, isolate=isolate) as decoder:
         assert decoder.metadata.duration < 8
     (record,) = caplog.records
     assert str(path) in record.getMessage() and "the container declares 10.000 s" in record.getMessage()
     assert "truncated or corrupt" in record.getMessage()
 
 
-def test_a_valid_mkv_does_not_warn(tmp_path, caplog):
-    path = write_video(tmp_path / "ok.mkv", num_frames=30, fps=10)
-    with caplog.at_level("WARNING", logger="sgdetr_hf.video_io_sgdetr"), open_video(path) as decoder:
-        assert decoder.metadata.num_frames == 30
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_valid_mkv_does_not_warn(tmp_path, caplog, backend):
+    late_start = write_video(tmp_path / "late.mkv", 10, fps=10, frame_times=np.arange(10) / 10 + 5.0)
+    for path, frames in ((write_video(tmp_path / "ok.mkv", num_frames=30, fps=10), 30), (late_start, 10)):
+        logs = caplog.at_level("WARNING", logger="sgdetr_hf.video_io_sgdetr")
+        with logs, open_video(path, backend=backend) as decoder:
+            assert decoder.metadata.num_frames == frames
     assert not caplog.records
 
 
@@ -442,9 +452,10 @@ def test_frames_ending_short_of_the_video_streams_own_duration_raise(tmp_path):
     """An MP4 stream declares its own duration (2 s here): frames ending 1.5 s short of it is an error."""
     path = write_video(tmp_path / "ok.mp4", num_frames=50)
     with open_video(path) as decoder:
-        decoder._check_declared_duration(1.5)  # 0.5 s short: within the margin
-        with pytest.raises(
-            VideoDecodingError,
-            match=r"ok\.mp4: the video frames end at 0\.500 s but its video stream declares 2\.000 s",
-        ):
-            decoder._check_declared_duration(0.5)
+        declared = video_io_sgdetr._declared_span(decoder._container, decoder._stream)
+    video_io_sgdetr._check_declared_duration(str(path), declared, 1.5)  # 0.5 s short: within the margin
+    with pytest.raises(
+        VideoDecodingError,
+        match=r"ok\.mp4: the video frames end at 0\.500 s but its video stream declares 2\.000 s",
+    ):
+        video_io_sgdetr._check_declared_duration(str(path), declared, 0.5)

@@ -199,6 +199,47 @@ class FrameArrayDecoder(VideoDecoder):
         self._frames = None
 
 
+def _declared_span(container: "av.container.InputContainer", stream) -> tuple[float, float, str] | None:
+    """(start, end, who declares it) in seconds of presentation time: the video stream's own span where the
+    file gives one, else the container's, else None."""
+    # FFmpeg estimates a stream's duration (from the container's, or the bit rate) when it found none of the
+    # stream's timestamps, and then leaves its start time unset: only a stream with both declares one.
+    if stream.duration and stream.start_time is not None:
+        start = stream.start_time * float(stream.time_base)
+        return start, start + stream.duration * float(stream.time_base), "its video stream"
+    if container.duration:
+        start, duration = (container.start_time or 0) / av.time_base, container.duration / av.time_base
+        # Matroska's duration counts from time 0, not from the first frame: a valid MKV whose frames start at
+        # 5 s and last 1 s declares 6 s. Either reading may be meant, so the earlier end is taken.
+        return (
+            start,
+            min(start + duration, duration) if duration > start else start + duration,
+            "the container",
+        )
+    return None
+
+
+def _check_declared_duration(path: str, declared: tuple[float, float, str] | None, video_end: float) -> None:
+    """Compare where the video's frames end (``video_end``, seconds of presentation time) with the span the file
+    declares (:func:`_declared_span`). The frame index catches truncated MP4/AVI files; MKV and WebM have none,
+    so a truncated or damaged one would silently be a shorter video. The stream's own duration is about the
+    video alone: falling short of it is an error. The container's covers every track (an audio track may
+    outlast the video): falling short of it is only a warning."""
+    if declared is None:
+        return
+    declared_start, declared_end, source = declared
+    missing = declared_end - video_end
+    if missing <= max(1.0, 0.1 * (declared_end - declared_start)):
+        return
+    message = (
+        f"{path}: the video frames end at {video_end:.3f} s but {source} declares {declared_end:.3f} s; "
+        "the file is probably truncated or corrupt"
+    )
+    if source == "its video stream":
+        raise VideoDecodingError(message)
+    logger.warning("%s (or another track outlasts the video)", message)
+
+
 class PyAVDecoder(VideoDecoder):
     """Sequential decoding with PyAV (FFmpeg), exact frames, memory bounded by ``batch_size``.
 
@@ -259,41 +300,11 @@ class PyAVDecoder(VideoDecoder):
             last_duration = durations[order[-1]] * float(stream.time_base)
             last_period = last_duration if last_duration > 0 else _frame_period(times, nominal_fps)
             _check_frame_gaps(self.path, times)
-            self._check_declared_duration(self._pts[-1] * float(stream.time_base) + last_period)
+            video_end = self._pts[-1] * float(stream.time_base) + last_period
+            _check_declared_duration(self.path, _declared_span(self._container, stream), video_end)
         duration = float(times[-1]) + last_period
         context = stream.codec_context
         return VideoMetadata(self.path, times, duration, context.width, context.height)
-
-    def _check_declared_duration(self, video_end: float) -> None:
-        """Compare where the video's frames end (``video_end``, seconds of presentation time) with the
-        duration the file declares. The frame index catches truncated MP4/AVI files; MKV and WebM have none,
-        so a truncated or damaged one would silently be a shorter video. The stream's own duration is about
-        the video alone: falling short of it is an error. The container's covers every track (an audio
-        track may outlast the video): falling short of it is only a warning."""
-        stream, container = self._stream, self._container
-        # FFmpeg estimates a stream's duration (from the container's, or the bit rate) when it found none of
-        # the stream's timestamps, and then leaves its start time unset: only a stream with both declares one.
-        if stream.duration and stream.start_time is not None:
-            start = stream.start_time
-            declared_start = start * float(stream.time_base)
-            declared_end = (start + stream.duration) * float(stream.time_base)
-            source = "its video stream"
-        elif container.duration:
-            declared_start = (container.start_time or 0) / av.time_base
-            declared_end = declared_start + container.duration / av.time_base
-            source = "the container"
-        else:
-            return
-        missing = declared_end - video_end
-        if missing <= max(1.0, 0.1 * (declared_end - declared_start)):
-            return
-        message = (
-            f"{self.path}: the video frames end at {video_end:.3f} s but {source} declares {declared_end:.3f} s; "
-            "the file is probably truncated or corrupt"
-        )
-        if source == "its video stream":
-            raise VideoDecodingError(message)
-        logger.warning("%s (or another track outlasts the video)", message)
 
     def _decode_from(self, first_index: int) -> Iterator[tuple[int, "av.VideoFrame"]]:
         """(index, frame) pairs in presentation order, from the keyframe at or before ``first_index``."""
@@ -388,6 +399,18 @@ def _decord_failure(path: str, error: Exception, action: str) -> VideoDecodingEr
     )
 
 
+def _header_span(path: str) -> tuple[float, float, str] | None:
+    """The span ``path``'s header declares for its first video stream (:func:`_declared_span`), read with PyAV
+    (the header only, no demuxing); None without PyAV or when PyAV cannot open the file."""
+    if av is None:
+        return None
+    try:
+        with av.open(path) as container:
+            return _declared_span(container, container.streams.video[0]) if container.streams.video else None
+    except av.FFmpegError:
+        return None
+
+
 class DecordDecoder(VideoDecoder):
     """decord ``VideoReader`` in this process; ``get_batch`` per batch of frames (never ``seek``/``next``,
     which return wrong frames). Prefer the isolated form ([`IsolatedDecoder`]) for untrusted files."""
@@ -412,6 +435,9 @@ class DecordDecoder(VideoDecoder):
             raise VideoDecodingError(f"{self.path} has no video frames")
         times = stamps[:, 0] - stamps[0, 0]
         _check_frame_gaps(self.path, times)
+        if (declared := _header_span(self.path)) is not None:
+            # decord's times count from the stream's start, the declared span's in presentation time
+            _check_declared_duration(self.path, declared, declared[0] + float(stamps[-1, 1]))
         self.metadata = VideoMetadata(self.path, times, float(stamps[-1, 1] - stamps[0, 0]), width, height)
 
     def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
@@ -436,6 +462,9 @@ def _serve(fd: int, backend: str, num_threads: int) -> None:
     connection = Connection(fd)
     decoder_class = {"pyav": PyAVDecoder, "decord": DecordDecoder}[backend]
     decoder, batches = None, iter(())
+    warnings = _WarningCollector()  # this file's warnings go back to the parent with the reply
+    logger.addHandler(warnings)
+    logger.propagate = False
     while True:
         try:
             request = connection.recv()
@@ -443,6 +472,7 @@ def _serve(fd: int, backend: str, num_threads: int) -> None:
             return
         if request[0] == "stop":
             return
+        warnings.messages = []
         try:
             if request[0] == "open":
                 if decoder is not None:
@@ -454,14 +484,21 @@ def _serve(fd: int, backend: str, num_threads: int) -> None:
                 if request[0] == "read":
                     batches = decoder.iter_frames(request[1], request[2])
                 reply = next(batches, None)
-            connection.send(("ok", reply))
+            connection.send(("ok", reply, warnings.messages))
         except (ValueError, ImportError) as error:
-            connection.send(
-                (
-                    "error",
-                    f"{type(error).__name__}: {error}" if isinstance(error, ImportError) else str(error),
-                )
-            )
+            message = f"{type(error).__name__}: {error}" if isinstance(error, ImportError) else str(error)
+            connection.send(("error", message, warnings.messages))
+
+
+class _WarningCollector(logging.Handler):
+    """Keeps the messages logged in a decoding child, for its reply."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 # Seconds a decoding child may take to answer one request (one batch of frames) before it counts as hung.
@@ -503,7 +540,7 @@ class _DecoderWorker:
                 hung = time.monotonic() > deadline
                 if hung or not self.alive():
                     raise EOFError
-            status, reply = self.connection.recv()
+            status, reply, warnings = self.connection.recv()
         except (EOFError, OSError):
             self.stop()
             what = (
@@ -515,6 +552,8 @@ class _DecoderWorker:
                 f"the video decoder {what} while reading {path}; the file is probably corrupt: re-encode it or "
                 "use backend='pyav'"
             ) from None
+        for message in warnings:
+            logger.warning("%s", message)
         if status == "error":
             raise (ImportError if reply.startswith("ImportError: ") else VideoDecodingError)(reply)
         return reply
