@@ -448,6 +448,32 @@ def test_decord_failure_on_a_file_without_video_says_so(tmp_path):
     assert "corrupt" not in message
 
 
+def raw_h264(path, num_frames=30, fps=10):
+    """An H.264 elementary stream: no container, so no timestamps (FFmpeg assumes 25 fps, not the 10 here)."""
+    container = av.open(str(path), "w", format="h264")
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+    for index in range(num_frames):
+        frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 8 * index, np.uint8), format="rgb24")
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+    container.close()
+    return path
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_raw_stream_without_timestamps_is_refused_saying_how_to_fix_it(tmp_path, backend):
+    # it read as 1.2 s at a guessed 25 fps (3 s at its real 10), then failed to seek, as "corrupt or truncated"
+    path = raw_h264(tmp_path / "clip.h264")
+    with pytest.raises(VideoDecodingError) as error:
+        processor(backend=backend)(path)
+    message = str(error.value)
+    assert message.startswith(
+        f"{path} has 30 of 30 frames without timestamps (format h264): a raw video stream"
+    )
+    assert "`ffmpeg -framerate 30 -i clip.h264 -c copy video.mp4`" in message and "corrupt" not in message
+
+
 def test_frames_ending_short_of_the_video_streams_own_duration_raise(tmp_path):
     """An MP4 stream declares its own duration (2 s here): frames ending 1.5 s short of it is an error."""
     path = write_video(tmp_path / "ok.mp4", num_frames=50)

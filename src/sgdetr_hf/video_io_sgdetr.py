@@ -56,8 +56,9 @@ class VideoDecodingError(ValueError):
     """A video file that cannot be read (missing, not a video, no frames, corrupt or truncated)."""
 
 
-class _NoVideoError(VideoDecodingError):
-    """The file has no video stream or no video frames: a fact about the file, not a decoder failure."""
+class _UnusableVideoError(VideoDecodingError):
+    """The file has no video stream, no video frames or no timestamps: a fact about the file, not a decoder
+    failure."""
 
 
 # The lowest frame rate accepted for in-memory frames: below it a handful of frames spans hours of clips.
@@ -263,7 +264,7 @@ class PyAVDecoder(VideoDecoder):
             raise VideoDecodingError(f"cannot open {self.path} as a video: {error}") from error
         try:
             if not self._container.streams.video:
-                raise _NoVideoError(f"{self.path} has no video stream")
+                raise _UnusableVideoError(f"{self.path} has no video stream")
             self._stream = self._container.streams.video[0]
             self._stream.thread_type = "AUTO"
             self._stream.codec_context.thread_count = num_threads
@@ -281,45 +282,44 @@ class PyAVDecoder(VideoDecoder):
         except av.FFmpegError as error:
             raise VideoDecodingError(f"{self.path} is corrupt or truncated: {error}") from error
         if not packets:
-            raise _NoVideoError(f"{self.path} has no video frames")
+            raise _UnusableVideoError(f"{self.path} has no video frames")
         if stream.frames > len(packets):  # the container's index (MP4, AVI) lists frames the file lacks
             raise VideoDecodingError(
                 f"{self.path} is truncated: its index lists {stream.frames} frames, only {len(packets)} are present"
             )
+        if untimed := sum(pts is None for pts, _ in packets):
+            # A raw elementary stream (.h264, .hevc, .m4v): its frame rate and duration would be FFmpeg's guess
+            # (25 fps unless told), and it cannot be seeked.
+            raise _UnusableVideoError(
+                f"{self.path} has {untimed} of {len(packets)} frames without timestamps (format "
+                f"{self._container.format.name}): a raw video stream, whose frame rate and duration are unknown. "
+                "Put it in a container with its real frame rate, e.g. "
+                f"`ffmpeg -framerate 30 -i {os.path.basename(self.path)} -c copy video.mp4`"
+            )
         nominal_fps = float(stream.average_rate or stream.guessed_rate or 0) or None
-        if any(pts is None for pts, _ in packets):
-            # No timestamps (some raw streams): frames are counted and assumed evenly spaced.
-            self._pts = None
-            times = np.arange(len(packets)) / (nominal_fps or 1.0)
-            last_period = _frame_period(times, nominal_fps)
-        else:
-            pts, durations = np.asarray(packets, dtype=np.float64).T
-            order = np.argsort(pts, kind="stable")
-            self._pts = pts[order].astype(np.int64)
-            times = (self._pts - self._pts[0]) * float(stream.time_base)
-            last_duration = durations[order[-1]] * float(stream.time_base)
-            last_period = last_duration if last_duration > 0 else _frame_period(times, nominal_fps)
-            _check_frame_gaps(self.path, times)
-            video_end = self._pts[-1] * float(stream.time_base) + last_period
-            _check_declared_duration(self.path, _declared_span(self._container, stream), video_end)
+        pts, durations = np.asarray(packets, dtype=np.float64).T
+        order = np.argsort(pts, kind="stable")
+        self._pts = pts[order].astype(np.int64)
+        times = (self._pts - self._pts[0]) * float(stream.time_base)
+        last_duration = durations[order[-1]] * float(stream.time_base)
+        last_period = last_duration if last_duration > 0 else _frame_period(times, nominal_fps)
+        _check_frame_gaps(self.path, times)
+        video_end = self._pts[-1] * float(stream.time_base) + last_period
+        _check_declared_duration(self.path, _declared_span(self._container, stream), video_end)
         duration = float(times[-1]) + last_period
         context = stream.codec_context
         return VideoMetadata(self.path, times, duration, context.width, context.height)
 
     def _decode_from(self, first_index: int) -> Iterator[tuple[int, "av.VideoFrame"]]:
         """(index, frame) pairs in presentation order, from the keyframe at or before ``first_index``."""
-        target = int(self._pts[first_index]) if self._pts is not None else 0
+        target = int(self._pts[first_index])
         self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
         for count, frame in enumerate(self._container.decode(self._stream)):
-            index = (
-                count
-                if self._pts is None or frame.pts is None
-                else int(np.searchsorted(self._pts, frame.pts))
-            )
+            index = count if frame.pts is None else int(np.searchsorted(self._pts, frame.pts))
             yield index, frame
 
     def _iter_single_frames(self, indices: np.ndarray) -> Iterator[np.ndarray]:
-        first = int(indices[0]) if self._pts is not None else 0
+        first = int(indices[0])
         frames = self._decode_from(first)
         if first > 0:
             head = next(frames, None)
@@ -369,7 +369,7 @@ def _pyav_reads(path: str) -> bool | None:
         with PyAVDecoder(path, num_threads=1) as decoder:
             last = decoder.metadata.num_frames - 1
             return sum(len(batch) for batch in decoder.iter_frames(np.array([0, last]), 2)) == 2
-    except _NoVideoError:
+    except _UnusableVideoError:
         raise
     except VideoDecodingError:
         return False
@@ -382,7 +382,7 @@ def _decord_failure(path: str, error: Exception, action: str) -> VideoDecodingEr
     reason = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", str(error)).strip()
     try:
         readable = _pyav_reads(path)
-    except _NoVideoError as no_video:  # e.g. an audio-only file: say that, not "corrupt"
+    except _UnusableVideoError as no_video:  # e.g. an audio-only file: say that, not "corrupt"
         return VideoDecodingError(f"{no_video} (decord cannot {action} it: {reason})")
     if readable:
         return VideoDecodingError(
