@@ -222,6 +222,34 @@ def test_generated_rows_build_into_a_dataset(tmp_path):
     assert row["duration"] == float(end) - float(start) == len(expected) * 2
 
 
+def test_a_rebuild_from_the_same_feature_files_keeps_its_shards(tmp_path):
+    from safetensors.numpy import save_file
+
+    from sgdetr_hf.data.builder import FeatureFolder, build_dataset
+    from sgdetr_hf.data.intervid_mr import WindowFeatures
+    from sgdetr_hf.data.readers import read_annotations
+
+    captions, arrays = _toy_inputs(num_videos=2, captions_per_video=2)
+    for kind, key, items in (
+        ("videos", "video_features", arrays.videos),
+        ("queries", "text_features", arrays.texts),
+    ):
+        (tmp_path / "feats" / kind).mkdir(parents=True, exist_ok=True)
+        for name, array in items.items():
+            save_file({key: array}, tmp_path / "feats" / kind / f"{name}.safetensors")
+    folder = FeatureFolder(tmp_path / "feats")
+    generate_intervid_mr(captions, folder, tmp_path / "gen", config=InterVidMRConfig(validation_size=0))
+    rows = {"train": read_annotations(tmp_path / "gen" / "train.jsonl", "intervid-mr")}
+    first = build_dataset(tmp_path / "ds", "intervid-mr", rows, WindowFeatures(folder))
+    again = build_dataset(tmp_path / "ds", "intervid-mr", rows, WindowFeatures(folder))
+    assert first.reused_files == [] and again.reused_files == again.files == first.files  # were all rewritten
+    save_file({"video_features": arrays.videos["yt1"] + 1}, tmp_path / "feats" / "videos" / "yt1.safetensors")
+    changed = build_dataset(tmp_path / "ds", "intervid-mr", rows, WindowFeatures(folder))
+    rewritten = sorted(set(changed.files) - set(changed.reused_files))
+    video_shards = [name for name in first.files if name.startswith("intervid-mr-features/")]
+    assert rewritten == video_shards and len(changed.reused_files) == len(first.files) - len(video_shards) > 0
+
+
 class _CountingSamples:
     """Counts the captions a run processes (generate_sample calls)."""
 

@@ -92,8 +92,9 @@ class FeatureSource(Protocol):
 
     Optional extras the builder uses when a source has them: ``describe_missing(keys) -> list[str]`` (the
     absent files, named in the missing-features error), ``feature_files(kind, key) -> list[str]`` (the files
-    of one video or query, named in the errors about its values), ``fingerprint(kind, keys) -> str``
-    ("video" or "text": a digest of what those features are made of, so that a rerun skips finished shards)
+    of one video or query, named in the errors about its values), ``fingerprint(kind, keys) -> str | None``
+    ("video" or "text": a digest of what those features are made of, so that a rerun skips finished shards;
+    None: not known, the shard is rewritten)
     and ``report() -> dict`` (copied into :attr:`BuildReport.feature_source`).
     """
 
@@ -554,12 +555,12 @@ def build_dataset(
     fingerprint = getattr(features, "fingerprint", None)
 
     def digest_for(kind: str, keys: list[str], schema: datasets.Features, extra: Any = None):
-        if fingerprint is None:
+        if fingerprint is None or (made_of := fingerprint(kind, keys)) is None:
             return None
         content = strict_json(
             [schema.to_dict(), extra], "the shard's annotations", sort_keys=True, default=str
         )
-        return hashlib.sha256((fingerprint(kind, keys) + content).encode()).hexdigest()
+        return hashlib.sha256((made_of + content).encode()).hexdigest()
 
     for split, rows in kept.items():
         vids = list(dict.fromkeys(str(row["vid"]) for row in rows))

@@ -359,6 +359,19 @@ class WindowFeatures:
     def text(self, qid: str) -> np.ndarray:
         return self.videos.text(qid)
 
+    def fingerprint(self, kind: str, keys: Sequence[str]) -> str | None:
+        """The wrapped source's fingerprint of the windows' videos (or of the queries), with the windows and the
+        clip length for videos, so that a rebuild keeps the shards made from the same features; None when the
+        wrapped source has no fingerprint (every shard is then rewritten)."""
+        fingerprint = getattr(self.videos, "fingerprint", None)
+        if fingerprint is None:
+            return None
+        if kind != "video":
+            return fingerprint(kind, keys)
+        videos = fingerprint(kind, list(dict.fromkeys(self._window(key)[0] for key in keys)))
+        windows = strict_json([self.clip_length, list(keys)], "the windows")
+        return hashlib.sha256((videos + windows).encode()).hexdigest()
+
     def feature_files(self, kind: str, key: str) -> list[str]:
         """The wrapped source's files of a window's video (or of a query), for the builder's errors."""
         files = getattr(self.videos, "feature_files", None)
