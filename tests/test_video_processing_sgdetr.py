@@ -2,6 +2,7 @@
 
 import os
 import signal
+import struct
 
 import av
 import numpy as np
@@ -446,6 +447,33 @@ def test_decord_failure_on_a_file_without_video_says_so(tmp_path):
     message = str(video_io_sgdetr._decord_failure(str(path), reason, "open"))
     assert message.startswith(f"{path} has no video stream (decord cannot open it: ERROR cannot find")
     assert "corrupt" not in message
+
+
+def rotated_mp4(path, source, sine):
+    """``source`` (an MP4) with the display matrix of a rotation whose sine is ``sine`` (1, 0 for 180 degrees, or
+    -1) in its track header, as phones store portrait video: the frames stay landscape."""
+    data = bytearray(source.read_bytes())
+    # tkhd (version 0): size, type, version+flags, 5 x 32-bit times and ids, 8 reserved, 4 x 16-bit, then the matrix
+    matrix = data.find(b"tkhd") + 4 + 4 + 20 + 8 + 8
+    cosine = 0 if sine else -1
+    values = (cosine << 16, sine << 16, 0, -sine << 16, cosine << 16, 0, 0, 0, 1 << 30)
+    data[matrix : matrix + 36] = struct.pack(">9i", *values)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sine, quarter_turns", [(1, 3), (0, 2), (-1, 1)])
+def test_a_rotated_video_is_read_as_displayed(tmp_path, backend, sine, quarter_turns):
+    # PyAV returned the stored landscape frames of a portrait phone video, decord the displayed ones
+    source = write_video(tmp_path / "landscape.mp4", 6, fps=10, size=(64, 32))
+    with open_video(source) as decoder:
+        stored = np.stack(list(decoder.iter_frames(np.arange(6), 6))[0])
+    with open_video(rotated_mp4(tmp_path / "rotated.mp4", source, sine), backend=backend) as decoder:
+        frames = list(decoder.iter_frames(np.arange(6), 6))[0]
+        size = (decoder.metadata.width, decoder.metadata.height)
+    np.testing.assert_array_equal(frames, np.rot90(stored, quarter_turns, axes=(1, 2)))
+    assert size == ((32, 64) if quarter_turns % 2 else (64, 32))
 
 
 def raw_h264(path, num_frames=30, fps=10):

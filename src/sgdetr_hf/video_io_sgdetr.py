@@ -241,6 +241,19 @@ def _check_declared_duration(path: str, declared: tuple[float, float, str] | Non
     logger.warning("%s (or another track outlasts the video)", message)
 
 
+def _quarter_turns(frame: "av.VideoFrame") -> int:
+    """The counter-clockwise quarter turns that show ``frame`` as the file means it to be seen (its display
+    matrix: a phone's portrait video is stored as landscape frames with a 90-degree rotation)."""
+    return round((frame.rotation or 0) / 90) % 4
+
+
+def _upright_rgb(frame: "av.VideoFrame") -> np.ndarray:
+    """``frame`` as (H, W, 3) uint8 RGB, rotated as displayed, as decord and FFmpeg's command line show it."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = _quarter_turns(frame)
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
 class PyAVDecoder(VideoDecoder):
     """Sequential decoding with PyAV (FFmpeg), exact frames, memory bounded by ``batch_size``.
 
@@ -307,8 +320,16 @@ class PyAVDecoder(VideoDecoder):
         video_end = self._pts[-1] * float(stream.time_base) + last_period
         _check_declared_duration(self.path, _declared_span(self._container, stream), video_end)
         duration = float(times[-1]) + last_period
-        context = stream.codec_context
-        return VideoMetadata(self.path, times, duration, context.width, context.height)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        try:  # the display rotation is on the decoded frames: one decode of the first frame
+            first = next(self._decode_from(0), None)
+        except av.FFmpegError as error:
+            raise VideoDecodingError(
+                f"{self.path} is corrupt: its first frame cannot be decoded ({error})"
+            ) from error
+        if first is not None and _quarter_turns(first[1]) % 2:
+            width, height = height, width
+        return VideoMetadata(self.path, times, duration, width, height)
 
     def _decode_from(self, first_index: int) -> Iterator[tuple[int, "av.VideoFrame"]]:
         """(index, frame) pairs in presentation order, from the keyframe at or before ``first_index``."""
@@ -334,7 +355,7 @@ class PyAVDecoder(VideoDecoder):
                 continue
             # Serve every request up to this frame. A request below `index` means the decoder dropped that
             # frame (damaged stream): the next decoded frame is the nearest one there is.
-            rgb = frame.to_ndarray(format="rgb24")
+            rgb = _upright_rgb(frame)
             while position < len(indices) and indices[position] <= index:
                 yield rgb
                 position += 1
