@@ -49,6 +49,9 @@ def test_clip_plan_with_trim_and_one_second_clips():
         SGDetrVideoProcessor().plan_clips(metadata(np.arange(10) / 10, 1.0), start=1.5)
     with pytest.raises(ValueError, match="must be after start"):
         SGDetrVideoProcessor().plan_clips(metadata(np.arange(10) / 10, 1.0), start=0.5, end=0.5)
+    last_instant = np.nextafter(3.0, 0.0)  # was one clip 4e-16 s long
+    with pytest.raises(ValueError, match=r"must be after start \(2.9999999999999996 s\) by at least 1e-06 s"):
+        SGDetrVideoProcessor().plan_clips(metadata(np.arange(30) / 10, 3.0), start=last_instant)
 
 
 def test_durations_a_hair_over_whole_clips_do_not_add_a_clip():

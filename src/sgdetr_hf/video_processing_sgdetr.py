@@ -29,6 +29,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Decoded frames are resized in batches whose float32 copy stays under this size (12 frames of 720p).
 _RESIZE_BATCH_BYTES = 128 * 2**20
+#: Seconds below which two times differ only by float rounding (frame timestamps, durations, trims).
+_TIME_TOLERANCE = 1e-6
 # Bookkeeping keys transformers writes next to the settings in saved configs.
 _SERIALIZATION_KEYS = {"video_processor_type", "processor_class", "image_processor_type", "auto_map"}
 
@@ -151,16 +153,18 @@ class SGDetrVideoProcessor(VideoProcessorMixin):
             raise ValueError(
                 f"start={start} s lies outside {metadata.path} (duration {metadata.duration:.3f} s)"
             )
-        if end <= start:
-            raise ValueError(f"end ({end} s) must be after start ({start} s)")
+        if end - start < _TIME_TOLERANCE:  # a shorter span is float rounding of the two times, not a clip
+            raise ValueError(f"end ({end} s) must be after start ({start} s) by at least {_TIME_TOLERANCE} s")
         # The tolerance keeps e.g. 150.0000001 s of 2-s clips at 75 clips, not 76.
-        num_clips = max(1, math.ceil((end - start) / self.clip_length - 1e-6))
+        num_clips = max(1, math.ceil((end - start) / self.clip_length - _TIME_TOLERANCE))
         clip_starts = start + self.clip_length * np.arange(num_clips)
         clip_ends = np.minimum(clip_starts + self.clip_length, end)
         fractions = (np.arange(self.frames_per_clip) + 0.5) / self.frames_per_clip
         sample_times = clip_starts[:, None] + fractions[None, :] * (clip_ends - clip_starts)[:, None]
         # A sample within 1 us of a frame's start shows that frame (timestamps carry float rounding).
-        frame_indices = np.searchsorted(metadata.frame_times, sample_times + 1e-6, side="right") - 1
+        frame_indices = (
+            np.searchsorted(metadata.frame_times, sample_times + _TIME_TOLERANCE, side="right") - 1
+        )
         return ClipPlan(np.stack([clip_starts, clip_ends], axis=1), np.clip(frame_indices, 0, None))
 
     def resize(self, frames: np.ndarray) -> torch.Tensor:
