@@ -64,8 +64,10 @@ class _UnusableVideoError(VideoDecodingError):
 # The lowest frame rate accepted for in-memory frames: below it a handful of frames spans hours of clips.
 MIN_ARRAY_FPS = 1e-3
 # A gap between consecutive frames longer than both of these (the typical period is the median gap) is a
-# broken timestamp, not a pause: it would make the video hours or years long.
+# long still or a broken timestamp: it is warned about, and refused when it makes the video longer than
+# _MAX_VIDEO_SECONDS (24 h, the longest duration the dataset readers accept): one bad pts makes a 1e6-s video.
 _MAX_GAP_PERIODS, _MAX_GAP_SECONDS = 100.0, 60.0
+_MAX_VIDEO_SECONDS = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -105,19 +107,31 @@ def _frame_period(frame_times: np.ndarray, nominal_fps: float | None) -> float:
 
 
 def _check_frame_gaps(path: str, frame_times: np.ndarray) -> None:
-    """Refuse a timestamp jump far beyond the typical frame period (one bad pts makes a 1e6-s video)."""
+    """Flag a timestamp jump far beyond the typical frame period: a warning (a slideshow's long still is real),
+    an error when it makes the video longer than 24 h (one bad pts makes a 1e6-s video)."""
     gaps = np.diff(frame_times)
     positive = gaps[gaps > 0]
     if not len(positive):
         return
-    limit = max(_MAX_GAP_PERIODS * float(np.median(positive)), _MAX_GAP_SECONDS)
-    (jumps,) = np.nonzero(gaps > limit)
-    if len(jumps):
-        index = int(jumps[0])
+    period = float(np.median(positive))
+    (jumps,) = np.nonzero(gaps > max(_MAX_GAP_PERIODS * period, _MAX_GAP_SECONDS))
+    if not len(jumps):
+        return
+    index = int(jumps[0])
+    jump = (
+        f"frame {index + 1} is {gaps[index]:.3f} s after frame {index} (typical frame period {period:.3f} s)"
+    )
+    if frame_times[-1] > _MAX_VIDEO_SECONDS:
         raise VideoDecodingError(
-            f"{path} has a broken timestamp: frame {index + 1} is {gaps[index]:.3f} s after frame {index} "
-            f"(typical frame period {np.median(positive):.3f} s); the file is corrupt: re-encode it"
+            f"{path} has a broken timestamp: {jump}, which makes the video {frame_times[-1]:.0f} s long; the "
+            "file is corrupt: re-encode it"
         )
+    logger.warning(
+        "%s: %s, one of %d such gaps: a long still, or a broken timestamp (then re-encode the file)",
+        path,
+        jump,
+        len(jumps),
+    )
 
 
 def _check_file(path: str) -> None:
