@@ -40,14 +40,16 @@ def damage_file(path: Path, how: str) -> Path:
     8-byte header length overwritten), or (a safetensors file) with a ``"random-body"`` under its intact header,
     as interrupted downloads and disk errors leave files."""
     data = path.read_bytes()
-    body = 8 + int.from_bytes(data[:8], "little")  # where a safetensors file's tensors start
-    damaged = {
-        "zero-byte": b"",
-        "truncated": data[: len(data) // 2],
-        "bad-header": b"\xff" * 8 + data[8:],
-        "random-body": data[:body] + np.random.default_rng(0).bytes(len(data) - body),
-    }
-    path.write_bytes(damaged[how])
+    if how == "random-body":
+        body = 8 + int.from_bytes(data[:8], "little")  # where a safetensors file's tensors start
+        damaged = data[:body] + np.random.default_rng(0).bytes(len(data) - body)
+    else:
+        damaged = {
+            "zero-byte": b"",
+            "truncated": data[: len(data) // 2],
+            "bad-header": b"\xff" * 8 + data[8:],
+        }[how]
+    path.write_bytes(damaged)
     return path
 
 
