@@ -1,11 +1,16 @@
 """Loading a split for training: the needed columns, domain / size selection, and model-config checks."""
 
+import json
+import re
+
 import datasets
 import pytest
 
-from sgdetr_hf.data.demo import build_demo_dataset
+from sgdetr_hf.data.demo import DEMO_ANNOTATIONS, build_demo_dataset
 from sgdetr_hf.training.data import check_matches_data, dataset_properties, load_split
+from sgdetr_hf.training.errors import RunInputError
 from sgdetr_hf.training.recipe import load_recipe
+from sgdetr_hf.training.trainer import Trainer
 
 CARD = """---
 configs:
@@ -67,3 +72,27 @@ def test_model_config_contradicting_the_data():
     check_matches_data({"clip_length": 2, "hidden_size": 32}, properties, "model")  # consistent: no error
     with pytest.raises(ValueError, match=r"model does not fit the dataset: clip_length=1.0 \(dataset: 2.0\)"):
         check_matches_data({"clip_length": 1.0}, properties, "model")
+
+
+def test_an_evaluation_split_sharing_a_training_video_is_refused(tmp_path):
+    """before: a validation query on a training video was scored (and the best model selected) without a word"""
+    records = [json.loads(line) for line in DEMO_ANNOTATIONS.read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"][:4]
+    validation = [r for r in records if r["split"] == "validation"][:2]
+    # another 150 s window of the first training video's source video
+    vid = train[0]["vid"].rsplit("_", 2)[0] + "_0.0_150.0"
+    leaked = dict(train[0], qid=10**6, vid=vid, split="validation", query="a query on a training video")
+    annotations = tmp_path / "annotations.jsonl"
+    annotations.write_text("".join(json.dumps(r) + "\n" for r in [*train, *validation, leaked]))
+    build_demo_dataset(tmp_path / "data", annotations=annotations)
+    recipe = load_recipe("demo", {"dataset_path": str(tmp_path / "data"), "output_dir": str(tmp_path / "run"),
+                                  "batch_size": 4, "model.hidden_size": 32, "model.ffn_dim": 64})  # fmt: skip
+    source = train[0]["vid"].rsplit("_", 2)[0]
+    message = (
+        f"1 source video(s) of dataset {str(tmp_path / 'data')!r} are in both split 'train' and split "
+        f"'validation', e.g. [{source!r}]: the evaluation would score videos the model trains on"
+    )
+    with pytest.raises(RunInputError, match=re.escape(message)):
+        Trainer(recipe)
+    recipe.eval_split = "train"  # a deliberate look at the fit on the training data
+    assert Trainer(recipe).eval_set is not None

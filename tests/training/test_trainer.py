@@ -18,6 +18,7 @@ from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval
 from sgdetr_hf.data.demo import build_demo_dataset
 from sgdetr_hf.loading_sgdetr import CheckpointError
 from sgdetr_hf.processing_sgdetr import SGDetrProcessor
+from sgdetr_hf.training.checkpointing import TrainerState
 from sgdetr_hf.training.errors import (
     DamagedCheckpointError,
     RecipeMismatchError,
@@ -25,7 +26,7 @@ from sgdetr_hf.training.errors import (
     TrainingDivergedError,
 )
 from sgdetr_hf.training.recipe import load_recipe
-from sgdetr_hf.training.trainer import Trainer, build_model, train
+from sgdetr_hf.training.trainer import Trainer, _LossMeter, build_model, train
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +256,59 @@ def test_a_resume_may_change_only_what_cannot_change_the_run_and_stays_exact(
     assert all(torch.equal(expected[name], resumed[name]) for name in expected)
     recorded = yaml.safe_load((run / "final_model" / "training_recipe.yaml").read_text())
     assert (recorded["output_dir"], recorded["logging_steps"]) == (str(run), 2)
+
+
+def test_a_moved_dataset_folder_resumes_only_when_it_holds_the_run_s_files(demo_data, finished_run, tmp_path):
+    """before: any other dataset_path was refused, so a run whose dataset folder moved could not resume."""
+    run = _crashed_copy(finished_run, tmp_path / "run")
+    moved = shutil.copytree(demo_data, tmp_path / "moved")
+    result = train(_recipe(moved, run), resume="latest")
+    expected, resumed = _weights(finished_run / "final_model"), _weights(run / "final_model")
+    assert result.global_step == 6 and all(torch.equal(expected[name], resumed[name]) for name in expected)
+    recorded = yaml.safe_load((run / "final_model" / "training_recipe.yaml").read_text())
+    assert recorded["dataset_path"] == str(moved)
+
+    # the same rows and shapes, other features: refused, and so is a checkpoint that records no fingerprint
+    other = tmp_path / "other"
+    build_demo_dataset(other, num_train=12, num_validation=5, seed=1)
+    run = _crashed_copy(finished_run, tmp_path / "run2")
+    with pytest.raises(RecipeMismatchError) as error:
+        train(_recipe(other, run), resume="latest")
+    assert f"dataset_path: {str(demo_data)!r} (run) -> {str(other)!r}." in str(error.value)
+    assert f"holds the files the run read: those of {str(other)!r} differ." in str(error.value)
+    state_file = run / "checkpoints" / "step_00000004" / "trainer_state.json"
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "dataset_fingerprint": None}))
+    with pytest.raises(RecipeMismatchError, match="this checkpoint records no fingerprint of them"):
+        train(_recipe(moved, run), resume="latest")
+
+
+def test_a_resume_inside_a_logging_interval_logs_the_uninterrupted_run_s_losses(demo_data, tmp_path):
+    """Logged every 3 steps, checkpointed every 2: the step-2 checkpoint cuts the first interval. before: the
+    resumed run logged at step 3 the loss of step 3 alone (217.6 instead of the mean of steps 1-3, 213.2)."""
+    every = {"logging_steps": 3}
+    full = train(_recipe(demo_data, tmp_path / "full", **every)).output_dir
+    state = json.loads((full / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
+    assert state["loss_steps"] == 2 and len(state["loss_sums"]) == 1 and state["loss_sums"][0]["loss"] > 0
+    run = _crashed_copy(full, tmp_path / "run", keep="step_00000002")
+    train(_recipe(demo_data, run, **every), resume="latest")
+
+    def history(folder):
+        return json.loads((folder / "checkpoints" / "step_00000006" / "trainer_state.json").read_text())[
+            "history"
+        ]
+
+    assert [record["step"] for record in history(full) if "loss" in record] == [3, 6]
+    assert history(run) == history(full)  # every logged loss, learning rate and evaluation
+
+
+def test_the_loss_meter_restores_each_saved_process_s_sums_once():
+    """A 2-process interval resumed on 1 process (and on 2) reads the same terms as the saved run would."""
+    saved = TrainerState(loss_sums=[{"loss": 3.0, "a": 1.0}, {"loss": 5.0, "b": 2.0}], loss_steps=2)
+    meter = _LossMeter()
+    meter.restore(saved, process_index=0, num_processes=1)
+    assert (dict(meter.sums), meter.steps) == ({"loss": 8.0, "a": 1.0, "b": 2.0}, 2)
+    meter.restore(saved, process_index=1, num_processes=2)
+    assert dict(meter.sums) == {"loss": 5.0, "b": 2.0}
 
 
 def test_a_finished_run_resumes_to_nothing_and_never_names_a_missing_model(demo_data, finished_run, tmp_path):

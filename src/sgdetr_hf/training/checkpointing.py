@@ -124,6 +124,13 @@ class TrainerState:
     #: every other file of the checkpoint (path relative to it) -> its size in bytes at save time (empty in
     #: checkpoints written before it was recorded); the RNG files have their SHA-256 instead
     files: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: the loss terms' running sums of the logging interval in progress, one object per process, over
+    #: ``loss_steps`` steps: a resume continues that interval, so it logs what the uninterrupted run logs
+    loss_sums: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    loss_steps: int = 0
+    #: :func:`~sgdetr_hf.training.data.dataset_fingerprint` of the run's dataset folder (None for a Hub dataset
+    #: and in checkpoints written before it was recorded): a resume accepts that folder moved elsewhere
+    dataset_fingerprint: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> TrainerState:
@@ -177,6 +184,15 @@ def _trainer_state_problem(values: Any) -> str | None:
             lambda v: isinstance(v, dict) and all(_is_count(size) for size in v.values()),
             "an object of file names to sizes",
         ),
+        "loss_sums": (
+            lambda v: (
+                isinstance(v, list)
+                and all(isinstance(s, dict) and all(map(_is_number, s.values())) for s in v)
+            ),
+            "a list of objects of loss names to numbers",
+        ),
+        "loss_steps": (_is_count, "a count >= 0"),
+        "dataset_fingerprint": (lambda v: v is None or isinstance(v, str), "a SHA-256 string or null"),
     }
     for key, (valid, expected) in checks.items():
         if key in values and not valid(values[key]):

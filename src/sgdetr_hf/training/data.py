@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from ..data import ANNOTATION_COLUMNS, MomentRetrievalCollator
 from ..data.dataset import MomentRetrievalDataset, load_moment_retrieval
+from ..data.schema import source_video_id
 from .errors import RunInputError
 from .recipe import TrainingRecipe
 
@@ -79,6 +84,47 @@ def load_split(recipe: TrainingRecipe, split: str, max_samples: int | None = Non
             f"split {split!r} of {recipe.dataset_path!r} has no rows (domain={recipe.domain!r})"
         )
     return dataset if queries is dataset.queries else MomentRetrievalDataset(queries, dataset.videos)
+
+
+def check_disjoint_videos(recipe: TrainingRecipe, train_set, eval_set) -> None:
+    """Refuse an evaluation split that shares source videos (:func:`~sgdetr_hf.data.schema.source_video_id`)
+    with the training split: its metrics, and the best model selected by them, would score videos the model
+    trained on. Every published benchmark keeps its splits apart; ``eval_split == train_split`` is a deliberate
+    look at the fit, and passes."""
+    if recipe.eval_split == recipe.train_split:
+        return
+
+    def sources(dataset: MomentRetrievalDataset) -> set[str]:
+        return {source_video_id(vid) for vid in dataset.queries.with_format(None)["vid"]}
+
+    shared = sorted(sources(train_set) & sources(eval_set))
+    if shared:
+        raise RunInputError(
+            f"{len(shared)} source video(s) of dataset {recipe.dataset_path!r} are in both split "
+            f"{recipe.train_split!r} and split {recipe.eval_split!r}, e.g. {shared[:5]}: the evaluation would "
+            "score videos the model trains on. Rebuild the dataset with each video in one split"
+        )
+
+
+def dataset_fingerprint(recipe: TrainingRecipe) -> str | None:
+    """The SHA-256 of the files a run reads from its local dataset folder (each data file of the recipe's
+    configs and splits: its path inside the folder and its bytes), or None for a Hub dataset id.
+
+    A copied or moved folder keeps it; other rows or features change it (the Parquet footers alone do not
+    tell two feature sets of the same shape apart). Reads every such file once (about 1.4 GB/s).
+    """
+    root = Path(recipe.dataset_path).resolve()
+    if not root.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for config in (recipe.dataset_config, f"{recipe.dataset_config}-features"):
+        data_files = datasets.load_dataset_builder(str(root), config).config.data_files
+        for split in (recipe.train_split, recipe.eval_split):
+            for path in sorted(data_files.get(split, [])) if split else []:
+                with open(path, "rb") as file:
+                    content = hashlib.file_digest(file, "sha256").hexdigest()
+                digest.update(f"{config}\0{split}\0{os.path.relpath(path, root)}\0{content}\n".encode())
+    return digest.hexdigest()
 
 
 def dataset_properties(dataset: MomentRetrievalDataset) -> dict[str, Any]:

@@ -421,7 +421,8 @@ def save_recipe(recipe: TrainingRecipe, path: str | Path) -> None:
 #: sample) and the DataLoader draws its base seed from the global RNG whatever the worker count;
 #: retain_cpu_memory: malloc's trimming). Every other key changes the trajectory or what the run selects and
 #: records, and a resume refuses it: the data and its order (dataset_*, *_split, domain, max_*_samples,
-#: seed), the model and its start (model, init_from, allow_missing_weights), the optimisation and its
+#: seed; a dataset_path holding the run's files, a moved folder, passes: the trainer compares their digest),
+#: the model and its start (model, init_from, allow_missing_weights), the optimisation and its
 #: length (epochs, max_steps, batch sizes, every optimiser and schedule value, mixed_precision,
 #: torch_compile: other kernels round otherwise), the evaluation (which steps, the metric and the
 #: post-processing decide the best model, and an evaluation's data loader draws from the RNG), and what is
@@ -463,17 +464,20 @@ def _field_default(field: dataclasses.Field) -> Any:
     return None if field.default is dataclasses.MISSING else field.default
 
 
-def recipe_differences(recorded: typing.Mapping[str, Any], recipe: TrainingRecipe) -> list[str]:
+def recipe_differences(
+    recorded: typing.Mapping[str, Any], recipe: TrainingRecipe, same: typing.Collection[str] = ()
+) -> list[str]:
     """The settings in which ``recipe`` differs from ``recorded`` (a run's ``TrainingRecipe.to_dict()``),
     as ``"key: <recorded> (run) -> <now>"``, model keys as ``model.<key>``; keys in :data:`RESUME_FREE_KEYS`
-    are left out, and so is a folder written another way (``data/qvh`` and its absolute path). A key missing
-    from ``recorded`` (a run recorded before the key existed) had its default."""
+    and ``same`` (known to name the same thing, e.g. a moved dataset folder) are left out, and so is a folder
+    written another way (``data/qvh`` and its absolute path). A key missing from ``recorded`` (a run recorded
+    before the key existed) had its default."""
     defaults = {field.name: _field_default(field) for field in dataclasses.fields(TrainingRecipe)}
     current = recipe.to_dict()
     pairs = [
         (key, recorded.get(key, defaults[key]), value)
         for key, value in current.items()
-        if key not in RESUME_FREE_KEYS and key != "model"
+        if key not in RESUME_FREE_KEYS and key not in same and key != "model"
     ]
     recorded_model, model = dict(recorded.get("model") or {}), current["model"]
     pairs += [

@@ -16,7 +16,8 @@ process). Resume is exact: model, optimizer, scheduler, sampler and RNG states c
 checkpoint, and the interrupted epoch skips the batches already consumed (``skip_first_batches``): the
 collator's random choices are a function of (seed, epoch, sample), so skipped batches need no replay. So a
 resume refuses what would make it another run: a recipe other than the one the checkpoint records (but for
-:data:`~sgdetr_hf.training.recipe.RESUME_FREE_KEYS`), a damaged checkpoint, a position that does not fit the
+:data:`~sgdetr_hf.training.recipe.RESUME_FREE_KEYS`, and a ``dataset_path`` whose files are the run's: a moved
+folder), a damaged checkpoint, a position that does not fit the
 data. ``max_steps`` is a hard stop. What a run is given that cannot work is a
 :class:`~sgdetr_hf.training.errors.RunInputError` naming it (``sgdetr train`` prints it on one line).
 """
@@ -45,7 +46,14 @@ from ..modeling_sgdetr import SGDetrForMomentRetrieval
 from ..processing_sgdetr import SGDetrProcessor
 from ..visualization import plot_learning_curves
 from .checkpointing import CheckpointManager, TrainerState, recover_dir, save_model_dir
-from .data import build_collator, check_matches_data, dataset_properties, load_split
+from .data import (
+    build_collator,
+    check_disjoint_videos,
+    check_matches_data,
+    dataset_fingerprint,
+    dataset_properties,
+    load_split,
+)
 from .distributed import build_accelerator
 from .errors import DamagedCheckpointError, RecipeMismatchError, RunInputError, TrainingDivergedError
 from .evaluation import evaluate_predictions, predict, references_of
@@ -158,6 +166,20 @@ class _LossMeter:
         self.steps = 0
         return {name: sum(v.get(name, 0.0) for v in per_process) for name in names}
 
+    def save(self, state: TrainerState) -> None:
+        """Record the interval in progress in ``state``: every process's sums (collective)."""
+        local = {name: total.item() for name, total in self.sums.items()}  # float32 values: exact in JSON
+        state.loss_sums, state.loss_steps = gather_object([local]), self.steps
+
+    def restore(self, state: TrainerState, process_index: int, num_processes: int) -> None:
+        """Continue the interval that ``state`` recorded. Process p takes the sums of the processes p, p + W,
+        ... of the saved run, so that :meth:`read` counts each once whatever the number of processes W."""
+        self.sums.clear()
+        for sums in state.loss_sums[process_index::num_processes]:
+            for name, value in sums.items():
+                self.sums[name] = self.sums[name] + value
+        self.steps = state.loss_steps
+
 
 def _oom_hint(recipe: TrainingRecipe, num_processes: int) -> str:
     per_process = recipe.micro_batch_size // num_processes
@@ -203,6 +225,8 @@ class Trainer:
             self.eval_set = (
                 load_split(recipe, recipe.eval_split, recipe.max_eval_samples) if recipe.eval_split else None
             )
+        if self.eval_set is not None:
+            check_disjoint_videos(recipe, self.train_set, self.eval_set)
         if len(self.train_set) < recipe.batch_size:
             raise RunInputError(
                 f"the training split has {len(self.train_set)} samples, fewer than one batch of "
@@ -254,6 +278,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(accelerator, self.output_dir, recipe.checkpoints_total_limit)
         self.checkpoints.recover()
         self.state = TrainerState(recipe=recipe.to_dict())
+        self.meter = _LossMeter()
         self.best_dir, self.final_dir = self.output_dir / "best_model", self.output_dir / "final_model"
         if accelerator.is_main_process:
             recover_dir(self.best_dir)
@@ -294,6 +319,7 @@ class Trainer:
                     f"{self.output_dir} already holds {' and '.join(products)} of a run, and no checkpoint to "
                     "resume it from: pass another --output_dir (or remove those folders to start over)"
                 )
+            self.state.dataset_fingerprint = self._dataset_fingerprint()
             if resume is not None:
                 logger.info("no checkpoint in %s: starting a new run", self.output_dir)
             return
@@ -309,6 +335,7 @@ class Trainer:
         self.checkpoints.restore(path, state, allow_inexact_resume=allow_inexact_resume)
         state.recipe = self.recipe.to_dict()  # the same but for the free keys: their values from now on
         self.state = state
+        self.meter.restore(state, self.accelerator.process_index, self.accelerator.num_processes)
         logger.info(
             "resumed from %s: epoch %d, batch %d, step %d",
             path, self.state.epoch, self.state.batches_done, self.state.global_step,
@@ -329,18 +356,37 @@ class Trainer:
                 "%s records no recipe: cannot check that this resume trains with the run's settings", path
             )
             return
-        differences = recipe_differences(recorded, self.recipe)
+        # a moved (or copied) dataset folder is the run's dataset when it holds the files the run read
+        moved = (
+            recorded.get("dataset_path") != self.recipe.dataset_path
+            and state.dataset_fingerprint is not None
+            and self._dataset_fingerprint() == state.dataset_fingerprint
+        )
+        differences = recipe_differences(recorded, self.recipe, same=("dataset_path",) if moved else ())
         if differences:
             run = path.parent.parent
             own = f"--recipe {run_recipe}, " if run_recipe.is_file() else ""
             models = [d for d in (run / "final_model", run / "best_model") if d.is_dir()]
             weights = f" (--init-from {models[0]} to start from its weights)" if models else ""
+            data = ""
+            if any(difference.startswith("dataset_path: ") for difference in differences):
+                why = (
+                    "this checkpoint records no fingerprint of them"
+                    if state.dataset_fingerprint is None
+                    else f"those of {self.recipe.dataset_path!r} differ"
+                )
+                data = f" A moved dataset folder may resume when it holds the files the run read: {why}."
             raise RecipeMismatchError(
                 f"cannot resume {path}: the recipe differs from the run's in {len(differences)} setting(s) "
-                f"that change what it computes: {'; '.join(differences)}. Resume with the run's own recipe "
-                f"({own}or the command line that started it), or start a new run in another --output_dir"
-                f"{weights}"
+                f"that change what it computes: {'; '.join(differences)}.{data} Resume with the run's own "
+                f"recipe ({own}or the command line that started it), or start a new run in another "
+                f"--output_dir{weights}"
             )
+
+    def _dataset_fingerprint(self) -> str | None:
+        """:func:`dataset_fingerprint` of the recipe's dataset, computed once by the main process (collective)."""
+        fingerprint = dataset_fingerprint(self.recipe) if self.accelerator.is_main_process else None
+        return broadcast_object_list([fingerprint])[0]
 
     def _check_position(self, path: Path, state: TrainerState) -> None:
         """Refuse a checkpoint whose position is not one of this run's: an edited trainer_state.json, or a
@@ -373,7 +419,7 @@ class Trainer:
             first = next(batches, None)
         return enumerate(itertools.chain([] if first is None else [first], batches), start=skip)
 
-    def _train_step(self, batch: dict[str, Any], meter: _LossMeter) -> None:
+    def _train_step(self, batch: dict[str, Any]) -> None:
         """One optimizer step on this process's share of the global batch, in micro-batches."""
         accelerator, recipe = self.accelerator, self.recipe
         micro_batches = split_micro_batches(batch, recipe.gradient_accumulation_steps)
@@ -393,13 +439,13 @@ class Trainer:
                     ) from error
                 # the losses of the parts add up to the global one; DDP averages over the processes
                 accelerator.backward(outputs.loss * accelerator.num_processes)
-            meter.add(outputs.loss, outputs.loss_dict)
+            self.meter.add(outputs.loss, outputs.loss_dict)
         if recipe.max_grad_norm > 0:
             accelerator.clip_grad_norm_(self.model.parameters(), recipe.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad()
-        meter.end_step()
+        self.meter.end_step()
 
     def _weights_are_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
@@ -413,21 +459,21 @@ class Trainer:
             "in a new --output_dir"
         )
 
-    def _train_epoch(self, epoch: int, meter: _LossMeter, progress: tqdm) -> None:
+    def _train_epoch(self, epoch: int, progress: tqdm) -> None:
         accelerator, recipe, state = self.accelerator, self.recipe, self.state
         self.model.train()
         for batch_index, batch in self._batches(epoch):
             if state.global_step >= self.total_steps:  # max_steps is a hard stop, whatever the epoch
                 break
             batch.pop("meta")
-            self._train_step(batch, meter)
+            self._train_step(batch)
             state.global_step += 1
             progress.update(1)
             last_step = state.global_step >= self.total_steps
             fraction = epoch + (batch_index + 1) / len(self.train_loader)
             # The last step logs too, so that the loss of a last, shorter interval is not lost.
             if state.global_step % recipe.logging_steps == 0 or last_step:
-                terms = meter.read()
+                terms = self.meter.read()
                 # fp16's loss scaling skips a step with an overflow: only weights gone non-finite end a run
                 if not math.isfinite(terms["loss"]) and not self._weights_are_finite():
                     raise self._diverged(
@@ -447,7 +493,7 @@ class Trainer:
                 self._evaluate_and_select(fraction)
             if recipe.save_every_steps and state.global_step % recipe.save_every_steps == 0:
                 state.epoch, state.batches_done = epoch, batch_index + 1
-                self.checkpoints.save(state)
+                self._save_checkpoint()
             if last_step:
                 break
 
@@ -515,7 +561,11 @@ class Trainer:
             metrics = self._evaluate_and_select(state.global_step / self.steps_per_epoch)
         if last_epoch:  # before the last checkpoint, so that a crash never leaves a run without it
             self.save_model(self.final_dir, metrics)
-        self.checkpoints.save(state)
+        self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
+        self.meter.save(self.state)  # a logging interval the checkpoint cuts goes on after a resume
+        self.checkpoints.save(self.state)
 
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> TrainingResult:
@@ -535,7 +585,6 @@ class Trainer:
             len(self.train_set), self.total_steps, self.steps_per_epoch, accelerator.num_processes,
             recipe.micro_batch_size // accelerator.num_processes,
         )  # fmt: skip
-        meter = _LossMeter()
         progress = tqdm(
             total=self.total_steps,
             initial=self.state.global_step,
@@ -548,7 +597,7 @@ class Trainer:
             for epoch in range(self.state.epoch, self.num_epochs):
                 if self.state.global_step >= self.total_steps:
                     break
-                self._train_epoch(epoch, meter, progress)
+                self._train_epoch(epoch, progress)
                 self._end_of_epoch(epoch)
         except torch.OutOfMemoryError as error:
             raise RuntimeError(_oom_hint(recipe, accelerator.num_processes)) from error
