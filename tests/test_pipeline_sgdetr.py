@@ -20,6 +20,7 @@ from sgdetr_hf.long_video_sgdetr import (
     sliding_windows,
 )
 from sgdetr_hf.postprocessing_sgdetr import NonFiniteOutputError
+from sgdetr_hf.tiny_repo import tiny_sgdetr_model
 from sgdetr_hf.video_io_sgdetr import VideoDecodingError
 
 
@@ -253,6 +254,16 @@ def test_long_features_use_windows(retriever):
     assert windows[:, 0].max() > 150.0  # windows beyond the first 150 s are reached
 
 
+def test_long_video_windows_end_at_the_videos_end_not_after_it():
+    # 81 clips of 0.7 s: the last window starts at 6 * 0.7 = 4.199999999999999 s, and a window at its end (the
+    # video's end minus that start, plus it) came out 7e-15 s after the video's end (in float32, 4e-6 s)
+    model = tiny_sgdetr_model(clip_length=0.7)
+    video, texts = _features(81, num_tokens=(5,), seed=1)
+    duration = 56.42816959249733
+    (answer,) = retrieve_moments(model, video, texts[0][None], torch.ones(1, 5), duration=duration, top_k=50)
+    assert max(end for _, end, _ in answer["pred_relevant_windows"]) == duration
+
+
 # ------------------------------------------------------------------------------------ pipeline on videos
 def test_video_is_encoded_once_for_all_queries(retriever, video_file, monkeypatch):
     calls = []
@@ -368,29 +379,33 @@ def _corrupt(folder, parameter: str):
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
 
 
-def test_nan_weights_are_named_not_turned_into_nan_windows(tmp_path, video_file):
+def test_nan_weights_are_named_not_turned_into_nan_windows(tmp_path):
+    # a folder's NaN weights are refused as it loads (model and encoder alike), naming the tensor
     repo = save_tiny_model_repo(tmp_path / "repo")
     _corrupt(repo, "sg_detr.video_projection.linear1.weight")
-    retriever = pipeline(
-        "video-moment-retrieval", pipeline_class=VideoMomentRetrievalPipeline, model=str(repo)
-    )
+    with pytest.raises(
+        CheckpointError, match=r"weights in .*repo hold NaN.*\(sg_detr\.video_projection\.linear1\.weight\)"
+    ):
+        pipeline("video-moment-retrieval", pipeline_class=VideoMomentRetrievalPipeline, model=str(repo))
+    encoder_repo = save_tiny_model_repo(tmp_path / "encoder-repo")
+    _corrupt(encoder_repo / "encoder", "vision_model.embeddings.cls_token")
+    with pytest.raises(
+        CheckpointError, match=r"weights in .*encoder hold NaN.*\(vision_model\.embeddings\.cls_token\)"
+    ):
+        pipeline(
+            "video-moment-retrieval", pipeline_class=VideoMomentRetrievalPipeline, model=str(encoder_repo)
+        )
+    # weights that are NaN in memory are named once the outputs are NaN
+    model = tiny_sgdetr_model()
+    with torch.no_grad():
+        model.sg_detr.video_projection.linear1.weight.view(-1)[0] = math.nan
+    retriever = VideoMomentRetrievalPipeline(model=model, encoder=False)
     video, texts = _features(10)
     with pytest.raises(
         NonFiniteOutputError,
-        match=r"weights of .*repo hold NaN or Inf \(sg_detr\.video_projection\.linear1\.weight\)",
+        match=r"weights of the model hold NaN or Inf \(sg_detr\.video_projection\.linear1\.weight\)",
     ):
         retriever({"video_features": video}, text_features=texts)
-
-    encoder_repo = save_tiny_model_repo(tmp_path / "encoder-repo")
-    _corrupt(encoder_repo / "encoder", "vision_model.embeddings.cls_token")
-    retriever = pipeline(
-        "video-moment-retrieval", pipeline_class=VideoMomentRetrievalPipeline, model=str(encoder_repo)
-    )
-    with pytest.raises(
-        NonFiniteOutputError,
-        match=r"weights of .*encoder hold NaN or Inf \(vision_model\.embeddings\.cls_token\)",
-    ):
-        retriever(str(video_file), queries="a dog")
 
 
 def test_non_finite_outputs_of_finite_weights_blame_the_forward_pass(retriever, monkeypatch):
@@ -494,6 +509,9 @@ def test_retrieve_moments_checks_its_own_arguments(retriever):
         ({"window_overlap": "x"}, r"window_overlap must be a fraction in \[0, 1\) .*got 'x'"),
         ({"window_overlap": math.nan}, r"window_overlap must be a fraction in \[0, 1\)"),
         ({"window_overlap": True}, r"window_overlap must be a fraction in \[0, 1\)"),
+        ({"top_k": 2.5}, r"top_k must be a positive integer \(windows per query\), got 2.5"),
+        ({"top_k": True}, "top_k must be a positive integer"),
+        ({"top_k": "3"}, "top_k must be a positive integer"),
     ],
 )
 def test_window_settings_that_are_no_numbers_in_range_are_refused_naming_them(retriever, settings, message):
@@ -505,13 +523,19 @@ def test_window_settings_that_are_no_numbers_in_range_are_refused_naming_them(re
 def test_window_settings_of_any_numeric_type_give_the_same_answer(retriever):
     video, texts = _features(200, num_tokens=(4,))  # 400 s: windows, so both settings are used
     reference = retriever(
-        {"video_features": video}, text_features=texts, window_batch_size=2, window_overlap=0.5
+        {"video_features": video}, text_features=texts, window_batch_size=2, window_overlap=0.5, top_k=3
     )
-    for batch_size, overlap in ((np.int64(2), np.float32(0.5)), (2.0, np.float64(0.5))):
+    assert len(reference[0]["pred_relevant_windows"]) == 3
+    # a NumPy int or JSON's 3.0 (the endpoint's parameters) is a top_k as well: both were refused
+    for batch_size, overlap, top_k in (
+        (np.int64(2), np.float32(0.5), np.int64(3)),
+        (2.0, np.float64(0.5), 3.0),
+    ):
         answer = retriever(
             {"video_features": video},
             text_features=texts,
             window_batch_size=batch_size,
             window_overlap=overlap,
+            top_k=top_k,
         )
         assert answer == reference

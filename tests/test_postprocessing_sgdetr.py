@@ -105,6 +105,14 @@ def test_rounding_and_collapsed_windows():
     _close(windows[0], [16.0, 18.0, 0.9])
 
 
+def test_windows_end_at_the_duration_and_scores_have_four_decimals_exactly():
+    # float32 holds 19.1 s as 19.100000381 s and 0.8 as 0.800000011: the window clipped to the video's end ended
+    # after it, and the score was not the 4-decimal number JSON should carry
+    outputs = dict(_hand_outputs(), pred_spans=torch.tensor([[[0.5, 1.0], [0.125, 0.0625]]]))
+    (answer,) = post_process_moment_retrieval(outputs, [19.1], fusion_mode="detr")
+    assert answer["pred_relevant_windows"] == [[0.0, 19.1, 0.8], [1.875, 3.125, 0.1]]
+
+
 @pytest.fixture(scope="module")
 def tiny_outputs():
     torch.manual_seed(0)
@@ -335,6 +343,17 @@ def test_one_empty_sample_of_a_batch_is_named(tiny_outputs):
     mask[2] = False
     with pytest.raises(ValueError, match=r"all zero for sample\(s\) \[2\]"):
         post_process_moment_retrieval(out, None, mask, config=config)
+
+
+@pytest.mark.parametrize("mask", [[0] * 5 + [1] * 5, [1, 0] * 5])
+def test_a_mask_that_is_not_right_padded_is_refused(tiny_outputs, mask):
+    """A left-padded or holed mask gave the saliency of the padding (the first L_b positions) and windows in
+    the wrong frame, with no word of it."""
+    config, out, lengths = tiny_outputs
+    masks = (torch.arange(75)[None] < lengths[:, None]).long()
+    masks[3, :10] = torch.tensor(mask)  # sample 3 has 8 clips
+    with pytest.raises(ValueError, match=r"video_mask of sample\(s\) \[3\] is not right-padded"):
+        post_process_moment_retrieval(out, None, masks, config=config)
 
 
 @pytest.mark.parametrize("shape", [(1, 12), (1, 9), (2, 10), (10,)])

@@ -44,6 +44,9 @@ def test_long_queries_are_truncated_with_a_warning(caplog):
     [
         ("", "query 0 is empty"),
         (["a dog", "   "], "query 1 is empty"),
+        # characters the tokenizer drops: zero-width space, byte-order mark, NUL, a lone combining accent
+        (["a dog", "\u200b\ufeff"], r"query 1 \('\\u200b\\ufeff'\) has no word"),
+        ("\x00\u0301", "query 0 .* has no word"),
         ([], "no query"),
         ([3], "query 0 is a int"),
     ],
@@ -51,6 +54,13 @@ def test_long_queries_are_truncated_with_a_warning(caplog):
 def test_bad_queries(text, message):
     with pytest.raises(ValueError, match=message):
         tiny_processor()(text=text)
+
+
+def test_queries_of_emoji_or_punctuation_are_words():
+    # punctuation is a token (8: "!"), out-of-vocabulary characters are [UNK] (2): words, unlike characters the
+    # tokenizer drops (the zero-width space)
+    encoding = tiny_processor()(text=["\U0001f6b2", "!", "a \u200bdog"])
+    assert encoding["input_ids"].tolist() == [[3, 2, 4, 0], [3, 8, 4, 0], [3, 11, 18, 4]]
 
 
 def test_nothing_to_process():

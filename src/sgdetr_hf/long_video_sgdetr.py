@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .postprocessing_sgdetr import DEFAULT_TOP_K, is_integer, post_process_moment_retrieval
+from .postprocessing_sgdetr import DEFAULT_TOP_K, is_integer, post_process_moment_retrieval, round_scores
 from .spans import nms_1d
 
 
@@ -218,7 +218,7 @@ def retrieve_moments(
     duration = checked_duration(duration, num_clips, clip_length)
     windows = sliding_windows(num_clips, config.max_num_clips, int(window_overlap * config.max_num_clips))
     num_windows, window = windows.shape
-    window_offsets = windows[:, 0].to(torch.float32) * clip_length  # (W,) seconds
+    window_offsets = windows[:, 0].double() * clip_length  # (W,) seconds, float64 as the post-processing's
     window_durations = (duration - window_offsets).clamp(max=window * clip_length)
     per_window_k = max(top_k, DEFAULT_TOP_K) if num_windows > 1 else top_k
 
@@ -248,7 +248,7 @@ def retrieve_moments(
     video_saliency = fuse_window_saliency(window_saliency, windows, num_clips)  # (Q, L)
     # The post-processor returns lists; pad them back into one tensor (Q * W, K, 3) for the fusion.
     padded = torch.nn.utils.rnn.pad_sequence(
-        [torch.tensor(p["pred_relevant_windows"], dtype=torch.float32).reshape(-1, 3) for p in predictions],
+        [torch.tensor(p["pred_relevant_windows"], dtype=torch.float64).reshape(-1, 3) for p in predictions],
         batch_first=True,
         padding_value=math.nan,
     ).reshape(num_queries, num_windows, -1, 3)
@@ -262,10 +262,10 @@ def retrieve_moments(
         duplicate_iou,
         top_k,
     )
-    rounded_scores = (
-        torch.round(scores.double().clamp_min(0) * 1e4) / 1e4
-    )  # 4 decimals, as the post-processor
-    fused = torch.cat([spans.double(), rounded_scores[..., None]], dim=-1).tolist()
+    # a window's end is its window's duration plus the window's start, which may round a hair past the video's
+    # end: clip it there again
+    spans = spans.clamp(0.0, duration)
+    fused = torch.cat([spans, round_scores(scores)[..., None]], dim=-1).tolist()
     return [
         {
             "pred_relevant_windows": [window_row for window_row, ok in zip(rows, keep) if ok],

@@ -96,6 +96,15 @@ def _valid_length(mask: torch.Tensor, name: str) -> int:
     return valid
 
 
+def _positive_integer(value: Any, name: str, what: str) -> int:
+    """``value`` as an int when it is a whole number >= 1 of any type (NumPy's, or a float such as JSON's 5.0);
+    ``ValueError`` naming ``name`` otherwise (2.7 is not cut to 2)."""
+    integral = is_integer(value) or (isinstance(value, float) and value.is_integer())
+    if not integral or value < 1:
+        raise ValueError(f"{name} must be a positive integer ({what}), got {value!r}")
+    return int(value)
+
+
 def _as_query_list(queries: Any) -> list[str] | None:
     if queries is None:
         return None
@@ -214,9 +223,7 @@ class VideoMomentRetrievalPipeline(Pipeline):
         preprocess = {"queries": queries, "text_features": text_features, "text_mask": text_mask}
         forward = {}
         if top_k is not None:
-            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-                raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-            forward["top_k"] = top_k
+            forward["top_k"] = _positive_integer(top_k, "top_k", "windows per query")
         if window_overlap is not None:
             if not (is_real_number(window_overlap) and 0.0 <= window_overlap < 1.0):
                 raise ValueError(
@@ -225,15 +232,9 @@ class VideoMomentRetrievalPipeline(Pipeline):
                 )
             forward["window_overlap"] = float(window_overlap)
         if window_batch_size is not None:
-            integral = is_integer(window_batch_size) or (
-                isinstance(window_batch_size, float) and window_batch_size.is_integer()
+            forward["window_batch_size"] = _positive_integer(
+                window_batch_size, "window_batch_size", "(window, query) pairs per forward pass"
             )
-            if not integral or window_batch_size < 1:
-                raise ValueError(
-                    "window_batch_size must be a positive integer ((window, query) pairs per forward pass), "
-                    f"got {window_batch_size!r}"
-                )
-            forward["window_batch_size"] = int(window_batch_size)
         return {k: v for k, v in preprocess.items() if v is not None}, forward, {}
 
     # ------------------------------------------------------------------------------------- the steps

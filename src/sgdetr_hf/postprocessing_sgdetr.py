@@ -28,6 +28,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -88,11 +89,11 @@ def _check_finite(outputs: Any, mask: Tensor, saliency: Tensor) -> None:
         )
 
 
-def _as_batch_vector(values: Any, batch: int, name: str, device: torch.device) -> Tensor:
-    """``values`` (a number, a sequence of numbers, an array or a tensor) as a float32 ``(batch,)`` tensor of
-    finite seconds > 0; ``ValueError`` naming ``name`` otherwise."""
-    try:
-        t = torch.as_tensor(values, device=device)
+def _as_batch_vector(values: Any, batch: int, name: str) -> Tensor:
+    """``values`` (a number, a sequence of numbers, an array or a tensor) as a float64 ``(batch,)`` CPU tensor
+    of finite seconds > 0; ``ValueError`` naming ``name`` otherwise."""
+    try:  # through NumPy, whose floats are float64 (torch makes Python floats float32)
+        t = values.cpu() if isinstance(values, Tensor) else torch.as_tensor(np.asarray(values))
     except (TypeError, ValueError, RuntimeError):
         t = None
     if t is None or t.dtype == torch.bool or t.is_complex():
@@ -100,7 +101,7 @@ def _as_batch_vector(values: Any, batch: int, name: str, device: torch.device) -
             f"{name} must be numbers of seconds, one per sample ({batch}), got {values!r}; pass floats "
             "such as [150.0] (or None for L_b * clip_length)."
         )
-    t = t.to(torch.float32).flatten()
+    t = t.to(torch.float64).flatten()
     if t.numel() == 1 and batch > 1:
         t = t.expand(batch)
     if t.numel() != batch:
@@ -133,7 +134,8 @@ def _finite_positive(value: Any, name: str, what: str) -> float:
 
 
 def _video_mask(mask: Any, saliency: Tensor, device: torch.device) -> Tensor:
-    """The ``(B, L)`` bool mask of real clips, of the outputs' shape and with a clip in every sample."""
+    """The ``(B, L)`` bool mask of real clips, of the outputs' shape, right-padded and with a clip in every
+    sample."""
     expected = tuple(saliency.shape)
     if mask is None:
         raise ValueError(
@@ -158,6 +160,15 @@ def _video_mask(mask: Any, saliency: Tensor, device: torch.device) -> Tensor:
         raise ValueError(
             f"video_mask is all zero for sample(s) {empty}: a video without clips has no windows or "
             "saliency (the model refuses such a video too); drop those samples or pass their real mask."
+        )
+    # a sample's clips are read as its first L_b positions: with left padding or holes, saliency and windows
+    # would come from the padding
+    right_padded = torch.arange(expected[1], device=device)[None, :] < mask.sum(1, keepdim=True)
+    holed = (mask != right_padded).any(1).nonzero().flatten().tolist()
+    if holed:
+        raise ValueError(
+            f"video_mask of sample(s) {holed} is not right-padded: mark the real clips first and the padding "
+            "at the end, e.g. [1, 1, 1, 0, 0] (the model refuses other masks too)."
         )
     return mask
 
@@ -201,6 +212,12 @@ def _fix_degenerate(start: Tensor, end: Tensor, duration: Tensor, width: Tensor)
     new_start = torch.where(at_end, (duration - width).clamp_min(0), start)
     new_end = torch.where(at_end, duration, start + width)
     return torch.where(collapsed, new_start, start), torch.where(collapsed, new_end, end)
+
+
+def round_scores(scores: Tensor) -> Tensor:
+    """Window scores clamped at 0 and rounded to 4 decimals, in float64: a float32 0.3544 is the Python float
+    0.35440000891685486, which JSON writes in full."""
+    return torch.round(scores.double().clamp_min(0) * 1e4) / 1e4
 
 
 @torch.no_grad()
@@ -295,8 +312,10 @@ def post_process_moment_retrieval(
         video_mask if video_mask is not None else _get(outputs, "video_mask"), saliency, device
     )
     lengths = mask.sum(1)
-    extent = lengths.float() * clip_length  # T_b
-    duration = extent if durations is None else _as_batch_vector(durations, batch, "durations", device)
+    # Seconds are float64 on the CPU (where the lists are made): in float32 a duration such as 147.3 s is
+    # 147.30000305 s, and a window clipped to it ends after the video.
+    extent = lengths.cpu().double() * clip_length  # T_b
+    duration = extent if durations is None else _as_batch_vector(durations, batch, "durations")
     _check_finite(outputs, mask, saliency)
 
     detr_spans = span_cw_to_se(spans).clamp(0.0, 1.0)
@@ -326,7 +345,7 @@ def post_process_moment_retrieval(
                 wbf_skip_thr,
             )
     k = min(top_k, windows.shape[1])
-    windows, conf, valid = windows[:, :k], conf[:, :k], valid[:, :k]
+    windows, conf, valid = windows[:, :k].cpu().double(), conf[:, :k].cpu(), valid[:, :k].cpu()
 
     seconds = windows * extent[:, None, None]
     start = torch.minimum(seconds[..., 0].clamp_min(0), duration[:, None])
@@ -338,7 +357,7 @@ def post_process_moment_retrieval(
     start, end = _fix_degenerate(start, end, duration[:, None].expand_as(start), step)
 
     rows_start, rows_end = start.tolist(), end.tolist()
-    rows_conf, rows_valid = torch.round(conf.clamp_min(0) * 1e4).div(1e4).tolist(), valid.tolist()
+    rows_conf, rows_valid = round_scores(conf).tolist(), valid.tolist()
     rows_saliency, rows_len = saliency.float().tolist(), lengths.tolist()
     results = []
     for b in range(batch):  # conversion to Python lists only
@@ -360,4 +379,5 @@ __all__ = [
     "is_real_number",
     "non_finite_parameters",
     "post_process_moment_retrieval",
+    "round_scores",
 ]

@@ -112,7 +112,8 @@ class SGDetrProcessor(ProcessorMixin):
             `BatchFeature` with `input_ids` and `attention_mask`, int64 tensors of shape (num_queries, N).
 
         Raises:
-            ValueError: a query that is not a string or is empty (only whitespace).
+            ValueError: a query that is not a string or has no word (empty, only whitespace, or only
+                characters the tokenizer drops).
         """
         queries = [text] if isinstance(text, str) else list(text)
         if not queries:
@@ -123,6 +124,14 @@ class SGDetrProcessor(ProcessorMixin):
             if not query.strip():
                 raise ValueError(f"query {number} is empty; every query needs at least one word")
         lengths = np.array([len(ids) for ids in self.tokenizer(queries)["input_ids"]])
+        # control, zero-width and lone combining characters pass strip() but the tokenizer drops them: such a
+        # query is [CLS] [SEP] alone, and the model would answer it as if it had words
+        if (wordless := np.flatnonzero(lengths <= self.tokenizer.num_special_tokens_to_add())).size:
+            number = wordless[0]
+            raise ValueError(
+                f"query {number} ({queries[number]!r}) has no word: the tokenizer drops all its characters "
+                "(control, zero-width or combining ones); every query needs at least one word"
+            )
         if (too_long := np.flatnonzero(lengths > self.max_query_length)).size:
             logger.warning(
                 "%d query(ies) longer than max_query_length=%d tokens were truncated (e.g. query %d: %d tokens)",

@@ -4,6 +4,7 @@ import json
 import logging
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -11,9 +12,10 @@ from transformers import pipeline
 
 from internvideo2_testing import write_video
 from pipeline_testing import damage_file, edit_weights, save_tiny_model_repo
-from sgdetr_hf import VideoMomentRetrievalPipeline
+from sgdetr_hf import SGDetrFeatureExtractor, VideoMomentRetrievalPipeline
 from sgdetr_hf.commands import main
 from sgdetr_hf.commands import predict as predict_command
+from sgdetr_hf.commands.extract_features import extract_features
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -59,6 +61,26 @@ def test_predict_reads_feature_files(repo, tmp_path, capsys):
     assert result["query"] == "a dog" and len(result["pred_saliency_scores"]) == 90
     assert len(result["pred_relevant_windows"]) == 5  # the default --top-k
     assert max(end for _, end, _ in result["pred_relevant_windows"]) <= 180.0
+
+
+def test_a_feature_file_of_extract_features_answers_as_its_video(repo, tmp_path):
+    """A 7.32-s video's features file was answered as an 8-s video (4 clips x 2 s), a window ending at 7.71 s,
+    after the video; its clip_timestamps hold the video's end, as the video file's decoding does."""
+    # 7.32 s: 4 clips, the last one partial
+    video = write_video(tmp_path / "clip.mp4", num_frames=183, size=(32, 32))
+    extractor = SGDetrFeatureExtractor.from_pretrained(repo / "encoder", device="cpu")
+    extract_features(extractor, {"clip": video}, {}, tmp_path / "features")
+    answers = []
+    for source in (video, tmp_path / "features" / "videos" / "clip.safetensors"):
+        out_json = tmp_path / f"{source.stem}{source.suffix}.json"
+        assert main(["predict", str(source), "a dog", "--model", str(repo), "--json", str(out_json)]) == 0
+        answers.append(json.loads(out_json.read_text()))
+    from_video, from_features = answers
+    assert from_features[0]["duration"] == from_video[0]["duration"] == 7.32
+    # the features are stored in float16: the same windows to 1e-2 s
+    windows_video, windows_features = (np.array(a[0]["pred_relevant_windows"]) for a in answers)
+    np.testing.assert_allclose(windows_features, windows_video, atol=1e-2)
+    assert windows_features[:, 1].max() <= 7.32
 
 
 @pytest.mark.parametrize(
@@ -155,8 +177,8 @@ def test_nan_weights_are_an_error_not_a_nan_json(tmp_path, capsys):
     save_file({"video_features": torch.randn(10, 16)}, features)
     assert main(["predict", str(features), "a dog", "--model", str(repo), "--json", str(out_json)]) == 2
     error = capsys.readouterr().err
-    assert "\nerror: the weights of" in f"\n{error}" and "sg_detr.video_projection.linear1.weight" in error
-    assert "the checkpoint is corrupt" in error and not out_json.exists()
+    assert "\nerror: the weights in" in f"\n{error}" and "(sg_detr.video_projection.linear1.weight)" in error
+    assert "the file is damaged" in error and not out_json.exists()
 
 
 def test_predict_says_why_a_query_gets_fewer_windows_than_top_k(repo, video_file, tmp_path, caplog):

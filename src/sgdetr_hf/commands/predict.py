@@ -4,10 +4,10 @@
     sgdetr predict features.safetensors "a man rides a bike" --json moments.json
 
 ``VIDEO`` is a video file (decoded and encoded once by the model's InternVideo2 encoder) or a
-``.safetensors`` file of pre-extracted clip features (key ``video_features``, as written by
-``sgdetr extract-features``). The table lists, per query, the best windows in seconds and their scores;
-``--json`` writes the pipeline's output and ``--plot`` draws each query's saliency curve with the top windows
-shaded (and ``--ground-truth`` windows, when given).
+``.safetensors`` file of pre-extracted clip features (key ``video_features``, and ``clip_timestamps`` for the
+video's duration, as written by ``sgdetr extract-features``). The table lists, per query, the best windows in
+seconds and their scores; ``--json`` writes the pipeline's output and ``--plot`` draws each query's saliency
+curve with the top windows shaded (and ``--ground-truth`` windows, when given).
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_video_input(path: Path) -> str | dict[str, Any]:
-    """The pipeline input for ``path``: the video path, or the features of a ``.safetensors`` file."""
+    """The pipeline input for ``path``: the video path, or the features of a ``.safetensors`` file (with the
+    video's duration, the end of its last clip, where the file has ``clip_timestamps``)."""
     if not path.is_file():
         raise ValueError(f"{path} is not a file: give a video file or a .safetensors file of clip features")
     if path.suffix != ".safetensors":
@@ -74,7 +75,10 @@ def load_video_input(path: Path) -> str | dict[str, Any]:
         raise ValueError(
             f"{path} holds {sorted(tensors)}, not 'video_features' (L, d): use extract-features output"
         )
-    return {"video_features": tensors["video_features"]}
+    video = {"video_features": tensors["video_features"]}
+    if "clip_timestamps" in tensors:  # extract-features keeps the video's end: the last clip may be partial
+        video["duration"] = float(tensors["clip_timestamps"][-1, 1])
+    return video
 
 
 def warn_fewer_windows(results: list[dict[str, Any]], top_k: int) -> None:
