@@ -5,6 +5,7 @@ import logging
 import numpy as np
 import pytest
 from matplotlib.patches import Rectangle
+from matplotlib.text import Text
 from PIL import Image
 
 from sgdetr_hf import visualization
@@ -49,6 +50,23 @@ def test_timeline_draws_top_k_windows_truth_and_saliency_steps():
     assert list(edges) == [2.0 * i for i in range(11)]  # clip i covers [2i, 2i + 2) seconds
     assert axes.get_xlim() == (0.0, 20.0)
     assert axes.get_title(loc="left") == "a dog runs on the beach"
+
+
+@pytest.mark.parametrize("query", ["costs $5 and $10", r"a $\frac$ b"])
+def test_dollar_signs_in_queries_and_run_names_are_drawn_as_written(tmp_path, query):
+    # matplotlib read them as math: the first was drawn as "costs 5and10" in italics, the second failed to draw
+    figure = timeline_figure({**PREDICTION, "query": query}, clip_length=2.0)
+    assert figure.axes[0].get_title(loc="left") == query
+    plot_timeline({**PREDICTION, "query": query}, tmp_path / "timeline.png")
+    history = [{"step": s, "lr": 1e-4, "loss": 100.0 / s, "eval": {"MR-full-mAP": 1.0}} for s in (1, 30)]
+    figure = learning_curves_figure({query: history, "other": history}, "MR-full-mAP", title=query)
+    figure.canvas.draw()
+    written = [text for text in figure.findobj(Text) if query in text.get_text()]
+    assert len(written) == 4 and not any(text.get_parse_math() for text in written)  # title, 3 legend rows
+    # the log loss axis keeps its mathtext tick labels (10^2 and 10^1, not "$\mathdefault{10^{2}}$" as text)
+    ticks = [t for t in figure.axes[0].get_yticklabels() if "mathdefault" in t.get_text()]
+    assert ticks and all(t.get_parse_math() for t in ticks)
+    plot_learning_curves({query: history}, tmp_path / "curves.png", "MR-full-mAP", title=query)
 
 
 def test_timeline_png_for_several_queries(tmp_path):

@@ -21,6 +21,7 @@ from matplotlib import font_manager, rcParams
 from matplotlib.figure import Figure
 from matplotlib.ft2font import FT2Font
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 
 from .files import atomic_write_bytes
 from .postprocessing_sgdetr import is_finite_positive
@@ -229,7 +230,7 @@ def _draw_timeline(
     axes.set_xlim(0.0, duration)
     query = item.get("query")
     title, families = _drawable_title(_title_lines(str(query)) if query else str(item.get("qid", "")))
-    axes.set_title(title, fontsize=10, loc="left", fontfamily=families)
+    _as_written(axes.set_title(title, fontsize=10, loc="left", fontfamily=families))
     legend = (
         [Patch(color=PREDICTION_COLOR, alpha=0.9, label=f"top-{len(windows)} predicted")]
         if len(windows)
@@ -239,6 +240,14 @@ def _draw_timeline(
         legend.append(Patch(color=TRUTH_COLOR, label="ground truth"))
     handles, _ = axes.get_legend_handles_labels()
     axes.legend(handles=handles + legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+
+
+def _as_written(*texts: Text) -> None:
+    """Draw these texts (queries, run names) as written: matplotlib reads ``$...$`` as math, so a query such as
+    "costs $5 and $10" came out as "costs 5and10" in italics, and one with ``$\\frac$`` failed to draw at all.
+    The tick labels keep their math (a log axis writes 10^2 as mathtext)."""
+    for text in texts:
+        text.set_parse_math(False)
 
 
 def timeline_figure(
@@ -349,19 +358,22 @@ def learning_curves_figure(
     if lr_axes is not None:
         loss_axes.set_yscale("log")
         lr_axes.set_ylabel("learning rate")
-        loss_axes.legend(handles=loss_axes.get_lines() + lr_axes.get_lines(), loc="upper right", fontsize=8)
+        legend = loss_axes.legend(
+            handles=loss_axes.get_lines() + lr_axes.get_lines(), loc="upper right", fontsize=8
+        )
+        _as_written(*legend.get_texts())
     loss_axes.set_xlabel("optimizer step")
     loss_axes.set_ylabel("loss")
     for index, (label, value) in enumerate((reference_lines or {}).items()):
         metric_axes.axhline(value, color=f"C{len(runs) + index}", linestyle="--", linewidth=1, label=label)
     if not single or reference_lines:
-        metric_axes.legend(fontsize=8)
+        _as_written(*metric_axes.legend(fontsize=8).get_texts())
     metric_axes.set_xlabel("optimizer step")
     metric_axes.set_ylabel(metric)
     metric_axes.set_title(f"evaluation: {metric}", fontsize=10)
     metric_axes.grid(alpha=0.3)
     if title:
-        figure.suptitle(title)
+        _as_written(figure.suptitle(title))
     return figure
 
 
