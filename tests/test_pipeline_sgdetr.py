@@ -159,6 +159,23 @@ def test_input_forms_agree(retriever):
     )
 
 
+def test_a_batch_size_answers_as_without_it_with_a_warning(retriever, repo, caplog):
+    # was transformers' "Pipeline without tokenizer or feature_extractor cannot do batching"
+    video, texts = _features(12)
+    inputs = [{"video_features": video}, {"video_features": video[:5]}, {"video_features": video[3:]}]
+    expected = retriever(inputs, text_features=texts)
+    with caplog.at_level("WARNING", logger="sgdetr_hf.pipeline_sgdetr"):
+        assert retriever(inputs, text_features=texts, batch_size=2) == expected
+        batched = pipeline(
+            "video-moment-retrieval",
+            pipeline_class=VideoMomentRetrievalPipeline,
+            model=str(repo),
+            batch_size=4,
+        )
+        assert batched(inputs, text_features=texts) == expected
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["batch_size is ignored"] * 2
+
+
 def _same_answers(got, expected):
     for one, other in zip(got, expected, strict=True):
         np.testing.assert_allclose(one["pred_relevant_windows"], other["pred_relevant_windows"], atol=1e-5)

@@ -159,6 +159,17 @@ class VideoMomentRetrievalPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         self.encoder = None if encoder is False else self._load_encoder(encoder)
 
+    def __call__(self, inputs, *args, batch_size: int | None = None, **kwargs):
+        # Each input is one forward pass already (its queries together, a long video's windows in
+        # window_batch_size pairs): transformers' batching of inputs would need a tokenizer to pad them, and
+        # failed with "Pipeline without tokenizer or feature_extractor cannot do batching".
+        if (batch_size if batch_size is not None else self._batch_size or 1) != 1:
+            logger.warning(
+                "batch_size is ignored: each input is answered in its own forward pass, all its queries "
+                "together (window_batch_size sets how many (window, query) pairs of a long video run at once)"
+            )
+        return super().__call__(inputs, *args, batch_size=1, **kwargs)
+
     # ------------------------------------------------------------------------------------------ setup
     def _default_encoder_path(self) -> str | None:
         """``encoder/`` beside the model's weights: a local folder, or downloaded from the model's Hub repo."""
