@@ -83,6 +83,20 @@ def test_a_feature_file_of_extract_features_answers_as_its_video(repo, tmp_path)
     assert windows_features[:, 1].max() <= 7.32
 
 
+def test_a_feature_file_of_other_clips_than_the_models_is_refused(repo, tmp_path, capsys):
+    # 1-s clips read by a 2-s model: every second of the answer would be off by 2x
+    video = write_video(tmp_path / "clip.mp4", num_frames=183, size=(32, 32))
+    extractor = SGDetrFeatureExtractor.from_pretrained(repo / "encoder", device="cpu")
+    extractor.processor.video_processor.clip_length = 1.0
+    extract_features(extractor, {"clip": video}, {}, tmp_path / "features")
+    features = tmp_path / "features" / "videos" / "clip.safetensors"
+    assert main(["predict", str(features), "a dog", "--model", str(repo)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {features} holds features of 1-s clips, but the model takes 2-s clips: extract them again "
+        "with --clip-length 2"
+    )
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

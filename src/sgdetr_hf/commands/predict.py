@@ -57,9 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_video_input(path: Path) -> str | dict[str, Any]:
+def load_video_input(path: Path, clip_length: float | None = None) -> str | dict[str, Any]:
     """The pipeline input for ``path``: the video path, or the features of a ``.safetensors`` file (with the
-    video's duration, the end of its last clip, where the file has ``clip_timestamps``)."""
+    video's duration, the end of its last clip, where the file has ``clip_timestamps``). Features cut into clips
+    of another length than ``clip_length`` (the model's) are refused: every second of the answer would be
+    off by their ratio."""
     if not path.is_file():
         raise ValueError(f"{path} is not a file: give a video file or a .safetensors file of clip features")
     if path.suffix != ".safetensors":
@@ -77,7 +79,14 @@ def load_video_input(path: Path) -> str | dict[str, Any]:
         )
     video = {"video_features": tensors["video_features"]}
     if "clip_timestamps" in tensors:  # extract-features keeps the video's end: the last clip may be partial
-        video["duration"] = float(tensors["clip_timestamps"][-1, 1])
+        timestamps = tensors["clip_timestamps"].double()
+        video["duration"] = float(timestamps[-1, 1])
+        lengths = (timestamps[:-1, 1] - timestamps[:-1, 0]).unique()  # every clip but the last is whole
+        if clip_length is not None and len(lengths) and (lengths - clip_length).abs().max() > 1e-6:
+            raise ValueError(
+                f"{path} holds features of {float(lengths[0]):g}-s clips, but the model takes {clip_length:g}-s "
+                f"clips: extract them again with --clip-length {clip_length:g}"
+            )
     return video
 
 
@@ -170,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
     from ..loading_sgdetr import CheckpointError
 
     try:
-        video = load_video_input(args.video)
         retriever = load_retriever(args)
+        video = load_video_input(args.video, retriever.model.config.clip_length)
         results = retriever(
             video, queries=list(args.queries), top_k=args.top_k, window_overlap=args.window_overlap
         )
