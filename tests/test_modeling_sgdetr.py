@@ -359,6 +359,15 @@ def _bad_cases():
         "nan": ((nan_video, vmask, text, tmask), "video_features contains NaN or Inf"),
         "inf": ((video, vmask, inf_text, tmask), "text_features contains NaN or Inf"),
         "rank": ((video[0], vmask, text, tmask), r"rank 3 .* x\[None\]"),
+        # was "has feature dim 0 ... build the config with text_feature_dim=0"
+        "no text features": (
+            (video, vmask, text[..., :0], tmask),
+            r"text_features is empty \(shape \(2, 2, 0\)\); every sample needs .* of 16 features",
+        ),
+        "no clips": (
+            (video[:, :0], vmask[:, :0], text, tmask),
+            r"video_features is empty \(shape \(2, 0, 16\)\)",
+        ),
         "mask shape": ((video, vmask[:, :4], text, tmask), "video_mask must have shape"),
         "mask values": ((video, vmask * 2, text, tmask), "only 0 and 1"),
         "left padding": ((video, left_padded, text, tmask), "right padding"),

@@ -21,7 +21,7 @@ is trained with a per-clip BCE (relevant vs. not, and all-zero for unrelated vid
 over its clips (:func:`mean_clip_relevance`) makes spans of different windows comparable.
 
 A moment longer than the overlap can be cut by every window; choose ``overlap_clips`` at least as long as
-the longest moment expected. Shipped to the Hub as remote code: imports only torch and ``.spans``.
+the longest moment expected. Shipped to the Hub as remote code: imports only torch, ``.spans`` and ``.postprocessing_sgdetr``.
 """
 
 from __future__ import annotations

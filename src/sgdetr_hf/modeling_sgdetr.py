@@ -233,13 +233,16 @@ def validate_inputs(
             )
         if not x.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}.")
+        if x.shape[1] == 0 or x.shape[-1] == 0:
+            raise ValueError(
+                f"{name} is empty (shape {tuple(x.shape)}); every sample needs at least one clip/token of "
+                f"{dim} features."
+            )
         if x.shape[-1] != dim:
             raise ValueError(
                 f"{name} has feature dim {x.shape[-1]} but the model expects {dim} (config.{cfg_name}); "
                 f"extract features with the matching encoder or build the config with {cfg_name}={x.shape[-1]}."
             )
-        if x.shape[1] == 0:
-            raise ValueError(f"{name} has length 0; every sample needs at least one clip/token.")
     if video_features.shape[0] != text_features.shape[0]:
         raise ValueError(
             f"batch sizes differ: video_features has {video_features.shape[0]} samples, text_features "
