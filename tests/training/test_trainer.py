@@ -282,6 +282,24 @@ def test_a_moved_dataset_folder_resumes_only_when_it_holds_the_run_s_files(demo_
         train(_recipe(moved, run), resume="latest")
 
 
+def test_a_dataset_rebuilt_in_place_with_other_files_is_not_resumed(demo_data, finished_run, tmp_path):
+    """before: a resume at the run's dataset_path read whatever the folder held by then"""
+    data = shutil.copytree(demo_data, tmp_path / "data")
+    run = _crashed_copy(finished_run, tmp_path / "run")
+    state_file = run / "checkpoints" / "step_00000004" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["recipe"]["dataset_path"] = str(data)  # the run was trained from this folder
+    state_file.write_text(json.dumps(state))
+    shutil.rmtree(data)
+    build_demo_dataset(
+        data, num_train=12, num_validation=5, seed=1
+    )  # the same rows and shapes, other features
+    with pytest.raises(
+        RecipeMismatchError, match=r"the files of dataset .*data' changed since the run started"
+    ):
+        train(_recipe(data, run), resume="latest")
+
+
 def test_a_resume_inside_a_logging_interval_logs_the_uninterrupted_run_s_losses(demo_data, tmp_path):
     """Logged every 3 steps, checkpointed every 2: the step-2 checkpoint cuts the first interval. before: the
     resumed run logged at step 3 the loss of step 3 alone (217.6 instead of the mean of steps 1-3, 213.2)."""

@@ -356,13 +356,17 @@ class Trainer:
                 "%s records no recipe: cannot check that this resume trains with the run's settings", path
             )
             return
-        # a moved (or copied) dataset folder is the run's dataset when it holds the files the run read
-        moved = (
-            recorded.get("dataset_path") != self.recipe.dataset_path
-            and state.dataset_fingerprint is not None
-            and self._dataset_fingerprint() == state.dataset_fingerprint
-        )
+        # the data is the run's when its files are the ones the run read (a moved or copied folder included)
+        current = self._dataset_fingerprint() if state.dataset_fingerprint is not None else None
+        same_data = current is not None and current == state.dataset_fingerprint
+        moved = recorded.get("dataset_path") != self.recipe.dataset_path and same_data
         differences = recipe_differences(recorded, self.recipe, same=("dataset_path",) if moved else ())
+        if not differences and current is not None and not same_data:
+            raise RecipeMismatchError(
+                f"cannot resume {path}: the files of dataset {self.recipe.dataset_path!r} changed since the run "
+                "started (their SHA-256 is not the one the run recorded), so the resumed run would train on "
+                "other data. Resume with the data the run read, or start a new run in another --output_dir"
+            )
         if differences:
             run = path.parent.parent
             own = f"--recipe {run_recipe}, " if run_recipe.is_file() else ""
