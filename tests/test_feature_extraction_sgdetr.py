@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from internvideo2_testing import save_tiny_checkpoint, tiny_model, tiny_processor, write_video
 from pipeline_testing import save_tiny_model_repo
 from sgdetr_hf import SGDetrFeatureExtractor
+from sgdetr_hf.commands import extract_features as extract_features_module
 from sgdetr_hf.commands import main
 from sgdetr_hf.commands.extract_features import (
     SourceError,
@@ -270,6 +271,7 @@ def _jsonl(path, *lines):
             r"x.jsonl:3: qid '1' has the query 'a cat', but 'a dog' at .*x.jsonl:1",
         ),
         ([""], r"nothing to extract: the annotations file .*x.jsonl holds no query"),
+        (['{"qid": 3, "query": "a dog \\ud800"}'], r"x.jsonl:1: the query of qid '3' is not valid Unicode text \(it holds a lone surrogate\)"),
     ],
 )  # fmt: skip
 def test_annotations_are_checked_when_read_naming_file_line_and_qid(tmp_path, lines, message):
@@ -299,6 +301,32 @@ def test_an_empty_query_is_named_by_qid_before_anything_is_written(extractor, tm
     with pytest.raises(ValueError, match="the query of qid 'q7' is empty"):
         extract_features(extractor, {}, {"q1": "a dog", "q7": " "}, output)
     assert not output.exists()
+
+
+def test_a_query_without_a_word_is_a_one_line_error_naming_its_qid(checkpoint, tmp_path, capsys):
+    annotations = _jsonl(
+        tmp_path / "x.jsonl", '{"qid": 1, "query": "a dog"}', '{"qid": 9, "query": "\\u200b"}'
+    )
+    output = tmp_path / "features"
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            [
+                "extract-features",
+                "--model",
+                str(checkpoint),
+                "--annotations",
+                annotations,
+                "--output",
+                str(output),
+            ]
+        )
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "sgdetr extract-features: error: the query of qid '9' ('\\u200b') has no word: the tokenizer drops all "
+        "its characters (control, zero-width or combining ones); every query needs at least one word"
+    )
+    assert not list(output.glob("*/*"))  # refused before anything is written
 
 
 @pytest.fixture
@@ -355,14 +383,18 @@ def test_bad_inputs_are_one_line_errors_before_the_encoder_is_built(
 
 @pytest.mark.slow
 def test_two_processes_share_the_work(checkpoint, corpus, tmp_path):
-    """ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 scripts/extract_features.py (the CPU form of a multi-GPU run)."""
+    """ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 scripts/extract_features.py (the CPU form of a multi-GPU
+    run) writes the files one process writes, byte for byte."""
     folder, annotations = corpus
     output = tmp_path / "features"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    script = ["scripts/extract_features.py", "--model", str(checkpoint), "--videos", str(folder)]
-    script += ["--annotations", str(annotations), "--output", str(output)]
-    result = subprocess.run(command + script, capture_output=True, text=True, timeout=300, env=env)
+    # float32: the last bits of a query's features, which float16 would mostly round away, must agree too
+    script = ["scripts/extract_features.py", "--model", str(checkpoint), "--videos", str(folder), "--dtype"]
+    script += ["float32", "--annotations", str(annotations), "--output"]
+    result = subprocess.run(
+        command + script + [str(output)], capture_output=True, text=True, timeout=300, env=env
+    )
     assert result.returncode == 1, result.stderr[-3000:]  # 1: one video could not be decoded
     assert "2/3 videos and 2 queries" in result.stdout
     assert (output / "failed_videos.txt").read_text() == "broken\n"
@@ -373,6 +405,10 @@ def test_two_processes_share_the_work(checkpoint, corpus, tmp_path):
         "vid_b.safetensors",
     ]
     assert result.stderr.count("skipping broken") == 1  # each video went to exactly one process
+    one_process = tmp_path / "one_process"
+    subprocess.run([sys.executable] + script + [str(one_process)], capture_output=True, timeout=300, env=env)
+    files = sorted(path.relative_to(output) for path in output.glob("*/*.safetensors"))
+    assert [path for path in files if (output / path).read_bytes() != (one_process / path).read_bytes()] == []
 
 
 # ------------------------------------------------------------------ resuming keyed on a fingerprint
@@ -441,6 +477,64 @@ def test_the_command_refuses_another_encoders_folder_with_exit_code_2(tmp_path, 
     assert exit_.value.code == 2
     error = capsys.readouterr().err
     assert re.search(r"error: .*features holds features of another encoder .*weights_sha256: ", error), error
+
+
+def test_a_killed_run_resumed_writes_the_files_of_an_uninterrupted_one(
+    checkpoint, video, tmp_path, monkeypatch
+):
+    """Byte for byte, in float32, where a query's last bits depend on the batch it was encoded in."""
+    extractor = SGDetrFeatureExtractor.from_pretrained(checkpoint)
+    texts = ["a dog", "a man rides a bike", "a big red bike", "the dog runs on the road with a man", "a man"]
+    texts += ["a red bike on the road", "the man rides a big red bike with a dog"]
+    queries = {f"q{i}": text for i, text in enumerate(texts)}
+    videos = {"clip": video}
+
+    def run(output):
+        extract_features(extractor, videos, queries, output, storage_dtype=torch.float32, query_batch_size=3)
+        return {path.relative_to(output): path.read_bytes() for path in output.glob("*/*.safetensors")}
+
+    uninterrupted = run(tmp_path / "uninterrupted")
+    write, written = extract_features_module._write, []
+
+    def killed_after_four_files(path, *args):
+        if len(written) == 4:
+            raise KeyboardInterrupt
+        written.append(path.name)
+        write(path, *args)
+
+    monkeypatch.setattr(extract_features_module, "_write", killed_after_four_files)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed")
+    monkeypatch.undo()
+    assert written == ["q0.safetensors", "q1.safetensors", "q2.safetensors", "q3.safetensors"]
+    assert run(tmp_path / "resumed") == uninterrupted
+
+
+def test_a_qid_whose_query_changed_is_refused_not_kept(extractor, tmp_path):
+    output = tmp_path / "features"
+    extract_features(extractor, {}, {"5": "a dog", "6": "a man"}, output)
+    with pytest.raises(
+        ValueError,
+        match=r"5\.safetensors holds the features of the query 'a dog', but the annotations give its qid the "
+        r"query 'a red bike': delete the file to recompute it, or use another --output",
+    ):
+        extract_features(extractor, {}, {"5": "a red bike", "6": "a man"}, output)
+    extract_features(extractor, {}, {"5": "a red bike"}, output, overwrite=True)
+    with safe_open(output / "queries" / "5.safetensors", framework="pt") as file:
+        assert file.metadata()["query"] == "a red bike"
+        torch.testing.assert_close(
+            file.get_tensor("text_features"), extractor.encode_queries("a red bike").unpadded()[0].half()
+        )
+
+
+def test_cpu_0_gives_the_features_of_cpu(checkpoint, tmp_path):
+    """Accelerate's device in a multi-process CPU run is "cpu:0": the same bits as a run on "cpu"."""
+    video = write_video(tmp_path / "one_clip.mp4", num_frames=30)
+    features = [
+        SGDetrFeatureExtractor.from_pretrained(checkpoint, device=device).encode_video(video).features
+        for device in ("cpu", "cpu:0")
+    ]
+    assert torch.equal(*features)
 
 
 def test_files_of_an_older_version_are_refused(tmp_path, video, extractor):

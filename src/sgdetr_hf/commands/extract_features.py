@@ -29,7 +29,9 @@ folder: two encoders both saved as ``encoder/`` are told apart, and the same enc
 refused, not recomputed: the job is resumable, so a mismatch almost always means a wrong ``--model`` or
 ``--output``, and recomputing would silently throw away (or, if interrupted, mix into the folder) the
 finished features; ``--overwrite`` recomputes every file with this encoder and re-keys the folder to it (an
-interrupted ``--overwrite`` run then resumes without it, redoing the files of the old encoder).
+interrupted ``--overwrite`` run then resumes without it, redoing the files of the old encoder). So is a query
+file of another query than the annotations now give its qid (edited annotations, or another dataset's qids).
+Files are reproducible: a resumed or multi-process run writes the bytes one uninterrupted run writes.
 """
 
 import argparse
@@ -129,6 +131,12 @@ def _query_problem(qid: Any, query: Any) -> str | None:
         return f"the query of qid {str(qid)!r} is a {type(query).__name__}, not a string"
     if not query.strip():
         return f"the query of qid {str(qid)!r} is empty; every query needs at least one word"
+    try:  # JSON can spell a lone surrogate ("\ud800"), which no tokenizer or file can take
+        query.encode("utf-8")
+    except UnicodeEncodeError:
+        return (
+            f"the query of qid {str(qid)!r} is not valid Unicode text (it holds a lone surrogate): {query!r}"
+        )
     return None
 
 
@@ -302,9 +310,10 @@ def _folder_is_keyed(output_dir: Path, fingerprints: dict[str, dict], overwrite:
     )
 
 
-def _is_finished(path: Path, digest: str, folder_is_keyed: bool) -> bool:
-    """Whether ``path`` holds features made with the fingerprint ``digest``; a damaged file is not. A file
-    of other features is redone in a folder keyed to these (an interrupted --overwrite run), else refused."""
+def _is_finished(path: Path, digest: str, folder_is_keyed: bool, query: str | None = None) -> bool:
+    """Whether ``path`` holds features made with the fingerprint ``digest`` (of ``query``, for a query's
+    file); a damaged file is not. A file of other features is redone in a folder keyed to these (an
+    interrupted --overwrite run), else refused; so is the file of another query under the same qid."""
     if not path.is_file():
         return False
     try:
@@ -313,6 +322,14 @@ def _is_finished(path: Path, digest: str, folder_is_keyed: bool) -> bool:
     except Exception:  # a damaged file is redone
         return False
     if metadata.get("fingerprint") == digest:
+        if query is not None and metadata.get("query") != query:
+            # the annotations changed, or another dataset's qids collide with these: keeping the file would
+            # give this qid another query's features, recomputing it would break the other dataset's
+            raise OtherFeaturesError(
+                f"{path} holds the features of the query {_shown(metadata.get('query', ''))}, but the "
+                f"annotations give its qid the query {_shown(query)}: delete the file to recompute it, or use "
+                "another --output"
+            )
         return True
     if folder_is_keyed:
         return False
@@ -326,10 +343,38 @@ def _is_finished(path: Path, digest: str, folder_is_keyed: bool) -> bool:
     )
 
 
+def _check_words(processor, queries: dict[str, str]) -> None:
+    """:class:`SourceError` naming the qid of a query whose characters the tokenizer all drops (control,
+    zero-width or combining ones): the one problem of a query that :func:`_query_problem` cannot see."""
+    if not queries:
+        return
+    try:  # all at once: the too long queries give one warning, not one each
+        processor.tokenize_queries(list(queries.values()))
+    except ValueError:  # which one
+        for qid, query in queries.items():
+            try:
+                processor.tokenize_queries(query)
+            except ValueError:
+                raise SourceError(
+                    f"the query of qid {qid!r} ({query!r}) has no word: the tokenizer drops all its characters "
+                    "(control, zero-width or combining ones); every query needs at least one word"
+                ) from None
+
+
+def _with_sorted_header(data: bytes) -> bytes:
+    """A safetensors file's bytes with its JSON header's keys sorted. safetensors writes the metadata in
+    hash order, which changes from call to call: without this, the same features (a resumed run, another
+    process count) would give files of other bytes."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    header += b" " * (-len(header) % 8)  # the format's padding: the tensor data starts 8-byte aligned
+    return len(header).to_bytes(8, "little") + header + data[8 + length :]
+
+
 def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    atomic_write_bytes(
-        path, save({key: value.contiguous() for key, value in tensors.items()}, metadata=metadata)
-    )
+    data = save({key: value.contiguous() for key, value in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, _with_sorted_header(data))
 
 
 def extract_features(
@@ -360,7 +405,8 @@ def extract_features(
     """
     for qid, query in queries.items():  # before any work: named by qid, not by its place in a batch
         if problem := _query_problem(qid, query):
-            raise ValueError(problem)
+            raise SourceError(problem)
+    _check_words(extractor.processor, queries)
     output_dir = Path(output_dir)
     fingerprints = feature_fingerprints(extractor, storage_dtype)
     digests = {kind: _digest(fingerprint) for kind, fingerprint in fingerprints.items()}
@@ -387,28 +433,42 @@ def extract_features(
         folder = output_dir / kind
         folder.mkdir(parents=True, exist_ok=True)
         return [
-            i for i in ids if overwrite or not _is_finished(folder / f"{i}.safetensors", digests[kind], keyed)
+            i
+            for i in ids
+            if overwrite
+            or not _is_finished(
+                folder / f"{i}.safetensors", digests[kind], keyed, queries[i] if kind == "queries" else None
+            )
         ]
 
     if is_main:  # temporary files of an interrupted run
         for leftover in output_dir.glob("*/.*.safetensors.*.tmp"):
             leftover.unlink()
-    pending_queries, pending_videos = todo("queries", sorted(queries)), todo("videos", sorted(videos))
+    all_qids = sorted(queries)
+    pending_queries, pending_videos = set(todo("queries", all_qids)), todo("videos", sorted(videos))
+    # Batches are cut from every query, finished or not: a query's features change in their last bits with
+    # the batch it is encoded in, and a resumed or multi-process run must write the same files as one run.
+    query_batches = [
+        batch
+        for start in range(0, len(all_qids), query_batch_size)
+        if pending_queries.intersection(batch := all_qids[start : start + query_batch_size])
+    ]
     if accelerator is not None:
         # Every process must see the same to-do lists before anyone writes, or the split would differ.
         accelerator.wait_for_everyone()
     if is_main and not keyed:  # after every process has read the old one
         atomic_write_json(output_dir / FINGERPRINT_FILE, fingerprints)
     if accelerator is not None:
-        with accelerator.split_between_processes(pending_queries) as share:
-            pending_queries = list(share)
+        with accelerator.split_between_processes(query_batches) as share:
+            query_batches = list(share)
         with accelerator.split_between_processes(pending_videos) as share:
             pending_videos = list(share)
 
-    for start in tqdm(range(0, len(pending_queries), query_batch_size), desc="queries", disable=not is_main):
-        qids = pending_queries[start : start + query_batch_size]
+    for qids in tqdm(query_batches, desc="queries", disable=not is_main):
         encoded = extractor.encode_queries([queries[qid] for qid in qids])
         for qid, rows in zip(qids, encoded.unpadded()):
+            if qid not in pending_queries:  # finished, by the run this one resumes
+                continue
             metadata = {**settings["queries"], "query": queries[qid]}
             _write(
                 output_dir / "queries" / f"{qid}.safetensors",
@@ -549,7 +609,8 @@ def run(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 accelerator=accelerator,
             )
-        except OtherFeaturesError as error:  # --output or --model is not what the user meant: a usage error
+        # --output or --model is not what the user meant, or a query has no word: a usage error
+        except (OtherFeaturesError, SourceError) as error:
             raise CommandLineError(str(error)) from None
         failed = sorted(gather_object(failed))
         if accelerator.is_main_process:
