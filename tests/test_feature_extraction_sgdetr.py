@@ -28,6 +28,7 @@ from sgdetr_hf.data.builder import FeatureFolder
 from sgdetr_hf.feature_extraction_sgdetr import ExtractorSettingsError
 from sgdetr_hf.loading_sgdetr import CheckpointError
 from sgdetr_hf.modeling_internvideo2 import InternVideo2Model
+from sgdetr_hf.postprocessing_sgdetr import NonFiniteOutputError
 from sgdetr_hf.processing_sgdetr import SGDetrProcessor
 from sgdetr_hf.video_io_sgdetr import prefetch
 
@@ -535,6 +536,63 @@ def test_cpu_0_gives_the_features_of_cpu(checkpoint, tmp_path):
         for device in ("cpu", "cpu:0")
     ]
     assert torch.equal(*features)
+
+
+def test_features_beyond_float16_are_refused_not_stored_as_inf(tmp_path, video):
+    model = tiny_model()
+    with torch.no_grad():
+        for projection in (model.visual_projection, model.text_projection):
+            projection.weight.mul_(1e6)  # finite features up to about 1e6
+    extractor = SGDetrFeatureExtractor(model, tiny_processor())
+    for videos, queries, what in (({}, {"q1": "a dog"}, "query 'q1'"), ({"clip": video}, {}, "video 'clip'")):
+        with pytest.raises(
+            extract_features_module.StorageRangeError,
+            match=rf"the features of {what} reach \d+(\.\d+)?e\+0\d, beyond torch.float16's range \(\+-65504\): "
+            r"they would be stored as Inf; pass --dtype float32",
+        ):
+            extract_features(extractor, videos, queries, tmp_path / "f16")
+    extract_features(
+        extractor, {"clip": video}, {"q1": "a dog"}, tmp_path / "f32", storage_dtype=torch.float32
+    )
+    stored = load_file(tmp_path / "f32" / "videos" / "clip.safetensors")["video_features"]
+    assert torch.isfinite(stored).all() and stored.abs().max() > 65504
+
+
+def test_an_encoder_that_overflows_stops_the_run_instead_of_failing_every_video(
+    extractor, tmp_path, video, monkeypatch
+):
+    # it was caught as the video's failure: every video of the run listed in failed_videos.txt
+    def overflow(path):
+        raise NonFiniteOutputError(
+            "the InternVideo2 encoder gave NaN or Inf video features with finite weights"
+        )
+
+    monkeypatch.setattr(extractor, "encode_video", overflow)
+    with pytest.raises(NonFiniteOutputError, match="finite weights"):
+        extract_features(extractor, {"clip": video, "other": video}, {}, tmp_path / "features")
+
+
+def test_the_encoder_dtype_is_chosen_on_the_command_line(checkpoint, video, tmp_path):
+    outputs = {}
+    for dtype in ("float32", "bfloat16"):
+        output = tmp_path / dtype
+        argv = [
+            "extract-features",
+            "--model",
+            str(checkpoint),
+            "--videos",
+            str(video),
+            "--output",
+            str(output),
+        ]
+        assert main([*argv, "--encoder-dtype", dtype, "--dtype", "float32"]) == 0
+        assert (
+            json.loads((output / "fingerprint.json").read_text())["videos"]["encoder_dtype"]
+            == f"torch.{dtype}"
+        )
+        outputs[dtype] = load_file(output / "videos" / "clip.safetensors")["video_features"]
+    assert not torch.equal(outputs["float32"], outputs["bfloat16"])
+    torch.testing.assert_close(outputs["bfloat16"], outputs["float32"], rtol=0.05, atol=0.05)
 
 
 def test_files_of_an_older_version_are_refused(tmp_path, video, extractor):

@@ -202,7 +202,8 @@ class SGDetrFeatureExtractor:
             raise NonFiniteOutputError(describe_non_finite_weights(broken, self.model.name_or_path))
         raise NonFiniteOutputError(
             f"the InternVideo2 encoder gave NaN or Inf {what} with finite weights: the forward pass overflowed "
-            f"in {self.model.dtype}; run the encoder in float32 (dtype=torch.float32)"
+            f"in {self.model.dtype}; run the encoder in float32 (dtype=torch.float32; sgdetr extract-features "
+            "--encoder-dtype float32)"
         )
 
     @property

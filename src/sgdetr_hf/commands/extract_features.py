@@ -59,6 +59,7 @@ from ..feature_extraction_sgdetr import (
 )
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, strict_json, unwritable_reason
 from ..loading_sgdetr import CheckpointError
+from ..postprocessing_sgdetr import NonFiniteOutputError
 from ..training.distributed import build_accelerator, process_group_teardown
 from ..video_io_sgdetr import BACKENDS
 from . import CommandLineError
@@ -67,6 +68,7 @@ logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+ENCODER_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 class SourceError(ValueError):
@@ -203,6 +205,21 @@ def read_queries(annotation_files: list[str]) -> dict[str, str]:
 
 class OtherFeaturesError(ValueError):
     """The output folder holds features made by another encoder or with other settings."""
+
+
+class StorageRangeError(ValueError):
+    """Features beyond the storage dtype's range: stored, they would be Inf."""
+
+
+def _stored(features: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
+    """``features`` (finite: the extractor checks) cast to ``dtype``, or :class:`StorageRangeError`."""
+    stored = features.to(dtype)
+    if not bool(torch.isfinite(stored).all()):
+        raise StorageRangeError(
+            f"the features of {what} reach {float(features.abs().max()):.6g}, beyond {dtype}'s range "
+            f"(+-{torch.finfo(dtype).max:g}): they would be stored as Inf; pass --dtype float32"
+        )
+    return stored
 
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -472,7 +489,7 @@ def extract_features(
             metadata = {**settings["queries"], "query": queries[qid]}
             _write(
                 output_dir / "queries" / f"{qid}.safetensors",
-                {"text_features": rows.to(storage_dtype)},
+                {"text_features": _stored(rows, storage_dtype, f"query {qid!r}")},
                 metadata,
             )
 
@@ -480,6 +497,9 @@ def extract_features(
     for vid in tqdm(pending_videos, desc="videos", disable=not is_main):
         try:
             encoded = extractor.encode_video(videos[vid])
+        # the encoder's failure (its dtype or weights), not the video's: every video would fail with it
+        except NonFiniteOutputError:
+            raise
         except ValueError as error:  # undecodable video: record it and go on
             logger.error("skipping %s: %s", vid, error)
             failed.append(vid)
@@ -487,7 +507,7 @@ def extract_features(
         duration = float(encoded.clip_timestamps[-1, 1])
         metadata = {**settings["videos"], "duration": str(duration), "source": str(videos[vid])}
         tensors = {
-            "video_features": encoded.features.to(storage_dtype),
+            "video_features": _stored(encoded.features, storage_dtype, f"video {vid!r}"),
             "clip_timestamps": encoded.clip_timestamps,
         }
         _write(output_dir / "videos" / f"{vid}.safetensors", tensors, metadata)
@@ -518,6 +538,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips-per-batch", type=int, default=32, help="clips per vision-tower forward pass")
     parser.add_argument(
         "--dtype", choices=sorted(STORAGE_DTYPES), default="float16", help="stored feature dtype"
+    )
+    parser.add_argument(
+        "--encoder-dtype",
+        choices=sorted(ENCODER_DTYPES),
+        help="the encoder's dtype (default: bfloat16 on a GPU, float32 on the CPU)",
     )
     parser.add_argument(
         "--overwrite",
@@ -587,6 +612,7 @@ def run(args: argparse.Namespace) -> int:
             extractor = SGDetrFeatureExtractor.from_pretrained(
                 args.model,
                 device=accelerator.device,
+                dtype=ENCODER_DTYPES.get(args.encoder_dtype),
                 max_query_length=args.max_query_length,
                 video_processor_kwargs=video_settings,
                 video_feature=args.video_feature,
@@ -609,8 +635,9 @@ def run(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 accelerator=accelerator,
             )
-        # --output or --model is not what the user meant, or a query has no word: a usage error
-        except (OtherFeaturesError, SourceError) as error:
+        # --output or --model is not what the user meant, a query has no word, the encoder overflowed, or
+        # its features overflow the storage dtype: a usage error, named in one line
+        except (OtherFeaturesError, SourceError, NonFiniteOutputError, StorageRangeError) as error:
             raise CommandLineError(str(error)) from None
         failed = sorted(gather_object(failed))
         if accelerator.is_main_process:
