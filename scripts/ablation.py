@@ -111,6 +111,10 @@ class AblationSettings:
     def __post_init__(self):
         if not self.seeds:
             raise ValueError("AblationSettings.seeds must name at least one seed")
+        # a repeated seed or row would train the same run twice and count it as two (a std of 0)
+        for name, values in (("seeds", self.seeds), ("rows", self.rows)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"AblationSettings.{name} must not repeat, got {values}")
         unknown = [row for row in self.rows if row not in ROWS]
         if unknown or not self.rows:
             raise ValueError(
@@ -293,13 +297,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("accelerate").setLevel(logging.WARNING)
 
     settings = QUICK_ABLATION if args.quick else FULL_SETTINGS
-    if args.seeds is not None:
-        settings = dataclasses.replace(settings, seeds=tuple(args.seeds))
-    if args.rows is not None:
-        settings = dataclasses.replace(settings, rows=tuple(args.rows))
-    if args.steps is not None:
-        check = dataclasses.replace(settings.check, steps=args.steps, eval_every=args.steps)
-        settings = dataclasses.replace(settings, check=check)
+    try:
+        if args.seeds is not None:
+            settings = dataclasses.replace(settings, seeds=tuple(args.seeds))
+        if args.rows is not None:
+            settings = dataclasses.replace(settings, rows=tuple(args.rows))
+        if args.steps is not None:
+            check = dataclasses.replace(settings.check, steps=args.steps, eval_every=args.steps)
+            settings = dataclasses.replace(settings, check=check)
+    except ValueError as error:
+        parser.error(str(error))
+    try:  # an unusable folder fails now, not after the whole run
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--output-dir {args.output_dir}: {error.strerror}")
     command = shlex.join(["python", "scripts/ablation.py", *(sys.argv[1:] if argv is None else argv)])
     results = write_results(settings, args.output_dir, command, args.machine or _default_machine())
     for row, entry in results["rows"].items():

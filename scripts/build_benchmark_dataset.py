@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         help="clips a video's feature length may differ from ceil(duration / clip length), and the .npz "
         f"feature types from each other (default: {MAX_CLIP_MISMATCH})",
     )
-    parser.add_argument("--max-shard-mib", type=int, default=512)
+    parser.add_argument("--max-shard-mib", type=int, default=512, help="largest Parquet shard (default: 512)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -171,6 +171,12 @@ def feature_source(args: argparse.Namespace, parser: argparse.ArgumentParser):
 def build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.max_clip_mismatch < 0:
         parser.error(f"--max-clip-mismatch must be >= 0 clips, got {args.max_clip_mismatch}")
+    if args.max_shard_mib <= 0:
+        parser.error(f"--max-shard-mib must be > 0, got {args.max_shard_mib}")
+    if args.card and not Path(args.card).is_file():  # else the built card would have no licence nor prose
+        parser.error(
+            f"--card {args.card} is not a file: give a dataset card (README.md) to take its licence from"
+        )
     features = feature_source(args, parser)
     files: dict[str, str] = {}
     for item in args.split:  # every name checked before any file is read

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import logging
 import shutil
@@ -39,6 +40,7 @@ import yaml
 from huggingface_hub import DatasetCard, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
 from huggingface_hub.utils import filter_repo_objects
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from sgdetr_hf import SGDetrConfig, SGDetrForMomentRetrieval, VideoMomentRetrievalPipeline
 from sgdetr_hf.files import atomic_write_text
@@ -72,6 +74,13 @@ IGNORE_PATTERNS = [
 
 #: Not copied into a build folder (bytecode caches).
 _COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+#: The Auto classes a converted encoder's files must name for the published ``encoder/`` to load with
+#: ``trust_remote_code=True`` (the pipeline loads its model and its processor).
+ENCODER_AUTO_CLASSES = {
+    "config.json": ("AutoConfig", "AutoModel"),
+    "processor_config.json": ("AutoProcessor",),
+}
 
 DEFAULT_SPACE_REPO = "sgdetr-hf/sg-detr-demo"
 DEFAULT_DATASET_REPOS = ("sgdetr-hf/qvhighlights", "sgdetr-hf/intervid-mr")
@@ -191,6 +200,15 @@ PAPER_RESULTS: dict[str, list[ResultSet]] = {
             PAPER_URL,
         )
     ],
+}
+
+
+#: The feature dataset repositories each paper setting trains on: the card's ``datasets`` metadata.
+TRAINING_DATASETS: dict[str, tuple[str, ...]] = {
+    "qvhighlights": (DEFAULT_DATASET_REPOS[0],),
+    "qvhighlights-pretrained": DEFAULT_DATASET_REPOS,  # pre-trained on InterVid-MR, then QVHighlights
+    "charades-sta": ("sgdetr-hf/charades-sta",),
+    "tacos": ("sgdetr-hf/tacos",),
 }
 
 
@@ -323,7 +341,7 @@ def render_model_card(
     space_id: str = DEFAULT_SPACE_REPO,
     paper_setting: str = "qvhighlights",
     measured: ResultSet | None = None,
-    dataset_ids: tuple[str, ...] = DEFAULT_DATASET_REPOS,
+    dataset_ids: tuple[str, ...] | None = None,
     model_config: Mapping[str, Any] | None = None,
     template_path: str | Path = SOURCE_ROOT / "model_card.md",
 ) -> ModelCard:
@@ -335,7 +353,8 @@ def render_model_card(
             (named in the card's prose, beside the paper's numbers).
         measured: the evaluation of these weights, the card's only ``model-index`` entries (``None``: the
             card says they were not measured and has no ``model-index``).
-        dataset_ids: the feature dataset repositories it was trained on.
+        dataset_ids: the feature dataset repositories it was trained on (default: the paper setting's,
+            :data:`TRAINING_DATASETS`).
         model_config: the checkpoint's config (clip length, clip cap, feature sizes); defaults of
             ``SGDetrConfig`` when ``None``.
     """
@@ -343,6 +362,8 @@ def render_model_card(
         raise ValueError(f"unknown paper_setting {paper_setting!r}; choose one of {sorted(PAPER_RESULTS)}")
     if model_config is None:
         model_config = SGDetrConfig().to_dict()
+    if dataset_ids is None:
+        dataset_ids = TRAINING_DATASETS[paper_setting]
     if measured is not None and measured.source_url is None:
         # model-index wants a link with every source: ours is this repository
         measured = dataclasses.replace(measured, source_url=f"https://huggingface.co/{repo_id}")
@@ -414,9 +435,10 @@ def build_model_repo(
     """Write the complete model repository for the trained model in ``model_dir`` to ``out_dir``.
 
     The folder holds the safetensors weights and ``config.json`` (with ``auto_map`` and ``custom_pipelines``),
-    every remote-code ``.py`` module the pipeline needs, the InternVideo2 encoder (model + processor) under
-    ``encoder/``, ``handler.py`` and ``requirements.txt`` from ``hub/model/`` and the rendered ``README.md``,
-    so that ``pipeline(model=out_dir, trust_remote_code=True)`` runs on a video without this package.
+    every remote-code ``.py`` module the pipeline needs, the InternVideo2 encoder (model + processor, with
+    the package's current remote code) under ``encoder/``, ``handler.py`` and ``requirements.txt`` from
+    ``hub/model/`` and the rendered ``README.md``, so that ``pipeline(model=out_dir, trust_remote_code=True)``
+    runs on a video without this package.
 
     Args:
         model_dir: a saved ``SGDetrForMomentRetrieval`` folder.
@@ -439,9 +461,9 @@ def build_model_repo(
     model = SGDetrForMomentRetrieval.from_pretrained(model_dir)
     with _building(out_dir) as build:
         # Pipeline.save_pretrained writes the weights, config.json with "custom_pipelines" and every .py
-        # module the pipeline imports; the encoder is copied as it is (never loaded here).
+        # module the pipeline imports; the encoder's files are copied (never loaded here), its code refreshed.
         VideoMomentRetrievalPipeline(model=model, encoder=False).save_pretrained(build)
-        shutil.copytree(encoder_dir, build / ENCODER_SUBFOLDER, ignore=_COPY_IGNORE)
+        _copy_encoder(encoder_dir, build / ENCODER_SUBFOLDER)
         for name in ("handler.py", "requirements.txt"):
             shutil.copy2(source_root / "hub" / "model" / name, build / name)
         card = render_model_card(
@@ -454,6 +476,38 @@ def build_model_repo(
         )
         atomic_write_text(build / "README.md", str(card))
     return out_dir
+
+
+def _remote_code_module(path: Path, auto_class: str) -> str:
+    """The file of this package's module that ``auto_map[auto_class]`` of the JSON file ``path`` names."""
+    auto_map = json.loads(path.read_text(encoding="utf-8")).get("auto_map", {}) if path.is_file() else {}
+    reference = auto_map.get(auto_class)
+    module_name, _, class_name = str(reference).rpartition(".")
+    try:
+        module = importlib.import_module(f"sgdetr_hf.{module_name}")
+    except ImportError:
+        module = None
+    if not module_name or not hasattr(module, class_name):
+        found = f"auto_map {auto_class}: {reference!r}" if path.is_file() else "no such file"
+        raise ValueError(
+            f"{path} names no {auto_class} of this package ({found}), so the published encoder would not load "
+            "with trust_remote_code=True; convert the encoder again with sgdetr convert-internvideo2"
+        )
+    return module.__file__
+
+
+def _copy_encoder(encoder_dir: Path, destination: Path) -> None:
+    """Copy a converted InternVideo2 folder with this package's current remote code in place of its ``.py``
+    files: an encoder converted by an earlier release holds that release's code, which is what
+    ``trust_remote_code=True`` would run from the published repository."""
+    shutil.copytree(encoder_dir, destination, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.py"))
+    modules = {
+        _remote_code_module(encoder_dir / name, auto_class)
+        for name, auto_classes in ENCODER_AUTO_CLASSES.items()
+        for auto_class in auto_classes
+    }
+    for module_file in modules.union(*map(get_relative_import_files, modules)):
+        shutil.copy2(module_file, destination / Path(module_file).name)
 
 
 def build_space_repo(

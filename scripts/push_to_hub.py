@@ -24,6 +24,8 @@ import logging
 import sys
 from pathlib import Path
 
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
 import publishing  # scripts/publishing.py, beside this script
 from sgdetr_hf.files import atomic_write_text
 
@@ -110,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.what or not args.repo_id:
         parser.error("--what and --repo-id are required")
+    # checked before the build: a dry run must not pass an id that the upload, or the Hub's card metadata, refuses
+    for option in ("repo_id", "model_repo_id", "space_id"):
+        try:
+            validate_repo_id(getattr(args, option))
+        except HFValidationError as error:
+            parser.error(f"--{option.replace('_', '-')}: {error}")
     try:
         folder = build_folder(args)
         plan = publishing.upload_plan(folder)

@@ -34,6 +34,30 @@ def test_summary_is_mean_and_sample_std(ablation):
         ablation.AblationSettings(check=ablation.QUICK_ABLATION.check, rows=("f",))
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--steps", "0"], "CheckSettings.steps must be > 0, got 0"),
+        (["--seeds", "1", "1"], "AblationSettings.seeds must not repeat, got (1, 1)"),
+        (["--rows", "a", "b", "a"], "AblationSettings.rows must not repeat, got ('a', 'b', 'a')"),
+        (["--output-dir", "{file}"], "--output-dir {file}: File exists"),
+    ],
+)
+def test_bad_options_are_one_line_errors_before_any_training(
+    ablation, tmp_path, capsys, monkeypatch, options, message
+):
+    """Usage errors, found before training: a file as --output-dir must not fail only when the results are
+    written, after the whole run (about 20 minutes)."""
+    monkeypatch.setattr(ablation, "write_results", lambda *args: pytest.fail("the ablation ran"))
+    file = tmp_path / "results.md"
+    file.write_text("")
+    argv = ["--quick", "--output-dir", str(tmp_path / "out"), *options]
+    with pytest.raises(SystemExit) as stopped:
+        ablation.main([arg.format(file=file) for arg in argv])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f" error: {message.format(file=file)}")
+
+
 @pytest.mark.slow
 def test_quick_ablation_trains_every_row_with_its_switches(ablation, tmp_path):
     """1 seed, a few steps per row (< 30 s on 2 CPU cores): every row's trained model has the row's switches

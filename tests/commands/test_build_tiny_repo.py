@@ -129,6 +129,27 @@ def test_an_existing_output_is_refused(tmp_path, capsys):
     assert (tmp_path / "made-empty" / "encoder" / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["{tmp}/a-file/tiny"], "cannot write {tmp}/a-file/tiny: [Errno 17] File exists: '{tmp}/a-file'"),
+        (["{tmp}/tiny", "--seed", str(2**64)], f"argument --seed: the seed must be an integer from 0 to 2**64 - 1, got '{2**64}'"),
+        (["{tmp}/tiny", "--seed", "-1"], "argument --seed: the seed must be an integer from 0 to 2**64 - 1, got '-1'"),
+    ],
+)  # fmt: skip
+def test_an_unusable_output_or_seed_is_a_usage_error(tmp_path, capsys, argv, message):
+    """Not a traceback: a file where a parent folder would go, a seed torch.manual_seed cannot take."""
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        main(["build-tiny-repo", *(arg.format(tmp=tmp_path) for arg in argv)])
+    assert exit_.value.code == 2
+    assert (
+        capsys.readouterr().err.splitlines()[-1]
+        == f"sgdetr build-tiny-repo: error: {message.format(tmp=tmp_path)}"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
 # ------------------------------------------------------------- sgdetr predict without a usable model
 @pytest.mark.parametrize(
     "model", [None, "/nonexistent/model-folder"], ids=["default-placeholder", "missing-folder"]

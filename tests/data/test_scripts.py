@@ -138,6 +138,32 @@ def test_build_benchmark_dataset_refuses_a_split_given_twice(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--max-shard-mib", "0"], "--max-shard-mib must be > 0, got 0"),  # not a ZeroDivisionError
+        (["--max-shard-mib", "-5"], "--max-shard-mib must be > 0, got -5"),  # not silently accepted
+        # not a dataset built with a card without licence or prose, ready to publish
+        (["--card", "{tmp}/no-card.md"], "--card {tmp}/no-card.md is not a file: give a dataset card (README.md) to take its licence from"),
+    ],
+)  # fmt: skip
+def test_build_benchmark_dataset_refuses_bad_options_before_building(tmp_path, capsys, options, message):
+    annotations = tmp_path / "train.jsonl"
+    annotations.write_text(json.dumps({"qid": 0, "query": "a person sits", "duration": 4.0, "vid": "AAA",
+                                       "relevant_windows": [[1.0, 3.0]]}) + "\n")  # fmt: skip
+    _save(tmp_path / "features", "videos", "video_features", "AAA", np.ones((4, 8)))
+    _save(tmp_path / "features", "queries", "text_features", "0", np.ones((2, 8)))
+    argv = ["--dataset", "charades-sta", "--features", str(tmp_path / "features"), "--split", f"train={annotations}",
+            "--output", str(tmp_path / "out"), *(option.format(tmp=tmp_path) for option in options)]  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        load_script("build_benchmark_dataset").main(argv)
+    assert stopped.value.code == 2
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1].endswith(f" error: {message.format(tmp=tmp_path)}")
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def _intervid_inputs(tmp_path, num_videos=2, captions_per_video=4):
     """InternVid rows and whole-video features whose clips 5-7 match every caption ([10, 16] s)."""
     rng = np.random.default_rng(0)

@@ -1,12 +1,16 @@
 """Publishing: the model card, the repository folders, the upload plan, and the upload calls (mocked)."""
 
 import json
+import re
 import shutil
+import sys
+from importlib.metadata import requires
 from unittest import mock
 
 import pytest
 from huggingface_hub import HfApi, ModelCard, SpaceCard
 from release_scripts import load_script, publishing
+from transformers.dynamic_module_utils import get_imports
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +36,38 @@ def test_a_card_without_a_measurement_has_no_model_index_and_the_papers_numbers_
     card = ModelCard(str(publishing.render_model_card(repo_id="org/sg-detr-x", space_id="org/demo")))
     data = card.data
     assert data.library_name == "transformers" and "custom_code" in data.tags
-    assert data.datasets == list(publishing.DEFAULT_DATASET_REPOS) and data.pipeline_tag is None
+    assert data.datasets == ["sgdetr-hf/qvhighlights"] and data.pipeline_tag is None
     # before: the paper's 12 numbers were this checkpoint's model-index, even for random weights
     assert not data.eval_results and "model-index" not in str(card).split("---")[1]
     assert "| QVHighlights test (Table 3) | 72.2 | 56.6 | 73.2 | 55.8 | 54.1 | 43.76 | 69.13 |" in card.text
     assert "These numbers are **the paper's**" in card.text and "`qvhighlights` setting" in card.text
     assert "Not measured yet" in card.text and "org/sg-detr-x" in card.text and "spaces/org/demo" in card.text
     assert "{{" not in card.text  # every template variable was filled
+
+
+@pytest.mark.parametrize(
+    "paper_setting, datasets",
+    [
+        ("qvhighlights", ["sgdetr-hf/qvhighlights"]),
+        ("qvhighlights-pretrained", ["sgdetr-hf/qvhighlights", "sgdetr-hf/intervid-mr"]),
+        ("charades-sta", ["sgdetr-hf/charades-sta"]),
+        ("tacos", ["sgdetr-hf/tacos"]),
+    ],
+)
+def test_the_cards_datasets_are_those_of_its_training_setting(
+    tiny_model_dir, tmp_path, paper_setting, datasets
+):
+    """A Charades-STA checkpoint's card must not say it was trained on QVHighlights and InterVid-MR."""
+    repo = publishing.build_model_repo(tiny_model_dir, tmp_path / "repo", paper_setting=paper_setting)
+    card = ModelCard.load(repo / "README.md")
+    assert card.data.datasets == datasets
+    links = next(line for line in card.text.splitlines() if line.startswith("- Feature datasets: "))
+    assert (
+        links
+        == "- Feature datasets: "
+        + ", ".join(f"[`{d}`](https://huggingface.co/datasets/{d})" for d in datasets)
+        + "."
+    )
 
 
 def _results_file(tmp_path):
@@ -140,12 +169,79 @@ def test_model_repo_holds_everything_the_hub_needs(built_model_repo):
     assert ModelCard.load(built_model_repo / "README.md").data.model_name == "tiny"
 
 
+def test_the_card_names_every_package_the_remote_code_imports(built_model_repo):
+    """The card's "only ... are needed" must hold: a module-level import of the remote code that is not the
+    standard library, torch, transformers or one of transformers' own requirements stops
+    ``from_pretrained(..., trust_remote_code=True)`` where the package is missing."""
+    installed_with_transformers = {
+        re.split(r"[<>=!;\[ ]", requirement)[0].replace("-", "_")
+        for requirement in requires("transformers")
+        if "extra ==" not in requirement
+    }
+    remote_code = [
+        path for path in built_model_repo.glob("*.py") if path.name != "handler.py"
+    ]  # the endpoint's
+    imported = set().union(*map(get_imports, remote_code))
+    needed = imported - set(sys.stdlib_module_names) - installed_with_transformers - {"torch", "transformers"}
+    how_to_use = (built_model_repo / "README.md").read_text().split("## How to use")[1].split("```")[0]
+    assert needed and all(f"`{name}`" in how_to_use for name in needed), (needed, how_to_use)
+
+
 def test_model_build_refuses_incomplete_folders(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="no config.json"):
         publishing.build_model_repo(tmp_path, tmp_path / "out")
     with pytest.raises(ValueError, match="no InternVideo2 encoder"):
         publishing.build_model_repo(tiny_model_dir, tmp_path / "out", encoder_dir=tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_encoder_is_published_with_the_packages_current_code(tmp_path, tiny_model_dir):
+    """An encoder converted by an earlier release holds that release's .py files: the build replaces them by
+    the package's (what a fresh conversion writes), and drops modules the package no longer has."""
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "trained")
+    fresh = sorted(path.name for path in (model_dir / "encoder").glob("*.py"))
+    stale = model_dir / "encoder" / "modeling_internvideo2.py"
+    stale.write_text(stale.read_text() + "\nOLD_RELEASE = True\n")
+    (model_dir / "encoder" / "modeling_internvideo2_old.py").write_text("OLD_RELEASE = True\n")
+    encoder = publishing.build_model_repo(model_dir, tmp_path / "repo") / "encoder"
+    assert sorted(path.name for path in encoder.glob("*.py")) == fresh
+    for path in encoder.glob("*.py"):
+        assert path.read_bytes() == (publishing.PACKAGE_DIR / path.name).read_bytes(), path.name
+    assert (encoder / "model.safetensors").read_bytes() == (
+        model_dir / "encoder/model.safetensors"
+    ).read_bytes()
+
+
+def _rename_the_model_class(encoder):
+    config = json.loads((encoder / "config.json").read_text())
+    config["auto_map"]["AutoModel"] = "modeling_internvideo2.InternVideo2OldModel"  # renamed since
+    (encoder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (
+            _rename_the_model_class,
+            "config.json names no AutoModel of this package "
+            "(auto_map AutoModel: 'modeling_internvideo2.InternVideo2OldModel')",
+        ),
+        (
+            lambda encoder: (encoder / "processor_config.json").unlink(),
+            "processor_config.json names no AutoProcessor of this package (no such file)",
+        ),
+    ],
+)
+def test_an_encoder_whose_code_the_package_lacks_is_refused(tmp_path, tiny_model_dir, edit, named):
+    encoder = shutil.copytree(tiny_model_dir / "encoder", tmp_path / "encoder")
+    edit(encoder)
+    with pytest.raises(ValueError) as refused:
+        publishing.build_model_repo(tiny_model_dir, tmp_path / "repo", encoder_dir=encoder)
+    assert str(refused.value) == (
+        f"{encoder}/{named}, so the published encoder would not load with trust_remote_code=True; convert "
+        "the encoder again with sgdetr convert-internvideo2"
+    )
+    assert not (tmp_path / "repo").exists()
 
 
 def test_space_repo_bundles_the_app_and_the_package(tmp_path):
@@ -296,6 +392,32 @@ def test_script_errors_are_usage_errors(push_script, argv, no_hub_calls, capsys)
     with pytest.raises(SystemExit) as exit_info:
         push_script.main(argv)
     assert exit_info.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--what", "metric", "--repo-id", "org/team/metric"],
+            "--repo-id: Repo id must be in the form 'repo_name' or 'namespace/repo_name'",
+        ),
+        (
+            ["--what", "space", "--repo-id", "org/demo", "--model-repo-id", "org/my model"],
+            "--model-repo-id: Repo id must use alphanumeric chars",
+        ),
+        (
+            ["--what", "model", "--repo-id", "org/m", "--space-id", "org/a--b"],
+            "--space-id: Cannot have -- or ..",
+        ),
+    ],
+)
+def test_a_dry_run_refuses_ids_the_hub_refuses(push_script, tmp_path, argv, message, no_hub_calls, capsys):
+    """A dry run that passes must mean the upload can: an id the Hub refuses is a usage error before any build
+    (--model-repo-id goes into the Space's card and variable, --space-id into the model card's link)."""
+    with pytest.raises(SystemExit) as exit_info:
+        push_script.main(argv + ["--out", str(tmp_path / "out"), "--dry-run"])
+    assert exit_info.value.code == 2 and f"error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def _dataset_folder(root, with_data=True):

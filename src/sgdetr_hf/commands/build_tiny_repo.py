@@ -22,9 +22,16 @@ from . import CommandLineError
 logger = logging.getLogger(__name__)
 
 
+def _seed(text: str) -> int:
+    """A seed ``torch.manual_seed`` takes (it fails on a larger one with "Overflow when unpacking long long")."""
+    if not (text.isascii() and text.isdigit()) or int(text) >= 2**64:
+        raise argparse.ArgumentTypeError(f"the seed must be an integer from 0 to 2**64 - 1, got {text!r}")
+    return int(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", type=Path, help="the folder to write (new, or empty)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of the random weights (default: 0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,8 +39,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         folder = build_tiny_repo(args.output, seed=args.seed)
-    except FileExistsError as error:
-        raise CommandLineError(str(error)) from None
+    except OSError as error:
+        # atomic_folder's refusal of a folder of other files (no errno) says what to do; the rest come from the
+        # OS making the parent folders (a file in the way, no permission, a read-only disk)
+        message = str(error) if error.errno is None else f"cannot write {args.output}: {error}"
+        raise CommandLineError(message) from None
     logger.info("wrote %s", folder)
     print(
         f"{folder}: a tiny SG-DETR + InternVideo2 repository with RANDOM weights (its moments mean nothing).\n"
