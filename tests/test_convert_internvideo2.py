@@ -169,6 +169,20 @@ def test_checkpoints_needing_a_full_unpickle_are_refused(model, tmp_path):
     assert (output / "model.safetensors").is_file()
 
 
+def test_an_empty_or_truncated_checkpoint_says_so(model, tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.touch()  # was "cannot be read with torch.load(weights_only=True) ()": torch's EOFError has no message
+    with pytest.raises(ValueError, match=r"empty\.pt is empty \(0 bytes\): download the checkpoint again"):
+        convert_internvideo2_checkpoint(empty, VOCAB, tmp_path / "out", config=tiny_config())
+    whole = save_checkpoint(tmp_path / "release.pt", official_state_dict(model)).read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        ValueError, match=r"truncated\.pt cannot be read .*\(.+\): it is truncated or not a PyTorch"
+    ):
+        convert_internvideo2_checkpoint(truncated, VOCAB, tmp_path / "out", config=tiny_config())
+
+
 def test_missing_inputs_are_reported(tmp_path):
     with pytest.raises(ValueError, match="vocabulary file not found"):
         convert_internvideo2_checkpoint(tmp_path / "release.pt", tmp_path / "vocab.txt", tmp_path / "out")

@@ -101,15 +101,18 @@ def load_official_checkpoint(path: str | Path, allow_unsafe_pickle: bool = False
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:  # torch's error for it is an EOFError without a message
+        raise ValueError(f"{path} is empty (0 bytes): download the checkpoint again")
     try:  # memory-map the (zip-format) file: a 2.8 GB checkpoint is then not copied into memory first
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except (
-        Exception
-    ) as error:  # torch raises UnpicklingError, RuntimeError or ValueError depending on the file
+    # torch raises UnpicklingError, RuntimeError, ValueError or EOFError depending on the file
+    except Exception as error:
         if not allow_unsafe_pickle:
+            reason = str(error) or type(error).__name__
             raise ValueError(
-                f"{path} cannot be read with torch.load(weights_only=True) ({error}). If it comes from a source "
-                "you trust, retry with allow_unsafe_pickle=True (--allow-unsafe-pickle)."
+                f"{path} cannot be read with torch.load(weights_only=True) ({reason}): it is truncated or not "
+                "a PyTorch checkpoint. If it comes from a source you trust and is complete, retry with "
+                "allow_unsafe_pickle=True (--allow-unsafe-pickle)."
             ) from error
         logger.warning("loading %s with a full unpickle (allow_unsafe_pickle=True)", path)
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
