@@ -384,7 +384,8 @@ def _with_sorted_header(data: bytes) -> bytes:
     process count) would give files of other bytes."""
     length = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + length])
-    header = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    header = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    header = header.encode()
     header += b" " * (-len(header) % 8)  # the format's padding: the tensor data starts 8-byte aligned
     return len(header).to_bytes(8, "little") + header + data[8 + length :]
 
