@@ -142,6 +142,14 @@ def test_atss_gt_shorter_than_a_clip_uses_the_fallback():
     assert out["assigned_gt"][0].tolist() == [-1] * 5 + [1] + [-1] * 4
 
 
+def test_atss_threshold_uses_the_unbiased_std():
+    # F = [0.5, 0.69] (centre 0.595), topk 5: candidates 5, 6, 4, 7, 3 with IoUs 10/19, 0.45, 0, 0, 0. Mean
+    # 0.19526; unbiased std sqrt(0.28888 / 4) = 0.26874 -> threshold 0.4640: anchor 5 only. The biased std
+    # (/ 5: 0.24037, threshold 0.4356) would also take anchor 6 (IoU 0.45, centre 0.65 inside F).
+    out = _assign([(0.5, 0.69)], topk=5)
+    assert out["assigned_gt"][0].tolist() == [-1] * 5 + [0] + [-1] * 4
+
+
 def _atss_reference(anchors, mask, levels, gts, gt_mask, topk):
     """Plain-Python 1-D ATSS (design §2.12), one sample, one GT at a time."""
     anchors, mask, levels = anchors.tolist(), mask.tolist(), levels.tolist()
@@ -245,6 +253,22 @@ def test_denoising_group_noise_ranges_and_layout():
     inner = neg[..., None] & ~border
     assert (shift[inner] >= bound.expand_as(shift)[inner] - 1e-6).all()
     assert (shift[inner] < 2 * bound.expand_as(shift)[inner] + 1e-6).all()
+
+
+def test_denoising_noise_draws_each_endpoint_s_magnitude_on_its_own():
+    # DINO draws the noise per coordinate: one magnitude for both endpoints made every denoising query a pure
+    # shift or a pure symmetric rescale of its GT (|start shift| == |end shift|)
+    gts = torch.tensor([[[0.5, 0.2]]]).expand(1, 1, 2)
+    group = build_denoising_group(
+        gts, torch.ones(1, 1, dtype=torch.bool), torch.nn.Embedding(2, 8), num_groups=200,
+        box_noise_scale=0.4, label_noise_ratio=0.0, sampling_seeds=torch.tensor([11.0]),
+    )  # fmt: skip
+    shift = (span_cw_to_se(group.references) - span_cw_to_se(group.target_spans)).abs()[0]  # (2G, 2)
+    positive = group.is_positive[0]
+    start, end = shift[positive, 0], shift[positive, 1]  # inside the video: no clamping
+    assert (start - end).abs().max() > 0.01
+    # independent U[0, 1) draws: |u_s - u_e| has mean 1/3 of the range (0.4 * 0.2 / 2 = 0.04)
+    assert abs(float((start - end).abs().mean()) / 0.04 - 1 / 3) < 0.05
 
 
 def test_self_attention_mask_isolates_groups():

@@ -667,9 +667,10 @@ def build_denoising_group(
         index.reshape(-1, 1) * 6 + torch.arange(6, device=device).double()
     ).flatten() + _DENOISING_KEY_OFFSET
     uniforms = _hash_uniforms(key, sampling_seeds).view(batch, num_groups, 2, num_gt, 2, 3)
-    magnitude = uniforms[..., 0, 0] + torch.tensor([0.0, 1.0], device=device)[None, None, :, None]
+    # a magnitude and a sign of its own for each endpoint, as DINO draws them per coordinate
+    magnitude = uniforms[..., 0] + torch.tensor([0.0, 1.0], device=device)[None, None, :, None, None]
     sign = (uniforms[..., 1] < 0.5).float() * 2 - 1
-    shift = sign * magnitude[..., None] * box_noise_scale * width[:, None, None, :, None] / 2
+    shift = sign * magnitude * box_noise_scale * width[:, None, None, :, None] / 2
     noised = (gt_se[:, None, None] + shift).clamp(0.0, 1.0)
     mid = noised.mean(-1, keepdim=True)
     too_small = (noised[..., 1] - noised[..., 0] < 1e-3)[..., None]
