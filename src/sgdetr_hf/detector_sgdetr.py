@@ -628,7 +628,8 @@ def build_denoising_group(
 ) -> QueryGroup:
     """DINO contrastive denoising queries (§3.5): ``G`` groups of one positive and one negative per GT.
 
-    Endpoint noise ``± u * scale * w / 2`` with ``u ~ U[0, 1)`` (positives) or ``U[1, 2)`` (negatives),
+    Endpoint noise ``± u * scale * w / 2``, sign and ``u`` drawn for each endpoint, with ``u ~ U[0, 1)``
+    (positives) or ``U[1, 2)`` (negatives),
     clamped to [0, 1], minimum width 1e-3. Content ``E_label[moment]``, swapped to ``E_label[unknown]`` with
     probability ``0.5 * label_noise_ratio``. Slots of samples with fewer GTs are invalid. The noise of a
     sample is keyed by its ``sampling_seeds`` entry and (group, positive/negative, GT, endpoint), like the
