@@ -20,9 +20,14 @@ from sgdetr_hf.detector_sgdetr import (
     SGDetrSpanPredictions,
     decode_atss_deltas,
 )
-from sgdetr_hf.loss_sgdetr import LOSS_NORMALIZERS, SGDetrHungarianMatcher, SGDetrLoss
+from sgdetr_hf.loss_sgdetr import (
+    LOSS_NORMALIZERS,
+    SGDetrHungarianMatcher,
+    SGDetrLoss,
+    count_loss_normalizers,
+)
 from sgdetr_hf.modeling_sgdetr import SGDetrModelOutput
-from sgdetr_hf.targets_sgdetr import prepare_targets, sample_margin_pairs
+from sgdetr_hf.targets_sgdetr import SGDetrBatchContext, prepare_targets, sample_margin_pairs
 
 # ----------------------------------------------------------------------------- hand-computation helpers
 
@@ -593,3 +598,234 @@ def test_bad_labels_raise_clear_errors(mutate, message):
     mutate(labels)
     with pytest.raises(ValueError, match=message):
         criterion_loss(example_outputs(), labels)
+
+
+# ----------------------------------------------------------------------------- weights, parameters, counts
+# (each test below was written against a hand-made mutant of loss_sgdetr.py that every test above let pass)
+
+# every weight of eq. 15 and of its terms a distinct value, none of them the default
+DISTINCT_WEIGHTS = dict(
+    lambda_l1=3.0, lambda_giou=7.0, lambda_ce=11.0, lambda_centerness=13.0, lambda_iou=17.0,
+    lambda_detr=19.0, lambda_atss=23.0, lambda_hl=29.0, lambda_aux=31.0, lambda_dn=37.0,
+    lambda_atss_queries=41.0, lambda_selector=43.0,
+)  # fmt: skip
+
+
+def _expected_weight(config: SGDetrConfig, key: str) -> float:
+    """The weight of a loss_dict key by the paper's eq. 15 and the config's documentation: its group's λ
+    (inside L_detr: λ_detr times the auxiliary set's λ) times its term's λ (none for L_hl and L_aux;
+    the ATSS focal term is a classification term: λ_ce)."""
+    prefix, term = key.split("_")[0], key.split("_", 1)[1].rsplit("_layer", 1)[0]
+    group = {
+        "hl": config.lambda_hl,
+        "aux": config.lambda_aux,
+        "atss": config.lambda_atss,
+        "detr": config.lambda_detr,
+        "sel": config.lambda_detr * config.lambda_selector,
+        "dn": config.lambda_detr * config.lambda_dn,
+        "co": config.lambda_detr * config.lambda_atss_queries,
+    }[prefix]
+    if prefix in ("hl", "aux"):
+        return group
+    lambdas = {
+        "l1": config.lambda_l1, "giou": config.lambda_giou, "ce": config.lambda_ce, "iou": config.lambda_iou,
+        "focal": config.lambda_ce, "centerness": config.lambda_centerness,
+    }  # fmt: skip
+    return group * lambdas[term]
+
+
+def _with_co_group(outputs):
+    """The example with a Co-DETR ATSS-positive query group (the denoising group's tensors again)."""
+    encoder, detector = outputs
+    return encoder, dataclasses.replace(detector, atss_queries=detector.denoising)
+
+
+def test_every_weight_of_the_config_scales_its_own_terms_only():
+    """With every λ distinct and off its default, each term is its unweighted value times exactly its own
+    weights (a term read with another λ, or without its group's λ_detr, fails here)."""
+    default, distinct = SGDetrConfig(), SGDetrConfig(**DISTINCT_WEIGHTS)
+    _, base = criterion_loss(_with_co_group(example_outputs()), example_labels(), default)
+    _, weighted = criterion_loss(_with_co_group(example_outputs()), example_labels(), distinct)
+    assert set(base) == set(weighted)
+    assert {key.split("_")[0] for key in base} == {"hl", "detr", "sel", "dn", "co", "atss", "aux"}
+    for key, value in base.items():
+        unweighted = value.item() / _expected_weight(default, key)
+        assert weighted[key].item() == pytest.approx(
+            unweighted * _expected_weight(distinct, key), rel=1e-5
+        ), key
+
+
+def test_margin_temperature_focal_and_no_object_parameters_come_from_the_config():
+    """δ, τ, the focal α and γ and the no-object weight of the config, against the hand computation."""
+    margin, tau, alpha, gamma, eos = 0.5, 0.25, 0.4, 1.0, 0.3
+    config = SGDetrConfig(
+        saliency_margin=margin, rank_contrastive_tau=tau, focal_alpha=alpha, focal_gamma=gamma, eos_coef=eos
+    )
+    _, loss_dict = criterion_loss(example_outputs(), example_labels(), config)
+    hinge = sum(
+        max(0.0, margin + LOCAL[b][n] - LOCAL[b][p])
+        for b in range(2)
+        for p, n in zip(MARGIN_POS[b], MARGIN_NEG[b])
+    )
+    assert loss_dict["hl_margin_local"].item() == pytest.approx(2 * hinge / 4, rel=1e-5)
+    rows = [
+        (LOCAL[0] + NEG_LOCAL[0], SALIENCY[0] + [0.0] * 4, "real_negative"),
+        (LOCAL[1], SALIENCY[1], "same_source"),
+    ]
+    assert loss_dict["hl_rctl_local"].item() == pytest.approx(rank_contrastive(rows, tau=tau), rel=1e-5)
+    focal = 0.0
+    for b, a in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]:
+        p = sigmoid(ATSS_LOGITS[b][a])
+        if ATSS_ASSIGNED[b][a] >= 0:
+            focal += alpha * (1 - p) ** gamma * -math.log(p)
+        else:
+            focal += (1 - alpha) * p**gamma * -math.log(1 - p)
+    assert loss_dict["atss_focal"].item() == pytest.approx(5.0 * focal / 2, rel=1e-5)
+    expected_ce = query_terms(
+        [q for sample in DECODER for q in sample], [t for sample in DECODER_TARGETS for t in sample], eos=eos
+    )["ce"]
+    assert loss_dict["detr_ce_layer0"].item() == pytest.approx(5.0 * expected_ce, rel=1e-5)
+
+
+# the example's normalisers, counted by hand from its labels and the hand-set query groups
+EXAMPLE_COUNTS = {
+    "margin_pairs": 4, "clips": 7, "rows": 2, "neg_rows": 1, "matched": 3, "window_queries": 6,
+    "dn_positive": 2, "dn_valid": 3, "co_positive": 2, "co_valid": 3, "atss_positive": 2,
+    "atss_centerness": 0.8 + 0.6, "moment_rows": 2, "moment_row_clips": 7,
+}  # fmt: skip
+
+
+def test_given_normalisers_divide_every_term_as_the_forwards_own_counts():
+    """A forward given the global batch's counts (here the batch's own, by hand) divides each term by them:
+    the terms equal those of the forward that counts from its outputs (e.g. L1 by 2 coordinates x matched)."""
+    assert set(EXAMPLE_COUNTS) == set(LOSS_NORMALIZERS)
+    outputs = _with_co_group(example_outputs())
+    _, own = criterion_loss(outputs, example_labels(), SGDetrConfig(**WEIGHTS))
+    encoder, detector = outputs
+    mask = encoder.video_mask
+    targets = prepare_targets(example_labels(), torch.zeros(*mask.shape, 1), mask, num_margin_pairs=2)
+    targets.neg_pair_mask = torch.tensor(NEG_PAIR)
+    targets.context = SGDetrBatchContext(
+        text_features=torch.zeros(2, 1, 1),
+        text_mask=torch.ones(2, 1, dtype=torch.bool),
+        start=0,
+        neg_pair_mask=torch.tensor(NEG_PAIR),
+        loss_normalizers={k: torch.tensor(float(v)) for k, v in EXAMPLE_COUNTS.items()},
+    )
+    _, given = SGDetrLoss(SGDetrConfig(**WEIGHTS))(encoder, detector, targets)
+    assert set(given) == set(own)
+    for key, value in own.items():
+        assert given[key].item() == pytest.approx(value.item(), rel=1e-5), key
+    # the counts doubled halve every term that divides by a count (the rank-contrastive term weighs its
+    # rows by 1 / rows and 1 / (rows - neg_rows): it is checked above only)
+    targets.context.loss_normalizers = {k: torch.tensor(2.0 * v) for k, v in EXAMPLE_COUNTS.items()}
+    _, halved = SGDetrLoss(SGDetrConfig(**WEIGHTS))(encoder, detector, targets)
+    for key, value in own.items():
+        if not key.startswith("hl_rctl"):
+            assert halved[key].item() == pytest.approx(value.item() / 2, rel=1e-5), key
+
+
+def test_counted_normalisers_by_hand():
+    """count_loss_normalizers on 3 samples with 3, 1 and 0 windows and 2 primary queries: the matched count
+    is min(K_b, num_queries) per sample (no more than Q windows can be matched)."""
+    config = SGDetrConfig(num_queries=2, num_dn_groups=3, use_hybrid_detector=False)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]]).bool()
+    labels = [
+        {"spans": [[0.2, 0.2], [0.5, 0.2], [0.8, 0.2]], "saliency_scores": [0.0, 4.0, 8.0, 0.0]},
+        {"spans": [[0.5, 0.5]], "saliency_scores": [0.0, 0.0, 2.0]},
+        {"spans": torch.zeros(0, 2), "saliency_scores": [0.0, 0.0]},
+    ]
+    features = torch.arange(12.0).reshape(3, 4, 1)  # three different videos: every rolled pair is negative
+    targets = prepare_targets(labels, features, mask, num_margin_pairs=2)
+    counts = {k: v.item() for k, v in count_loss_normalizers(config, targets).items()}
+    assert counts == {
+        "margin_pairs": 4.0, "clips": 9.0, "rows": 3.0, "neg_rows": 3.0, "matched": 2.0 + 1.0,
+        "window_queries": 2.0 * 2, "dn_positive": 4.0 * 3, "dn_valid": 4.0 * 2 * 3, "co_positive": 0.0,
+        "co_valid": 0.0, "atss_positive": 0.0, "atss_centerness": 0.0, "moment_rows": 2.0,
+        "moment_row_clips": 4.0 + 3.0,
+    }  # fmt: skip
+
+
+def test_alignment_terms_leave_out_the_samples_without_a_relevant_clip():
+    """Eq. 14 is defined on samples with a moment: a sample whose clips are all irrelevant (saliency 0) has
+    no alignment term and no frame BCE term, and does not count in their means."""
+    labels = example_labels()
+    labels[1]["saliency_scores"] = torch.zeros(3)
+    _, loss_dict = criterion_loss(example_outputs(), labels)
+
+    def cos(u, v):
+        return (u[0] * v[0] + u[1] * v[1]) / math.hypot(*u) / math.hypot(*v)
+
+    logits = [cos(MOMENT_TOKENS[0], s) for s in SENTENCES] + [cos(NONMOMENT_TOKENS[0], s) for s in SENTENCES]
+    align = -(logits[0] - math.log(sum(math.exp(x) for x in logits)))
+    frame_bce = [
+        bce(MOMENT_TOKENS[0][0] * z[0] + MOMENT_TOKENS[0][1] * z[1], float(y > 0))
+        for z, y in zip(FRAMES[0], SALIENCY[0])
+    ]
+    assert loss_dict["aux_align"].item() == pytest.approx(align, rel=1e-5)
+    assert loss_dict["aux_bce"].item() == pytest.approx(sum(frame_bce) / 4, rel=1e-5)
+
+
+def _hand_cost(logit, span, iou_logit, target, class_cost, l1_cost, giou_cost):
+    """The matching cost of one query and one window (paper §3.6): -w_c p^.5 IoU^.5 + w_l1 L1 - w_g GIoU."""
+    p = math.exp(logit[0]) / (math.exp(logit[0]) + math.exp(logit[1]))
+    quality = p if iou_logit is None else math.sqrt(p * sigmoid(iou_logit))
+    l1 = abs(span[0] - target[0]) + abs(span[1] - target[1])
+    return -class_cost * quality + l1_cost * l1 - giou_cost * giou(span, target)[1]
+
+
+@pytest.mark.parametrize("costs", [(4.0, 10.0, 1.0), (2.0, 0.5, 3.0), (1.0, 0.0, 0.0)])
+def test_matcher_assignment_minimises_the_hand_computed_cost(costs):
+    """For random small problems the matcher built from the config (its matcher costs) returns the
+    assignment of least total hand-computed cost, found by brute force over all assignments."""
+    import itertools
+
+    class_cost, l1_cost, giou_cost = costs
+    config = SGDetrConfig(matcher_cost_class=class_cost, matcher_cost_l1=l1_cost, matcher_cost_giou=giou_cost)
+    matcher = SGDetrLoss(config).matcher
+    generator = torch.Generator().manual_seed(7)
+    batch, num_queries, num_targets = 12, 4, 2
+    logits = torch.randn(batch, num_queries, 2, generator=generator) * 2
+    iou_logits = torch.randn(batch, num_queries, generator=generator) * 2
+    spans = torch.rand(batch, num_queries, 2, generator=generator) * torch.tensor([0.8, 0.4]) + 0.1
+    targets = [
+        torch.rand(num_targets, 2, generator=generator) * torch.tensor([0.8, 0.4]) + 0.1 for _ in range(batch)
+    ]
+    for use_iou in (True, False):
+        result = matcher(logits, spans, targets, iou_logits if use_iou else None)
+        for b, (query_idx, target_idx) in enumerate(result):
+            cost = [
+                [
+                    _hand_cost(
+                        logits[b, q].tolist(),
+                        spans[b, q].tolist(),
+                        iou_logits[b, q].item() if use_iou else None,
+                        targets[b][t].tolist(),
+                        class_cost,
+                        l1_cost,
+                        giou_cost,
+                    )  # fmt: skip
+                    for t in range(num_targets)
+                ]
+                for q in range(num_queries)
+            ]
+            best = min(
+                sum(cost[q][t] for t, q in enumerate(queries))
+                for queries in itertools.permutations(range(num_queries), num_targets)
+            )
+            got = sum(cost[q][t] for q, t in zip(query_idx.tolist(), target_idx.tolist()))
+            assert sorted(target_idx.tolist()) == list(range(num_targets))
+            assert got == pytest.approx(best, abs=1e-5), (b, use_iou)
+
+
+def test_matcher_quality_is_the_geometric_mean_of_class_and_iou_scores():
+    """One window, two queries: A has p = IoÛ = 0.5 (quality 0.5, product 0.25) 0.07 off the window, B is
+    exact with p = IoÛ = 0.1 (quality 0.1). Costs (4, 10, 1): A -2 + 0.7 - 0.4815 = -1.78 beats B -0.4 - 1 =
+    -1.4; with the plain product as quality B (-1.04) would beat A (-0.78)."""
+    target = [0.5, 0.2]
+    logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(9.0)]]])
+    iou_logits = torch.tensor([[0.0, -math.log(9.0)]])
+    spans = torch.tensor([[[0.57, 0.2], target]])
+    assert _hand_cost([0.0, 0.0], [0.57, 0.2], 0.0, target, 4, 10, 1) == pytest.approx(-2 + 0.7 - 0.13 / 0.27)
+    ((query_idx, _),) = SGDetrHungarianMatcher()(logits, spans, [torch.tensor([target])], iou_logits)
+    assert query_idx.tolist() == [0]

@@ -389,3 +389,33 @@ def test_durations_of_any_numeric_form_give_the_same_windows():
     reference = post_process_moment_retrieval(_hand_outputs(), [19.0])
     for durations in (19.0, 19, (19,), np.array([19.0]), np.float32(19.0), torch.tensor([19.0])):
         assert post_process_moment_retrieval(_hand_outputs(), durations) == reference
+
+
+# each test below kills a hand-made mutant of postprocessing_sgdetr.py that the tests above let pass
+
+
+def test_window_scores_are_rounded_to_four_decimals():
+    outputs = dict(_hand_outputs(), det_scores=torch.tensor([[0.123456, 0.98766]]))
+    windows = post_process_moment_retrieval(outputs, [19.0], fusion_mode="detr")[0]["pred_relevant_windows"]
+    assert [w[2] for w in windows] == [0.9877, 0.1235]
+
+
+def test_global_saliency_is_the_highlight_score_when_both_saliencies_are_there():
+    """§3.4: S_global refines S_local and is the one reported; S_local only without the global module."""
+    outputs = dict(_hand_outputs(), local_saliency=-torch.arange(10.0)[None])
+    (answer,) = post_process_moment_retrieval(outputs, [19.0])
+    assert answer["pred_saliency_scores"] == [float(i) for i in range(10)]
+    del outputs["global_saliency"]
+    (answer,) = post_process_moment_retrieval(outputs, [19.0])
+    assert answer["pred_saliency_scores"] == [-float(i) for i in range(10)]
+
+
+def test_atss_nms_threshold_and_pre_nms_top_k_are_the_arguments():
+    """Anchors 0 and 1 overlap with IoU 0.82: NMS at 0.9 keeps both, at 0.6 (the default) removes anchor 1;
+    with the top-1 anchor before NMS only anchor 0 is a candidate."""
+    kept = post_process_moment_retrieval(_hand_outputs(), [19.0], fusion_mode="atss", atss_nms_iou=0.9)
+    _close(kept[0]["pred_relevant_windows"], [[8.0, 12.0, 0.6], [8.4, 12.4, 0.5], [17.0, 19.0, 0.3]])
+    top1 = post_process_moment_retrieval(_hand_outputs(), [19.0], fusion_mode="atss", atss_pre_nms_topk=1)
+    _close(top1[0]["pred_relevant_windows"], [[8.0, 12.0, 0.6]])
+    post1 = post_process_moment_retrieval(_hand_outputs(), [19.0], fusion_mode="atss", atss_post_nms_topk=1)
+    _close(post1[0]["pred_relevant_windows"], [[8.0, 12.0, 0.6]])

@@ -148,7 +148,14 @@ def _wbf_reference(spans, scores, models, weights, thr, skip):
 
 
 @pytest.mark.parametrize(
-    "weights, invalid_share, skip", [((1.0, 1.0), 0.0, 0.0), ((2.0, 1.0), 0.0, 0.0), ((1.0, 1.0), 0.3, 0.2)]
+    "weights, invalid_share, skip",
+    [
+        ((1.0, 1.0), 0.0, 0.0),
+        ((2.0, 1.0), 0.0, 0.0),
+        ((1.0, 1.0), 0.3, 0.2),
+        ((1.0, 4.0), 0.0, 0.0),  # weights that reorder the candidates: they are visited by weighted score
+        ((0.25, 1.0), 0.2, 0.1),
+    ],
 )
 def test_weighted_span_fusion_matches_brute_force(weights, invalid_share, skip):
     rng = random.Random(3)
@@ -239,3 +246,33 @@ def test_weighted_span_fusion_weight_zero_leaves_one_model_out_of_the_scores():
     spans, scores, models, valid = _fusion_inputs()
     fused, conf, ok = weighted_span_fusion(spans, scores, models, valid, (1.0, 0.0))
     assert torch.isfinite(conf[ok]).all() and torch.isfinite(fused).all()
+
+
+# each test below kills a hand-made mutant of spans.py that the tests above let pass
+
+
+def test_thresholds_are_strict_where_documented_and_inclusive_for_skipping():
+    """NMS suppresses at IoU > thr and WBF merges at IoU > thr (ensemble-boxes): IoU exactly 0.5 at thr 0.5
+    keeps both spans apart; WBF keeps a score equal to the skip threshold (it skips scores < thr)."""
+    spans = torch.tensor([[[0.0, 0.5], [0.0, 0.25]]])  # IoU exactly 0.5 in float32
+    scores, valid = torch.tensor([[0.9, 0.8]]), torch.ones(1, 2, dtype=torch.bool)
+    assert _iou([0.0, 0.5], [0.0, 0.25]) == 0.5
+    assert nms_1d(spans, scores, valid, 0.5).tolist() == [[True, True]]
+    assert nms_1d(spans, scores, valid, 0.49).tolist() == [[True, False]]
+    models = torch.tensor([[0, 1]])
+    _, conf, exists = weighted_span_fusion(spans, scores, models, valid, (1.0, 1.0), 0.5)
+    assert exists.tolist() == [[True, True]] and torch.allclose(conf, torch.tensor([[0.45, 0.4]]))
+    _, conf, exists = weighted_span_fusion(spans, scores, models, valid, (1.0, 1.0), 0.49)
+    assert exists.tolist() == [[True, False]] and conf[0, 0].item() == pytest.approx(0.85)
+    _, conf, exists = weighted_span_fusion(spans, scores, models, valid, (1.0, 1.0), 0.5, skip_threshold=0.8)
+    assert exists.tolist() == [[True, True]]
+    _, _, exists = weighted_span_fusion(spans, scores, models, valid, (1.0, 1.0), 0.5, skip_threshold=0.81)
+    assert exists.tolist() == [[True, False]]
+
+
+def test_iou_of_short_spans_is_exact():
+    """Spans of a thousandth of the video (a clip of a long video): the union's guard against 0 / 0 must not
+    change their IoU."""
+    a, b = torch.tensor([0.0, 1e-3]), torch.tensor([0.0, 5e-4])
+    assert span_iou(a, b).item() == pytest.approx(0.5, rel=1e-5)
+    assert generalized_span_iou(a, torch.tensor([2e-3, 3e-3])).item() == pytest.approx(-1 / 3, rel=1e-4)
