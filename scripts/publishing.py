@@ -73,7 +73,8 @@ IGNORE_PATTERNS = [
 ]
 
 #: Not copied into a build folder (bytecode caches).
-_COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+_CACHE_PATTERNS = ("__pycache__", "*.pyc")
+_COPY_IGNORE = shutil.ignore_patterns(*_CACHE_PATTERNS)
 
 #: The Auto classes a converted encoder's files must name for the published ``encoder/`` to load with
 #: ``trust_remote_code=True`` (the pipeline loads its model and its processor).
@@ -500,7 +501,7 @@ def _copy_encoder(encoder_dir: Path, destination: Path) -> None:
     """Copy a converted InternVideo2 folder with this package's current remote code in place of its ``.py``
     files: an encoder converted by an earlier release holds that release's code, which is what
     ``trust_remote_code=True`` would run from the published repository."""
-    shutil.copytree(encoder_dir, destination, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.py"))
+    shutil.copytree(encoder_dir, destination, ignore=shutil.ignore_patterns(*_CACHE_PATTERNS, "*.py"))
     modules = {
         _remote_code_module(encoder_dir / name, auto_class)
         for name, auto_classes in ENCODER_AUTO_CLASSES.items()

@@ -169,7 +169,7 @@ def test_an_sgdetr_folder_is_not_an_internvideo2_and_the_other_way_round(repo, n
 
 
 def test_devices_this_torch_cannot_use_are_refused(monkeypatch):
-    assert resolve_device("cpu") == torch.device("cpu") == resolve_device(-1)
+    assert resolve_device("cpu") == torch.device("cpu") == resolve_device(-1) == resolve_device("cpu:0")
     with pytest.raises(ValueError, match="not a torch device"):
         resolve_device("gpu0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

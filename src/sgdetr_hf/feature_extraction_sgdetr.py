@@ -164,10 +164,6 @@ class SGDetrFeatureExtractor:
             kwargs: see the class arguments.
         """
         device = resolve_device(device)
-        if device.type == "cpu":
-            # "cpu:0" (Accelerate's device in a multi-process CPU run) is the CPU, but moving there copies the
-            # weights out of the memory-mapped file to other alignments, which changes the features' last bits
-            device = torch.device("cpu")
         dtype = dtype if dtype is not None else (torch.bfloat16 if device.type == "cuda" else torch.float32)
         # The class arguments, checked before anything is read (an unknown one: TypeError, as from cls(...)).
         arguments = inspect.signature(cls.__init__).bind(None, None, None, **kwargs)

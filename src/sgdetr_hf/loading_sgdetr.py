@@ -8,7 +8,7 @@ file and what was expected, never a randomly initialised model that runs to comp
 - :func:`from_pretrained_checked`: ``PreTrainedModel.from_pretrained`` with those checks first, and missing,
   unexpected or shape-mismatched weights an error unless ``allow_missing_weights=True`` (fine-tuning with new
   heads), read from transformers' own ``output_loading_info``, and so are weights that hold NaN or Inf
-  (:func:`non_finite_weights`: safetensors has no checksum, so a damaged body under an intact header loads);
+  (:func:`non_finite_parameters`: safetensors has no checksum, so a damaged body under an intact header loads);
 - :func:`resolve_device`: a torch device this torch build can use.
 
 Shipped as remote code (the configurations, models, processor and pipeline import it): third-party imports only.
@@ -16,6 +16,7 @@ Shipped as remote code (the configurations, models, processor and pipeline impor
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -166,13 +167,13 @@ def weight_problems(loading_info: dict[str, Any]) -> list[str]:
     return problems + list(loading_info.get("error_msgs") or [])
 
 
-def non_finite_weights(model: torch.nn.Module) -> list[str]:
-    """The names of ``model``'s floating-point parameters and buffers that hold NaN or Inf, or values whose
+def non_finite_parameters(module: torch.nn.Module) -> list[str]:
+    """The names of ``module``'s floating-point parameters and buffers that hold NaN or Inf, or values whose
     float32 sum overflows (beyond any trained weight: a damaged file's random bytes are up to 3.4e38).
     One reduction per tensor; tensors not materialised (the meta device of an offloaded model) are skipped."""
     named = [
         (name, tensor)
-        for name, tensor in model.state_dict(keep_vars=True).items()
+        for name, tensor in itertools.chain(module.named_parameters(), module.named_buffers())
         if tensor.is_floating_point() and tensor.device.type != "meta" and tensor.numel()
     ]
     with torch.no_grad():
@@ -231,7 +232,7 @@ def from_pretrained_checked(
                 "purpose (fine-tuning with new heads), pass allow_missing_weights=True"
             )
         logger.warning("%s (allowed: allow_missing_weights=True)", message)
-    if broken := non_finite_weights(model):
+    if broken := non_finite_parameters(model):
         raise CheckpointError(
             f"the weights in {location} hold NaN, Inf or absurdly large values in {len(broken)} tensors "
             f"({_quoted(broken)}): the file is damaged, or was saved from a run that diverged; download or "
@@ -265,6 +266,10 @@ def resolve_device(device: str | int | torch.device | None) -> torch.device:
             )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device} asked for, but MPS is not available in this torch build; use cpu")
+    elif device.type == "cpu":
+        # "cpu:0" (Accelerate's device in a multi-process CPU run) is the CPU, but moving a model there copies
+        # its weights out of the memory-mapped file to other alignments, which changes outputs' last bits
+        return torch.device("cpu")
     return device
 
 

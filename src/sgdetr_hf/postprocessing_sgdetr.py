@@ -22,7 +22,6 @@ plain lists and writes no file (``sgdetr_hf.write_qvhighlights_predictions`` wri
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -33,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .configuration_sgdetr import SGDetrConfig
+from .loading_sgdetr import non_finite_parameters
 from .spans import nms_1d, span_cw_to_se, weighted_span_fusion
 
 _DEFAULTS = SGDetrConfig()
@@ -50,12 +50,6 @@ def _get(outputs: Any, name: str) -> Any:
 class NonFiniteOutputError(ValueError):
     """Model outputs hold NaN or Inf: the model's weights or its inputs are not finite (a corrupted
     checkpoint, features of a broken encoder) or the forward pass overflowed (e.g. in float16)."""
-
-
-def non_finite_parameters(module: torch.nn.Module) -> list[str]:
-    """Names of the parameters and buffers of ``module`` that hold NaN or Inf (a corrupted checkpoint)."""
-    tensors = itertools.chain(module.named_parameters(), module.named_buffers())
-    return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def describe_non_finite_weights(names: Sequence[str], source: str) -> str:
